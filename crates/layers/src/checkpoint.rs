@@ -1,0 +1,304 @@
+//! Safetensors checkpoints: tensors under the reference PyTorch names plus string metadata,
+//! written atomically and read back with errors that name the file and the tensor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+/// Tensors and metadata of one safetensors file.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Reads `path`, with every failure naming the file.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let bytes =
+            fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid safetensors file ({e}); it may be truncated or of another format",
+                path.display()
+            )
+        })?;
+        let metadata: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .with_context(|| format!("cannot read the tensors of {}", path.display()))?;
+        Ok(Self { tensors, metadata })
+    }
+
+    /// Writes to a temporary file beside `path`, syncs it, then renames it over `path`: a
+    /// crash at any moment leaves either the old file or the new one, never a torn one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let data: Vec<(&str, Tensor)> = names
+            .iter()
+            .map(|n| -> Result<(&str, Tensor)> {
+                // safetensors wants contiguous CPU data.
+                let t = self.tensors[*n].to_device(&Device::Cpu)?.contiguous()?;
+                Ok((n.as_str(), t))
+            })
+            .collect::<Result<_>>()?;
+        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        let bytes = safetensors::serialize(data, Some(metadata))
+            .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
+        write_atomically(path, &bytes)
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// A metadata entry that must be there.
+    pub fn require_meta(&self, key: &str, path: &Path) -> Result<&str> {
+        self.meta(key).with_context(|| {
+            format!(
+                "{} has no `{key}` metadata: it was not written by genzoo",
+                path.display()
+            )
+        })
+    }
+
+    /// Number of scalar parameters, counting only tensors whose names pass `keep`.
+    pub fn parameter_count(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.tensors
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(_, t)| t.elem_count())
+            .sum()
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_path(path);
+    let result = (|| -> Result<()> {
+        let mut file = fs::File::create(&tmp).with_context(|| {
+            format!(
+                "cannot create {} (is the directory writable?)",
+                tmp.display()
+            )
+        })?;
+        file.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot sync {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// The variables of `varmap` as named tensors.
+pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().expect("varmap lock poisoned");
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Copies `tensors` into the existing variables of `varmap`. Every variable must be present
+/// with its exact shape; the error names the file, the tensor, and what was expected and found.
+/// Returns the names in `tensors` that no variable used (optimizer state, foreign extras).
+pub fn load_into_varmap(
+    varmap: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+    source: &Path,
+) -> Result<Vec<String>> {
+    let data = varmap.data().lock().expect("varmap lock poisoned");
+    let mut missing = Vec::new();
+    for (name, var) in data.iter() {
+        let Some(found) = tensors.get(name) else {
+            missing.push(name.clone());
+            continue;
+        };
+        if found.shape() != var.shape() {
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, the model expects {:?}",
+                source.display(),
+                found.dims(),
+                var.dims()
+            );
+        }
+        if !found.dtype().is_float() {
+            bail!(
+                "{}: tensor `{name}` has dtype {:?}, expected a floating-point type",
+                source.display(),
+                found.dtype()
+            );
+        }
+        var.set(&found.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        bail!(
+            "{}: missing tensor(s) {} that the model needs",
+            source.display(),
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut unused: Vec<String> = tensors
+        .keys()
+        .filter(|k| !data.contains_key(*k))
+        .cloned()
+        .collect();
+    unused.sort();
+    Ok(unused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Var};
+
+    fn sample() -> Result<Checkpoint> {
+        let dev = Device::Cpu;
+        let mut ck = Checkpoint::default();
+        ck.tensors.insert(
+            "fc1.weight".into(),
+            Tensor::arange(0f32, 6.0, &dev)?.reshape((2, 3))?,
+        );
+        ck.tensors
+            .insert("fc1.bias".into(), Tensor::new(&[1f32, 2.0], &dev)?);
+        ck.metadata.insert("genzoo.model".into(), "vae".into());
+        Ok(ck)
+    }
+
+    #[test]
+    fn round_trip_keeps_tensors_and_metadata() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.safetensors");
+        sample()?.save(&path)?;
+        let back = Checkpoint::load(&path, &Device::Cpu)?;
+        assert_eq!(back.meta("genzoo.model"), Some("vae"));
+        assert_eq!(
+            back.tensors["fc1.weight"].to_vec2::<f32>()?,
+            vec![vec![0.0, 1.0, 2.0], vec![3.0, 4.0, 5.0]]
+        );
+        assert_eq!(back.parameter_count(|_| true), 8);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path())?.count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_and_garbage_files_are_named_errors() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.safetensors");
+        sample()?.save(&path)?;
+        let bytes = fs::read(&path)?;
+        for (name, content) in [
+            ("truncated.safetensors", bytes[..bytes.len() - 5].to_vec()),
+            ("header-only.safetensors", bytes[..20].to_vec()),
+            (
+                "garbage.safetensors",
+                b"this is not a checkpoint at all".to_vec(),
+            ),
+            ("empty.safetensors", vec![]),
+        ] {
+            let p = dir.path().join(name);
+            fs::write(&p, content)?;
+            let e = format!("{:#}", Checkpoint::load(&p, &Device::Cpu).unwrap_err());
+            assert!(e.contains(name), "{e}");
+        }
+        let e = format!(
+            "{:#}",
+            Checkpoint::load(&dir.path().join("nope"), &Device::Cpu).unwrap_err()
+        );
+        assert!(
+            e.contains("cannot read checkpoint") && e.contains("nope"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn failed_write_keeps_the_previous_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("ck.safetensors");
+        sample()?.save(&path)?;
+        let before = fs::read(&path)?;
+        // A checkpoint whose tensor cannot be serialised (not on CPU is impossible here), so
+        // instead make the rename fail: the target is now a non-empty directory.
+        let blocked = dir.path().join("blocked");
+        fs::create_dir(&blocked)?;
+        fs::write(blocked.join("x"), b"x")?;
+        assert!(sample()?.save(&blocked).is_err());
+        assert_eq!(fs::read(&path)?, before);
+        // And the failed attempt left no temporary file.
+        let leftovers: Vec<_> = fs::read_dir(dir.path())?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn loading_checks_names_and_shapes() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        varmap
+            .data()
+            .lock()
+            .unwrap()
+            .insert("fc1.weight".into(), Var::zeros((2, 3), DType::F32, &dev)?);
+        let ck = sample()?;
+        let unused = load_into_varmap(&varmap, &ck.tensors, Path::new("x.safetensors"))?;
+        assert_eq!(unused, vec!["fc1.bias".to_string()]);
+        varmap
+            .data()
+            .lock()
+            .unwrap()
+            .insert("fc2.weight".into(), Var::zeros((2, 3), DType::F32, &dev)?);
+        let e = load_into_varmap(&varmap, &ck.tensors, Path::new("x.safetensors")).unwrap_err();
+        assert!(
+            e.to_string().contains("missing tensor(s) `fc2.weight`"),
+            "{e}"
+        );
+        let mut wrong = ck.tensors.clone();
+        wrong.insert(
+            "fc1.weight".into(),
+            Tensor::zeros((3, 2), DType::F32, &dev)?,
+        );
+        wrong.insert(
+            "fc2.weight".into(),
+            Tensor::zeros((2, 3), DType::F32, &dev)?,
+        );
+        let e = load_into_varmap(&varmap, &wrong, Path::new("x.safetensors")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`fc1.weight` has shape [3, 2], the model expects [2, 3]"),
+            "{e}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! `--device cpu|cuda[:N]|metal|auto`, with an error that names the missing build feature.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+/// Parses a device name. `auto` picks CUDA, then Metal, then the CPU.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let name = name.trim().to_ascii_lowercase();
+    match name.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                Ok(Device::new_cuda(0)?)
+            } else if candle_core::utils::metal_is_available() {
+                Ok(Device::new_metal(0)?)
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+        "metal" => {
+            if !candle_core::utils::metal_is_available() {
+                bail!("device `metal` asked for, but this genzoo was built without Metal: rebuild with `cargo build --release --features metal`");
+            }
+            Device::new_metal(0).context("could not open the Metal device")
+        }
+        _ if name == "cuda" || name.starts_with("cuda:") => {
+            let ordinal = match name.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n.parse::<usize>().with_context(|| {
+                    format!("device `{name}`: expected `cuda` or `cuda:N` with N a GPU index")
+                })?,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!("device `{name}` asked for, but this genzoo was built without CUDA: rebuild with `cargo build --release --features cuda` (or `cudnn`)");
+            }
+            Device::new_cuda(ordinal)
+                .with_context(|| format!("could not open CUDA device {ordinal}"))
+        }
+        other => bail!("unknown device `{other}`: expected cpu, cuda, cuda:N, metal or auto"),
+    }
+}
+
+/// A short name for logs and checkpoints.
+pub fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_and_auto() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("CPU").is_ok());
+        assert!(parse_device("auto").is_ok());
+    }
+
+    #[test]
+    fn unknown_or_malformed_devices_are_errors() {
+        let e = parse_device("tpu").unwrap_err().to_string();
+        assert!(e.contains("unknown device `tpu`"), "{e}");
+        let e = parse_device("cuda:x").unwrap_err().to_string();
+        assert!(e.contains("cuda:N"), "{e}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_names_the_feature() {
+        let e = parse_device("cuda:0").unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+
+    #[cfg(not(feature = "metal"))]
+    #[test]
+    fn metal_without_the_feature_names_the_feature() {
+        let e = parse_device("metal").unwrap_err().to_string();
+        assert!(e.contains("--features metal"), "{e}");
+    }
+}

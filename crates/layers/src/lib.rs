@@ -1,0 +1,21 @@
+//! Shared pieces of genzoo: what a model is ([`model`]), losses and log-densities ([`loss`]),
+//! the seeded random generator ([`rng`]), PyTorch-compatible initialisation ([`init`]), Adam
+//! with savable state ([`optim`]), checkpoints ([`checkpoint`]) and device selection
+//! ([`device`]).
+
+pub mod checkpoint;
+pub mod device;
+pub mod init;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod stats;
+
+pub use checkpoint::Checkpoint;
+pub use model::{
+    ExplicitModel, GenerativeModel, ImageShape, LatentVariableModel, Likelihood, LikelihoodModel,
+    LikelihoodOptions, Loss, ModelKind, Objective,
+};
+pub use optim::{Adam, AdamConfig};
+pub use rng::{Rng, Stream};

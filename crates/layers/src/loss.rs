@@ -1,0 +1,137 @@
+//! Losses and log-densities shared by the models. Every function returns one value per image
+//! (summed over all non-batch dimensions) so callers choose how to reduce over the batch.
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Sums every dimension but the first: `(b, ...) -> (b)`.
+pub fn sum_per_image(t: &Tensor) -> Result<Tensor> {
+    t.flatten_from(1)?.sum(1)
+}
+
+/// `softplus(x) = log(1 + exp(x))`, computed as `max(x, 0) + log(1 + exp(-|x|))` so that
+/// neither tail overflows.
+pub fn softplus(x: &Tensor) -> Result<Tensor> {
+    let pos = x.relu()?;
+    let tail = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    pos + tail
+}
+
+/// Binary cross-entropy between Bernoulli `logits` and `targets` in [0, 1], per image, in nats:
+/// `sum_i softplus(l_i) - t_i l_i`, the negative Bernoulli log-likelihood.
+///
+/// Candle's `binary_cross_entropy_with_logit` computes `sigmoid` then `log` and returns inf
+/// for logits of +-100; this form stays finite.
+pub fn bce_with_logits_per_image(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let nll = (softplus(logits)? - (logits * targets)?)?;
+    sum_per_image(&nll)
+}
+
+/// `KL(N(mu, exp(logvar)) || N(0, I))` per image, in nats:
+/// `-1/2 sum(1 + logvar - mu^2 - exp(logvar))` (Kingma & Welling 2014, appendix B).
+pub fn gaussian_kl_per_image(mu: &Tensor, logvar: &Tensor) -> Result<Tensor> {
+    let inner = ((logvar.affine(1.0, 1.0)? - mu.sqr()?)? - logvar.exp()?)?;
+    sum_per_image(&inner)?.affine(-0.5, 0.0)
+}
+
+const LN_2PI: f64 = 1.837_877_066_409_345_3;
+
+/// `log N(z; mu, exp(logvar))` summed over the last dimension.
+pub fn gaussian_log_density(z: &Tensor, mu: &Tensor, logvar: &Tensor) -> Result<Tensor> {
+    let sq = (z.broadcast_sub(mu)?.sqr()? * logvar.neg()?.exp()?)?;
+    let per_dim = ((sq + logvar)?.affine(-0.5, -0.5 * LN_2PI))?;
+    per_dim.sum(D::Minus1)
+}
+
+/// `log N(z; 0, I)` summed over the last dimension.
+pub fn standard_normal_log_density(z: &Tensor) -> Result<Tensor> {
+    z.sqr()?.affine(-0.5, -0.5 * LN_2PI)?.sum(D::Minus1)
+}
+
+/// `log sum_k exp(x_k)` over `dim`, stable for large magnitudes.
+pub fn log_sum_exp(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let max = x.max_keepdim(dim)?.detach();
+    let shifted = x.broadcast_sub(&max)?.exp()?.sum_keepdim(dim)?.log()?;
+    (shifted + max)?.squeeze(dim)
+}
+
+/// Nats per image to bits per dimension.
+pub fn bits_per_dim(nats_per_image: f64, dims: usize) -> f64 {
+    nats_per_image / (dims as f64 * std::f64::consts::LN_2)
+}
+
+/// Mean of a per-image tensor as f64.
+pub fn mean_f64(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn close(a: f64, b: f64, tol: f64) {
+        assert!((a - b).abs() <= tol, "{a} vs {b}");
+    }
+
+    #[test]
+    fn bce_is_finite_and_exact_at_extreme_logits() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[100f32, -100.0, 0.0, 3.0]], &dev)?;
+        let targets = Tensor::new(&[[0f32, 1.0, 1.0, 1.0]], &dev)?;
+        let v = bce_with_logits_per_image(&logits, &targets)?.to_vec1::<f32>()?[0] as f64;
+        // -log sigmoid(-100) = 100, -log sigmoid(-100) = 100, log 2, -log sigmoid(3).
+        let expected = 200.0 + 2f64.ln() + (1.0 + (-3f64).exp()).ln();
+        close(v, expected, 1e-3);
+        // Candle's own loss gives inf here: this is the bug the stable form avoids.
+        let candle = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &targets)?;
+        assert!(!candle.to_scalar::<f32>()?.is_finite());
+        Ok(())
+    }
+
+    #[test]
+    fn bce_gradient_is_sigmoid_minus_target() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[-30f32, -1.0, 0.5, 40.0]], &dev)?;
+        let t = Tensor::new(&[[1f32, 0.0, 1.0, 0.0]], &dev)?;
+        let grads = bce_with_logits_per_image(x.as_tensor(), &t)?
+            .sum_all()?
+            .backward()?;
+        let g = grads.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let xs = [-30f32, -1.0, 0.5, 40.0];
+        let ts = [1f32, 0.0, 1.0, 0.0];
+        for i in 0..4 {
+            let sig = 1.0 / (1.0 + (-xs[i]).exp());
+            close(g[i] as f64, (sig - ts[i]) as f64, 1e-6);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn kl_matches_closed_form() -> Result<()> {
+        let dev = Device::Cpu;
+        let mu = Tensor::new(&[[0.5f32, -1.0]], &dev)?;
+        let logvar = Tensor::new(&[[0.0f32, (0.25f32).ln()]], &dev)?;
+        let kl = gaussian_kl_per_image(&mu, &logvar)?.to_vec1::<f32>()?[0] as f64;
+        // Per dim: 0.5 * (var + mu^2 - 1 - ln var).
+        let expected = 0.5 * (1.0 + 0.25 - 1.0) + 0.5 * (0.25 + 1.0 - 1.0 - 0.25f64.ln());
+        close(kl, expected, 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn log_densities_and_log_sum_exp() -> Result<()> {
+        let dev = Device::Cpu;
+        let z = Tensor::new(&[[1.0f64, -2.0]], &dev)?;
+        let mu = Tensor::new(&[[0.0f64, 0.0]], &dev)?;
+        let lv = Tensor::new(&[[0.0f64, 0.0]], &dev)?;
+        let a = gaussian_log_density(&z, &mu, &lv)?.to_vec1::<f64>()?[0];
+        let b = standard_normal_log_density(&z)?.to_vec1::<f64>()?[0];
+        close(a, -LN_2PI - 2.5, 1e-12);
+        close(b, a, 1e-12);
+        let x = Tensor::new(&[[1000.0f64, 1000.0], [-5.0, 0.0]], &dev)?;
+        let l = log_sum_exp(&x, 1)?.to_vec1::<f64>()?;
+        close(l[0], 1000.0 + 2f64.ln(), 1e-9);
+        close(l[1], (1.0 + (-5f64).exp()).ln(), 1e-9);
+        Ok(())
+    }
+}

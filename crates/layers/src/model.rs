@@ -1,0 +1,156 @@
+//! What a model is, as the runner sees it.
+//!
+//! Every model samples images. An explicit model also gives `log p(x)` per image, in nats: exactly
+//! (autoregressive models) or as a bound or estimate (latent-variable models). Implicit models
+//! (GANs) only sample, and are measured through their samples.
+
+use candle_core::{Device, Result, Tensor};
+use serde::Serialize;
+
+use crate::rng::Rng;
+
+/// Whether a model gives the probability of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Explicit,
+    Implicit,
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelKind::Explicit => "explicit",
+            ModelKind::Implicit => "implicit",
+        })
+    }
+}
+
+/// How the `log p(x)` of an explicit model is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Likelihood {
+    /// Exact, by the chain rule (autoregressive models).
+    Exact,
+    /// A stochastic estimate that is a lower bound in expectation (importance weighting).
+    ImportanceWeighted,
+}
+
+/// Images are `(channels, height, width)`, values in `[0, 1]`.
+pub type ImageShape = [usize; 3];
+
+pub trait GenerativeModel {
+    /// The shape of one image.
+    fn image_shape(&self) -> ImageShape;
+
+    fn kind(&self) -> ModelKind;
+
+    /// Draws `n` images, `(n, c, h, w)` in `[0, 1]`.
+    fn sample(&self, n: usize, rng: &mut Rng) -> Result<Tensor>;
+
+    /// Number of dimensions of one image.
+    fn dims(&self) -> usize {
+        self.image_shape().iter().product()
+    }
+
+    /// The model's latent space, if it has an encoder and a decoder.
+    fn as_latent(&self) -> Option<&dyn LatentVariableModel> {
+        None
+    }
+}
+
+/// A model with a continuous latent space it can encode to and decode from.
+pub trait LatentVariableModel {
+    fn latent_dim(&self) -> usize;
+
+    /// `(b, c, h, w) -> (b, latent)`: a point estimate of the code of each image.
+    fn encode_mean(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `(n, latent) -> (n, c, h, w)` images in `[0, 1]`.
+    fn decode(&self, z: &Tensor) -> Result<Tensor>;
+
+    /// Images decoded from the codes of `x`.
+    fn reconstruct(&self, x: &Tensor) -> Result<Tensor> {
+        self.decode(&self.encode_mean(x)?)
+    }
+
+    /// `steps` images decoded along the straight line from the code of `a` to that of `b`
+    /// (each `(1, c, h, w)`).
+    fn interpolate(&self, a: &Tensor, b: &Tensor, steps: usize) -> Result<Tensor> {
+        let za = self.encode_mean(a)?; // (1, latent)
+        let zb = self.encode_mean(b)?;
+        let ts: Vec<f32> = (0..steps)
+            .map(|i| i as f32 / (steps.max(2) - 1) as f32)
+            .collect();
+        let t = Tensor::from_vec(ts, (steps, 1), za.device())?;
+        let z = (za.broadcast_mul(&t.affine(-1.0, 1.0)?)? + zb.broadcast_mul(&t)?)?; // (steps, latent)
+        self.decode(&z)
+    }
+
+    /// For a 2-D latent space: images decoded over a `side x side` grid of codes at the
+    /// standard-normal quantiles of evenly spaced probabilities (Kingma & Welling 2014, fig. 4).
+    fn manifold(&self, side: usize, device: &Device) -> Result<Tensor> {
+        if self.latent_dim() != 2 {
+            candle_core::bail!(
+                "the manifold grid needs a 2-D latent space; this model has latent_dim = {}",
+                self.latent_dim()
+            );
+        }
+        let q: Vec<f32> = (0..side)
+            .map(|i| crate::stats::normal_quantile((i as f64 + 0.5) / side as f64) as f32)
+            .collect();
+        let mut z = Vec::with_capacity(side * side * 2);
+        for row in 0..side {
+            for col in 0..side {
+                // z2 decreases down the rows so the grid reads like a plot.
+                z.extend([q[col], q[side - 1 - row]]);
+            }
+        }
+        self.decode(&Tensor::from_vec(z, (side * side, 2), device)?)
+    }
+}
+
+/// Options of likelihood evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct LikelihoodOptions {
+    /// Importance samples per image for latent-variable models.
+    pub importance_samples: usize,
+}
+
+impl Default for LikelihoodOptions {
+    fn default() -> Self {
+        Self {
+            importance_samples: 1000,
+        }
+    }
+}
+
+pub trait ExplicitModel: GenerativeModel {
+    fn likelihood(&self) -> Likelihood;
+
+    /// `log p(x)` per image in nats, `(b, c, h, w) -> (b)`.
+    fn log_prob(&self, x: &Tensor, opts: &LikelihoodOptions, rng: &mut Rng) -> Result<Tensor>;
+
+    /// Other per-image quantities worth reporting beside `-log p(x)`, in nats
+    /// (the negative ELBO of a VAE, say), as `(name, (b))` pairs.
+    fn extra_metrics(&self, _x: &Tensor, _rng: &mut Rng) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The training objective of a model fitted by minimising one loss.
+pub struct Loss {
+    /// The scalar to differentiate.
+    pub value: Tensor,
+    /// Quantities to log, each a mean per image.
+    pub metrics: Vec<(String, f64)>,
+}
+
+pub trait Objective {
+    /// The loss for a batch `(b, c, h, w)`; `rng` supplies any noise the objective needs.
+    fn loss(&self, x: &Tensor, rng: &mut Rng) -> Result<Loss>;
+}
+
+/// A model the runner can train by likelihood and evaluate by likelihood.
+pub trait LikelihoodModel: ExplicitModel + Objective {}
+impl<T: ExplicitModel + Objective> LikelihoodModel for T {}

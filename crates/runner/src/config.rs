@@ -1,0 +1,207 @@
+//! The run configuration: which model, its own `Config` (the `[model]` table), and how to
+//! train it (the `[train]` table). Written to every run directory as `config.toml` and into
+//! every checkpoint as JSON, so `sample` and `eval` need nothing else.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::Binarization;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub binarize: Binarization,
+    /// Use only the first N training images (0 = all).
+    pub limit: usize,
+    /// Stop (with a checkpoint) after this many optimiser steps in all (0 = no limit).
+    pub max_steps: u64,
+    /// Keep an `epoch-N.safetensors` checkpoint every N epochs (0 = only `last.safetensors`).
+    pub checkpoint_every: u64,
+    /// Images in the per-epoch sample grid.
+    pub sample_count: usize,
+    /// Log a JSONL line every N steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 128,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            weight_decay: 0.0,
+            seed: 0,
+            binarize: Binarization::Threshold,
+            limit: 0,
+            max_steps: 0,
+            checkpoint_every: 10,
+            sample_count: 64,
+            log_every: 10,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.batch_size > 0, "train.batch_size must be positive");
+        anyhow::ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "train.lr must be positive, found {}",
+            self.lr
+        );
+        anyhow::ensure!(self.log_every > 0, "train.log_every must be positive");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2),
+            "train.beta1 and train.beta2 must be in [0, 1)"
+        );
+        Ok(())
+    }
+
+    pub fn adam(&self) -> layers::AdamConfig {
+        layers::AdamConfig {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            weight_decay: self.weight_decay,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: String,
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// The model's own `Config`, checked by the model's deserialiser.
+    #[serde(default = "empty_table")]
+    pub model_config: toml::Table,
+}
+
+fn empty_table() -> toml::Table {
+    toml::Table::new()
+}
+
+/// The TOML file as users write it: `model = "..."`, `[train]`, `[model_config]`; the model
+/// may instead be named on the command line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunFile {
+    model: Option<String>,
+    #[serde(default)]
+    train: TrainConfig,
+    #[serde(default = "empty_table")]
+    model_config: toml::Table,
+}
+
+impl RunConfig {
+    pub fn new(model: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            train: TrainConfig::default(),
+            model_config: toml::Table::new(),
+        }
+    }
+
+    /// Reads a run file. A model named on the command line must agree with the file's.
+    pub fn from_file(path: &Path, model: Option<&str>) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let file: RunFile =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let model = match (model, file.model.as_deref()) {
+            (Some(cli), Some(f)) if cli != f => anyhow::bail!(
+                "{} is a config for model `{f}`, but `{cli}` was asked for",
+                path.display()
+            ),
+            (Some(m), _) | (None, Some(m)) => m.to_string(),
+            (None, None) => anyhow::bail!(
+                "{} names no model: add `model = \"vae\"` (say) or name it on the command line",
+                path.display()
+            ),
+        };
+        Ok(Self {
+            model,
+            train: file.train,
+            model_config: file.model_config,
+        })
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        Ok(serde_json::from_str(text)?)
+    }
+}
+
+/// Deserialises a model's `Config` from the `[model_config]` table; unknown keys are errors.
+pub fn model_config<T: serde::de::DeserializeOwned>(table: &toml::Table, model: &str) -> Result<T> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .with_context(|| format!("invalid [model_config] for model `{model}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_model_train_and_model_tables() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "model = \"vae\"\n[train]\nepochs = 3\n[model_config]\nlatent_dim = 2\n",
+        )?;
+        let c = RunConfig::from_file(&p, None)?;
+        assert_eq!(c.model, "vae");
+        assert_eq!(c.train.epochs, 3);
+        assert_eq!(c.train.batch_size, 128);
+        let v: vae::Config = model_config(&c.model_config, "vae")?;
+        assert_eq!(v.latent_dim, 2);
+        // JSON round trip as stored in checkpoints.
+        assert_eq!(RunConfig::from_json(&c.to_json()?)?, c);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_conflicting_models_are_errors() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "model = \"vae\"\n[train]\nepoks = 3\n")?;
+        let e = format!("{:#}", RunConfig::from_file(&p, None).unwrap_err());
+        assert!(
+            e.contains("c.toml") && e.contains("unknown field `epoks`"),
+            "{e}"
+        );
+        std::fs::write(&p, "model = \"vae\"\n[model_config]\nlatnt_dim = 3\n")?;
+        let c = RunConfig::from_file(&p, None)?;
+        let e = format!(
+            "{:#}",
+            model_config::<vae::Config>(&c.model_config, "vae").unwrap_err()
+        );
+        assert!(e.contains("unknown field `latnt_dim`"), "{e}");
+        std::fs::write(&p, "model = \"vae\"\n")?;
+        let e = format!("{:#}", RunConfig::from_file(&p, Some("nade")).unwrap_err());
+        assert!(e.contains("config for model `vae`"), "{e}");
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! `genzoo eval`: a model's quality on held-out data.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
+use layers::loss::bits_per_dim;
+use layers::{Likelihood, LikelihoodOptions, Rng, Stream};
+use serde::Serialize;
+
+use crate::checkpoint::load_model;
+use crate::config::RunConfig;
+use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Binarization, Split};
+
+pub struct EvalArgs {
+    pub checkpoint: PathBuf,
+    pub data: Option<PathBuf>,
+    pub importance_samples: usize,
+    pub batch_size: usize,
+    /// Evaluate on the first N test images only (0 = all).
+    pub limit: usize,
+    pub seed: u64,
+    pub device: Device,
+    /// How to read a plain weights file without genzoo metadata.
+    pub plain: Option<RunConfig>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetricRow {
+    pub name: String,
+    pub description: String,
+    /// Mean per image, in nats.
+    pub nats: f64,
+    pub bits_per_dim: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub checkpoint: String,
+    pub step: u64,
+    pub dataset: String,
+    pub images: usize,
+    pub binarization: String,
+    pub likelihood: Likelihood,
+    pub importance_samples: Option<usize>,
+    pub metrics: Vec<MetricRow>,
+}
+
+fn describe(name: &str) -> &str {
+    match name {
+        "nll" => "-log p(x)",
+        "neg_elbo" => "negative ELBO (upper bound on -log p(x))",
+        "reconstruction" => "-E_q log p(x|z) (one sample)",
+        "kl" => "KL(q(z|x) || p(z))",
+        other => other,
+    }
+}
+
+pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
+    ensure!(args.batch_size > 0, "--batch-size must be positive");
+    ensure!(args.importance_samples > 0, "--k must be positive");
+    let loaded = load_model(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let model = loaded.model.as_ref();
+    let mut data = load_split(args.data.as_deref(), Split::Test, model.image_shape())?;
+    if args.limit > 0 {
+        data.truncate(args.limit);
+    }
+    // Likelihoods are reported on deterministically binarized data (pixel >= 128).
+    let binarize = match loaded.run.train.binarize {
+        Binarization::None => Binarization::None,
+        _ => Binarization::Threshold,
+    };
+    let opts = LikelihoodOptions {
+        importance_samples: args.importance_samples,
+    };
+    let order: Vec<usize> = (0..data.len()).collect();
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    for k in 0..batches_per_epoch(data.len(), args.batch_size) {
+        let idx = batch_indices(&order, args.batch_size, k);
+        let mut rng = Rng::derive(args.seed, Stream::Eval, k as u64);
+        let x = make_batch(&data, idx, binarize, &mut rng, &args.device)?;
+        let mut per_image: Vec<(String, Tensor)> =
+            vec![("nll".into(), model.log_prob(&x, &opts, &mut rng)?.neg()?)];
+        per_image.extend(model.extra_metrics(&x, &mut rng)?);
+        for (i, (name, t)) in per_image.into_iter().enumerate() {
+            let total = t
+                .to_dtype(candle_core::DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            if sums.len() <= i {
+                sums.push((name, 0.0));
+            }
+            sums[i].1 += total;
+        }
+    }
+    let dims = model.dims();
+    let metrics = sums
+        .into_iter()
+        .map(|(name, total)| {
+            let nats = total / data.len() as f64;
+            MetricRow {
+                description: describe(&name).to_string(),
+                name,
+                nats,
+                bits_per_dim: bits_per_dim(nats, dims),
+            }
+        })
+        .collect();
+    let likelihood = model.likelihood();
+    Ok(EvalReport {
+        model: loaded.run.model.clone(),
+        checkpoint: args.checkpoint.display().to_string(),
+        step: loaded.progress.step,
+        dataset: data.name.clone(),
+        images: data.len(),
+        binarization: format!("{binarize:?}").to_lowercase(),
+        likelihood,
+        importance_samples: (likelihood == Likelihood::ImportanceWeighted)
+            .then_some(args.importance_samples),
+        metrics,
+    })
+}
+
+pub fn print_table(r: &EvalReport) {
+    println!("model       {} (step {})", r.model, r.step);
+    println!("checkpoint  {}", r.checkpoint);
+    println!(
+        "data        {} ({} images, binarization: {})",
+        r.dataset, r.images, r.binarization
+    );
+    let how = match (r.likelihood, r.importance_samples) {
+        (Likelihood::Exact, _) => "exact".to_string(),
+        (Likelihood::ImportanceWeighted, Some(k)) => {
+            format!("importance-weighted estimate, k = {k}")
+        }
+        (Likelihood::ImportanceWeighted, None) => "importance-weighted estimate".to_string(),
+    };
+    println!("likelihood  {how}");
+    println!();
+    println!(
+        "{:<16} {:>12} {:>10}  {}",
+        "metric", "nats/image", "bits/dim", "meaning"
+    );
+    for m in &r.metrics {
+        println!(
+            "{:<16} {:>12.3} {:>10.4}  {}",
+            m.name, m.nats, m.bits_per_dim, m.description
+        );
+    }
+}
+
+/// Convenience for tests and scripts: the mean NLL of a report.
+pub fn nll(report: &EvalReport) -> Option<f64> {
+    report
+        .metrics
+        .iter()
+        .find(|m| m.name == "nll")
+        .map(|m| m.nats)
+}

@@ -1,0 +1,100 @@
+//! `genzoo inspect`: what a safetensors file holds.
+
+use std::path::Path;
+
+use anyhow::Result;
+use candle_core::Device;
+use layers::Checkpoint;
+use serde::Serialize;
+
+use crate::checkpoint::OPTIMIZER_PREFIX;
+
+#[derive(Debug, Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub file: String,
+    pub tensors: Vec<TensorInfo>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Scalars in the model's tensors (optimizer state excluded).
+    pub parameters: usize,
+    pub optimizer_values: usize,
+}
+
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let ck = Checkpoint::load(path, &Device::Cpu)?;
+    let mut tensors: Vec<TensorInfo> = ck
+        .tensors
+        .iter()
+        .map(|(name, t)| TensorInfo {
+            name: name.clone(),
+            dtype: format!("{:?}", t.dtype()).to_lowercase(),
+            shape: t.dims().to_vec(),
+            count: t.elem_count(),
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let is_opt = |n: &str| n.starts_with(&format!("{OPTIMIZER_PREFIX}."));
+    Ok(Inspection {
+        file: path.display().to_string(),
+        parameters: ck.parameter_count(|n| !is_opt(n)),
+        optimizer_values: ck.parameter_count(is_opt),
+        tensors,
+        metadata: ck.metadata,
+    })
+}
+
+pub fn print(i: &Inspection) {
+    println!("{}", i.file);
+    println!();
+    let width = i
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:<width$}  {:<6} {:<20} {:>12}",
+        "tensor", "dtype", "shape", "values"
+    );
+    for t in &i.tensors {
+        println!(
+            "{:<width$}  {:<6} {:<20} {:>12}",
+            t.name,
+            t.dtype,
+            format!("{:?}", t.shape),
+            t.count
+        );
+    }
+    println!();
+    println!(
+        "parameters: {} in {} tensors",
+        i.parameters,
+        i.tensors
+            .iter()
+            .filter(|t| !t.name.starts_with(OPTIMIZER_PREFIX))
+            .count()
+    );
+    if i.optimizer_values > 0 {
+        println!("optimizer state: {} values", i.optimizer_values);
+    }
+    if !i.metadata.is_empty() {
+        println!();
+        println!("metadata:");
+        for (k, v) in &i.metadata {
+            let shown = if v.len() > 200 {
+                format!("{}...", &v[..200])
+            } else {
+                v.clone()
+            };
+            println!("  {k} = {shown}");
+        }
+    }
+}

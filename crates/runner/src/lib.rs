@@ -1,0 +1,14 @@
+//! The `genzoo` runner: data, training loops, checkpoints, evaluation. It is glue: the models
+//! live in their family crates and the shared pieces in `layers`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod download;
+pub mod eval;
+pub mod grid;
+pub mod inspect;
+pub mod plot;
+pub mod registry;
+pub mod sample;
+pub mod train;

@@ -1,0 +1,326 @@
+//! `genzoo`: train, sample, evaluate and inspect deep generative image models.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use runner::config::RunConfig;
+use runner::grid::GridOptions;
+use runner::{download, eval, inspect, registry, sample, train};
+
+#[derive(Parser)]
+#[command(
+    name = "genzoo",
+    version,
+    about = "Deep generative image models on Candle",
+    propagate_version = true
+)]
+struct Cli {
+    /// cpu, cuda, cuda:N, metal or auto.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// More log output (-v: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model; writes a run directory (config, checkpoints, log, samples, loss plot).
+    Train(TrainCmd),
+    /// Draw samples (or reconstructions, interpolations, a manifold) into a PNG grid.
+    Sample(SampleCmd),
+    /// Report a model's quality metrics on held-out data.
+    Eval(EvalCmd),
+    /// List the tensors, shapes, dtypes, metadata and parameter count of a safetensors file.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every model of genzoo's mission: family, explicit or implicit, built yet or not.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the full MNIST or Fashion-MNIST (IDX files) for use with --data.
+    Download {
+        #[arg(value_enum)]
+        dataset: download::Dataset,
+        /// Directory to write the four .gz files into.
+        #[arg(long, default_value = "data/full")]
+        out: PathBuf,
+        /// Base URL to fetch from instead of the default mirror.
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct TrainCmd {
+    /// Model name (see `genzoo list`); may be given by --config instead.
+    model: Option<String>,
+    /// A run file: `model = ".."`, `[train]` and `[model_config]` tables.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// MNIST-format IDX directory or image folder (default: the bundled MNIST subset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    epochs: Option<u64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop after this many optimiser steps in all, saving a checkpoint.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Run directory (default: runs/<model>-<date>-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue exactly from a checkpoint of this model.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+/// How to read a plain weights file (no genzoo metadata).
+#[derive(Args)]
+struct PlainWeights {
+    /// Model of a plain weights file, e.g. converted from PyTorch.
+    #[arg(long)]
+    model: Option<String>,
+    /// Run file with the plain weights' `[model_config]`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl PlainWeights {
+    fn run_config(&self) -> Result<Option<RunConfig>> {
+        match (&self.model, &self.config) {
+            (None, None) => Ok(None),
+            (model, Some(path)) => Ok(Some(RunConfig::from_file(path, model.as_deref())?)),
+            (Some(model), None) => {
+                registry::builder(model)?;
+                Ok(Some(RunConfig::new(model)))
+            }
+        }
+    }
+}
+
+#[derive(Args)]
+struct SampleCmd {
+    checkpoint: PathBuf,
+    #[arg(short, default_value_t = 64)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Images per row of the grid.
+    #[arg(long, default_value_t = 8)]
+    nrow: usize,
+    #[arg(long, default_value_t = 2)]
+    padding: usize,
+    #[arg(long, value_enum, default_value = "sample")]
+    mode: sample::SampleMode,
+    /// Images per interpolation row.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Test images for reconstruct / interpolate (default: the bundled subset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    plain: PlainWeights,
+}
+
+#[derive(Args)]
+struct EvalCmd {
+    checkpoint: PathBuf,
+    /// MNIST-format IDX directory or image folder; its test split is used.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Importance samples per image for latent-variable models.
+    #[arg(long, default_value_t = 1000)]
+    k: usize,
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Only the first N test images (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    plain: PlainWeights,
+}
+
+fn run_train(cmd: TrainCmd, device: candle_core::Device) -> Result<ExitCode> {
+    let run = match (&cmd.config, &cmd.model, &cmd.resume) {
+        (Some(path), model, _) => RunConfig::from_file(path, model.as_deref())?,
+        (None, Some(model), _) => {
+            let entry = registry::find(model)?;
+            RunConfig {
+                train: (entry.train_defaults)(),
+                ..RunConfig::new(model)
+            }
+        }
+        (None, None, Some(resume)) => {
+            let ck = layers::Checkpoint::load(resume, &candle_core::Device::Cpu)?;
+            RunConfig::new(ck.require_meta(runner::checkpoint::META_MODEL, resume)?)
+        }
+        (None, None, None) => anyhow::bail!(
+            "name a model (`genzoo train vae`), a --config file, or a --resume checkpoint"
+        ),
+    };
+    registry::builder(&run.model)?;
+    let outcome = train::train(train::TrainArgs {
+        run,
+        data: cmd.data,
+        out: cmd.out,
+        resume: cmd.resume,
+        device,
+        overrides: train::TrainOverrides {
+            epochs: cmd.epochs,
+            lr: cmd.lr,
+            max_steps: cmd.max_steps,
+            batch_size: cmd.batch_size,
+            seed: cmd.seed,
+        },
+    })?;
+    if outcome.interrupted {
+        return Ok(ExitCode::from(130));
+    }
+    println!("run directory: {}", outcome.run_dir.display());
+    println!(
+        "checkpoint:    {} (step {})",
+        outcome.last_checkpoint.display(),
+        outcome.step
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_list(json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<_> = registry::MODELS
+            .iter()
+            .map(|m| serde_json::json!({"name": m.name, "family": m.family, "kind": m.kind, "built": m.is_built(), "summary": m.summary}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<13} {:<9} {:<14} description",
+        "model", "family", "kind", "status"
+    );
+    for m in registry::MODELS {
+        let status = if m.is_built() {
+            "built"
+        } else {
+            "not built yet"
+        };
+        println!(
+            "{:<16} {:<13} {:<9} {:<14} {}",
+            m.name,
+            m.family,
+            m.kind.to_string(),
+            status,
+            m.summary
+        );
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let device = || layers::device::parse_device(&cli.device);
+    match cli.command {
+        Command::Train(cmd) => run_train(cmd, device()?),
+        Command::Sample(cmd) => {
+            let n = sample::sample(&sample::SampleArgs {
+                plain: cmd.plain.run_config()?,
+                checkpoint: cmd.checkpoint,
+                n: cmd.n,
+                seed: cmd.seed,
+                out: cmd.out.clone(),
+                grid: GridOptions {
+                    nrow: cmd.nrow,
+                    padding: cmd.padding,
+                    ..Default::default()
+                },
+                mode: cmd.mode,
+                steps: cmd.steps,
+                data: cmd.data,
+                device: device()?,
+            })?;
+            println!("wrote {} images to {}", n, cmd.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval(cmd) => {
+            let report = eval::evaluate(&eval::EvalArgs {
+                plain: cmd.plain.run_config()?,
+                checkpoint: cmd.checkpoint,
+                data: cmd.data,
+                importance_samples: cmd.k,
+                batch_size: cmd.batch_size,
+                limit: cmd.limit,
+                seed: cmd.seed,
+                device: device()?,
+            })?;
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eval::print_table(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { file, json } => {
+            let i = inspect::inspect(&file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                inspect::print(&i);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { json } => run_list(json).map(|_| ExitCode::SUCCESS),
+        Command::Download {
+            dataset,
+            out,
+            mirror,
+        } => {
+            let mirror = mirror.unwrap_or_else(|| dataset.default_mirror().to_string());
+            download::download(dataset, &mirror, &out, None).context("download failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("warn,runner={level},genzoo={level}"))
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Every model of genzoo's mission, and how to build the ones that exist.
+
+use anyhow::{bail, Result};
+use candle_nn::VarBuilder;
+use layers::{LikelihoodModel, ModelKind};
+
+use crate::config::{model_config, TrainConfig};
+
+/// How a built model is constructed from its `[model_config]` table.
+pub type LikelihoodBuilder =
+    fn(&toml::Table, VarBuilder<'static>) -> Result<(Box<dyn LikelihoodModel>, toml::Table)>;
+
+pub struct ModelEntry {
+    pub name: &'static str,
+    /// The crate it lives in.
+    pub family: &'static str,
+    pub kind: ModelKind,
+    pub summary: &'static str,
+    /// `None` while the model is not built yet.
+    pub build: Option<LikelihoodBuilder>,
+    /// Training defaults that differ from [`TrainConfig::default`].
+    pub train_defaults: fn() -> TrainConfig,
+}
+
+impl ModelEntry {
+    pub fn is_built(&self) -> bool {
+        self.build.is_some()
+    }
+}
+
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
+/// Builds a model whose `Config` is `C`, returning it with the resolved (defaulted) config.
+fn build_vae(
+    table: &toml::Table,
+    vb: VarBuilder<'static>,
+    base: vae::Config,
+    name: &str,
+) -> Result<(Box<dyn LikelihoodModel>, toml::Table)> {
+    // Keys the user gave override the variant's defaults.
+    let mut merged = toml::Table::try_from(&base)?;
+    merged.extend(table.clone());
+    let cfg: vae::Config = model_config(&merged, name)?;
+    cfg.validate()?;
+    let model = vae::Vae::new(&cfg, vb)?;
+    Ok((Box::new(model), toml::Table::try_from(&cfg)?))
+}
+
+pub const MODELS: &[ModelEntry] = &[
+    ModelEntry {
+        name: "fvsbn",
+        family: "pixelrnn",
+        kind: ModelKind::Explicit,
+        summary: "fully visible logistic autoregression (FVSBN)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "ar-n",
+        family: "pixelrnn",
+        kind: ModelKind::Explicit,
+        summary: "logistic autoregression on the previous N pixels",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "nade",
+        family: "pixelrnn",
+        kind: ModelKind::Explicit,
+        summary: "NADE (Larochelle & Murray 2011)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "pixelcnn",
+        family: "pixelrnn",
+        kind: ModelKind::Explicit,
+        summary: "PixelCNN with mask A / mask B convolutions",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "row-lstm",
+        family: "pixelrnn",
+        kind: ModelKind::Explicit,
+        summary: "PixelRNN Row LSTM (van den Oord et al. 2016)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "diagonal-bilstm",
+        family: "pixelrnn",
+        kind: ModelKind::Explicit,
+        summary: "PixelRNN Diagonal BiLSTM (van den Oord et al. 2016)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "vae",
+        family: "vae",
+        kind: ModelKind::Explicit,
+        summary: "VAE, pytorch/examples MLP 784-400-20 (ELBO; importance-weighted NLL)",
+        build: Some(|t, vb| build_vae(t, vb, vae::Config::default(), "vae")),
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "conv-vae",
+        family: "vae",
+        kind: ModelKind::Explicit,
+        summary: "convolutional VAE (ELBO; importance-weighted NLL)",
+        build: Some(|t, vb| build_vae(t, vb, vae::Config::conv(), "conv-vae")),
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "gan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "GAN with MLP generator and discriminator (Goodfellow et al. 2014)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "dcgan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "DCGAN (Radford et al. 2015), pytorch/examples architecture",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "cgan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "class-conditional GAN",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "infogan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "InfoGAN (Chen et al. 2016)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "text2image-gan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "text-to-image GAN, GAN-CLS / GAN-INT (Reed et al. 2016)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "puzzle-gan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "Puzzle-GAN: whole image from key local patches (Lee et al. 2018)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "cyclegan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "CycleGAN (Zhu et al. 2017)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "stargan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "StarGAN (Choi et al. 2018)",
+        build: None,
+        train_defaults: defaults,
+    },
+    ModelEntry {
+        name: "progan",
+        family: "gan-variants",
+        kind: ModelKind::Implicit,
+        summary: "Progressive GAN (Karras et al. 2018)",
+        build: None,
+        train_defaults: defaults,
+    },
+];
+
+/// The entry of a model that exists, or an error that says why not.
+pub fn find(name: &str) -> Result<&'static ModelEntry> {
+    let Some(entry) = MODELS.iter().find(|m| m.name == name) else {
+        let known: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+        bail!(
+            "unknown model `{name}`; the models are: {}",
+            known.join(", ")
+        );
+    };
+    Ok(entry)
+}
+
+/// The builder of a model that is built, or an error that says it is not built yet.
+pub fn builder(name: &str) -> Result<LikelihoodBuilder> {
+    let entry = find(name)?;
+    match entry.build {
+        Some(b) => Ok(b),
+        None => bail!(
+            "model `{name}` ({}) is part of genzoo's mission but not built yet; `genzoo list` shows what is",
+            entry.summary
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_errors_are_clear() {
+        let mut names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), MODELS.len());
+        assert!(builder("vae").is_ok());
+        let e = builder("vea").err().unwrap().to_string();
+        assert!(
+            e.contains("unknown model `vea`") && e.contains("vae"),
+            "{e}"
+        );
+        let e = builder("progan").err().unwrap().to_string();
+        assert!(e.contains("not built yet"), "{e}");
+    }
+}
