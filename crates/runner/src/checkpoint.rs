@@ -29,7 +29,9 @@ pub const OPTIMIZER_PREFIX: &str = "optimizer";
 /// Where a run stands when it is saved.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
+    /// Optimiser steps taken.
     pub step: u64,
+    /// Epochs completed.
     pub epoch: u64,
     /// Per-metric sums over the current epoch so far, and the number of steps summed.
     pub epoch_sums: BTreeMap<String, f64>,

@@ -139,8 +139,8 @@ pub fn print_table(r: &EvalReport) {
     println!("likelihood  {how}");
     println!();
     println!(
-        "{:<16} {:>12} {:>10}  {}",
-        "metric", "nats/image", "bits/dim", "meaning"
+        "{:<16} {:>12} {:>10}  meaning",
+        "metric", "nats/image", "bits/dim"
     );
     for m in &r.metrics {
         println!(

@@ -311,7 +311,9 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     );
     bar.set_position(progress.step);
 
-    let mut order = epoch_order(train_data.len(), t.seed, progress.epoch);
+    // The epoch whose shuffled order `order` holds.
+    let mut order_epoch = progress.step / steps_per_epoch;
+    let mut order = epoch_order(train_data.len(), t.seed, order_epoch);
     let mut window = (Instant::now(), 0usize);
     let save = |progress: &Progress, optimizer: &Adam, path: &Path| -> Result<()> {
         save_train_state(
@@ -328,8 +330,8 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let mut interrupted = false;
     while progress.step < total_steps {
         let epoch = progress.step / steps_per_epoch;
-        if epoch != progress.epoch {
-            progress.epoch = epoch;
+        if epoch != order_epoch {
+            order_epoch = epoch;
             order = epoch_order(train_data.len(), t.seed, epoch);
         }
         let k = (progress.step % steps_per_epoch) as usize;
@@ -403,7 +405,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             )?;
             progress.epoch = epoch + 1;
             save(&progress, &optimizer, &dir.last_checkpoint())?;
-            if t.checkpoint_every > 0 && (epoch + 1) % t.checkpoint_every == 0 {
+            if t.checkpoint_every > 0 && (epoch + 1).is_multiple_of(t.checkpoint_every) {
                 let p = dir
                     .checkpoints()
                     .join(format!("epoch-{:04}.safetensors", epoch + 1));

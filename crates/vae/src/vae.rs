@@ -82,7 +82,7 @@ impl Config {
         anyhow::ensure!(self.eval_chunk > 0, "eval_chunk must be positive");
         if self.arch == Arch::Conv {
             anyhow::ensure!(
-                self.image_size % 4 == 0,
+                self.image_size.is_multiple_of(4),
                 "the conv VAE needs image_size divisible by 4, found {}",
                 self.image_size
             );

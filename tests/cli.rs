@@ -1,0 +1,596 @@
+//! The `genzoo` binary end to end on the bundled digits: training writes a run directory and
+//! the loss goes down, resume is exact, checkpoints survive kills, Ctrl-C saves, and every bad
+//! input is a clear error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use layers::Checkpoint;
+use serde_json::Value;
+
+fn genzoo() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_genzoo"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    genzoo().args(args).output().expect("genzoo runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "genzoo failed:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// Runs a command that must fail cleanly: non-zero exit, no panic, and `needles` in stderr.
+#[track_caller]
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = run(args);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{args:?} should fail with 1:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
+    }
+}
+
+fn log_lines(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A small but real run: `limit` training digits, `epochs` epochs, a line per step.
+fn train_small(out: &Path, extra: &[&str]) -> Output {
+    let cfg = out.with_extension("toml");
+    std::fs::write(
+        &cfg,
+        "model = \"vae\"\n[train]\nlimit = 640\nbatch_size = 64\nlog_every = 1\nsample_count = 16\n",
+    )
+    .unwrap();
+    let mut args = vec!["train", "--config", s(&cfg), "--out", s(out)];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn list_names_every_model_with_its_kind_and_status() {
+    let out = stdout(&ok(run(&["list"])));
+    for name in [
+        "fvsbn",
+        "ar-n",
+        "nade",
+        "pixelcnn",
+        "row-lstm",
+        "diagonal-bilstm",
+        "vae",
+        "conv-vae",
+        "gan",
+        "dcgan",
+        "infogan",
+        "text2image-gan",
+        "puzzle-gan",
+        "cyclegan",
+        "stargan",
+        "progan",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{out}"
+        );
+    }
+    let vae = out.lines().find(|l| l.starts_with("vae ")).unwrap();
+    assert!(vae.contains("explicit") && vae.contains("built"), "{vae}");
+    let gan = out.lines().find(|l| l.starts_with("dcgan")).unwrap();
+    assert!(
+        gan.contains("implicit") && gan.contains("not built yet"),
+        "{gan}"
+    );
+    let json: Value = serde_json::from_str(&stdout(&ok(run(&["list", "--json"])))).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 17);
+}
+
+#[test]
+fn training_writes_a_run_directory_and_the_loss_goes_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    ok(train_small(&out, &["--epochs", "3"]));
+    for f in [
+        "config.toml",
+        "log.jsonl",
+        "loss.png",
+        "checkpoints/last.safetensors",
+        "samples/epoch-0001.png",
+        "samples/epoch-0003.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let epochs: Vec<Value> = log_lines(&out)
+        .into_iter()
+        .filter(|v| v["type"] == "epoch")
+        .collect();
+    assert_eq!(epochs.len(), 3);
+    let test_loss = |i: usize| epochs[i]["test_neg_elbo"].as_f64().unwrap();
+    // On held-out digits the bound improves epoch after epoch, from ~540 nats at init.
+    assert!(
+        test_loss(2) < test_loss(1) && test_loss(1) < test_loss(0),
+        "{epochs:?}"
+    );
+    assert!(test_loss(2) < 260.0, "{}", test_loss(2));
+    // The resolved config lists every field, with the model's defaults filled in.
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        cfg.contains("latent_dim = 20") && cfg.contains("epochs = 3"),
+        "{cfg}"
+    );
+    // A second run into the same directory is refused, and nothing there changes.
+    let before = std::fs::read(out.join("checkpoints/last.safetensors")).unwrap();
+    let o = train_small(&out, &["--epochs", "1"]);
+    assert!(stderr(&o).contains("already holds a run"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(out.join("checkpoints/last.safetensors")).unwrap(),
+        before
+    );
+}
+
+fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
+    log_lines(dir)
+        .into_iter()
+        .filter(|v| v["type"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["neg_elbo"].as_f64().unwrap()))
+        .collect()
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
+    let mut w: Vec<(String, Vec<f32>)> = ck
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+#[test]
+fn same_seed_same_losses_and_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    let again = tmp.path().join("again");
+    let split = tmp.path().join("split");
+    ok(train_small(&whole, &["--epochs", "2"]));
+    ok(train_small(&again, &["--epochs", "2"]));
+    assert_eq!(
+        step_losses(&whole),
+        step_losses(&again),
+        "same seed, same losses"
+    );
+    assert_eq!(step_losses(&whole).len(), 20);
+
+    // Stop mid-way through the second epoch (step 13 of 20), then resume.
+    ok(train_small(&split, &["--epochs", "2", "--max-steps", "13"]));
+    let ck = split.join("checkpoints/last.safetensors");
+    let meta = Checkpoint::load(&ck, &Device::Cpu).unwrap();
+    assert_eq!(meta.meta("genzoo.step"), Some("13"));
+    ok(run(&[
+        "train",
+        "vae",
+        "--resume",
+        s(&ck),
+        "--max-steps",
+        "0",
+    ]));
+    assert_eq!(
+        step_losses(&split),
+        step_losses(&whole),
+        "resumed losses differ"
+    );
+    let epochs = |d: &Path| -> Vec<Value> {
+        log_lines(d)
+            .into_iter()
+            .filter(|v| v["type"] == "epoch")
+            .collect()
+    };
+    assert_eq!(epochs(&split), epochs(&whole), "epoch summaries differ");
+    assert_eq!(
+        weights(&ck),
+        weights(&whole.join("checkpoints/last.safetensors")),
+        "final weights and moments differ"
+    );
+
+    // A different seed gives different losses: the check above can fail.
+    let other = tmp.path().join("other");
+    ok(train_small(&other, &["--epochs", "1", "--seed", "1"]));
+    assert_ne!(step_losses(&other)[..10], step_losses(&whole)[..10]);
+    // Resume must not change what exactness depends on.
+    fails_with(
+        &["train", "vae", "--resume", s(&ck), "--seed", "5"],
+        &["cannot change"],
+    );
+}
+
+/// Starts a long run in the background, waiting until its first checkpoint exists.
+fn start_long_run(out: &Path) -> std::process::Child {
+    let cfg = out.with_extension("toml");
+    // One step per epoch, so a checkpoint is written at every step.
+    std::fs::write(&cfg, "model = \"vae\"\n[train]\nlimit = 64\nbatch_size = 64\nepochs = 100000\nlog_every = 1\nsample_count = 4\n").unwrap();
+    let child = genzoo()
+        .args(["train", "--config", s(&cfg), "--out", s(out)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("checkpoints/last.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn a_kill_at_any_moment_leaves_a_loadable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, delay_ms) in [0u64, 37, 113, 251].into_iter().enumerate() {
+        let out = tmp.path().join(format!("k{i}"));
+        let mut child = start_long_run(&out);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL: no chance to clean up
+        child.wait().unwrap();
+        let ck = Checkpoint::load(&out.join("checkpoints/last.safetensors"), &Device::Cpu)
+            .expect("the last checkpoint is whole after a kill");
+        assert!(ck.tensors.contains_key("fc1.weight"));
+        // And it resumes.
+        ok(run(&[
+            "train",
+            "vae",
+            "--resume",
+            s(&out.join("checkpoints/last.safetensors")),
+            "--epochs",
+            &(ck.meta("genzoo.epoch").unwrap().parse::<u64>().unwrap() + 1).to_string(),
+        ]));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let child = start_long_run(&out);
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted at step") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    let ck = Checkpoint::load(&out.join("checkpoints/last.safetensors"), &Device::Cpu).unwrap();
+    let last_logged = step_losses(&out).last().unwrap().0;
+    assert_eq!(
+        ck.meta("genzoo.step").unwrap(),
+        last_logged.to_string(),
+        "the checkpoint is of the last step"
+    );
+}
+
+/// A trained tiny model shared by the sampling, evaluation and bad-input tests.
+fn tiny_checkpoint(dir: &Path, extra_model_config: &str) -> PathBuf {
+    let out = dir.join("tiny");
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(&cfg, format!("model = \"vae\"\n[train]\nlimit = 2048\nepochs = 1\nsample_count = 4\n[model_config]\n{extra_model_config}")).unwrap();
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
+    out.join("checkpoints/last.safetensors")
+}
+
+fn png_size(p: &Path) -> (u32, u32) {
+    let img = image::open(p).unwrap();
+    (img.width(), img.height())
+}
+
+#[test]
+fn sample_eval_and_inspect_need_only_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(tmp.path(), "");
+    let png = tmp.path().join("s.png");
+    ok(run(&[
+        "sample",
+        s(&ck),
+        "-n",
+        "10",
+        "--nrow",
+        "5",
+        "--out",
+        s(&png),
+    ]));
+    assert_eq!(png_size(&png), (5 * 30 + 2, 2 * 30 + 2));
+    ok(run(&[
+        "sample",
+        s(&ck),
+        "--mode",
+        "reconstruct",
+        "-n",
+        "6",
+        "--out",
+        s(&png),
+    ]));
+    assert_eq!(png_size(&png), (6 * 30 + 2, 2 * 30 + 2));
+    ok(run(&[
+        "sample",
+        s(&ck),
+        "--mode",
+        "interpolate",
+        "-n",
+        "16",
+        "--steps",
+        "8",
+        "--out",
+        s(&png),
+    ]));
+    assert_eq!(png_size(&png), (8 * 30 + 2, 2 * 30 + 2));
+    fails_with(
+        &["sample", s(&ck), "--mode", "manifold", "--out", s(&png)],
+        &["2-D latent space", "latent_dim = 20"],
+    );
+
+    let o = ok(run(&[
+        "eval",
+        s(&ck),
+        "--json",
+        "--k",
+        "50",
+        "--limit",
+        "100",
+    ]));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["images"], 100);
+    let metric = |n: &str| {
+        r["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == n)
+            .unwrap()["nats"]
+            .as_f64()
+            .unwrap()
+    };
+    // The importance-weighted estimate is a tighter bound than the ELBO.
+    assert!(metric("nll") < metric("neg_elbo"), "{r}");
+    assert!(metric("nll") > 50.0 && metric("nll") < 450.0, "{r}");
+    let table = stdout(&ok(run(&["eval", s(&ck), "--k", "10", "--limit", "20"])));
+    assert!(
+        table.contains("nll") && table.contains("bits/dim") && table.contains("k = 10"),
+        "{table}"
+    );
+
+    let i = stdout(&ok(run(&["inspect", s(&ck)])));
+    assert!(i.contains("fc21.weight") && i.contains("[20, 400]"), "{i}");
+    // 784*400+400 + 2*(400*20+20) + 20*400+400 + 400*784+784 parameters.
+    assert!(i.contains("parameters: 652824 in 10 tensors"), "{i}");
+    assert!(i.contains("genzoo.model = vae"), "{i}");
+}
+
+#[test]
+fn a_two_dimensional_latent_space_draws_its_manifold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(tmp.path(), "latent_dim = 2\n");
+    let png = tmp.path().join("m.png");
+    ok(run(&[
+        "sample",
+        s(&ck),
+        "--mode",
+        "manifold",
+        "-n",
+        "100",
+        "--out",
+        s(&png),
+    ]));
+    assert_eq!(png_size(&png), (10 * 30 + 2, 10 * 30 + 2));
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_that_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ck = tiny_checkpoint(t, "");
+    let out = t.join("x");
+
+    fails_with(&["train", "vea"], &["unknown model `vea`", "vae"]);
+    fails_with(&["train", "pixelcnn", "--out", s(&out)], &["not built yet"]);
+    fails_with(&["train"], &["name a model"]);
+
+    let cfg = t.join("bad.toml");
+    std::fs::write(&cfg, "model = \"vae\"\n[train]\nepoks = 3\n").unwrap();
+    fails_with(
+        &["train", "--config", s(&cfg)],
+        &["bad.toml", "unknown field `epoks`"],
+    );
+    std::fs::write(&cfg, "model = \"vae\"\n[model_config]\nlatnt_dim = 3\n").unwrap();
+    fails_with(
+        &["train", "--config", s(&cfg), "--out", s(&out)],
+        &["unknown field `latnt_dim`"],
+    );
+    fails_with(
+        &["train", "vae", "--lr=-1", "--out", s(&out)],
+        &["train.lr must be positive"],
+    );
+
+    fails_with(
+        &[
+            "train",
+            "vae",
+            "--data",
+            s(&t.join("nowhere")),
+            "--out",
+            s(&out),
+        ],
+        &["nowhere", "does not exist"],
+    );
+    let data = t.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    for f in [
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        std::fs::copy(src.join(f), data.join(f)).unwrap();
+    }
+    fails_with(
+        &["train", "vae", "--data", s(&data), "--out", s(&out)],
+        &["missing train-images-idx3-ubyte"],
+    );
+    let bytes = std::fs::read(src.join("train-images-idx3-ubyte.gz")).unwrap();
+    std::fs::write(
+        data.join("train-images-idx3-ubyte.gz"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    fails_with(
+        &["train", "vae", "--data", s(&data), "--out", s(&out)],
+        &["train-images-idx3-ubyte.gz", "not a valid gzip file"],
+    );
+
+    // A non-writable output: its parent is a file.
+    let file = t.join("file");
+    std::fs::write(&file, "x").unwrap();
+    fails_with(
+        &[
+            "train",
+            "vae",
+            "--epochs",
+            "1",
+            "--out",
+            s(&file.join("run")),
+        ],
+        &["cannot create output directory", "file/run"],
+    );
+
+    // Checkpoints: truncated, garbage, missing, of another model, with a misshapen tensor.
+    let whole = std::fs::read(&ck).unwrap();
+    let truncated = t.join("truncated.safetensors");
+    std::fs::write(&truncated, &whole[..whole.len() / 3]).unwrap();
+    let garbage = t.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file, just words").unwrap();
+    for bad in [&truncated, &garbage] {
+        let name = bad.file_name().unwrap().to_str().unwrap();
+        fails_with(&["sample", s(bad), "--out", s(&t.join("s.png"))], &[name]);
+        fails_with(&["eval", s(bad)], &[name]);
+        fails_with(&["inspect", s(bad)], &[name]);
+        fails_with(&["train", "vae", "--resume", s(bad)], &[name]);
+    }
+    assert!(!t.join("s.png").exists());
+    fails_with(
+        &["eval", s(&t.join("missing.safetensors"))],
+        &["missing.safetensors"],
+    );
+    fails_with(
+        &["train", "conv-vae", "--resume", s(&ck)],
+        &["is a checkpoint of model `vae`, not `conv-vae`"],
+    );
+
+    let plain = t.join("plain.safetensors");
+    let mut tensors = Checkpoint::load(&ck, &Device::Cpu).unwrap();
+    tensors.metadata.clear();
+    tensors.save(&plain).unwrap();
+    fails_with(
+        &["eval", s(&plain)],
+        &["plain.safetensors", "not a genzoo checkpoint", "--model"],
+    );
+    tensors.tensors.insert(
+        "fc21.weight".into(),
+        candle_core::Tensor::zeros((7, 400), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.save(&plain).unwrap();
+    fails_with(
+        &["eval", s(&plain), "--model", "vae"],
+        &[
+            "plain.safetensors",
+            "`fc21.weight` has shape [7, 400], the model expects [20, 400]",
+        ],
+    );
+    tensors.tensors.remove("fc21.weight");
+    tensors.save(&plain).unwrap();
+    fails_with(
+        &["sample", s(&plain), "--model", "vae"],
+        &["missing tensor(s) `fc21.weight`"],
+    );
+
+    fails_with(&["sample", s(&ck), "-n", "0"], &["-n must be positive"]);
+    fails_with(
+        &["eval", s(&ck), "--device", "tpu"],
+        &["unknown device `tpu`"],
+    );
+    #[cfg(not(feature = "cuda"))]
+    fails_with(&["eval", s(&ck), "--device", "cuda"], &["--features cuda"]);
+    // The checkpoint is untouched by all of the above.
+    assert_eq!(std::fs::read(&ck).unwrap(), whole);
+}
+
+#[test]
+fn plain_weights_with_reference_names_load_by_model_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The PyTorch fixture holds the reference weights (and other tensors, which are ignored).
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vae_mlp.safetensors");
+    let png = tmp.path().join("p.png");
+    ok(run(&[
+        "sample",
+        s(&fixture),
+        "--model",
+        "vae",
+        "-n",
+        "4",
+        "--out",
+        s(&png),
+    ]));
+    let o = ok(run(&[
+        "eval",
+        s(&fixture),
+        "--model",
+        "vae",
+        "--k",
+        "5",
+        "--limit",
+        "10",
+        "--json",
+    ]));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // Untrained weights: about 540 nats per digit.
+    let nll = r["metrics"][0]["nats"].as_f64().unwrap();
+    assert!(nll > 400.0, "{nll}");
+}
