@@ -397,6 +397,29 @@ fn sample_eval_and_inspect_need_only_the_checkpoint() {
         "{table}"
     );
 
+    // Exported weights sample and evaluate like the checkpoint, and refuse to resume.
+    let shipped = tmp.path().join("shipped.safetensors");
+    ok(run(&["export", s(&ck), s(&shipped)]));
+    let e = stdout(&ok(run(&[
+        "eval",
+        s(&shipped),
+        "--json",
+        "--k",
+        "50",
+        "--limit",
+        "100",
+    ])));
+    assert_eq!(
+        serde_json::from_str::<Value>(&e).unwrap()["metrics"],
+        r["metrics"]
+    );
+    fails_with(
+        &["train", "vae", "--resume", s(&shipped)],
+        &["shipped.safetensors holds weights only"],
+    );
+    let i = stdout(&ok(run(&["inspect", s(&shipped)])));
+    assert!(!i.contains("optimizer"), "{i}");
+
     let i = stdout(&ok(run(&["inspect", s(&ck)])));
     assert!(i.contains("fc21.weight") && i.contains("[20, 400]"), "{i}");
     // 784*400+400 + 2*(400*20+20) + 20*400+400 + 400*784+784 parameters.
@@ -593,4 +616,42 @@ fn plain_weights_with_reference_names_load_by_model_name() {
     // Untrained weights: about 540 nats per digit.
     let nll = r["metrics"][0]["nats"].as_f64().unwrap();
     assert!(nll > 400.0, "{nll}");
+}
+
+#[test]
+fn the_conv_vae_trains_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("conv");
+    let cfg = tmp.path().join("conv.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"conv-vae\"\n[train]\nlimit = 1024\nepochs = 2\nsample_count = 4\n",
+    )
+    .unwrap();
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
+    let epochs: Vec<Value> = log_lines(&out)
+        .into_iter()
+        .filter(|v| v["type"] == "epoch")
+        .collect();
+    let loss = |i: usize| epochs[i]["test_neg_elbo"].as_f64().unwrap();
+    assert!(loss(1) < loss(0), "{epochs:?}");
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(cfg.contains("arch = \"conv\""), "{cfg}");
+    let ck = out.join("checkpoints/last.safetensors");
+    let o = ok(run(&[
+        "eval",
+        s(&ck),
+        "--json",
+        "--k",
+        "10",
+        "--limit",
+        "50",
+    ]));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["model"], "conv-vae");
+    let i = stdout(&ok(run(&["inspect", s(&ck)])));
+    assert!(
+        i.contains("enc.0.weight") && i.contains("[32, 1, 4, 4]") && i.contains("dec.2.weight"),
+        "{i}"
+    );
 }

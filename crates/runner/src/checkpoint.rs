@@ -183,8 +183,28 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
 
 /// Restores the optimiser's moments from a loaded checkpoint.
 pub fn restore_optimizer(optimizer: &mut Adam, loaded: &LoadedModel, path: &Path) -> Result<()> {
+    if loaded.checkpoint.meta(META_OPTIMIZER_STEP).is_none() {
+        bail!(
+            "{} holds weights only (no optimizer state): it can be sampled and evaluated, not resumed",
+            path.display()
+        );
+    }
     let step: u64 = parse_meta(&loaded.checkpoint, META_OPTIMIZER_STEP, path)?;
     optimizer
         .load_state(OPTIMIZER_PREFIX, &loaded.checkpoint.tensors, step)
         .with_context(|| format!("{}: cannot restore the optimizer", path.display()))
+}
+
+/// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state:
+/// a file to share or ship, which `sample` and `eval` read like the checkpoint.
+pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
+    let mut ck = Checkpoint::load(src, &Device::Cpu)?;
+    ck.require_meta(META_MODEL, src)?;
+    let before = ck.tensors.len();
+    ck.tensors
+        .retain(|name, _| !name.starts_with(&format!("{OPTIMIZER_PREFIX}.")));
+    ck.metadata.remove(META_OPTIMIZER_STEP);
+    ck.metadata.remove(META_EPOCH_SUMS);
+    ck.save(dst)?;
+    Ok((ck.tensors.len(), before - ck.tensors.len()))
 }

@@ -41,6 +41,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a checkpoint's weights and metadata without the optimizer state (to share or ship).
+    Export { checkpoint: PathBuf, out: PathBuf },
     /// Every model of genzoo's mission: family, explicit or implicit, built yet or not.
     List {
         #[arg(long)]
@@ -285,6 +287,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 inspect::print(&i);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { checkpoint, out } => {
+            let (kept, dropped) = runner::checkpoint::export_weights(&checkpoint, &out)?;
+            println!(
+                "wrote {} ({kept} tensors; {dropped} optimizer tensors left out)",
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::List { json } => run_list(json).map(|_| ExitCode::SUCCESS),

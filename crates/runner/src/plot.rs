@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -38,7 +38,10 @@ pub fn plot_curves(path: &Path, title: &str, y_label: &str, series: &[Series]) -
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let margin = ((y1 - y0) * 0.05).max(1e-6);
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    let (width, height) = (900u32, 540u32);
+    // Drawn into memory and encoded by `image`, so plotters needs no encoder of its own.
+    let mut pixels = vec![0u8; (width * height * 3) as usize];
+    let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
     let err = |e: DrawingAreaErrorKind<_>| anyhow!("cannot draw {}: {e:?}", path.display());
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -76,7 +79,15 @@ pub fn plot_curves(path: &Path, title: &str, y_label: &str, series: &[Series]) -
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    let png = image::RgbImage::from_raw(width, height, pixels).context("plot buffer size")?;
+    let bytes = {
+        let mut out = std::io::Cursor::new(Vec::new());
+        png.write_to(&mut out, image::ImageFormat::Png)?;
+        out.into_inner()
+    };
+    layers::checkpoint::write_atomically(path, &bytes)
 }
 
 #[cfg(test)]

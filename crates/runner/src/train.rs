@@ -226,6 +226,8 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
                 before.seed
             );
             run.train.validate()?;
+            let mut optimizer = Adam::new(&loaded.varmap, run.train.adam())?;
+            restore_optimizer(&mut optimizer, &loaded, path)?;
             let dir = args
                 .out
                 .clone()
@@ -236,8 +238,6 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
                         path.display()
                     )
                 })?;
-            let mut optimizer = Adam::new(&loaded.varmap, run.train.adam())?;
-            restore_optimizer(&mut optimizer, &loaded, path)?;
             (
                 run,
                 loaded.model,
