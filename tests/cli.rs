@@ -453,7 +453,7 @@ fn bad_inputs_are_clear_errors_that_change_nothing() {
     let out = t.join("x");
 
     fails_with(&["train", "vea"], &["unknown model `vea`", "vae"]);
-    fails_with(&["train", "pixelcnn", "--out", s(&out)], &["not built yet"]);
+    fails_with(&["train", "progan", "--out", s(&out)], &["not built yet"]);
     fails_with(&["train"], &["name a model"]);
 
     let cfg = t.join("bad.toml");

@@ -32,19 +32,24 @@ fn defaults() -> TrainConfig {
     TrainConfig::default()
 }
 
-/// Builds a model whose `Config` is `C`, returning it with the resolved (defaulted) config.
-fn build_vae(
+/// Builds a model from the `[model_config]` table laid over the variant's `base` config,
+/// returning it with the resolved config (every field, defaults filled in).
+fn build_with<C, M>(
     table: &toml::Table,
     vb: VarBuilder<'static>,
-    base: vae::Config,
+    base: C,
     name: &str,
-) -> Result<(Box<dyn LikelihoodModel>, toml::Table)> {
+    new: fn(&C, VarBuilder<'static>) -> candle_core::Result<M>,
+) -> Result<(Box<dyn LikelihoodModel>, toml::Table)>
+where
+    C: serde::Serialize + serde::de::DeserializeOwned,
+    M: LikelihoodModel + 'static,
+{
     // Keys the user gave override the variant's defaults.
     let mut merged = toml::Table::try_from(&base)?;
     merged.extend(table.clone());
-    let cfg: vae::Config = model_config(&merged, name)?;
-    cfg.validate()?;
-    let model = vae::Vae::new(&cfg, vb)?;
+    let cfg: C = model_config(&merged, name)?;
+    let model = new(&cfg, vb)?;
     Ok((Box::new(model), toml::Table::try_from(&cfg)?))
 }
 
@@ -54,15 +59,31 @@ pub const MODELS: &[ModelEntry] = &[
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "fully visible logistic autoregression (FVSBN)",
-        build: None,
+        build: Some(|t, vb| {
+            build_with(
+                t,
+                vb,
+                pixelrnn::fvsbn::Config::default(),
+                "fvsbn",
+                pixelrnn::fvsbn::Fvsbn::new,
+            )
+        }),
         train_defaults: defaults,
     },
     ModelEntry {
         name: "ar-n",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
-        summary: "logistic autoregression on the previous N pixels",
-        build: None,
+        summary: "logistic autoregression on the previous N pixels (N = 28 by default)",
+        build: Some(|t, vb| {
+            build_with(
+                t,
+                vb,
+                pixelrnn::fvsbn::Config::ar_n(28),
+                "ar-n",
+                pixelrnn::fvsbn::Fvsbn::new,
+            )
+        }),
         train_defaults: defaults,
     },
     ModelEntry {
@@ -70,7 +91,15 @@ pub const MODELS: &[ModelEntry] = &[
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "NADE (Larochelle & Murray 2011)",
-        build: None,
+        build: Some(|t, vb| {
+            build_with(
+                t,
+                vb,
+                pixelrnn::nade::Config::default(),
+                "nade",
+                pixelrnn::nade::Nade::new,
+            )
+        }),
         train_defaults: defaults,
     },
     ModelEntry {
@@ -78,7 +107,15 @@ pub const MODELS: &[ModelEntry] = &[
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelCNN with mask A / mask B convolutions",
-        build: None,
+        build: Some(|t, vb| {
+            build_with(
+                t,
+                vb,
+                pixelrnn::pixelcnn::Config::default(),
+                "pixelcnn",
+                pixelrnn::pixelcnn::PixelCnn::new,
+            )
+        }),
         train_defaults: defaults,
     },
     ModelEntry {
@@ -102,7 +139,7 @@ pub const MODELS: &[ModelEntry] = &[
         family: "vae",
         kind: ModelKind::Explicit,
         summary: "VAE, pytorch/examples MLP 784-400-20 (ELBO; importance-weighted NLL)",
-        build: Some(|t, vb| build_vae(t, vb, vae::Config::default(), "vae")),
+        build: Some(|t, vb| build_with(t, vb, vae::Config::default(), "vae", vae::Vae::new)),
         train_defaults: defaults,
     },
     ModelEntry {
@@ -110,7 +147,7 @@ pub const MODELS: &[ModelEntry] = &[
         family: "vae",
         kind: ModelKind::Explicit,
         summary: "convolutional VAE (ELBO; importance-weighted NLL)",
-        build: Some(|t, vb| build_vae(t, vb, vae::Config::conv(), "conv-vae")),
+        build: Some(|t, vb| build_with(t, vb, vae::Config::conv(), "conv-vae", vae::Vae::new)),
         train_defaults: defaults,
     },
     ModelEntry {

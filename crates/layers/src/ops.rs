@@ -1,0 +1,166 @@
+//! Custom ops where Candle is slow.
+//!
+//! `exclusive_cumsum`: Candle's `cumsum` multiplies by a triangular matrix, which costs
+//! O(n^2) per row instead of O(n): for NADE's `(batch, 784, 500)` pre-activations that is
+//! ~79 GFLOP per forward instead of 50 M additions. This is the linear-time scan on CPU, with
+//! its gradient (the reverse exclusive scan); other devices fall back to Candle's matmul form.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+/// `y[.., i, ..] = sum_{j < i} x[.., j, ..]` along `dim` (the first element is 0), or the
+/// reverse `sum_{j > i}` when `reverse`.
+pub fn exclusive_cumsum(x: &Tensor, dim: usize, reverse: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        let dims = x.dims();
+        let outer: usize = dims[..dim].iter().product();
+        let inner: usize = dims[dim + 1..].iter().product();
+        x.apply_op1(ExclusiveScan {
+            dim,
+            outer,
+            len: dims[dim],
+            inner,
+            reverse,
+        })
+    } else {
+        fallback(&x, dim, reverse)
+    }
+}
+
+/// Candle's own ops: an inclusive cumsum minus the element (or its reverse).
+fn fallback(x: &Tensor, dim: usize, reverse: bool) -> Result<Tensor> {
+    if reverse {
+        let total = x.sum_keepdim(dim)?;
+        let inclusive = x.cumsum(dim)?;
+        total.broadcast_sub(&inclusive)
+    } else {
+        x.cumsum(dim)? - x
+    }
+}
+
+struct ExclusiveScan {
+    dim: usize,
+    outer: usize,
+    len: usize,
+    inner: usize,
+    reverse: bool,
+}
+
+impl ExclusiveScan {
+    fn scan<T: Copy + Default + std::ops::AddAssign>(&self, src: &[T]) -> Vec<T> {
+        let (len, inner) = (self.len, self.inner);
+        let mut out = vec![T::default(); src.len()];
+        let mut acc = vec![T::default(); inner];
+        for o in 0..self.outer {
+            acc.iter_mut().for_each(|a| *a = T::default());
+            let base = o * len * inner;
+            for step in 0..len {
+                let i = if self.reverse { len - 1 - step } else { step };
+                let row = base + i * inner;
+                out[row..row + inner].copy_from_slice(&acc);
+                for (a, v) in acc.iter_mut().zip(&src[row..row + inner]) {
+                    *a += *v;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp1 for ExclusiveScan {
+    fn name(&self) -> &'static str {
+        "exclusive-scan"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("exclusive-scan needs a contiguous input".into())
+        })?;
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(self.scan(&v[start..end])),
+            CpuStorage::F64(v) => CpuStorage::F64(self.scan(&v[start..end])),
+            _ => candle_core::bail!("exclusive-scan supports f32 and f64"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    /// The adjoint of an exclusive scan is the exclusive scan in the other direction.
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(exclusive_cumsum(grad_res, self.dim, !self.reverse)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_the_definition_and_candles_cumsum() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 24.0, &dev)?.reshape((2, 3, 4))?;
+        for dim in 0..3 {
+            for reverse in [false, true] {
+                let ours = exclusive_cumsum(&x, dim, reverse)?;
+                let theirs = fallback(&x, dim, reverse)?;
+                let d = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert_eq!(d, 0.0, "dim {dim} reverse {reverse}");
+            }
+        }
+        let v = Tensor::new(&[1f32, 2.0, 3.0], &dev)?;
+        assert_eq!(
+            exclusive_cumsum(&v, 0, false)?.to_vec1::<f32>()?,
+            vec![0.0, 1.0, 3.0]
+        );
+        assert_eq!(
+            exclusive_cumsum(&v, 0, true)?.to_vec1::<f32>()?,
+            vec![5.0, 3.0, 0.0]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shape, dim) in [
+            ((1usize, 5usize, 3usize), 1usize),
+            ((2, 5, 3), 1),
+            ((4, 1, 3), 0),
+            ((2, 3, 5), 2),
+        ] {
+            let init = crate::rng::Rng::new(3)
+                .normal(shape, &dev)?
+                .to_dtype(DType::F64)?;
+            let w = crate::rng::Rng::new(4)
+                .normal(shape, &dev)?
+                .to_dtype(DType::F64)?;
+            let x = Var::from_tensor(&init)?;
+            let f = |t: &Tensor| -> Result<Tensor> {
+                (exclusive_cumsum(t, dim, false)?.sqr()? * &w)?.sum_all()
+            };
+            let grad = f(x.as_tensor())?
+                .backward()?
+                .get(&x)
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            let flat = init.flatten_all()?.to_vec1::<f64>()?;
+            for i in 0..flat.len() {
+                let eps = 1e-6;
+                let mut p = flat.clone();
+                p[i] += eps;
+                let mut m = flat.clone();
+                m[i] -= eps;
+                let fp = f(&Tensor::from_vec(p, shape, &dev)?)?.to_scalar::<f64>()?;
+                let fm = f(&Tensor::from_vec(m, shape, &dev)?)?.to_scalar::<f64>()?;
+                let fd = (fp - fm) / (2.0 * eps);
+                assert!(
+                    (fd - grad[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{shape:?} dim {dim} i {i}: {fd} vs {}",
+                    grad[i]
+                );
+            }
+        }
+        Ok(())
+    }
+}

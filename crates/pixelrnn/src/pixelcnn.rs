@@ -1,0 +1,184 @@
+//! PixelCNN (van den Oord et al. 2016, "Pixel Recurrent Neural Networks", sec. 3.5) for binary
+//! images: a stack of masked convolutions that keeps the receptive field of every output above
+//! and to the left of it. A `k0 x k0` mask-A convolution, `layers` mask-B `k x k` convolutions
+//! with ReLU, a 1x1 ReLU layer and a 1x1 output layer of Bernoulli logits. The defaults are the
+//! `pixelcnn` workload of BENCHMARKS.md (7x7 then 7 x 3x3, 64 channels).
+//!
+//! Parameters `input_conv`, `layers.{i}`, `head.0`, `head.1`, each `weight` and `bias`.
+
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use layers::masked::{MaskType, MaskedConv2d};
+use layers::ImageShape;
+use serde::{Deserialize, Serialize};
+
+use crate::ar::BernoulliAutoregressive;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub image_size: usize,
+    pub channels: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub first_kernel: usize,
+    pub kernel: usize,
+    pub head_hidden: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            image_size: 28,
+            channels: 1,
+            hidden: 64,
+            layers: 7,
+            first_kernel: 7,
+            kernel: 3,
+            head_hidden: 64,
+        }
+    }
+}
+
+pub struct PixelCnn {
+    cfg: Config,
+    input_conv: MaskedConv2d,
+    layers: Vec<MaskedConv2d>,
+    head: [MaskedConv2d; 2],
+    device: Device,
+}
+
+impl PixelCnn {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let groups = cfg.channels;
+        let conv = |i, o, k, m, vb| MaskedConv2d::new(i, o, (k, k), m, groups, vb);
+        let input_conv = conv(
+            cfg.channels,
+            cfg.hidden,
+            cfg.first_kernel,
+            MaskType::A,
+            vb.pp("input_conv"),
+        )?;
+        let layers = (0..cfg.layers)
+            .map(|i| {
+                conv(
+                    cfg.hidden,
+                    cfg.hidden,
+                    cfg.kernel,
+                    MaskType::B,
+                    vb.pp(format!("layers.{i}")),
+                )
+            })
+            .collect::<Result<_>>()?;
+        let head = [
+            conv(cfg.hidden, cfg.head_hidden, 1, MaskType::B, vb.pp("head.0"))?,
+            conv(
+                cfg.head_hidden,
+                cfg.channels,
+                1,
+                MaskType::B,
+                vb.pp("head.1"),
+            )?,
+        ];
+        Ok(Self {
+            cfg: cfg.clone(),
+            input_conv,
+            layers,
+            head,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// Replaces the first layer's mask by mask B: the output at a pixel then sees the pixel
+    /// itself. For tests that show the autoregressive check catches it.
+    pub fn with_leaky_first_layer(mut self, vb: VarBuilder) -> Result<Self> {
+        let c = &self.cfg;
+        self.input_conv = MaskedConv2d::new(
+            c.channels,
+            c.hidden,
+            (c.first_kernel, c.first_kernel),
+            MaskType::B,
+            c.channels,
+            vb.pp("input_conv"),
+        )?;
+        Ok(self)
+    }
+}
+
+impl BernoulliAutoregressive for PixelCnn {
+    fn image_shape(&self) -> ImageShape {
+        [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `(b, c, h, w) -> (b, c, h, w)` logits.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.input_conv.forward(x)?; // (b, hidden, h, w)
+        for layer in &self.layers {
+            h = layer.forward(&h)?.relu()?;
+        }
+        let h = self.head[0].forward(&h)?.relu()?; // (b, head_hidden, h, w)
+        self.head[1].forward(&h)
+    }
+}
+
+crate::bernoulli_model!(PixelCnn);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ar::testing::*;
+    use candle_core::DType;
+    use candle_nn::VarMap;
+
+    fn cfg(channels: usize) -> Config {
+        Config {
+            image_size: 8,
+            channels,
+            hidden: 24,
+            layers: 2,
+            first_kernel: 5,
+            kernel: 3,
+            head_hidden: 24,
+        }
+    }
+
+    fn build(cfg: &Config) -> Result<(PixelCnn, VarMap)> {
+        let varmap = VarMap::new();
+        let vb = layers::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
+        Ok((PixelCnn::new(cfg, vb)?, varmap))
+    }
+
+    #[test]
+    fn outputs_see_only_earlier_pixels_and_channels() -> Result<()> {
+        assert_autoregressive(&build(&cfg(1))?.0)?;
+        assert_autoregressive(&build(&cfg(3))?.0)
+    }
+
+    #[test]
+    fn the_check_catches_mask_b_in_the_first_layer() -> Result<()> {
+        let (model, varmap) = build(&cfg(1))?;
+        let vb = layers::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
+        assert_leaks(&model.with_leaky_first_layer(vb)?)
+    }
+
+    #[test]
+    fn naive_sampling_is_deterministic_given_the_stream() -> Result<()> {
+        let (model, _) = build(&cfg(1))?;
+        let dims = 64;
+        let u = layers::Rng::new(1).uniform_vec(2 * dims);
+        let a = model
+            .sample_from_uniforms(&u, 2)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = crate::ar::naive_sample(&model, &u, 2)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(a, b);
+        assert!(a.iter().all(|v| *v == 0.0 || *v == 1.0));
+        Ok(())
+    }
+}
