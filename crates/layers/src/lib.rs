@@ -4,6 +4,7 @@
 //! ([`device`]).
 
 pub mod checkpoint;
+pub mod conv;
 pub mod device;
 pub mod init;
 pub mod loss;

@@ -120,15 +120,11 @@ impl Module for MaskedConv2d {
     /// `(b, in, h, w) -> (b, out, h, w)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (kh, kw) = self.kernel;
-        let w = self.masked_weight()?;
-        let y = if kh == kw {
-            x.conv2d(&w, kh / 2, 1, 1, 1)?
-        } else {
-            // Candle pads symmetrically by one amount: pad each axis by hand instead.
-            x.pad_with_zeros(2, kh / 2, kh / 2)?
-                .pad_with_zeros(3, kw / 2, kw / 2)?
-                .conv2d(&w, 0, 1, 1, 1)?
-        };
+        let y = crate::conv::conv2d(
+            x,
+            &self.masked_weight()?,
+            crate::conv::ConvSpec::same_padding(kh, kw),
+        )?;
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }

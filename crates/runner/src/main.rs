@@ -9,6 +9,12 @@ use runner::config::RunConfig;
 use runner::grid::GridOptions;
 use runner::{download, eval, inspect, registry, sample, train};
 
+/// Training allocates and frees many large tensors per step; glibc's malloc returns each to the
+/// kernel and page-faults it back in (13% of a DCGAN step in CANDLE_NOTES.md). mimalloc keeps
+/// freed memory for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "genzoo",

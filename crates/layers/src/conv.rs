@@ -1,0 +1,641 @@
+//! 2-D convolution on the CPU through gemm, forward and both gradients.
+//!
+//! Candle 0.11's CPU convolution runs its input gradient as a direct transposed-convolution loop
+//! and spends most of a PixelCNN step outside gemm (CANDLE_NOTES.md). Here every pass is one
+//! matrix product per image over an im2col buffer (Chellapilla et al. 2006):
+//!
+//! - forward: `y_b = W (O, C*kh*kw) @ cols(x_b) (C*kh*kw, Ho*Wo)`
+//! - input gradient: `dx_b = col2im(W^T @ dy_b)`
+//! - weight gradient: `dW = sum_b dy_b @ cols(x_b)^T`
+//!
+//! Images are spread over threads (Rayon); a batch smaller than the thread count hands the
+//! threads to gemm instead. Per-axis strides and paddings allow the k x 1 kernels of the
+//! PixelRNNs. Other devices, dtypes, and second-order gradients fall back to Candle's op.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Stride and zero padding per axis `(vertical, horizontal)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+}
+
+impl Default for ConvSpec {
+    fn default() -> Self {
+        Self {
+            stride: (1, 1),
+            padding: (0, 0),
+        }
+    }
+}
+
+impl ConvSpec {
+    pub fn same_padding(kh: usize, kw: usize) -> Self {
+        Self {
+            stride: (1, 1),
+            padding: (kh / 2, kw / 2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    spec: ConvSpec,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], k: &[usize], spec: ConvSpec) -> Result<Self> {
+        let (&[b, c, h, w], &[o, ck, kh, kw]) = (x, k) else {
+            candle_core::bail!(
+                "conv2d: expected x (b, c, h, w) and kernel (o, c, kh, kw), got {x:?} and {k:?}"
+            );
+        };
+        if c != ck {
+            candle_core::bail!("conv2d: input has {c} channels, kernel expects {ck}");
+        }
+        let (sh, sw) = spec.stride;
+        let (ph, pw) = spec.padding;
+        if sh == 0 || sw == 0 || h + 2 * ph < kh || w + 2 * pw < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} does not fit input {h}x{w} with padding {ph},{pw}"
+            );
+        }
+        Ok(Self {
+            b,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            spec,
+            ho: (h + 2 * ph - kh) / sh + 1,
+            wo: (w + 2 * pw - kw) / sw + 1,
+        })
+    }
+
+    fn ckk(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// For kernel offset `k` along an axis, the output positions whose input index is inside
+    /// the image, and the input index of the first: `(first_out, end_out, first_in)`.
+    fn valid_range(out: usize, len: usize, stride: usize, pad: usize, k: usize) -> (usize, usize) {
+        // in = o * stride + k - pad must be in [0, len).
+        let first = (pad.saturating_sub(k)).div_ceil(stride);
+        let end = if len + pad > k {
+            ((len + pad - k - 1) / stride + 1).min(out)
+        } else {
+            0
+        };
+        (first.min(end), end)
+    }
+}
+
+trait Element: Copy + Send + Sync + Default + std::ops::AddAssign + 'static {
+    const ONE: Self;
+}
+impl Element for f32 {
+    const ONE: Self = 1.0;
+}
+impl Element for f64 {
+    const ONE: Self = 1.0;
+}
+
+/// `cols (C*kh*kw, Ho*Wo)` of one image `(C, H, W)`.
+fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T]) {
+    let (sh, sw) = g.spec.stride;
+    let (ph, pw) = g.spec.padding;
+    let n = g.hw_out();
+    for ci in 0..g.c {
+        for ky in 0..g.kh {
+            let (y0, y1) = Geometry::valid_range(g.ho, g.h, sh, ph, ky);
+            for kx in 0..g.kw {
+                let (x0, x1) = Geometry::valid_range(g.wo, g.w, sw, pw, kx);
+                let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * n..][..n];
+                row.fill(T::default());
+                for oy in y0..y1 {
+                    let iy = oy * sh + ky - ph;
+                    let src = &x[(ci * g.h + iy) * g.w..][..g.w];
+                    let dst = &mut row[oy * g.wo..][..g.wo];
+                    if sw == 1 {
+                        let ix0 = x0 + kx - pw;
+                        dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                    } else {
+                        for ox in x0..x1 {
+                            dst[ox] = src[ox * sw + kx - pw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `cols (C*kh*kw, Ho*Wo)` back onto the image `(C, H, W)` it would have been cut from.
+fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T]) {
+    let (sh, sw) = g.spec.stride;
+    let (ph, pw) = g.spec.padding;
+    let n = g.hw_out();
+    for ci in 0..g.c {
+        for ky in 0..g.kh {
+            let (y0, y1) = Geometry::valid_range(g.ho, g.h, sh, ph, ky);
+            for kx in 0..g.kw {
+                let (x0, x1) = Geometry::valid_range(g.wo, g.w, sw, pw, kx);
+                let row = &cols[((ci * g.kh + ky) * g.kw + kx) * n..][..n];
+                for oy in y0..y1 {
+                    let iy = oy * sh + ky - ph;
+                    let dst = &mut x[(ci * g.h + iy) * g.w..][..g.w];
+                    let src = &row[oy * g.wo..][..g.wo];
+                    for ox in x0..x1 {
+                        dst[ox * sw + kx - pw] += src[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m, n) (+)= lhs (m, k) @ rhs (k, n)`, each given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: Element>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: Parallelism,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts above keep every index gemm reads or writes inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Whether to spread images over threads (else: give the threads to gemm).
+fn per_image_threads(batch: usize) -> bool {
+    batch >= rayon::current_num_threads()
+}
+
+fn gemm_threads(batch: usize) -> Parallelism {
+    if per_image_threads(batch) {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
+fn forward<T: Element>(x: &[T], k: &[T], g: &Geometry) -> Vec<T> {
+    let (n, ckk) = (g.hw_out(), g.ckk());
+    let mut y = vec![T::default(); g.b * g.o * n];
+    let par = gemm_threads(g.b);
+    let one = |(yb, xb): (&mut [T], &[T])| {
+        let mut cols = vec![T::default(); ckk * n];
+        im2col(xb, g, &mut cols);
+        matmul((g.o, n, ckk), yb, false, k, (ckk, 1), &cols, (n, 1), par);
+    };
+    if per_image_threads(g.b) {
+        y.par_chunks_mut(g.o * n)
+            .zip(x.par_chunks(g.image()))
+            .for_each(one);
+    } else {
+        y.chunks_mut(g.o * n).zip(x.chunks(g.image())).for_each(one);
+    }
+    y
+}
+
+fn input_grad<T: Element>(dy: &[T], k: &[T], g: &Geometry) -> Vec<T> {
+    let (n, ckk) = (g.hw_out(), g.ckk());
+    let mut dx = vec![T::default(); g.b * g.image()];
+    let par = gemm_threads(g.b);
+    let one = |(dxb, dyb): (&mut [T], &[T])| {
+        let mut cols = vec![T::default(); ckk * n];
+        // W^T: element (r, o) of the (ckk, O) matrix is k[o * ckk + r].
+        matmul(
+            (ckk, n, g.o),
+            &mut cols,
+            false,
+            k,
+            (1, ckk),
+            dyb,
+            (n, 1),
+            par,
+        );
+        col2im(&cols, g, dxb);
+    };
+    if per_image_threads(g.b) {
+        dx.par_chunks_mut(g.image())
+            .zip(dy.par_chunks(g.o * n))
+            .for_each(one);
+    } else {
+        dx.chunks_mut(g.image())
+            .zip(dy.chunks(g.o * n))
+            .for_each(one);
+    }
+    dx
+}
+
+fn weight_grad<T: Element>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+    let (n, ckk) = (g.hw_out(), g.ckk());
+    let size = g.o * ckk;
+    let accumulate = |par: Parallelism, images: std::ops::Range<usize>| {
+        let mut dw = vec![T::default(); size];
+        let mut cols = vec![T::default(); ckk * n];
+        for bi in images {
+            im2col(&x[bi * g.image()..][..g.image()], g, &mut cols);
+            // dy_b (O, n) @ cols^T (n, ckk): element (p, r) of cols^T is cols[r * n + p].
+            matmul(
+                (g.o, ckk, n),
+                &mut dw,
+                true,
+                &dy[bi * g.o * n..][..g.o * n],
+                (n, 1),
+                &cols,
+                (1, n),
+                par,
+            );
+        }
+        dw
+    };
+    if per_image_threads(g.b) {
+        let threads = rayon::current_num_threads();
+        let chunk = g.b.div_ceil(threads);
+        (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                accumulate(
+                    Parallelism::None,
+                    (t * chunk).min(g.b)..((t + 1) * chunk).min(g.b),
+                )
+            })
+            .reduce(
+                || vec![T::default(); size],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(p, q)| *p += q);
+                    a
+                },
+            )
+    } else {
+        accumulate(gemm_threads(g.b), 0..g.b)
+    }
+}
+
+fn contiguous<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("conv2d: inputs must be contiguous".into()))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+/// Which pass a [`ConvPass`] computes; its two inputs are:
+/// `Forward (x, kernel)`, `InputGrad (dy, kernel)`, `WeightGrad (x, dy)`.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    Forward,
+    InputGrad,
+    WeightGrad,
+}
+
+struct ConvPass {
+    pass: Pass,
+    /// `(b, c, h, w)` of x and `(o, c, kh, kw)` of the kernel.
+    x_dims: [usize; 4],
+    k_dims: [usize; 4],
+    spec: ConvSpec,
+}
+
+impl ConvPass {
+    fn run<T: Element + candle_core::WithDType>(
+        &self,
+        a: &[T],
+        b: &[T],
+    ) -> Result<(Vec<T>, Shape)> {
+        let g = Geometry::new(&self.x_dims, &self.k_dims, self.spec)?;
+        Ok(match self.pass {
+            Pass::Forward => (forward(a, b, &g), Shape::from((g.b, g.o, g.ho, g.wo))),
+            Pass::InputGrad => (input_grad(a, b, &g), Shape::from(self.x_dims.to_vec())),
+            Pass::WeightGrad => (weight_grad(a, b, &g), Shape::from(self.k_dims.to_vec())),
+        })
+    }
+}
+
+impl CustomOp2 for ConvPass {
+    fn name(&self) -> &'static str {
+        match self.pass {
+            Pass::Forward => "genzoo-conv2d",
+            Pass::InputGrad => "genzoo-conv2d-input-grad",
+            Pass::WeightGrad => "genzoo-conv2d-weight-grad",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (v, s) = self.run::<f32>(contiguous(s1, l1)?, contiguous(s2, l2)?)?;
+                Ok((CpuStorage::F32(v), s))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (v, s) = self.run::<f64>(contiguous(s1, l1)?, contiguous(s2, l2)?)?;
+                Ok((CpuStorage::F64(v), s))
+            }
+            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype", self.name()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        match self.pass {
+            Pass::Forward => {
+                let grad = grad.contiguous()?;
+                let dx = apply(Pass::InputGrad, &grad, b, self)?;
+                let dk = apply(Pass::WeightGrad, a, &grad, self)?;
+                Ok((Some(dx), Some(dk)))
+            }
+            _ => candle_core::bail!(
+                "second-order gradients through genzoo's CPU conv2d are not supported: build the model with Candle's conv2d for gradient penalties"
+            ),
+        }
+    }
+}
+
+fn apply(pass: Pass, a: &Tensor, b: &Tensor, like: &ConvPass) -> Result<Tensor> {
+    a.apply_op2(
+        b,
+        ConvPass {
+            pass,
+            x_dims: like.x_dims,
+            k_dims: like.k_dims,
+            spec: like.spec,
+        },
+    )
+}
+
+/// Cross-correlation of `x (b, c, h, w)` with `kernel (o, c, kh, kw)`, no bias:
+/// `(b, o, ho, wo)`. Differentiable; on the CPU in f32/f64 it runs through gemm.
+pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+    let fast = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == kernel.dtype();
+    if !fast {
+        return candle_conv2d(x, kernel, spec);
+    }
+    let x = x.contiguous()?;
+    let kernel = kernel.contiguous()?;
+    let (x_dims, k_dims) = (dims4(&x)?, dims4(&kernel)?);
+    Geometry::new(&x_dims, &k_dims, spec)?;
+    x.apply_op2(
+        &kernel,
+        ConvPass {
+            pass: Pass::Forward,
+            x_dims,
+            k_dims,
+            spec,
+        },
+    )
+}
+
+/// The same convolution with Candle's own ops (used off the CPU, and as the tests' reference).
+pub fn candle_conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+    let (ph, pw) = spec.padding;
+    let (sh, sw) = spec.stride;
+    if sh != sw {
+        candle_core::bail!("Candle's conv2d needs equal strides, got {sh} and {sw}");
+    }
+    if ph == pw {
+        x.conv2d(kernel, ph, sh, 1, 1)
+    } else {
+        x.pad_with_zeros(2, ph, ph)?
+            .pad_with_zeros(3, pw, pw)?
+            .conv2d(kernel, 0, sh, 1, 1)
+    }
+}
+
+/// The four dims of a rank-4 tensor as an array.
+fn dims4(t: &Tensor) -> Result<[usize; 4]> {
+    let (a, b, c, d) = t.dims4()?;
+    Ok([a, b, c, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// (x dims, kernel dims, stride, padding).
+    type Case = ([usize; 4], [usize; 4], (usize, usize), (usize, usize));
+
+    fn cases() -> Vec<Case> {
+        vec![
+            ([2, 3, 7, 5], [4, 3, 3, 3], (1, 1), (1, 1)),
+            ([3, 2, 9, 9], [5, 2, 7, 7], (1, 1), (3, 3)),
+            ([1, 4, 8, 8], [3, 4, 4, 4], (2, 2), (1, 1)),
+            ([2, 2, 7, 9], [2, 2, 1, 3], (1, 1), (0, 1)),
+            ([2, 1, 6, 5], [3, 1, 2, 1], (1, 1), (1, 0)),
+            ([4, 3, 5, 5], [2, 3, 5, 5], (1, 1), (0, 0)),
+        ]
+    }
+
+    /// Strides that do not divide the padded input evenly: Candle's own backward fails there.
+    fn uneven_cases() -> Vec<Case> {
+        vec![
+            ([1, 2, 11, 10], [3, 2, 3, 2], (3, 3), (2, 1)),
+            ([2, 1, 6, 6], [2, 1, 3, 3], (2, 2), (0, 0)),
+            ([1, 3, 7, 8], [2, 3, 2, 3], (2, 3), (1, 0)),
+        ]
+    }
+
+    #[test]
+    fn forward_and_gradients_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, (xd, kd, stride, padding)) in cases().into_iter().enumerate() {
+            let spec = ConvSpec { stride, padding };
+            let mut rng = Rng::new(i as u64);
+            let x = Var::from_tensor(&rng.normal(xd.to_vec(), &dev)?)?;
+            let k = Var::from_tensor(&rng.normal(kd.to_vec(), &dev)?)?;
+            let ours = conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+            let theirs = candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+            assert!(max_diff(&ours, &theirs) < 1e-4, "case {i} forward");
+            // A weighted sum, so every output's gradient differs.
+            let weights = rng.normal(ours.dims().to_vec(), &dev)?;
+            let g1 = (ours * &weights)?.sum_all()?.backward()?;
+            let g2 = (theirs * &weights)?.sum_all()?.backward()?;
+            for (name, v) in [("input", &x), ("kernel", &k)] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-3, "case {i}: {name} gradient differs by {d}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, (xd, kd, stride, padding)) in cases().into_iter().chain(uneven_cases()).enumerate()
+        {
+            let spec = ConvSpec { stride, padding };
+            let mut rng = Rng::new(100 + i as u64);
+            let x0 = rng.normal(xd.to_vec(), &dev)?.to_dtype(DType::F64)?;
+            let k0 = rng.normal(kd.to_vec(), &dev)?.to_dtype(DType::F64)?;
+            let out_dims = conv2d(&x0, &k0, spec)?.dims().to_vec();
+            let weights = rng.normal(out_dims, &dev)?.to_dtype(DType::F64)?;
+            let f = |x: &Tensor, k: &Tensor| -> Result<f64> {
+                (conv2d(x, k, spec)? * &weights)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            let (x, k) = (Var::from_tensor(&x0)?, Var::from_tensor(&k0)?);
+            let grads = (conv2d(x.as_tensor(), k.as_tensor(), spec)? * &weights)?
+                .sum_all()?
+                .backward()?;
+            for (which, base, var) in [(0, &x0, &x), (1, &k0, &k)] {
+                let g = grads.get(var).unwrap().flatten_all()?.to_vec1::<f64>()?;
+                let flat = base.flatten_all()?.to_vec1::<f64>()?;
+                // A spread of entries, including the first and the last.
+                for j in (0..flat.len())
+                    .step_by((flat.len() / 7).max(1))
+                    .chain([flat.len() - 1])
+                {
+                    let eps = 1e-6;
+                    let shifted = |d: f64| -> Result<Tensor> {
+                        let mut v = flat.clone();
+                        v[j] += d;
+                        Tensor::from_vec(v, base.dims(), &dev)
+                    };
+                    let (p, m) = (shifted(eps)?, shifted(-eps)?);
+                    let fd = if which == 0 {
+                        (f(&p, &k0)? - f(&m, &k0)?) / (2.0 * eps)
+                    } else {
+                        (f(&x0, &p)? - f(&x0, &m)?) / (2.0 * eps)
+                    };
+                    assert!(
+                        (fd - g[j]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "case {i} arg {which} entry {j}: {fd} vs {}",
+                        g[j]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Candle bug this op also fixes: with a stride that leaves input rows unused, Candle's
+    /// conv2d backward computes an input gradient of the wrong size and fails.
+    #[test]
+    fn candle_backward_fails_on_uneven_strides_and_ours_does_not() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Rng::new(1).normal((1, 2, 15, 12), &dev)?)?;
+        let k = Var::from_tensor(&Rng::new(2).normal((3, 2, 3, 2), &dev)?)?;
+        let spec = ConvSpec {
+            stride: (3, 3),
+            padding: (0, 0),
+        };
+        assert!(candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?
+            .sum_all()?
+            .backward()
+            .is_err());
+        let g = conv2d(x.as_tensor(), k.as_tensor(), spec)?
+            .sum_all()?
+            .backward()?;
+        assert_eq!(g.get(&x).unwrap().dims(), &[1, 2, 15, 12]);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_and_second_order_gradients_are_errors() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev)?;
+        let k = Tensor::zeros((2, 2, 3, 3), DType::F32, &dev)?;
+        let e = conv2d(&x, &k, ConvSpec::default()).unwrap_err().to_string();
+        assert!(e.contains("3 channels, kernel expects 2"), "{e}");
+        let big = Tensor::zeros((2, 3, 9, 9), DType::F32, &dev)?;
+        let e = conv2d(&x, &big, ConvSpec::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not fit"), "{e}");
+        // A gradient of a gradient asks for the helper ops' backward: a clear error.
+        let xv = Var::from_tensor(&Rng::new(1).normal((1, 2, 5, 5), &dev)?)?;
+        let kv = Var::from_tensor(&Rng::new(2).normal((2, 2, 3, 3), &dev)?)?;
+        let g = conv2d(xv.as_tensor(), kv.as_tensor(), ConvSpec::same_padding(3, 3))?
+            .sqr()?
+            .sum_all()?
+            .backward()?;
+        let gx = g.get(&xv).unwrap().sqr()?.sum_all()?;
+        if let Err(e) = gx.backward() {
+            assert!(e.to_string().contains("second-order"), "{e}");
+        }
+        Ok(())
+    }
+}
