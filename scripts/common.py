@@ -1,7 +1,10 @@
 """Helpers shared by genzoo's PyTorch scripts: the bundled MNIST subset and the reference VAE."""
 import gzip
+import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -84,3 +87,22 @@ class VAE(nn.Module):
             done += kc
         log_w = torch.cat(log_ws, 1)
         return torch.logsumexp(log_w, 1) - np.log(k)
+
+
+GENZOO = os.path.join(ROOT, "target", "release", "genzoo")
+
+
+def run(cmd):
+    """Runs a command from the repository root, echoing it, and returns its stdout."""
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+
+
+def genzoo_eval(checkpoint, extra=(), genzoo=GENZOO):
+    """genzoo's evaluation of a checkpoint: {metric name: nats per image}."""
+    report = json.loads(run([genzoo, "eval", checkpoint, "--json", *extra]))
+    return {m["name"]: m["nats"] for m in report["metrics"]}
+
+
+def last_json_line(text):
+    return json.loads(text.strip().splitlines()[-1])

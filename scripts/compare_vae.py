@@ -12,28 +12,21 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-from common import ROOT
+from common import GENZOO, ROOT, genzoo_eval, last_json_line, run
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 parser.add_argument("--out", default=os.path.join(ROOT, "runs", "compare-vae"))
-parser.add_argument("--genzoo", default=os.path.join(ROOT, "target", "release", "genzoo"))
+parser.add_argument("--genzoo", default=GENZOO)
 parser.add_argument("--epochs", type=int, default=50)
 args = parser.parse_args()
 os.makedirs(args.out, exist_ok=True)
 
 
-def run(cmd, **kw):
-    print("$", " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, **kw).stdout
-
-
 def genzoo_nll(checkpoint, extra=()):
-    report = json.loads(run([args.genzoo, "eval", checkpoint, "--json", *extra]))
-    return {m["name"]: m["nats"] for m in report["metrics"]}
+    return genzoo_eval(checkpoint, extra, args.genzoo)
 
 
 rows = []
@@ -45,8 +38,8 @@ for seed in args.seeds:
              "--epochs", str(args.epochs), "--out", run_dir])
     ours = genzoo_nll(ckpt)
     ref_weights = os.path.join(args.out, f"pytorch-seed{seed}.safetensors")
-    ref = json.loads(run([sys.executable, "scripts/train_vae_reference.py", "--seed", str(seed),
-                          "--epochs", str(args.epochs), "--save", ref_weights]).strip().splitlines()[-1])
+    ref = last_json_line(run([sys.executable, "scripts/train_vae_reference.py", "--seed", str(seed),
+                              "--epochs", str(args.epochs), "--save", ref_weights]))
     ref_by_genzoo = genzoo_nll(ref_weights, ["--model", "vae"])
     rows.append({
         "seed": seed,

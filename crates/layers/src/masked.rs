@@ -111,8 +111,14 @@ impl MaskedConv2d {
         Ok(self)
     }
 
-    pub fn out_channels(&self) -> usize {
-        self.weight.dim(0).unwrap_or(0)
+    /// The kernel entries the mask lets through, plus the biases.
+    pub fn effective_parameters(&self) -> Result<usize> {
+        Ok(self
+            .mask
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()? as usize
+            + self.bias.elem_count())
     }
 }
 

@@ -53,6 +53,12 @@ pub trait GenerativeModel {
         self.image_shape().iter().product()
     }
 
+    /// Parameters that can affect the output, where masking leaves fewer than are stored
+    /// (None: all stored parameters count).
+    fn effective_parameters(&self) -> Option<usize> {
+        None
+    }
+
     /// The model's latent space, if it has an encoder and a decoder.
     fn as_latent(&self) -> Option<&dyn LatentVariableModel> {
         None

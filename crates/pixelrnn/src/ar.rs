@@ -23,6 +23,11 @@ pub trait BernoulliAutoregressive {
     fn sample_from_uniforms(&self, uniforms: &[f32], n: usize) -> Result<Tensor> {
         naive_sample(self, uniforms, n)
     }
+
+    /// Parameters the masks let through (None: every stored parameter counts).
+    fn effective_parameters(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The flat `(c, h, w)` indices in the order pixels are generated: pixel by pixel in raster
@@ -162,6 +167,10 @@ macro_rules! bernoulli_model {
                 let dims = layers::GenerativeModel::dims(self);
                 let u = rng.uniform_vec(n * dims);
                 $crate::ar::BernoulliAutoregressive::sample_from_uniforms(self, &u, n)
+            }
+
+            fn effective_parameters(&self) -> Option<usize> {
+                $crate::ar::BernoulliAutoregressive::effective_parameters(self)
             }
         }
 

@@ -114,6 +114,13 @@ impl BernoulliAutoregressive for PixelCnn {
         &self.device
     }
 
+    fn effective_parameters(&self) -> Option<usize> {
+        let convs = std::iter::once(&self.input_conv)
+            .chain(&self.layers)
+            .chain(&self.head);
+        convs.map(|c| c.effective_parameters().ok()).sum()
+    }
+
     /// `(b, c, h, w) -> (b, c, h, w)` logits.
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.input_conv.forward(x)?; // (b, hidden, h, w)

@@ -8,6 +8,7 @@ pub mod download;
 pub mod eval;
 pub mod grid;
 pub mod inspect;
+pub mod params;
 pub mod plot;
 pub mod registry;
 pub mod sample;

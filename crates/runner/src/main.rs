@@ -47,6 +47,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Parameter counts: the full joint table, independent pixels, and every explicit model.
+    Params {
+        /// Image side (images are side x side binary).
+        #[arg(long, default_value_t = 28)]
+        size: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy a checkpoint's weights and metadata without the optimizer state (to share or ship).
     Export { checkpoint: PathBuf, out: PathBuf },
     /// Every model of genzoo's mission: family, explicit or implicit, built yet or not.
@@ -292,6 +300,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
                 inspect::print(&i);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Params { size, json } => {
+            anyhow::ensure!(size >= 2, "--size must be at least 2");
+            let rows = runner::params::params_table(size)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                runner::params::print(size, &rows);
             }
             Ok(ExitCode::SUCCESS)
         }
