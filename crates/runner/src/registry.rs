@@ -123,7 +123,15 @@ pub const MODELS: &[ModelEntry] = &[
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelRNN Row LSTM (van den Oord et al. 2016)",
-        build: None,
+        build: Some(|t, vb| {
+            build_with(
+                t,
+                vb,
+                pixelrnn::pixelrnn::Config::default(),
+                "row-lstm",
+                pixelrnn::row_lstm::RowLstm::new,
+            )
+        }),
         train_defaults: defaults,
     },
     ModelEntry {
@@ -131,7 +139,15 @@ pub const MODELS: &[ModelEntry] = &[
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelRNN Diagonal BiLSTM (van den Oord et al. 2016)",
-        build: None,
+        build: Some(|t, vb| {
+            build_with(
+                t,
+                vb,
+                pixelrnn::pixelrnn::Config::default(),
+                "diagonal-bilstm",
+                pixelrnn::diagonal_bilstm::DiagonalBiLstm::new,
+            )
+        }),
         train_defaults: defaults,
     },
     ModelEntry {

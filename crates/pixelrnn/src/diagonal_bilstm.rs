@@ -1,0 +1,214 @@
+//! PixelRNN Diagonal BiLSTM (van den Oord et al. 2016, sec. 3.2): each LSTM state sees the
+//! whole context above and to the left of its pixel, through recurrences along diagonals.
+//!
+//! - Skew: row `r` of the `(b, 2h, H, W)` input is shifted right by `r`, giving
+//!   `(b, 2h, H, W + H - 1)`, so that each diagonal of the image becomes a column.
+//! - input-to-state: a 1x1 convolution (mask B) of the skewed map: `K^is * x`.
+//! - state-to-state: column by column, a 2x1 convolution of the previous column's hidden state
+//!   (this row and the row above): `[o, f, i, g] = K^ss * h_{j-1} + (K^is * x)_j`, then eq. (3).
+//! - Unskew back to `(b, h, H, W)`.
+//!
+//! The right-to-left direction is the same on the mirrored map (its own weights); its output is
+//! shifted down one row before it is added, so a pixel never sees its own row to the right.
+//! Parameters per layer: `left.{input_to_state,state_to_state}`, `right.{…}`, `residual`.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use layers::conv::{conv2d, ConvSpec};
+use layers::masked::{MaskType, MaskedConv2d};
+
+use crate::pixelrnn::{lstm_update, Config, PixelRnn, RecurrentLayer};
+
+/// `(b, c, H, W) -> (b, c, H, W + H - 1)`, row `r` shifted right by `r`.
+pub fn skew(x: &Tensor) -> Result<Tensor> {
+    let rows = x.dim(2)?;
+    let shifted = (0..rows)
+        .map(|r| x.narrow(2, r, 1)?.pad_with_zeros(3, r, rows - 1 - r))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&shifted, 2)
+}
+
+/// The inverse of [`skew`]: `(b, c, H, W + H - 1) -> (b, c, H, W)`.
+pub fn unskew(x: &Tensor, width: usize) -> Result<Tensor> {
+    let rows = x.dim(2)?;
+    let back = (0..rows)
+        .map(|r| x.narrow(2, r, 1)?.narrow(3, r, width))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&back, 2)
+}
+
+/// Mirrors the last axis.
+fn flip_width(x: &Tensor) -> Result<Tensor> {
+    let w = x.dim(3)?;
+    let idx = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, x.device())?;
+    x.contiguous()?.index_select(&idx, 3)
+}
+
+/// One direction of the layer.
+struct DiagonalLstm {
+    input_to_state: MaskedConv2d,
+    /// `(4h, h, 2, 1)`: taps on the row above and on this row of the previous column.
+    state_to_state: Tensor,
+    hidden: usize,
+}
+
+impl DiagonalLstm {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden;
+        let input_to_state = MaskedConv2d::new(
+            2 * h,
+            4 * h,
+            (1, 1),
+            MaskType::B,
+            cfg.channels,
+            vb.pp("input_to_state"),
+        )?;
+        let bound = 1.0 / ((2 * h) as f64).sqrt();
+        let state_to_state = vb.pp("state_to_state").get_with_hints(
+            (4 * h, h, 2, 1),
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        Ok(Self {
+            input_to_state,
+            state_to_state,
+            hidden: h,
+        })
+    }
+
+    /// `(b, 2h, H, W) -> (b, h, H, W)`, left to right.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, rows, width) = x.dims4()?;
+        let input_gates = self.input_to_state.forward(&skew(x)?)?; // (b, 4h, H, W + H - 1)
+        let columns = input_gates.dim(3)?;
+        let zeros = Tensor::zeros((b, self.hidden, rows, 1), DType::F32, x.device())?
+            .to_dtype(x.dtype())?;
+        let (mut h, mut c) = (zeros.clone(), zeros);
+        let mut outputs = Vec::with_capacity(columns);
+        for j in 0..columns {
+            // The previous column's state at rows r - 1 and r: pad a zero row on top.
+            let from_state = conv2d(
+                &h.pad_with_zeros(2, 1, 0)?,
+                &self.state_to_state,
+                ConvSpec::default(),
+            )?;
+            let gates = (input_gates.narrow(3, j, 1)? + from_state)?; // (b, 4h, H, 1)
+            (h, c) = lstm_update(&gates, &c, self.hidden)?;
+            outputs.push(h.clone());
+        }
+        unskew(&Tensor::cat(&outputs, 3)?, width) // (b, h, H, W)
+    }
+}
+
+pub struct DiagonalBiLstmLayer {
+    left: DiagonalLstm,
+    right: DiagonalLstm,
+}
+
+impl RecurrentLayer for DiagonalBiLstmLayer {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            left: DiagonalLstm::new(cfg, vb.pp("left"))?,
+            right: DiagonalLstm::new(cfg, vb.pp("right"))?,
+        })
+    }
+
+    /// `(b, 2h, H, W) -> (b, h, H, W)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dim(2)?;
+        let left_to_right = self.left.forward(x)?;
+        let right_to_left = flip_width(&self.right.forward(&flip_width(x)?)?)?;
+        // Shift down one row: the state at (r, c) takes the right-to-left state of (r - 1, c).
+        let shifted = right_to_left.pad_with_zeros(2, 1, 0)?.narrow(2, 0, rows)?;
+        left_to_right + shifted
+    }
+}
+
+impl DiagonalBiLstmLayer {
+    /// Removes the one-row shift (for the test that shows the check catches the leak).
+    #[cfg(test)]
+    fn forward_unshifted(&self, x: &Tensor) -> Result<Tensor> {
+        self.left.forward(x)? + flip_width(&self.right.forward(&flip_width(x)?)?)?
+    }
+}
+
+/// The Diagonal BiLSTM PixelRNN.
+pub type DiagonalBiLstm = PixelRnn<DiagonalBiLstmLayer>;
+
+crate::bernoulli_model!(DiagonalBiLstm);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ar::testing::*;
+    use crate::ar::BernoulliAutoregressive;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+    use layers::ImageShape;
+
+    fn cfg() -> Config {
+        Config {
+            image_size: 6,
+            channels: 1,
+            hidden: 4,
+            layers: 2,
+            first_kernel: 3,
+            head_hidden: 8,
+        }
+    }
+
+    fn small() -> Result<DiagonalBiLstm> {
+        let varmap = VarMap::new();
+        let vb = layers::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+        DiagonalBiLstm::new(&cfg(), vb)
+    }
+
+    #[test]
+    fn skew_and_unskew_are_inverse() -> Result<()> {
+        let x = Tensor::arange(0f32, 12.0, &Device::Cpu)?.reshape((1, 1, 3, 4))?;
+        let s = skew(&x)?;
+        assert_eq!(s.dims(), &[1, 1, 3, 6]);
+        assert_eq!(
+            s.get(0)?.get(0)?.get(1)?.to_vec1::<f32>()?,
+            vec![0., 4., 5., 6., 7., 0.]
+        );
+        assert_eq!(
+            unskew(&s, 4)?.squeeze(0)?.to_vec3::<f32>()?,
+            x.squeeze(0)?.to_vec3::<f32>()?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn outputs_see_only_earlier_pixels() -> Result<()> {
+        assert_autoregressive(&small()?)
+    }
+
+    /// A model whose right-to-left direction is not shifted down: pixels see their right.
+    #[test]
+    fn the_check_catches_a_missing_shift() -> Result<()> {
+        struct Unshifted(DiagonalBiLstm, MaskedConv2d);
+        impl BernoulliAutoregressive for Unshifted {
+            fn image_shape(&self) -> ImageShape {
+                self.0.image_shape()
+            }
+            fn device(&self) -> &Device {
+                self.0.device()
+            }
+            fn logits(&self, x: &Tensor) -> Result<Tensor> {
+                // The first layer alone, unshifted, then the model's 1x1 residual of it.
+                let h = self.0.input_conv_forward(x)?;
+                let layer = self.0.layer(0);
+                self.1.forward(&layer.forward_unshifted(&h)?)
+            }
+        }
+        let model = small()?;
+        let varmap = VarMap::new();
+        let vb = layers::init::seeded_var_builder(&varmap, 6, DType::F32, &Device::Cpu);
+        let out = MaskedConv2d::new(4, 1, (1, 1), MaskType::B, 1, vb)?;
+        assert_leaks(&Unshifted(model, out))
+    }
+}

@@ -1,0 +1,142 @@
+//! What the two PixelRNNs share (van den Oord et al. 2016, sec. 3.4): a 7x7 mask-A convolution
+//! to `2h` channels, a stack of recurrent layers each added to its input through a 1x1
+//! convolution from `h` to `2h` channels (residual connections), then ReLU, a 1x1 ReLU layer and
+//! a 1x1 layer of Bernoulli logits; and the LSTM cell update of eq. (3). The layers themselves
+//! are in [`crate::row_lstm`] and [`crate::diagonal_bilstm`].
+//!
+//! Parameters `input_conv`, `layers.{i}.…` (the layer's own, and `residual`), `head.0`, `head.1`.
+
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::ops::sigmoid;
+use candle_nn::VarBuilder;
+use layers::masked::{MaskType, MaskedConv2d};
+use layers::ImageShape;
+use serde::{Deserialize, Serialize};
+
+use crate::ar::BernoulliAutoregressive;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub image_size: usize,
+    pub channels: usize,
+    /// `h`: LSTM state channels; the layers' inputs and outputs have `2h`.
+    pub hidden: usize,
+    pub layers: usize,
+    pub first_kernel: usize,
+    pub head_hidden: usize,
+}
+
+impl Default for Config {
+    /// The paper's MNIST size (7 layers, h = 16) and BENCHMARKS.md's rowlstm / diagbilstm.
+    fn default() -> Self {
+        Self {
+            image_size: 28,
+            channels: 1,
+            hidden: 16,
+            layers: 7,
+            first_kernel: 7,
+            head_hidden: 32,
+        }
+    }
+}
+
+/// One recurrent layer: `(b, 2h, H, W) -> (b, h, H, W)`, autoregressive over its input.
+pub trait RecurrentLayer: Sized {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self>;
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+/// The LSTM update from pre-activations `gates (b, 4h, ...)` ordered `[o, f, i, g]`:
+/// `c = f * c_prev + i * g`, `h = o * tanh(c)`. Returns `(h, c)`.
+pub fn lstm_update(gates: &Tensor, c_prev: &Tensor, hidden: usize) -> Result<(Tensor, Tensor)> {
+    let o = sigmoid(&gates.narrow(1, 0, hidden)?)?;
+    let f = sigmoid(&gates.narrow(1, hidden, hidden)?)?;
+    let i = sigmoid(&gates.narrow(1, 2 * hidden, hidden)?)?;
+    let g = gates.narrow(1, 3 * hidden, hidden)?.tanh()?;
+    let c = ((f * c_prev)? + (i * g)?)?;
+    let h = (o * c.tanh()?)?;
+    Ok((h, c))
+}
+
+pub struct PixelRnn<L> {
+    cfg: Config,
+    input_conv: MaskedConv2d,
+    layers: Vec<(L, MaskedConv2d)>,
+    head: [MaskedConv2d; 2],
+    device: Device,
+}
+
+impl<L: RecurrentLayer> PixelRnn<L> {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (k, g, h2) = (cfg.first_kernel, cfg.channels, 2 * cfg.hidden);
+        let input_conv = MaskedConv2d::new(
+            cfg.channels,
+            h2,
+            (k, k),
+            MaskType::A,
+            g,
+            vb.pp("input_conv"),
+        )?;
+        let layers = (0..cfg.layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                let residual =
+                    MaskedConv2d::new(cfg.hidden, h2, (1, 1), MaskType::B, g, vb.pp("residual"))?;
+                Ok((L::new(cfg, vb)?, residual))
+            })
+            .collect::<Result<_>>()?;
+        let head = [
+            MaskedConv2d::new(h2, cfg.head_hidden, (1, 1), MaskType::B, g, vb.pp("head.0"))?,
+            MaskedConv2d::new(
+                cfg.head_hidden,
+                cfg.channels,
+                (1, 1),
+                MaskType::B,
+                g,
+                vb.pp("head.1"),
+            )?,
+        ];
+        Ok(Self {
+            cfg: cfg.clone(),
+            input_conv,
+            layers,
+            head,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn layers_mut(&mut self) -> impl Iterator<Item = &mut L> {
+        self.layers.iter_mut().map(|(l, _)| l)
+    }
+
+    /// Recurrent layer `i` (for tests that rewire a model).
+    pub fn layer(&self, i: usize) -> &L {
+        &self.layers[i].0
+    }
+
+    /// The first, mask-A convolution: `(b, c, H, W) -> (b, 2h, H, W)`.
+    pub fn input_conv_forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.input_conv.forward(x)
+    }
+}
+
+impl<L: RecurrentLayer> BernoulliAutoregressive for PixelRnn<L> {
+    fn image_shape(&self) -> ImageShape {
+        [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `(b, c, H, W) -> (b, c, H, W)` logits.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.input_conv.forward(x)?; // (b, 2h, H, W)
+        for (layer, residual) in &self.layers {
+            h = (&h + residual.forward(&layer.forward(&h)?)?)?; // (b, 2h, H, W)
+        }
+        let h = self.head[0].forward(&h.relu()?)?.relu()?; // (b, head_hidden, H, W)
+        self.head[1].forward(&h)
+    }
+}
