@@ -3,7 +3,7 @@ models/<model>.toml` trains them: the bundled 8,006 training digits (pixel >= 12
 shuffled each epoch (last partial batch kept), Adam, loss = summed NLL per image averaged over
 the batch; then the exact test NLL on the 997 test digits. Prints one JSON line.
 
-    .venv/bin/python scripts/train_ar_reference.py fvsbn|ar-n|nade|pixelcnn [--epochs N]
+    .venv/bin/python scripts/train_ar_reference.py MODEL [--epochs N]
         [--batch-size N] [--lr X] [--seed N] [--threads 2]
 """
 import argparse
@@ -60,12 +60,15 @@ class Nade(nn.Module):
 
 
 class MaskedConv2d(nn.Conv2d):
-    def __init__(self, cin, cout, k, mask_type):
-        super().__init__(cin, cout, k, padding=k // 2)
+    """Square k x k, or (kh, kw) given as a tuple; single colour group."""
+
+    def __init__(self, cin, cout, k, mask_type, bias=True):
+        kh, kw = (k, k) if isinstance(k, int) else k
+        super().__init__(cin, cout, (kh, kw), padding=(kh // 2, kw // 2), bias=bias)
         mask = torch.ones_like(self.weight)
-        c = k // 2
-        mask[:, :, c, c + (mask_type == "B"):] = 0
-        mask[:, :, c + 1:] = 0
+        cy, cx = kh // 2, kw // 2
+        mask[:, :, cy, cx + (mask_type == "B"):] = 0
+        mask[:, :, cy + 1:] = 0
         self.register_buffer("mask", mask)
 
     def forward(self, x):
@@ -88,11 +91,98 @@ class PixelCnn(nn.Module):
         return self.head[1](F.relu(self.head[0](h))).view(-1, D)
 
 
+def lstm_update(gates, c_prev, h):
+    o, f, i, g = gates.split(h, 1)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class RowLstmLayer(nn.Module):
+    """Sec. 3.1: masked 1x3 input-to-state for the whole map, 1x3 state-to-state row by row."""
+
+    def __init__(self, h):
+        super().__init__()
+        self.h = h
+        self.input_to_state = MaskedConv2d(2 * h, 4 * h, (1, 3), "B")
+        self.state_to_state = nn.Conv2d(h, 4 * h, (1, 3), padding=(0, 1), bias=False)
+
+    def forward(self, x):
+        b, _, rows, width = x.shape
+        gates_in = self.input_to_state(x)
+        hs = x.new_zeros(b, self.h, 1, width)
+        c = torch.zeros_like(hs)
+        out = []
+        for r in range(rows):
+            hs, c = lstm_update(gates_in[:, :, r : r + 1] + self.state_to_state(hs), c, self.h)
+            out.append(hs)
+        return torch.cat(out, 2)
+
+
+def skew(x):
+    rows = x.shape[2]
+    return torch.cat([F.pad(x[:, :, r : r + 1], (r, rows - 1 - r)) for r in range(rows)], 2)
+
+
+def unskew(x, width):
+    return torch.cat([x[:, :, r : r + 1, r : r + width] for r in range(x.shape[2])], 2)
+
+
+class DiagonalLstm(nn.Module):
+    """Sec. 3.2, one direction: skew, 1x1 input-to-state, 2x1 state-to-state per column."""
+
+    def __init__(self, h):
+        super().__init__()
+        self.h = h
+        self.input_to_state = MaskedConv2d(2 * h, 4 * h, 1, "B")
+        self.state_to_state = nn.Conv2d(h, 4 * h, (2, 1), bias=False)
+
+    def forward(self, x):
+        b, _, rows, width = x.shape
+        gates_in = self.input_to_state(skew(x))
+        hs = x.new_zeros(b, self.h, rows, 1)
+        c = torch.zeros_like(hs)
+        out = []
+        for j in range(gates_in.shape[3]):
+            hs, c = lstm_update(gates_in[:, :, :, j : j + 1] + self.state_to_state(F.pad(hs, (0, 0, 1, 0))), c, self.h)
+            out.append(hs)
+        return unskew(torch.cat(out, 3), width)
+
+
+class DiagonalBiLstmLayer(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.left, self.right = DiagonalLstm(h), DiagonalLstm(h)
+
+    def forward(self, x):
+        rows = x.shape[2]
+        r2l = self.right(x.flip(3)).flip(3)
+        return self.left(x) + F.pad(r2l, (0, 0, 1, 0))[:, :, :rows]
+
+
+class PixelRnn(nn.Module):
+    """Sec. 3.4: 7x7 mask A to 2h, residual recurrent layers, ReLU, 1x1 + ReLU, 1x1."""
+
+    def __init__(self, layer, h=16, layers=7, head_hidden=32):
+        super().__init__()
+        self.input_conv = MaskedConv2d(1, 2 * h, 7, "A")
+        self.layers = nn.ModuleList(layer(h) for _ in range(layers))
+        self.residual = nn.ModuleList(MaskedConv2d(h, 2 * h, 1, "B") for _ in range(layers))
+        self.head = nn.ModuleList([MaskedConv2d(2 * h, head_hidden, 1, "B"), MaskedConv2d(head_hidden, 1, 1, "B")])
+
+    def forward(self, x):
+        h = self.input_conv(x.view(-1, 1, SIDE, SIDE))
+        for layer, residual in zip(self.layers, self.residual):
+            h = h + residual(layer(h))
+        return self.head[1](F.relu(self.head[0](F.relu(h)))).view(-1, D)
+
+
 MODELS = {
     "fvsbn": lambda: Fvsbn(),
     "ar-n": lambda: Fvsbn(window=28),
     "nade": lambda: Nade(),
     "pixelcnn": lambda: PixelCnn(),
+    "row-lstm": lambda: PixelRnn(RowLstmLayer),
+    "diagonal-bilstm": lambda: PixelRnn(DiagonalBiLstmLayer),
 }
 
 

@@ -48,6 +48,12 @@ pub trait GenerativeModel {
     /// Draws `n` images, `(n, c, h, w)` in `[0, 1]`.
     fn sample(&self, n: usize, rng: &mut Rng) -> Result<Tensor>;
 
+    /// The slow reference sampler where `sample` is a faster equivalent (autoregressive models
+    /// that cache or update activations incrementally): the same images from the same `rng`.
+    fn sample_reference(&self, n: usize, rng: &mut Rng) -> Result<Tensor> {
+        self.sample(n, rng)
+    }
+
     /// Number of dimensions of one image.
     fn dims(&self) -> usize {
         self.image_shape().iter().product()

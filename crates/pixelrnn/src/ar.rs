@@ -172,6 +172,16 @@ macro_rules! bernoulli_model {
             fn effective_parameters(&self) -> Option<usize> {
                 $crate::ar::BernoulliAutoregressive::effective_parameters(self)
             }
+
+            fn sample_reference(
+                &self,
+                n: usize,
+                rng: &mut layers::Rng,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                let dims = layers::GenerativeModel::dims(self);
+                let u = rng.uniform_vec(n * dims);
+                $crate::ar::naive_sample(self, &u, n)
+            }
         }
 
         impl layers::ExplicitModel for $t {

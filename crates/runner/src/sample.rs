@@ -15,6 +15,9 @@ use crate::grid::{save_image, GridOptions};
 pub enum SampleMode {
     /// Fresh samples from the model.
     Sample,
+    /// Fresh samples through the model's reference sampler (for autoregressive models, the loop
+    /// that re-runs the whole network per pixel): the same images as `sample`, slower.
+    Reference,
     /// Test images (first row) and their reconstructions (second row).
     Reconstruct,
     /// Rows of images decoded between the codes of two test images.
@@ -63,6 +66,7 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
     let mut grid = args.grid;
     let images = match args.mode {
         SampleMode::Sample => model.sample(args.n, &mut rng)?,
+        SampleMode::Reference => model.sample_reference(args.n, &mut rng)?,
         SampleMode::Reconstruct => {
             let x = test_images(args.n)?;
             grid.nrow = x.dim(0)?;
