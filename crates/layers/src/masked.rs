@@ -105,6 +105,15 @@ impl MaskedConv2d {
         &self.weight * &self.mask
     }
 
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// `(kh, kw)`.
+    pub fn kernel(&self) -> (usize, usize) {
+        self.kernel
+    }
+
     /// Drops the mask (for tests that show the autoregressive check catches a leak).
     pub fn without_mask(mut self) -> Result<Self> {
         self.mask = self.mask.ones_like()?;

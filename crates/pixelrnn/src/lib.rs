@@ -4,6 +4,7 @@
 //! ([`diagonal_bilstm`]). What they share is in [`ar`] and [`pixelrnn`].
 
 pub mod ar;
+pub mod cached;
 pub mod diagonal_bilstm;
 pub mod fvsbn;
 pub mod nade;
