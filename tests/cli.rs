@@ -663,6 +663,7 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
         ("fvsbn", ""),
         ("nade", "hidden = 16\n"),
         ("pixelcnn", "hidden = 8\nlayers = 1\nhead_hidden = 8\n"),
+        ("row-lstm", "hidden = 4\nlayers = 1\nhead_hidden = 8\n"),
     ] {
         let out = tmp.path().join(model);
         let cfg = tmp.path().join(format!("{model}.toml"));

@@ -27,7 +27,12 @@ pub struct CachedConv {
 
 impl CachedConv {
     pub fn new(conv: &MaskedConv2d, relu: bool) -> Result<Self> {
-        let w = conv.masked_weight()?.to_dtype(DType::F32)?;
+        Self::from_parts(&conv.masked_weight()?, Some(conv.bias()), relu)
+    }
+
+    /// From a kernel `(out, in, kh, kw)` and an optional bias.
+    pub fn from_parts(kernel: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Self> {
+        let w = kernel.to_dtype(DType::F32)?;
         let (out, inp, kh, kw) = w.dims4()?;
         let weight = w.flatten_all()?.to_vec1::<f32>()?;
         let taps = (0..kh)
@@ -36,7 +41,10 @@ impl CachedConv {
             .collect();
         Ok(Self {
             weight,
-            bias: conv.bias().to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            bias: match bias {
+                Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                None => vec![0.0; out],
+            },
             out,
             inp,
             kh,

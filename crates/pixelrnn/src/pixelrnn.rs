@@ -45,6 +45,16 @@ impl Default for Config {
 pub trait RecurrentLayer: Sized {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self>;
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// An incremental sampler for a whole model of these layers, if the layer has one
+    /// (None: the reference loop is used).
+    fn cached_sample(
+        _model: &PixelRnn<Self>,
+        _uniforms: &[f32],
+        _n: usize,
+    ) -> Option<Result<Tensor>> {
+        None
+    }
 }
 
 /// The LSTM update from pre-activations `gates (b, 4h, ...)` ordered `[o, f, i, g]`:
@@ -60,11 +70,12 @@ pub fn lstm_update(gates: &Tensor, c_prev: &Tensor, hidden: usize) -> Result<(Te
 }
 
 pub struct PixelRnn<L> {
-    cfg: Config,
-    input_conv: MaskedConv2d,
-    layers: Vec<(L, MaskedConv2d)>,
-    head: [MaskedConv2d; 2],
-    device: Device,
+    pub(crate) cfg: Config,
+    pub(crate) input_conv: MaskedConv2d,
+    /// Each recurrent layer with its residual 1x1 convolution.
+    pub(crate) layers: Vec<(L, MaskedConv2d)>,
+    pub(crate) head: [MaskedConv2d; 2],
+    pub(crate) device: Device,
 }
 
 impl<L: RecurrentLayer> PixelRnn<L> {
@@ -138,5 +149,10 @@ impl<L: RecurrentLayer> BernoulliAutoregressive for PixelRnn<L> {
         }
         let h = self.head[0].forward(&h.relu()?)?.relu()?; // (b, head_hidden, H, W)
         self.head[1].forward(&h)
+    }
+
+    fn sample_from_uniforms(&self, uniforms: &[f32], n: usize) -> Result<Tensor> {
+        L::cached_sample(self, uniforms, n)
+            .unwrap_or_else(|| crate::ar::naive_sample(self, uniforms, n))
     }
 }

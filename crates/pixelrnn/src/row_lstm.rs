@@ -14,6 +14,9 @@ use candle_nn::{Init, VarBuilder};
 use layers::conv::{conv2d, ConvSpec};
 use layers::masked::{MaskType, MaskedConv2d};
 
+use crate::ar::BernoulliAutoregressive;
+use crate::cached::CachedConv;
+use crate::fvsbn::sigmoid;
 use crate::pixelrnn::{lstm_update, Config, PixelRnn, RecurrentLayer};
 
 /// Width of both row convolutions (the paper's k = 3).
@@ -70,6 +73,127 @@ impl RecurrentLayer for RowLstmLayer {
         }
         Tensor::cat(&outputs, 2) // (b, h, H, W)
     }
+
+    /// Position by position: each layer's state at `(r, c)` needs its input at `(r, c - 1..=c)`
+    /// and the previous row's states, all final by then.
+    fn cached_sample(model: &PixelRnn<Self>, uniforms: &[f32], n: usize) -> Option<Result<Tensor>> {
+        Some(sample_row_lstm(model, uniforms, n))
+    }
+}
+
+/// Per-position buffers of one layer, each `(n, channels, H, W)`.
+struct LayerCache {
+    input_to_state: CachedConv,
+    state_to_state: CachedConv,
+    residual: CachedConv,
+    gates_in: Vec<f32>,
+    gates_state: Vec<f32>,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    out: Vec<f32>,
+}
+
+fn sample_row_lstm(model: &RowLstm, uniforms: &[f32], n: usize) -> Result<Tensor> {
+    let [ch, rows, width] = model.image_shape();
+    if ch != 1 {
+        return crate::ar::naive_sample(model, uniforms, n);
+    }
+    let hid = model.cfg.hidden;
+    let plane = rows * width;
+    let buf = |c: usize| vec![0f32; n * c * plane];
+    let input_conv = CachedConv::new(&model.input_conv, false)?;
+    let mut x0 = buf(2 * hid);
+    let mut caches = model
+        .layers
+        .iter()
+        .map(|(layer, residual)| {
+            Ok(LayerCache {
+                input_to_state: CachedConv::new(&layer.input_to_state, false)?,
+                state_to_state: CachedConv::from_parts(&layer.state_to_state, None, false)?,
+                residual: CachedConv::new(residual, false)?,
+                gates_in: buf(4 * hid),
+                gates_state: buf(4 * hid),
+                h: buf(hid),
+                c: buf(hid),
+                out: buf(2 * hid),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let head0 = CachedConv::new(&model.head[0], true)?;
+    let head1 = CachedConv::new(&model.head[1], false)?;
+    let (mut relu_in, mut head_hidden, mut logits) =
+        (buf(2 * hid), buf(model.cfg.head_hidden), buf(1));
+    let mut image = vec![0f32; n * plane];
+    let at = |buf: &[f32], channels: usize, k: usize, c: usize, r: usize, col: usize| {
+        buf[((k * channels + c) * rows + r) * width + col]
+    };
+    for r in 0..rows {
+        for col in 0..width {
+            for k in 0..n {
+                input_conv.at(&image, &mut x0, (rows, width), k, (r, col));
+                for l in 0..caches.len() {
+                    let (before, rest) = caches.split_at_mut(l);
+                    let cache = &mut rest[0];
+                    let input: &[f32] = if l == 0 { &x0 } else { &before[l - 1].out };
+                    cache
+                        .input_to_state
+                        .at(input, &mut cache.gates_in, (rows, width), k, (r, col));
+                    if r > 0 {
+                        cache.state_to_state.at(
+                            &cache.h,
+                            &mut cache.gates_state,
+                            (rows, width),
+                            k,
+                            (r - 1, col),
+                        );
+                    }
+                    for j in 0..hid {
+                        let gate = |g: usize| {
+                            let state = if r > 0 {
+                                at(&cache.gates_state, 4 * hid, k, g * hid + j, r - 1, col)
+                            } else {
+                                0.0
+                            };
+                            at(&cache.gates_in, 4 * hid, k, g * hid + j, r, col) + state
+                        };
+                        let (o, f, i, g) = (
+                            sigmoid(gate(0)),
+                            sigmoid(gate(1)),
+                            sigmoid(gate(2)),
+                            gate(3).tanh(),
+                        );
+                        let c_prev = if r > 0 {
+                            at(&cache.c, hid, k, j, r - 1, col)
+                        } else {
+                            0.0
+                        };
+                        let c = f * c_prev + i * g;
+                        let idx = ((k * hid + j) * rows + r) * width + col;
+                        cache.c[idx] = c;
+                        cache.h[idx] = o * c.tanh();
+                    }
+                    cache
+                        .residual
+                        .at(&cache.h, &mut cache.out, (rows, width), k, (r, col));
+                    for j in 0..2 * hid {
+                        let idx = ((k * 2 * hid + j) * rows + r) * width + col;
+                        cache.out[idx] += input[idx];
+                    }
+                }
+                let last: &[f32] = caches.last().map(|c| c.out.as_slice()).unwrap_or(&x0);
+                for j in 0..2 * hid {
+                    let idx = ((k * 2 * hid + j) * rows + r) * width + col;
+                    relu_in[idx] = last[idx].max(0.0);
+                }
+                head0.at(&relu_in, &mut head_hidden, (rows, width), k, (r, col));
+                head1.at(&head_hidden, &mut logits, (rows, width), k, (r, col));
+                let i = r * width + col;
+                image[k * plane + i] =
+                    f32::from(uniforms[k * plane + i] < sigmoid(logits[k * plane + i]));
+            }
+        }
+    }
+    Tensor::from_vec(image, (n, 1, rows, width), &model.device)
 }
 
 /// The Row LSTM PixelRNN.
@@ -101,6 +225,11 @@ mod tests {
     #[test]
     fn outputs_see_only_earlier_pixels() -> Result<()> {
         assert_autoregressive(&small()?)
+    }
+
+    #[test]
+    fn the_cached_sampler_equals_the_reference_loop() -> Result<()> {
+        assert_sampler_matches_reference(&small()?, 4)
     }
 
     #[test]
