@@ -109,10 +109,14 @@ impl Adam {
             let Some(grad) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
+            // Candle leaves a variable's gradient attached to the forward graph (only other
+            // nodes' gradients are detached). Moments built from it would keep every step's
+            // graph alive through the chain m_t -> m_{t-1} -> ...: a leak of one graph per step.
+            let grad = grad.detach();
             let grad = if weight_decay != 0.0 {
-                (grad + slot.var.as_tensor().affine(weight_decay, 0.0)?)?
+                (grad + slot.var.as_tensor().detach().affine(weight_decay, 0.0)?)?
             } else {
-                grad.clone()
+                grad
             };
             slot.exp_avg = ((&slot.exp_avg * beta1)? + (&grad * (1.0 - beta1))?)?;
             slot.exp_avg_sq = ((&slot.exp_avg_sq * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
@@ -206,6 +210,29 @@ mod tests {
         }
         let v = w.as_tensor().to_vec1::<f32>()?;
         assert!(v.iter().all(|x| x.abs() < 0.05), "{v:?}");
+        Ok(())
+    }
+
+    /// The moments must not hold on to the step's graph: a variable's gradient from Candle is
+    /// still attached to it (here `y = w * x` with `x` itself computed from a variable).
+    #[test]
+    fn moments_are_detached_from_the_graph() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::new(&[1.0f32, 2.0], &dev)?;
+        let u = Var::new(&[3.0f32, 4.0], &dev)?;
+        let x = u.as_tensor().exp()?;
+        let grads = (w.as_tensor() * &x)?.sum_all()?.backward()?;
+        assert!(
+            grads.get(&w).unwrap().track_op(),
+            "Candle's gradient is attached: the premise"
+        );
+        let mut opt = Adam::from_named_vars(vec![("w".into(), w.clone())], AdamConfig::default())?;
+        opt.step(&grads)?;
+        let (state, _) = opt.state("o");
+        assert!(
+            state.values().all(|t| !t.track_op()),
+            "a moment keeps the graph alive"
+        );
         Ok(())
     }
 
