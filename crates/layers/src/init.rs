@@ -99,7 +99,7 @@ pub fn seeded_var_builder(
 
 /// PyTorch's default `nn.Linear` / `nn.Conv2d` init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
 /// weight and bias (kaiming_uniform with a = sqrt(5)).
-fn torch_default_bound(fan_in: usize) -> Init {
+pub fn torch_uniform(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
     Init::Uniform {
         lo: -bound,
@@ -109,7 +109,7 @@ fn torch_default_bound(fan_in: usize) -> Init {
 
 /// `nn.Linear(in_dim, out_dim)` with PyTorch's names (`weight`, `bias`) and init.
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
-    let init = torch_default_bound(in_dim);
+    let init = torch_uniform(in_dim);
     let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
     let bias = vb.get_with_hints(out_dim, "bias", init)?;
     Ok(candle_nn::Linear::new(weight, Some(bias)))
@@ -123,7 +123,7 @@ pub fn conv2d(
     cfg: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<candle_nn::Conv2d> {
-    let init = torch_default_bound(in_channels / cfg.groups * kernel * kernel);
+    let init = torch_uniform(in_channels / cfg.groups * kernel * kernel);
     let weight = vb.get_with_hints(
         (out_channels, in_channels / cfg.groups, kernel, kernel),
         "weight",
@@ -142,7 +142,7 @@ pub fn conv_transpose2d(
     cfg: ConvTranspose2dConfig,
     vb: VarBuilder,
 ) -> Result<candle_nn::ConvTranspose2d> {
-    let init = torch_default_bound(out_channels * kernel * kernel);
+    let init = torch_uniform(out_channels * kernel * kernel);
     let weight = vb.get_with_hints((in_channels, out_channels, kernel, kernel), "weight", init)?;
     let bias = vb.get_with_hints(out_channels, "bias", init)?;
     Ok(candle_nn::ConvTranspose2d::new(weight, Some(bias), cfg))

@@ -7,7 +7,7 @@
 //! With one colour group the two differ only at the kernel's centre.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,11 +79,7 @@ impl MaskedConv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let (kh, kw) = kernel;
-        let bound = 1.0 / ((in_channels * kh * kw) as f64).sqrt();
-        let init = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let init = crate::init::torch_uniform(in_channels * kh * kw);
         let weight = vb.get_with_hints((out_channels, in_channels, kh, kw), "weight", init)?;
         let bias = vb.get_with_hints(out_channels, "bias", init)?;
         let mask = Tensor::from_vec(

@@ -2,8 +2,10 @@
 //! in raster order, `log p(x) = sum_i log p(x_i | x_<i)` (exact), the reference sampling loop,
 //! and the check of the autoregressive property by gradients.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Device, Module, Result, Tensor, Var};
 use candle_nn::ops::sigmoid;
+use candle_nn::VarBuilder;
+use layers::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 
 /// A model of binary images whose every conditional is a Bernoulli with a logit computed from
@@ -27,6 +29,38 @@ pub trait BernoulliAutoregressive {
     /// Parameters the masks let through (None: every stored parameter counts).
     fn effective_parameters(&self) -> Option<usize> {
         None
+    }
+}
+
+/// The output head of the convolutional models: a 1x1 ReLU layer, then a 1x1 layer of one
+/// Bernoulli logit per image channel (`head.0`, `head.1`; mask B keeps colour order).
+pub struct Head {
+    pub convs: [MaskedConv2d; 2],
+}
+
+impl Head {
+    pub fn new(in_channels: usize, hidden: usize, channels: usize, vb: VarBuilder) -> Result<Self> {
+        let conv = |i, o, vb| MaskedConv2d::new(i, o, (1, 1), MaskType::B, channels, vb);
+        Ok(Self {
+            convs: [
+                conv(in_channels, hidden, vb.pp("0"))?,
+                conv(hidden, channels, vb.pp("1"))?,
+            ],
+        })
+    }
+
+    /// `(b, in, H, W) -> (b, channels, H, W)` logits.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.convs[1].forward(&self.convs[0].forward(x)?.relu()?)
+    }
+
+    /// The two layers for the cached samplers.
+    pub fn cached(&self) -> Result<[crate::cached::CachedConv; 2]> {
+        use crate::cached::CachedConv;
+        Ok([
+            CachedConv::new(&self.convs[0], true)?,
+            CachedConv::new(&self.convs[1], false)?,
+        ])
     }
 }
 

@@ -13,11 +13,11 @@
 //! Parameters per layer: `left.{input_to_state,state_to_state}`, `right.{…}`, `residual`.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 use layers::conv::{conv2d, ConvSpec};
 use layers::masked::{MaskType, MaskedConv2d};
 
-use crate::pixelrnn::{lstm_update, Config, PixelRnn, RecurrentLayer};
+use crate::pixelrnn::{lstm_update, state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
 
 /// `(b, c, H, W) -> (b, c, H, W + H - 1)`, row `r` shifted right by `r`.
 pub fn skew(x: &Tensor) -> Result<Tensor> {
@@ -63,15 +63,7 @@ impl DiagonalLstm {
             cfg.channels,
             vb.pp("input_to_state"),
         )?;
-        let bound = 1.0 / ((2 * h) as f64).sqrt();
-        let state_to_state = vb.pp("state_to_state").get_with_hints(
-            (4 * h, h, 2, 1),
-            "weight",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
+        let state_to_state = state_to_state_kernel((4 * h, h, 2, 1), vb.pp("state_to_state"))?;
         Ok(Self {
             input_to_state,
             state_to_state,

@@ -9,6 +9,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use layers::init::torch_uniform;
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
@@ -78,15 +79,7 @@ impl Fvsbn {
         } else {
             cfg.window.min(n)
         };
-        let bound = 1.0 / (seen as f64).sqrt();
-        let weight = vb.get_with_hints(
-            (n, n),
-            "weight",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
+        let weight = vb.get_with_hints((n, n), "weight", torch_uniform(seen))?;
         let bias = vb.get_with_hints(n, "bias", Init::Const(0.0))?;
         let mask = Tensor::from_vec(
             visibility(&generation_order(shape), cfg.window),

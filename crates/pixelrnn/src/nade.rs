@@ -10,6 +10,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::sigmoid;
 use candle_nn::{Init, VarBuilder};
+use layers::init::torch_uniform;
 use layers::ops::exclusive_cumsum;
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
@@ -53,13 +54,6 @@ impl Nade {
         let shape = [cfg.channels, cfg.image_size, cfg.image_size];
         let d: usize = shape.iter().product();
         let h = cfg.hidden;
-        let uniform = |fan_in: usize| {
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            }
-        };
         let order = generation_order(shape);
         let permutation = if order.iter().enumerate().all(|(r, &i)| r == i) {
             None
@@ -76,9 +70,9 @@ impl Nade {
         };
         Ok(Self {
             cfg: cfg.clone(),
-            w: vb.get_with_hints((h, d), "W", uniform(d))?,
+            w: vb.get_with_hints((h, d), "W", torch_uniform(d))?,
             c: vb.get_with_hints(h, "c", Init::Const(0.0))?,
-            v: vb.get_with_hints((d, h), "V", uniform(h))?,
+            v: vb.get_with_hints((d, h), "V", torch_uniform(h))?,
             b: vb.get_with_hints(d, "b", Init::Const(0.0))?,
             order,
             permutation,

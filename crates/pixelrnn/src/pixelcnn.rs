@@ -12,7 +12,7 @@ use layers::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use crate::ar::BernoulliAutoregressive;
+use crate::ar::{BernoulliAutoregressive, Head};
 use crate::cached::{sample_conv_stack, CachedConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ pub struct PixelCnn {
     cfg: Config,
     input_conv: MaskedConv2d,
     layers: Vec<MaskedConv2d>,
-    head: [MaskedConv2d; 2],
+    head: Head,
     device: Device,
 }
 
@@ -71,16 +71,7 @@ impl PixelCnn {
                 )
             })
             .collect::<Result<_>>()?;
-        let head = [
-            conv(cfg.hidden, cfg.head_hidden, 1, MaskType::B, vb.pp("head.0"))?,
-            conv(
-                cfg.head_hidden,
-                cfg.channels,
-                1,
-                MaskType::B,
-                vb.pp("head.1"),
-            )?,
-        ];
+        let head = Head::new(cfg.hidden, cfg.head_hidden, cfg.channels, vb.pp("head"))?;
         Ok(Self {
             cfg: cfg.clone(),
             input_conv,
@@ -118,7 +109,7 @@ impl BernoulliAutoregressive for PixelCnn {
     fn effective_parameters(&self) -> Option<usize> {
         let convs = std::iter::once(&self.input_conv)
             .chain(&self.layers)
-            .chain(&self.head);
+            .chain(&self.head.convs);
         convs.map(|c| c.effective_parameters().ok()).sum()
     }
 
@@ -128,8 +119,7 @@ impl BernoulliAutoregressive for PixelCnn {
         for layer in &self.layers {
             h = layer.forward(&h)?.relu()?;
         }
-        let h = self.head[0].forward(&h)?.relu()?; // (b, head_hidden, h, w)
-        self.head[1].forward(&h)
+        self.head.forward(&h)
     }
 
     /// Cached sampling: each layer evaluated at the new position only.
@@ -138,8 +128,7 @@ impl BernoulliAutoregressive for PixelCnn {
         for layer in &self.layers {
             convs.push(CachedConv::new(layer, true)?);
         }
-        convs.push(CachedConv::new(&self.head[0], true)?);
-        convs.push(CachedConv::new(&self.head[1], false)?);
+        convs.extend(self.head.cached()?);
         sample_conv_stack(&convs, self.image_shape(), uniforms, n, &self.device)
     }
 }

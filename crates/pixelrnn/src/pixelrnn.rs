@@ -13,7 +13,7 @@ use layers::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use crate::ar::BernoulliAutoregressive;
+use crate::ar::{BernoulliAutoregressive, Head};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +57,15 @@ pub trait RecurrentLayer: Sized {
     }
 }
 
+/// A bias-free state-to-state kernel `(4h, h, kh, kw)` named `weight`, PyTorch's default init.
+pub fn state_to_state_kernel(
+    shape: (usize, usize, usize, usize),
+    vb: VarBuilder,
+) -> Result<Tensor> {
+    let fan_in = shape.1 * shape.2 * shape.3;
+    vb.get_with_hints(shape, "weight", layers::init::torch_uniform(fan_in))
+}
+
 /// The LSTM update from pre-activations `gates (b, 4h, ...)` ordered `[o, f, i, g]`:
 /// `c = f * c_prev + i * g`, `h = o * tanh(c)`. Returns `(h, c)`.
 pub fn lstm_update(gates: &Tensor, c_prev: &Tensor, hidden: usize) -> Result<(Tensor, Tensor)> {
@@ -74,7 +83,7 @@ pub struct PixelRnn<L> {
     pub(crate) input_conv: MaskedConv2d,
     /// Each recurrent layer with its residual 1x1 convolution.
     pub(crate) layers: Vec<(L, MaskedConv2d)>,
-    pub(crate) head: [MaskedConv2d; 2],
+    pub(crate) head: Head,
     pub(crate) device: Device,
 }
 
@@ -97,17 +106,7 @@ impl<L: RecurrentLayer> PixelRnn<L> {
                 Ok((L::new(cfg, vb)?, residual))
             })
             .collect::<Result<_>>()?;
-        let head = [
-            MaskedConv2d::new(h2, cfg.head_hidden, (1, 1), MaskType::B, g, vb.pp("head.0"))?,
-            MaskedConv2d::new(
-                cfg.head_hidden,
-                cfg.channels,
-                (1, 1),
-                MaskType::B,
-                g,
-                vb.pp("head.1"),
-            )?,
-        ];
+        let head = Head::new(h2, cfg.head_hidden, cfg.channels, vb.pp("head"))?;
         Ok(Self {
             cfg: cfg.clone(),
             input_conv,
@@ -147,8 +146,7 @@ impl<L: RecurrentLayer> BernoulliAutoregressive for PixelRnn<L> {
         for (layer, residual) in &self.layers {
             h = (&h + residual.forward(&layer.forward(&h)?)?)?; // (b, 2h, H, W)
         }
-        let h = self.head[0].forward(&h.relu()?)?.relu()?; // (b, head_hidden, H, W)
-        self.head[1].forward(&h)
+        self.head.forward(&h.relu()?)
     }
 
     fn sample_from_uniforms(&self, uniforms: &[f32], n: usize) -> Result<Tensor> {

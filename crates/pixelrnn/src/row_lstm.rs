@@ -10,14 +10,14 @@
 //! `input_to_state` (with bias), `state_to_state` (no bias), and the shared `residual`.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 use layers::conv::{conv2d, ConvSpec};
 use layers::masked::{MaskType, MaskedConv2d};
 
 use crate::ar::BernoulliAutoregressive;
 use crate::cached::CachedConv;
 use crate::fvsbn::sigmoid;
-use crate::pixelrnn::{lstm_update, Config, PixelRnn, RecurrentLayer};
+use crate::pixelrnn::{lstm_update, state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
 
 /// Width of both row convolutions (the paper's k = 3).
 pub const KERNEL: usize = 3;
@@ -40,15 +40,7 @@ impl RecurrentLayer for RowLstmLayer {
             cfg.channels,
             vb.pp("input_to_state"),
         )?;
-        let bound = 1.0 / ((h * KERNEL) as f64).sqrt();
-        let state_to_state = vb.pp("state_to_state").get_with_hints(
-            (4 * h, h, 1, KERNEL),
-            "weight",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
+        let state_to_state = state_to_state_kernel((4 * h, h, 1, KERNEL), vb.pp("state_to_state"))?;
         Ok(Self {
             input_to_state,
             state_to_state,
@@ -119,8 +111,7 @@ fn sample_row_lstm(model: &RowLstm, uniforms: &[f32], n: usize) -> Result<Tensor
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let head0 = CachedConv::new(&model.head[0], true)?;
-    let head1 = CachedConv::new(&model.head[1], false)?;
+    let [head0, head1] = model.head.cached()?;
     let (mut relu_in, mut head_hidden, mut logits) =
         (buf(2 * hid), buf(model.cfg.head_hidden), buf(1));
     let mut image = vec![0f32; n * plane];
