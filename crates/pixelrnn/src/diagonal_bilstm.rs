@@ -100,7 +100,17 @@ pub struct DiagonalBiLstmLayer {
     right: DiagonalLstm,
 }
 
+impl DiagonalLstm {
+    fn effective_parameters(&self) -> Result<usize> {
+        Ok(self.input_to_state.effective_parameters()? + self.state_to_state.elem_count())
+    }
+}
+
 impl RecurrentLayer for DiagonalBiLstmLayer {
+    fn effective_parameters(&self) -> Result<usize> {
+        Ok(self.left.effective_parameters()? + self.right.effective_parameters()?)
+    }
+
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             left: DiagonalLstm::new(cfg, vb.pp("left"))?,

@@ -46,6 +46,9 @@ pub trait RecurrentLayer: Sized {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self>;
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
+    /// Parameters the layer's masks let through.
+    fn effective_parameters(&self) -> Result<usize>;
+
     /// An incremental sampler for a whole model of these layers, if the layer has one
     /// (None: the reference loop is used).
     fn cached_sample(
@@ -147,6 +150,17 @@ impl<L: RecurrentLayer> BernoulliAutoregressive for PixelRnn<L> {
             h = (&h + residual.forward(&layer.forward(&h)?)?)?; // (b, 2h, H, W)
         }
         self.head.forward(&h.relu()?)
+    }
+
+    fn effective_parameters(&self) -> Option<usize> {
+        let mut total = self.input_conv.effective_parameters().ok()?;
+        for (layer, residual) in &self.layers {
+            total += layer.effective_parameters().ok()? + residual.effective_parameters().ok()?;
+        }
+        for conv in &self.head.convs {
+            total += conv.effective_parameters().ok()?;
+        }
+        Some(total)
     }
 
     fn sample_from_uniforms(&self, uniforms: &[f32], n: usize) -> Result<Tensor> {

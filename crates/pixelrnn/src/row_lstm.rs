@@ -66,6 +66,10 @@ impl RecurrentLayer for RowLstmLayer {
         Tensor::cat(&outputs, 2) // (b, h, H, W)
     }
 
+    fn effective_parameters(&self) -> Result<usize> {
+        Ok(self.input_to_state.effective_parameters()? + self.state_to_state.elem_count())
+    }
+
     /// Position by position: each layer's state at `(r, c)` needs its input at `(r, c - 1..=c)`
     /// and the previous row's states, all final by then.
     fn cached_sample(model: &PixelRnn<Self>, uniforms: &[f32], n: usize) -> Option<Result<Tensor>> {
