@@ -1,6 +1,7 @@
 //! The `genzoo` runner: data, training loops, checkpoints, evaluation. It is glue: the models
 //! live in their family crates and the shared pieces in `layers`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -47,6 +47,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time the workloads of BENCHMARKS.md (all by default): images/s, ms/step, peak memory.
+    Bench {
+        workloads: Vec<String>,
+        /// Timed steps per training workload (after 2 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Parameter counts: the full joint table, independent pixels, and every explicit model.
     Params {
         /// Image side (images are side x side binary).
@@ -300,6 +309,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
                 inspect::print(&i);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            workloads,
+            steps,
+            json,
+        } => {
+            anyhow::ensure!(steps > 0, "--steps must be positive");
+            let device = device()?;
+            let chosen: Vec<&runner::bench::Workload> = if workloads.is_empty() {
+                runner::bench::WORKLOADS.iter().collect()
+            } else {
+                workloads
+                    .iter()
+                    .map(|w| runner::bench::find(w))
+                    .collect::<Result<_>>()?
+            };
+            let mut results = Vec::new();
+            for w in chosen {
+                match runner::bench::run_workload(w, &device, steps) {
+                    Ok(r) => {
+                        if !json {
+                            runner::bench::print_line(&r);
+                        }
+                        results.push(r);
+                    }
+                    Err(e) => eprintln!("{:<22} skipped: {e:#}", w.name),
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,263 @@
+//! `genzoo bench`: the workloads of BENCHMARKS.md on any device. Each training workload is one
+//! full optimiser step on random binary data of the stated shape: 2 warm-up steps, then the
+//! mean of N steps; sampling workloads time a whole run. Reported: images/s, ms/step, and the
+//! peak resident memory while the workload ran (Linux).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use layers::{Adam, AdamConfig, Rng};
+use serde::Serialize;
+
+use crate::checkpoint::build_model;
+use crate::config::RunConfig;
+
+/// A workload of BENCHMARKS.md.
+#[derive(Debug)]
+pub struct Workload {
+    pub name: &'static str,
+    /// The genzoo model it runs, and `[model_config]` keys that differ from the defaults.
+    pub model: &'static str,
+    pub config: &'static [(&'static str, i64)],
+    pub batch: usize,
+    pub lr: f64,
+    pub kind: WorkloadKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// One optimiser step on the model's objective.
+    TrainStep,
+    /// A whole sampling run with the model's incremental sampler.
+    Sample,
+    /// A whole sampling run with the reference loop (the full network per pixel).
+    SampleReference,
+    /// Not built yet.
+    Missing,
+}
+
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "dcgan",
+        model: "dcgan",
+        config: &[],
+        batch: 64,
+        lr: 2e-4,
+        kind: WorkloadKind::Missing,
+    },
+    Workload {
+        name: "vae",
+        model: "vae",
+        config: &[],
+        batch: 128,
+        lr: 1e-3,
+        kind: WorkloadKind::TrainStep,
+    },
+    Workload {
+        name: "pixelcnn",
+        model: "pixelcnn",
+        config: &[],
+        batch: 32,
+        lr: 1e-3,
+        kind: WorkloadKind::TrainStep,
+    },
+    Workload {
+        name: "pixelcnn_sample",
+        model: "pixelcnn",
+        config: &[],
+        batch: 16,
+        lr: 0.0,
+        kind: WorkloadKind::Sample,
+    },
+    Workload {
+        name: "pixelcnn_sample_naive",
+        model: "pixelcnn",
+        config: &[],
+        batch: 16,
+        lr: 0.0,
+        kind: WorkloadKind::SampleReference,
+    },
+    Workload {
+        name: "nade",
+        model: "nade",
+        config: &[("hidden", 500)],
+        batch: 128,
+        lr: 1e-3,
+        kind: WorkloadKind::TrainStep,
+    },
+    Workload {
+        name: "rowlstm",
+        model: "row-lstm",
+        config: &[("hidden", 16), ("layers", 7), ("head_hidden", 32)],
+        batch: 16,
+        lr: 1e-3,
+        kind: WorkloadKind::TrainStep,
+    },
+    Workload {
+        name: "diagbilstm",
+        model: "diagonal-bilstm",
+        config: &[("hidden", 16), ("layers", 7), ("head_hidden", 32)],
+        batch: 16,
+        lr: 1e-3,
+        kind: WorkloadKind::TrainStep,
+    },
+    Workload {
+        name: "cyclegan",
+        model: "cyclegan",
+        config: &[],
+        batch: 8,
+        lr: 2e-4,
+        kind: WorkloadKind::Missing,
+    },
+];
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub workload: String,
+    pub device: String,
+    pub threads: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub images_per_sec: f64,
+    pub ms_per_step: f64,
+    /// Peak resident memory of the process during the workload, in MiB (None off Linux).
+    pub peak_mib: Option<f64>,
+}
+
+/// Resets the kernel's peak-RSS mark for this process (Linux); the next read gives the peak
+/// since now.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn random_binary(n: usize, device: &Device) -> Result<Tensor> {
+    let p = Tensor::full(0.5f32, (n, 1, 28, 28), device)?;
+    Ok(Rng::new(0).bernoulli(&p)?)
+}
+
+pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<BenchResult> {
+    if w.kind == WorkloadKind::Missing {
+        bail!(
+            "workload `{}` needs model `{}`, which is not built yet",
+            w.name,
+            w.model
+        );
+    }
+    let mut run = RunConfig::new(w.model);
+    for (k, v) in w.config {
+        run.model_config
+            .insert((*k).into(), toml::Value::Integer(*v));
+    }
+    let (model, varmap, _) = build_model(&run, device)?;
+    reset_peak_memory();
+    let (seconds, steps_run) = match w.kind {
+        WorkloadKind::TrainStep => {
+            let x = random_binary(w.batch, device)?;
+            let mut opt = Adam::new(
+                &varmap,
+                AdamConfig {
+                    lr: w.lr,
+                    ..Default::default()
+                },
+            )?;
+            let mut rng = Rng::new(1);
+            let mut step = || -> Result<()> {
+                let loss = model.loss(&x, &mut rng)?;
+                opt.backward_step(&loss.value)?;
+                device.synchronize()?;
+                Ok(())
+            };
+            for _ in 0..2 {
+                step()?;
+            }
+            let start = Instant::now();
+            for _ in 0..steps {
+                step()?;
+            }
+            (start.elapsed().as_secs_f64(), steps)
+        }
+        WorkloadKind::Sample | WorkloadKind::SampleReference => {
+            let start = Instant::now();
+            let mut rng = Rng::new(2);
+            let images = if w.kind == WorkloadKind::Sample {
+                model.sample(w.batch, &mut rng)?
+            } else {
+                model.sample_reference(w.batch, &mut rng)?
+            };
+            images.to_device(&Device::Cpu)?;
+            (start.elapsed().as_secs_f64(), 1)
+        }
+        WorkloadKind::Missing => unreachable!(),
+    };
+    Ok(BenchResult {
+        workload: w.name.into(),
+        device: layers::device::device_name(device),
+        threads: rayon_threads(),
+        batch: w.batch,
+        steps: steps_run,
+        images_per_sec: (w.batch * steps_run) as f64 / seconds,
+        ms_per_step: 1000.0 * seconds / steps_run as f64,
+        peak_mib: peak_memory_mib(),
+    })
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+pub fn find(name: &str) -> Result<&'static Workload> {
+    WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| {
+        let names: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+        anyhow::anyhow!(
+            "unknown workload `{name}`; the workloads are: {}",
+            names.join(", ")
+        )
+    })
+}
+
+pub fn print_line(r: &BenchResult) {
+    let mem = r
+        .peak_mib
+        .map(|m| format!("{m:.0} MiB"))
+        .unwrap_or_else(|| "n/a".into());
+    println!(
+        "{:<22} {:>10.1} img/s {:>11.1} ms/step  peak {:>9}  ({} x {} on {}, {} threads)",
+        r.workload, r.images_per_sec, r.ms_per_step, mem, r.steps, r.batch, r.device, r.threads
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_training_workload_runs_and_missing_ones_say_why() -> Result<()> {
+        let r = run_workload(find("vae")?, &Device::Cpu, 1)?;
+        assert_eq!((r.batch, r.steps), (128, 1));
+        assert!(r.images_per_sec > 0.0 && r.ms_per_step > 0.0);
+        let e = run_workload(find("dcgan")?, &Device::Cpu, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not built yet"), "{e}");
+        assert!(find("resnet")
+            .unwrap_err()
+            .to_string()
+            .contains("pixelcnn_sample"));
+        Ok(())
+    }
+}
