@@ -82,15 +82,6 @@ impl Adam {
         &self.cfg
     }
 
-    pub fn set_lr(&mut self, lr: f64) {
-        self.cfg.lr = lr;
-    }
-
-    /// Number of steps taken so far (PyTorch's `state['step']`).
-    pub fn step_count(&self) -> u64 {
-        self.step
-    }
-
     /// One update from the gradients in `grads`. Variables without a gradient are left alone,
     /// as PyTorch leaves parameters whose `.grad` is None.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {

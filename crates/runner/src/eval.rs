@@ -149,12 +149,3 @@ pub fn print_table(r: &EvalReport) {
         );
     }
 }
-
-/// Convenience for tests and scripts: the mean NLL of a report.
-pub fn nll(report: &EvalReport) -> Option<f64> {
-    report
-        .metrics
-        .iter()
-        .find(|m| m.name == "nll")
-        .map(|m| m.nats)
-}
