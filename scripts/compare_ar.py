@@ -30,14 +30,16 @@ for model in args.models:
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         speeds = [json.loads(l)["images_per_sec"] for l in f if '"type":"step"' in l]
     ref = last_json_line(run([sys.executable, "scripts/train_ar_reference.py", model, "--epochs", str(train["epochs"]),
-                              "--batch-size", str(train["batch_size"]), "--lr", str(train["lr"])]))
-    rows.append({"model": model, "epochs": train["epochs"], "batch_size": train["batch_size"], "genzoo_nll": ours,
+                              "--batch-size", str(train["batch_size"]), "--lr", str(train["lr"]),
+                              "--max-steps", str(train.get("max_steps", 0))]))
+    rows.append({"model": model, "epochs": train["epochs"], "batch_size": train["batch_size"],
+                 "max_steps": train.get("max_steps", 0), "genzoo_nll": ours,
                  "pytorch_nll": ref["test_nll"], "genzoo_images_per_sec": sorted(speeds)[len(speeds) // 2],
                  "pytorch_images_per_sec": ref["images_per_sec"]})
     print(json.dumps(rows[-1]), flush=True)
 
 print(f"{'model':<10} {'budget':<16} {'genzoo NLL':>11} {'PyTorch NLL':>12} {'diff':>7} {'genzoo img/s':>13} {'PyTorch img/s':>14}")
 for r in rows:
-    budget = f"{r['epochs']} ep x bs {r['batch_size']}"
+    budget = f"{r['epochs']} ep x bs {r['batch_size']}" + (f", {r['max_steps']} steps" if r["max_steps"] else "")
     print(f"{r['model']:<10} {budget:<16} {r['genzoo_nll']:>11.3f} {r['pytorch_nll']:>12.3f} {r['genzoo_nll'] - r['pytorch_nll']:>7.3f} "
           f"{r['genzoo_images_per_sec']:>13.1f} {r['pytorch_images_per_sec']:>14.1f}")

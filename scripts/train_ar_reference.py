@@ -196,6 +196,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in all (0: no limit)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -206,10 +207,14 @@ def main():
     model = MODELS[args.model]()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     start = time.time()
+    steps = 0
     for epoch in range(args.epochs):
         perm = torch.randperm(len(train_x))
         total = 0.0
         for i in range(0, len(train_x), args.batch_size):
+            if args.max_steps and steps >= args.max_steps:
+                break
+            steps += 1
             x = train_x[perm[i : i + args.batch_size]]
             loss = nll(model, x).mean()
             opt.zero_grad()
@@ -222,7 +227,8 @@ def main():
         test = torch.cat([nll(model, test_x[i : i + 100]) for i in range(0, len(test_x), 100)]).mean().item()
     print(json.dumps({"framework": "pytorch", "torch": torch.__version__, "model": args.model, "epochs": args.epochs,
                       "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "test_nll": test,
-                      "train_seconds": seconds, "images_per_sec": args.epochs * len(train_x) / seconds}))
+                      "max_steps": args.max_steps, "train_seconds": seconds,
+                      "images_per_sec": min(steps * args.batch_size, args.epochs * len(train_x)) / seconds}))
 
 
 if __name__ == "__main__":
