@@ -78,6 +78,16 @@ pub fn generation_order([c, h, w]: ImageShape) -> Vec<usize> {
     order
 }
 
+/// The uniforms that decide `n` images: one per value, in `(n, c, h, w)` order. Both samplers
+/// read the same stream, so they draw the same images.
+pub fn draw_uniforms<M: BernoulliAutoregressive + ?Sized>(
+    model: &M,
+    n: usize,
+    rng: &mut layers::Rng,
+) -> Vec<f32> {
+    rng.uniform_vec(n * model.image_shape().iter().product::<usize>())
+}
+
 /// The reference sampler: one full forward pass per generated value.
 pub fn naive_sample<M: BernoulliAutoregressive + ?Sized>(
     model: &M,
@@ -198,8 +208,7 @@ macro_rules! bernoulli_model {
                 n: usize,
                 rng: &mut layers::Rng,
             ) -> candle_core::Result<candle_core::Tensor> {
-                let dims = layers::GenerativeModel::dims(self);
-                let u = rng.uniform_vec(n * dims);
+                let u = $crate::ar::draw_uniforms(self, n, rng);
                 $crate::ar::BernoulliAutoregressive::sample_from_uniforms(self, &u, n)
             }
 
@@ -212,8 +221,7 @@ macro_rules! bernoulli_model {
                 n: usize,
                 rng: &mut layers::Rng,
             ) -> candle_core::Result<candle_core::Tensor> {
-                let dims = layers::GenerativeModel::dims(self);
-                let u = rng.uniform_vec(n * dims);
+                let u = $crate::ar::draw_uniforms(self, n, rng);
                 $crate::ar::naive_sample(self, &u, n)
             }
         }

@@ -189,11 +189,8 @@ fn run_train(cmd: TrainCmd, device: candle_core::Device) -> Result<ExitCode> {
     let run = match (&cmd.config, &cmd.model, &cmd.resume) {
         (Some(path), model, _) => RunConfig::from_file(path, model.as_deref())?,
         (None, Some(model), _) => {
-            let entry = registry::find(model)?;
-            RunConfig {
-                train: (entry.train_defaults)(),
-                ..RunConfig::new(model)
-            }
+            registry::find(model)?;
+            RunConfig::new(model)
         }
         (None, None, Some(resume)) => {
             let ck = layers::Checkpoint::load(resume, &candle_core::Device::Cpu)?;

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use candle_nn::VarBuilder;
 use layers::{LikelihoodModel, ModelKind};
 
-use crate::config::{model_config, TrainConfig};
+use crate::config::model_config;
 
 /// How a built model is constructed from its `[model_config]` table.
 pub type LikelihoodBuilder =
@@ -18,18 +18,12 @@ pub struct ModelEntry {
     pub summary: &'static str,
     /// `None` while the model is not built yet.
     pub build: Option<LikelihoodBuilder>,
-    /// Training defaults that differ from [`TrainConfig::default`].
-    pub train_defaults: fn() -> TrainConfig,
 }
 
 impl ModelEntry {
     pub fn is_built(&self) -> bool {
         self.build.is_some()
     }
-}
-
-fn defaults() -> TrainConfig {
-    TrainConfig::default()
 }
 
 /// Builds a model from the `[model_config]` table laid over the variant's `base` config,
@@ -68,7 +62,6 @@ pub const MODELS: &[ModelEntry] = &[
                 pixelrnn::fvsbn::Fvsbn::new,
             )
         }),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "ar-n",
@@ -84,7 +77,6 @@ pub const MODELS: &[ModelEntry] = &[
                 pixelrnn::fvsbn::Fvsbn::new,
             )
         }),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "nade",
@@ -100,7 +92,6 @@ pub const MODELS: &[ModelEntry] = &[
                 pixelrnn::nade::Nade::new,
             )
         }),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "pixelcnn",
@@ -116,7 +107,6 @@ pub const MODELS: &[ModelEntry] = &[
                 pixelrnn::pixelcnn::PixelCnn::new,
             )
         }),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "row-lstm",
@@ -132,7 +122,6 @@ pub const MODELS: &[ModelEntry] = &[
                 pixelrnn::row_lstm::RowLstm::new,
             )
         }),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "diagonal-bilstm",
@@ -148,7 +137,6 @@ pub const MODELS: &[ModelEntry] = &[
                 pixelrnn::diagonal_bilstm::DiagonalBiLstm::new,
             )
         }),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "vae",
@@ -156,7 +144,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Explicit,
         summary: "VAE, pytorch/examples MLP 784-400-20 (ELBO; importance-weighted NLL)",
         build: Some(|t, vb| build_with(t, vb, vae::Config::default(), "vae", vae::Vae::new)),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "conv-vae",
@@ -164,7 +151,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Explicit,
         summary: "convolutional VAE (ELBO; importance-weighted NLL)",
         build: Some(|t, vb| build_with(t, vb, vae::Config::conv(), "conv-vae", vae::Vae::new)),
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "gan",
@@ -172,7 +158,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "GAN with MLP generator and discriminator (Goodfellow et al. 2014)",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "dcgan",
@@ -180,7 +165,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "DCGAN (Radford et al. 2015), pytorch/examples architecture",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "cgan",
@@ -188,7 +172,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "class-conditional GAN",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "infogan",
@@ -196,7 +179,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "InfoGAN (Chen et al. 2016)",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "text2image-gan",
@@ -204,7 +186,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "text-to-image GAN, GAN-CLS / GAN-INT (Reed et al. 2016)",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "puzzle-gan",
@@ -212,7 +193,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "Puzzle-GAN: whole image from key local patches (Lee et al. 2018)",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "cyclegan",
@@ -220,7 +200,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "CycleGAN (Zhu et al. 2017)",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "stargan",
@@ -228,7 +207,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "StarGAN (Choi et al. 2018)",
         build: None,
-        train_defaults: defaults,
     },
     ModelEntry {
         name: "progan",
@@ -236,7 +214,6 @@ pub const MODELS: &[ModelEntry] = &[
         kind: ModelKind::Implicit,
         summary: "Progressive GAN (Karras et al. 2018)",
         build: None,
-        train_defaults: defaults,
     },
 ];
 
