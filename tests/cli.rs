@@ -659,22 +659,47 @@ fn the_conv_vae_trains_and_evaluates() {
 #[test]
 fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
-    for (model, extra) in [
-        ("fvsbn", ""),
-        ("nade", "hidden = 16\n"),
-        ("pixelcnn", "hidden = 8\nlayers = 1\nhead_hidden = 8\n"),
-        ("row-lstm", "hidden = 4\nlayers = 1\nhead_hidden = 8\n"),
+    let softmax = "hidden = 8\nlayers = 1\nhead_hidden = 8\noutput = \"softmax\"\n";
+    // A softmax model fed binary images is refused, naming the fix.
+    let cfg = tmp.path().join("softmax-threshold.toml");
+    std::fs::write(
+        &cfg,
+        format!("model = \"pixelcnn\"\n[model_config]\n{softmax}"),
+    )
+    .unwrap();
+    let out = tmp.path().join("refused");
+    fails_with(
+        &["train", "--config", s(&cfg), "--out", s(&out)],
+        &["256 intensity levels", "binarize = \"none\""],
+    );
+    for (name, model, binarize, extra) in [
+        ("fvsbn", "fvsbn", "threshold", ""),
+        ("nade", "nade", "threshold", "hidden = 16\n"),
+        (
+            "pixelcnn",
+            "pixelcnn",
+            "threshold",
+            "hidden = 8\nlayers = 1\nhead_hidden = 8\n",
+        ),
+        ("pixelcnn-256", "pixelcnn", "none", softmax),
+        (
+            "row-lstm",
+            "row-lstm",
+            "threshold",
+            "hidden = 4\nlayers = 1\nhead_hidden = 8\n",
+        ),
+        ("row-lstm-256", "row-lstm", "none", softmax),
     ] {
-        let out = tmp.path().join(model);
-        let cfg = tmp.path().join(format!("{model}.toml"));
-        std::fs::write(&cfg, format!("model = \"{model}\"\n[train]\nlimit = 512\nbatch_size = 64\nepochs = 2\nsample_count = 4\n[model_config]\n{extra}")).unwrap();
+        let out = tmp.path().join(name);
+        let cfg = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&cfg, format!("model = \"{model}\"\n[train]\nlimit = 512\nbatch_size = 64\nepochs = 2\nsample_count = 4\nbinarize = \"{binarize}\"\n[model_config]\n{extra}")).unwrap();
         ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
         let epochs: Vec<Value> = log_lines(&out)
             .into_iter()
             .filter(|v| v["type"] == "epoch")
             .collect();
         let nll = |i: usize| epochs[i]["test_nll"].as_f64().unwrap();
-        assert!(nll(1) < nll(0), "{model}: {epochs:?}");
+        assert!(nll(1) < nll(0), "{name}: {epochs:?}");
         let ck = out.join("checkpoints/last.safetensors");
         let r: Value = serde_json::from_str(&stdout(&ok(run(&[
             "eval",
@@ -684,10 +709,10 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
             "50",
         ]))))
         .unwrap();
-        assert_eq!(r["likelihood"], "exact", "{model}");
+        assert_eq!(r["likelihood"], "exact", "{name}");
         let (fast, slow) = (
-            tmp.path().join(format!("{model}-fast.png")),
-            tmp.path().join(format!("{model}-slow.png")),
+            tmp.path().join(format!("{name}-fast.png")),
+            tmp.path().join(format!("{name}-slow.png")),
         );
         ok(run(&[
             "sample",
@@ -714,7 +739,14 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
         assert_eq!(
             std::fs::read(&fast).unwrap(),
             std::fs::read(&slow).unwrap(),
-            "{model}: samplers differ"
+            "{name}: samplers differ"
         );
+        // Softmax models draw grey levels, not just black and white.
+        let grey = image::open(&fast)
+            .unwrap()
+            .to_luma8()
+            .pixels()
+            .any(|p| p.0[0] != 0 && p.0[0] != 255);
+        assert_eq!(grey, binarize == "none", "{name}");
     }
 }

@@ -18,7 +18,7 @@ pub mod stats;
 pub use checkpoint::Checkpoint;
 pub use model::{
     ExplicitModel, GenerativeModel, ImageShape, LatentVariableModel, Likelihood, LikelihoodModel,
-    LikelihoodOptions, Loss, ModelKind, Objective,
+    LikelihoodOptions, Loss, ModelKind, Objective, Values,
 };
 pub use optim::{Adam, AdamConfig};
 pub use rng::{Rng, Stream};

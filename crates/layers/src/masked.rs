@@ -25,20 +25,51 @@ pub fn channel_group(c: usize, channels: usize, groups: usize) -> usize {
     }
 }
 
-/// The `(out, in, kh, kw)` 0/1 mask of a masked convolution centred at `(kh / 2, kw / 2)`.
+/// The colour group of each of `channels` channels split into `groups` contiguous blocks.
+pub fn contiguous_groups(channels: usize, groups: usize) -> Vec<usize> {
+    (0..channels)
+        .map(|c| channel_group(c, channels, groups))
+        .collect()
+}
+
+/// The colour groups of LSTM gate channels `[o, f, i, g]`, each block of `hidden` channels:
+/// gate `k` of hidden unit `j` belongs to unit `j`'s group, so that the cell update of a unit
+/// (which combines its four gates) stays inside one colour group.
+pub fn gate_groups(gates: usize, hidden: usize, groups: usize) -> Vec<usize> {
+    (0..gates * hidden)
+        .map(|c| channel_group(c % hidden, hidden, groups))
+        .collect()
+}
+
+/// The `(out, in, kh, kw)` 0/1 mask of a masked convolution centred at `(kh / 2, kw / 2)`,
+/// channels in contiguous colour groups.
 pub fn conv_mask(
     out_channels: usize,
     in_channels: usize,
-    (kh, kw): (usize, usize),
+    kernel: (usize, usize),
     mask: MaskType,
     color_groups: usize,
 ) -> Vec<f32> {
+    grouped_conv_mask(
+        &contiguous_groups(out_channels, color_groups),
+        &contiguous_groups(in_channels, color_groups),
+        kernel,
+        mask,
+    )
+}
+
+/// The mask for explicit colour groups of the output and input channels.
+pub fn grouped_conv_mask(
+    out_groups: &[usize],
+    in_groups: &[usize],
+    (kh, kw): (usize, usize),
+    mask: MaskType,
+) -> Vec<f32> {
     let (cy, cx) = (kh / 2, kw / 2);
+    let (out_channels, in_channels) = (out_groups.len(), in_groups.len());
     let mut m = vec![0f32; out_channels * in_channels * kh * kw];
-    for o in 0..out_channels {
-        let go = channel_group(o, out_channels, color_groups);
-        for i in 0..in_channels {
-            let gi = channel_group(i, in_channels, color_groups);
+    for (o, &go) in out_groups.iter().enumerate() {
+        for (i, &gi) in in_groups.iter().enumerate() {
             for y in 0..kh {
                 for x in 0..kw {
                     let visible = if y < cy || (y == cy && x < cx) {
@@ -69,7 +100,8 @@ pub struct MaskedConv2d {
 }
 
 impl MaskedConv2d {
-    /// Weights `weight` `(out, in, kh, kw)` and `bias` under `vb`, PyTorch's default init.
+    /// Weights `weight` `(out, in, kh, kw)` and `bias` under `vb`, PyTorch's default init;
+    /// channels in `color_groups` contiguous colour groups.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
@@ -78,12 +110,30 @@ impl MaskedConv2d {
         color_groups: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::grouped(
+            &contiguous_groups(in_channels, color_groups),
+            &contiguous_groups(out_channels, color_groups),
+            kernel,
+            mask,
+            vb,
+        )
+    }
+
+    /// With the colour group of every input and output channel given.
+    pub fn grouped(
+        in_groups: &[usize],
+        out_groups: &[usize],
+        kernel: (usize, usize),
+        mask: MaskType,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (kh, kw) = kernel;
+        let (in_channels, out_channels) = (in_groups.len(), out_groups.len());
         let init = crate::init::torch_uniform(in_channels * kh * kw);
         let weight = vb.get_with_hints((out_channels, in_channels, kh, kw), "weight", init)?;
         let bias = vb.get_with_hints(out_channels, "bias", init)?;
         let mask = Tensor::from_vec(
-            conv_mask(out_channels, in_channels, kernel, mask, color_groups),
+            grouped_conv_mask(out_groups, in_groups, kernel, mask),
             (out_channels, in_channels, kh, kw),
             vb.device(),
         )?

@@ -39,11 +39,26 @@ pub enum Likelihood {
 /// Images are `(channels, height, width)`, values in `[0, 1]`.
 pub type ImageShape = [usize; 3];
 
+/// What the pixel values of a model's images are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Values {
+    /// 0 or 1 (binarized digits).
+    Binary,
+    /// 8-bit intensities `k / 255`.
+    Intensities,
+}
+
 pub trait GenerativeModel {
     /// The shape of one image.
     fn image_shape(&self) -> ImageShape;
 
     fn kind(&self) -> ModelKind;
+
+    /// What its pixel values are (binary unless the model says otherwise).
+    fn values(&self) -> Values {
+        Values::Binary
+    }
 
     /// Draws `n` images, `(n, c, h, w)` in `[0, 1]`.
     fn sample(&self, n: usize, rng: &mut Rng) -> Result<Tensor>;

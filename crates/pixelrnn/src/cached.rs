@@ -11,6 +11,8 @@
 use candle_core::{DType, Result, Tensor};
 use layers::masked::MaskedConv2d;
 
+use crate::ar::Output;
+
 /// One masked convolution as plain arrays, evaluated one position at a time.
 pub struct CachedConv {
     /// Masked kernel `(out, in, kh, kw)`, flattened.
@@ -91,10 +93,12 @@ impl CachedConv {
 }
 
 /// Samples a stack of masked convolutions position by position. `convs[0]` reads the image;
-/// the last layer's output channels are the Bernoulli logits of the image's channels.
+/// the last layer's output channels are the logits of the image's channels (`output.levels()`
+/// each).
 pub fn sample_conv_stack(
     convs: &[CachedConv],
     [c, h, w]: [usize; 3],
+    output: Output,
     uniforms: &[f32],
     n: usize,
     device: &candle_core::Device,
@@ -118,12 +122,34 @@ pub fn sample_conv_stack(
                     }
                     let logits = acts.last().expect("at least one layer");
                     let i = (ch * h + y) * w + x;
-                    let logit = logits[k * dims + i];
-                    image[k * dims + i] =
-                        f32::from(uniforms[k * dims + i] < crate::fvsbn::sigmoid(logit));
+                    image[k * dims + i] = draw_at(
+                        logits,
+                        output,
+                        c,
+                        (h, w),
+                        k,
+                        (ch, y, x),
+                        uniforms[k * dims + i],
+                    );
                 }
             }
         }
     }
     Tensor::from_vec(image, (n, c, h, w), device)
+}
+
+/// Draws value `(ch, y, x)` of image `k` from the logits `(n, c * levels, h, w)`.
+pub fn draw_at(
+    logits: &[f32],
+    output: Output,
+    channels: usize,
+    (h, w): (usize, usize),
+    k: usize,
+    (ch, y, x): (usize, usize, usize),
+    u: f32,
+) -> f32 {
+    let levels = output.levels();
+    let at = |l: usize| logits[((k * channels + ch) * levels + l) * h * w + y * w + x];
+    let values: Vec<f32> = (0..levels).map(at).collect();
+    output.draw(&values, u)
 }

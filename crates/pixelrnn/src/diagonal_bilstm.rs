@@ -15,7 +15,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::conv::{conv2d, ConvSpec};
-use layers::masked::{MaskType, MaskedConv2d};
+use layers::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
 
 use crate::pixelrnn::{lstm_update, state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
 
@@ -55,12 +55,12 @@ struct DiagonalLstm {
 impl DiagonalLstm {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden;
-        let input_to_state = MaskedConv2d::new(
-            2 * h,
-            4 * h,
+        // Each hidden unit's four gates in the unit's colour group.
+        let input_to_state = MaskedConv2d::grouped(
+            &contiguous_groups(2 * h, cfg.channels),
+            &gate_groups(4, h, cfg.channels),
             (1, 1),
             MaskType::B,
-            cfg.channels,
             vb.pp("input_to_state"),
         )?;
         let state_to_state = state_to_state_kernel((4 * h, h, 2, 1), vb.pp("state_to_state"))?;
@@ -140,13 +140,13 @@ impl DiagonalBiLstmLayer {
 /// The Diagonal BiLSTM PixelRNN.
 pub type DiagonalBiLstm = PixelRnn<DiagonalBiLstmLayer>;
 
-crate::bernoulli_model!(DiagonalBiLstm);
+crate::autoregressive_model!(DiagonalBiLstm);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ar::testing::*;
-    use crate::ar::BernoulliAutoregressive;
+    use crate::ar::{Autoregressive, Output};
     use candle_core::Device;
     use candle_nn::VarMap;
     use layers::ImageShape;
@@ -159,6 +159,7 @@ mod tests {
             layers: 2,
             first_kernel: 3,
             head_hidden: 8,
+            output: Output::Bernoulli,
         }
     }
 
@@ -189,11 +190,43 @@ mod tests {
         assert_autoregressive(&small()?)
     }
 
+    #[test]
+    fn outputs_see_only_earlier_pixels_and_channels() -> Result<()> {
+        for output in [Output::Bernoulli, Output::Softmax] {
+            let varmap = VarMap::new();
+            let vb = layers::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+            let cfg = Config {
+                channels: 3,
+                hidden: 6,
+                output,
+                ..cfg()
+            };
+            assert_autoregressive(&DiagonalBiLstm::new(&cfg, vb)?)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_outputs_learn_green_and_blue_from_red() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = layers::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+        let cfg = Config {
+            image_size: 4,
+            channels: 3,
+            hidden: 12,
+            layers: 1,
+            head_hidden: 24,
+            output: Output::Softmax,
+            ..cfg()
+        };
+        assert_learns_colour_dependence(&DiagonalBiLstm::new(&cfg, vb)?, &varmap, 150)
+    }
+
     /// A model whose right-to-left direction is not shifted down: pixels see their right.
     #[test]
     fn the_check_catches_a_missing_shift() -> Result<()> {
         struct Unshifted(DiagonalBiLstm, MaskedConv2d);
-        impl BernoulliAutoregressive for Unshifted {
+        impl Autoregressive for Unshifted {
             fn image_shape(&self) -> ImageShape {
                 self.0.image_shape()
             }

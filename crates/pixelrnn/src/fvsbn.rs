@@ -13,7 +13,7 @@ use layers::init::torch_uniform;
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use crate::ar::{generation_order, BernoulliAutoregressive};
+use crate::ar::{generation_order, Autoregressive};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,7 +97,7 @@ impl Fvsbn {
     }
 }
 
-impl BernoulliAutoregressive for Fvsbn {
+impl Autoregressive for Fvsbn {
     fn image_shape(&self) -> ImageShape {
         [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
     }
@@ -148,7 +148,7 @@ pub(crate) fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
 }
 
-crate::bernoulli_model!(Fvsbn);
+crate::autoregressive_model!(Fvsbn);
 
 #[cfg(test)]
 mod tests {

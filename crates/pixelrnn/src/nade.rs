@@ -15,7 +15,7 @@ use layers::ops::exclusive_cumsum;
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use crate::ar::{generation_order, BernoulliAutoregressive};
+use crate::ar::{generation_order, Autoregressive};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,7 +81,7 @@ impl Nade {
     }
 }
 
-impl BernoulliAutoregressive for Nade {
+impl Autoregressive for Nade {
     fn image_shape(&self) -> ImageShape {
         [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
     }
@@ -150,7 +150,7 @@ impl BernoulliAutoregressive for Nade {
     }
 }
 
-crate::bernoulli_model!(Nade);
+crate::autoregressive_model!(Nade);
 
 #[cfg(test)]
 mod tests {
@@ -181,7 +181,7 @@ mod tests {
     fn the_check_catches_an_inclusive_sum() -> Result<()> {
         /// NADE with `a_d` including `x_d` itself: the classic off-by-one.
         struct Leaky(Nade);
-        impl BernoulliAutoregressive for Leaky {
+        impl Autoregressive for Leaky {
             fn image_shape(&self) -> ImageShape {
                 self.0.image_shape()
             }

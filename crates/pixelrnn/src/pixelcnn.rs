@@ -12,7 +12,7 @@ use layers::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use crate::ar::{BernoulliAutoregressive, Head};
+use crate::ar::{Autoregressive, Head, Output};
 use crate::cached::{sample_conv_stack, CachedConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +25,8 @@ pub struct Config {
     pub first_kernel: usize,
     pub kernel: usize,
     pub head_hidden: usize,
+    /// `bernoulli` (binary images) or `softmax` (256 intensity levels).
+    pub output: Output,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             first_kernel: 7,
             kernel: 3,
             head_hidden: 64,
+            output: Output::Bernoulli,
         }
     }
 }
@@ -71,7 +74,13 @@ impl PixelCnn {
                 )
             })
             .collect::<Result<_>>()?;
-        let head = Head::new(cfg.hidden, cfg.head_hidden, cfg.channels, vb.pp("head"))?;
+        let head = Head::new(
+            cfg.hidden,
+            cfg.head_hidden,
+            cfg.channels,
+            cfg.output,
+            vb.pp("head"),
+        )?;
         Ok(Self {
             cfg: cfg.clone(),
             input_conv,
@@ -97,13 +106,17 @@ impl PixelCnn {
     }
 }
 
-impl BernoulliAutoregressive for PixelCnn {
+impl Autoregressive for PixelCnn {
     fn image_shape(&self) -> ImageShape {
         [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
     }
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn output(&self) -> Output {
+        self.cfg.output
     }
 
     fn effective_parameters(&self) -> Option<usize> {
@@ -129,11 +142,18 @@ impl BernoulliAutoregressive for PixelCnn {
             convs.push(CachedConv::new(layer, true)?);
         }
         convs.extend(self.head.cached()?);
-        sample_conv_stack(&convs, self.image_shape(), uniforms, n, &self.device)
+        sample_conv_stack(
+            &convs,
+            self.image_shape(),
+            self.cfg.output,
+            uniforms,
+            n,
+            &self.device,
+        )
     }
 }
 
-crate::bernoulli_model!(PixelCnn);
+crate::autoregressive_model!(PixelCnn);
 
 #[cfg(test)]
 mod tests {
@@ -151,6 +171,14 @@ mod tests {
             first_kernel: 5,
             kernel: 3,
             head_hidden: 24,
+            output: Output::Bernoulli,
+        }
+    }
+
+    fn softmax(channels: usize) -> Config {
+        Config {
+            output: Output::Softmax,
+            ..cfg(channels)
         }
     }
 
@@ -163,7 +191,21 @@ mod tests {
     #[test]
     fn outputs_see_only_earlier_pixels_and_channels() -> Result<()> {
         assert_autoregressive(&build(&cfg(1))?.0)?;
-        assert_autoregressive(&build(&cfg(3))?.0)
+        assert_autoregressive(&build(&cfg(3))?.0)?;
+        assert_autoregressive(&build(&softmax(1))?.0)?;
+        assert_autoregressive(&build(&softmax(3))?.0)
+    }
+
+    #[test]
+    fn softmax_outputs_learn_green_and_blue_from_red() -> Result<()> {
+        let cfg = Config {
+            image_size: 4,
+            hidden: 24,
+            first_kernel: 3,
+            ..softmax(3)
+        };
+        let (model, varmap) = build(&cfg)?;
+        assert_learns_colour_dependence(&model, &varmap, 400)
     }
 
     #[test]
@@ -176,6 +218,7 @@ mod tests {
     #[test]
     fn the_cached_sampler_equals_the_reference_loop() -> Result<()> {
         assert_sampler_matches_reference(&build(&cfg(1))?.0, 4)?;
-        assert_sampler_matches_reference(&build(&cfg(3))?.0, 2)
+        assert_sampler_matches_reference(&build(&cfg(3))?.0, 2)?;
+        assert_sampler_matches_reference(&build(&softmax(3))?.0, 2)
     }
 }

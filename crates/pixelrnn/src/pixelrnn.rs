@@ -13,7 +13,7 @@ use layers::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use crate::ar::{BernoulliAutoregressive, Head};
+use crate::ar::{Autoregressive, Head, Output};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +25,8 @@ pub struct Config {
     pub layers: usize,
     pub first_kernel: usize,
     pub head_hidden: usize,
+    /// `bernoulli` (binary images) or `softmax` (256 intensity levels).
+    pub output: Output,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             layers: 7,
             first_kernel: 7,
             head_hidden: 32,
+            output: Output::Bernoulli,
         }
     }
 }
@@ -109,7 +112,7 @@ impl<L: RecurrentLayer> PixelRnn<L> {
                 Ok((L::new(cfg, vb)?, residual))
             })
             .collect::<Result<_>>()?;
-        let head = Head::new(h2, cfg.head_hidden, cfg.channels, vb.pp("head"))?;
+        let head = Head::new(h2, cfg.head_hidden, cfg.channels, cfg.output, vb.pp("head"))?;
         Ok(Self {
             cfg: cfg.clone(),
             input_conv,
@@ -134,13 +137,17 @@ impl<L: RecurrentLayer> PixelRnn<L> {
     }
 }
 
-impl<L: RecurrentLayer> BernoulliAutoregressive for PixelRnn<L> {
+impl<L: RecurrentLayer> Autoregressive for PixelRnn<L> {
     fn image_shape(&self) -> ImageShape {
         [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
     }
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn output(&self) -> Output {
+        self.cfg.output
     }
 
     /// `(b, c, H, W) -> (b, c, H, W)` logits.

@@ -12,10 +12,10 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::conv::{conv2d, ConvSpec};
-use layers::masked::{MaskType, MaskedConv2d};
+use layers::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
 
-use crate::ar::BernoulliAutoregressive;
-use crate::cached::CachedConv;
+use crate::ar::Autoregressive;
+use crate::cached::{draw_at, CachedConv};
 use crate::fvsbn::sigmoid;
 use crate::pixelrnn::{lstm_update, state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
 
@@ -32,12 +32,12 @@ pub struct RowLstmLayer {
 impl RecurrentLayer for RowLstmLayer {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden;
-        let input_to_state = MaskedConv2d::new(
-            2 * h,
-            4 * h,
+        // Each hidden unit's four gates in the unit's colour group.
+        let input_to_state = MaskedConv2d::grouped(
+            &contiguous_groups(2 * h, cfg.channels),
+            &gate_groups(4, h, cfg.channels),
             (1, KERNEL),
             MaskType::B,
-            cfg.channels,
             vb.pp("input_to_state"),
         )?;
         let state_to_state = state_to_state_kernel((4 * h, h, 1, KERNEL), vb.pp("state_to_state"))?;
@@ -116,8 +116,12 @@ fn sample_row_lstm(model: &RowLstm, uniforms: &[f32], n: usize) -> Result<Tensor
         })
         .collect::<Result<Vec<_>>>()?;
     let [head0, head1] = model.head.cached()?;
-    let (mut relu_in, mut head_hidden, mut logits) =
-        (buf(2 * hid), buf(model.cfg.head_hidden), buf(1));
+    let output = model.cfg.output;
+    let (mut relu_in, mut head_hidden, mut logits) = (
+        buf(2 * hid),
+        buf(model.cfg.head_hidden),
+        buf(output.levels()),
+    );
     let mut image = vec![0f32; n * plane];
     let at = |buf: &[f32], channels: usize, k: usize, c: usize, r: usize, col: usize| {
         buf[((k * channels + c) * rows + r) * width + col]
@@ -183,8 +187,15 @@ fn sample_row_lstm(model: &RowLstm, uniforms: &[f32], n: usize) -> Result<Tensor
                 head0.at(&relu_in, &mut head_hidden, (rows, width), k, (r, col));
                 head1.at(&head_hidden, &mut logits, (rows, width), k, (r, col));
                 let i = r * width + col;
-                image[k * plane + i] =
-                    f32::from(uniforms[k * plane + i] < sigmoid(logits[k * plane + i]));
+                image[k * plane + i] = draw_at(
+                    &logits,
+                    output,
+                    1,
+                    (rows, width),
+                    k,
+                    (0, r, col),
+                    uniforms[k * plane + i],
+                );
             }
         }
     }
@@ -194,27 +205,33 @@ fn sample_row_lstm(model: &RowLstm, uniforms: &[f32], n: usize) -> Result<Tensor
 /// The Row LSTM PixelRNN.
 pub type RowLstm = PixelRnn<RowLstmLayer>;
 
-crate::bernoulli_model!(RowLstm);
+crate::autoregressive_model!(RowLstm);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ar::testing::*;
+    use crate::ar::Output;
     use candle_core::Device;
     use candle_nn::VarMap;
 
-    fn small() -> Result<RowLstm> {
+    fn build(channels: usize, output: Output) -> Result<(RowLstm, VarMap)> {
         let varmap = VarMap::new();
         let vb = layers::init::seeded_var_builder(&varmap, 4, DType::F32, &Device::Cpu);
         let cfg = Config {
             image_size: 7,
-            channels: 1,
-            hidden: 4,
+            channels,
+            hidden: 6,
             layers: 2,
             first_kernel: 3,
-            head_hidden: 8,
+            head_hidden: 24,
+            output,
         };
-        RowLstm::new(&cfg, vb)
+        Ok((RowLstm::new(&cfg, vb)?, varmap))
+    }
+
+    fn small() -> Result<RowLstm> {
+        Ok(build(1, Output::Bernoulli)?.0)
     }
 
     #[test]
@@ -222,9 +239,33 @@ mod tests {
         assert_autoregressive(&small()?)
     }
 
+    /// With colours, each hidden unit's four gates must share its colour group.
+    #[test]
+    fn outputs_see_only_earlier_pixels_and_channels() -> Result<()> {
+        assert_autoregressive(&build(3, Output::Bernoulli)?.0)?;
+        assert_autoregressive(&build(3, Output::Softmax)?.0)
+    }
+
+    #[test]
+    fn softmax_outputs_learn_green_and_blue_from_red() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = layers::init::seeded_var_builder(&varmap, 4, DType::F32, &Device::Cpu);
+        let cfg = Config {
+            image_size: 4,
+            channels: 3,
+            hidden: 12,
+            layers: 1,
+            first_kernel: 3,
+            head_hidden: 24,
+            output: Output::Softmax,
+        };
+        assert_learns_colour_dependence(&RowLstm::new(&cfg, vb)?, &varmap, 400)
+    }
+
     #[test]
     fn the_cached_sampler_equals_the_reference_loop() -> Result<()> {
-        assert_sampler_matches_reference(&small()?, 4)
+        assert_sampler_matches_reference(&small()?, 4)?;
+        assert_sampler_matches_reference(&build(1, Output::Softmax)?.0, 2)
     }
 
     #[test]

@@ -8,9 +8,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use layers::checkpoint::{load_into_varmap, varmap_tensors};
-use layers::{Adam, Checkpoint, LikelihoodModel};
+use layers::{Adam, Checkpoint, LikelihoodModel, Values};
 
 use crate::config::RunConfig;
+use crate::data::Binarization;
 use crate::registry;
 
 pub const META_FORMAT: &str = "genzoo.format";
@@ -101,6 +102,13 @@ pub fn build_model(
     let varmap = VarMap::new();
     let vb = layers::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
     let (model, resolved) = build(&run.model_config, vb)?;
+    if model.values() == Values::Intensities && run.train.binarize != Binarization::None {
+        bail!(
+            "model `{}` as configured models 256 intensity levels per value, but [train] binarize = \"{}\" would feed it binary images; set binarize = \"none\"",
+            run.model,
+            format!("{:?}", run.train.binarize).to_lowercase()
+        );
+    }
     let mut run = run.clone();
     run.model_config = resolved;
     Ok((model, varmap, run))
