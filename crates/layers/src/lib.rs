@@ -12,6 +12,7 @@ pub mod masked;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod recurrence;
 pub mod rng;
 pub mod stats;
 

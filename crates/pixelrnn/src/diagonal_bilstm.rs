@@ -12,30 +12,13 @@
 //! shifted down one row before it is added, so a pixel never sees its own row to the right.
 //! Parameters per layer: `left.{input_to_state,state_to_state}`, `right.{…}`, `residual`.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use layers::conv::{conv2d, ConvSpec};
 use layers::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
+use layers::ops::{skew_rows as skew, unskew_rows as unskew};
+use layers::recurrence::lstm_scan;
 
-use crate::pixelrnn::{lstm_update, state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
-
-/// `(b, c, H, W) -> (b, c, H, W + H - 1)`, row `r` shifted right by `r`.
-pub fn skew(x: &Tensor) -> Result<Tensor> {
-    let rows = x.dim(2)?;
-    let shifted = (0..rows)
-        .map(|r| x.narrow(2, r, 1)?.pad_with_zeros(3, r, rows - 1 - r))
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&shifted, 2)
-}
-
-/// The inverse of [`skew`]: `(b, c, H, W + H - 1) -> (b, c, H, W)`.
-pub fn unskew(x: &Tensor, width: usize) -> Result<Tensor> {
-    let rows = x.dim(2)?;
-    let back = (0..rows)
-        .map(|r| x.narrow(2, r, 1)?.narrow(3, r, width))
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&back, 2)
-}
+use crate::pixelrnn::{state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
 
 /// Mirrors the last axis.
 fn flip_width(x: &Tensor) -> Result<Tensor> {
@@ -49,7 +32,6 @@ struct DiagonalLstm {
     input_to_state: MaskedConv2d,
     /// `(4h, h, 2, 1)`: taps on the row above and on this row of the previous column.
     state_to_state: Tensor,
-    hidden: usize,
 }
 
 impl DiagonalLstm {
@@ -67,31 +49,18 @@ impl DiagonalLstm {
         Ok(Self {
             input_to_state,
             state_to_state,
-            hidden: h,
         })
     }
 
     /// `(b, 2h, H, W) -> (b, h, H, W)`, left to right.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _, rows, width) = x.dims4()?;
+        let width = x.dim(3)?;
         let input_gates = self.input_to_state.forward(&skew(x)?)?; // (b, 4h, H, W + H - 1)
-        let columns = input_gates.dim(3)?;
-        let zeros = Tensor::zeros((b, self.hidden, rows, 1), DType::F32, x.device())?
-            .to_dtype(x.dtype())?;
-        let (mut h, mut c) = (zeros.clone(), zeros);
-        let mut outputs = Vec::with_capacity(columns);
-        for j in 0..columns {
-            // The previous column's state at rows r - 1 and r: pad a zero row on top.
-            let from_state = conv2d(
-                &h.pad_with_zeros(2, 1, 0)?,
-                &self.state_to_state,
-                ConvSpec::default(),
-            )?;
-            let gates = (input_gates.narrow(3, j, 1)? + from_state)?; // (b, 4h, H, 1)
-            (h, c) = lstm_update(&gates, &c, self.hidden)?;
-            outputs.push(h.clone());
-        }
-        unskew(&Tensor::cat(&outputs, 3)?, width) // (b, h, H, W)
+                                                                   // Tap 0 reads the previous column's row r - 1, tap 1 its row r.
+        let kernel = self.state_to_state.squeeze(3)?; // (4h, h, 2)
+                                                      // Skewed columns are the slices: (b, W + H - 1, 4h, H) -> (b, W + H - 1, h, H).
+        let h = lstm_scan(&input_gates.permute((0, 3, 1, 2))?, &kernel, 1)?;
+        unskew(&h.permute((0, 2, 3, 1))?, width) // (b, h, H, W)
     }
 }
 
@@ -147,7 +116,7 @@ mod tests {
     use super::*;
     use crate::ar::testing::*;
     use crate::ar::{Autoregressive, Output};
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use candle_nn::VarMap;
     use layers::ImageShape;
 

@@ -7,7 +7,6 @@
 //! Parameters `input_conv`, `layers.{i}.…` (the layer's own, and `residual`), `head.0`, `head.1`.
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::ops::sigmoid;
 use candle_nn::VarBuilder;
 use layers::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
@@ -70,18 +69,6 @@ pub fn state_to_state_kernel(
 ) -> Result<Tensor> {
     let fan_in = shape.1 * shape.2 * shape.3;
     vb.get_with_hints(shape, "weight", layers::init::torch_uniform(fan_in))
-}
-
-/// The LSTM update from pre-activations `gates (b, 4h, ...)` ordered `[o, f, i, g]`:
-/// `c = f * c_prev + i * g`, `h = o * tanh(c)`. Returns `(h, c)`.
-pub fn lstm_update(gates: &Tensor, c_prev: &Tensor, hidden: usize) -> Result<(Tensor, Tensor)> {
-    let o = sigmoid(&gates.narrow(1, 0, hidden)?)?;
-    let f = sigmoid(&gates.narrow(1, hidden, hidden)?)?;
-    let i = sigmoid(&gates.narrow(1, 2 * hidden, hidden)?)?;
-    let g = gates.narrow(1, 3 * hidden, hidden)?.tanh()?;
-    let c = ((f * c_prev)? + (i * g)?)?;
-    let h = (o * c.tanh()?)?;
-    Ok((h, c))
 }
 
 pub struct PixelRnn<L> {

@@ -9,15 +9,15 @@
 //! Each output sees a triangle above it and the pixels to its left. Parameters per layer:
 //! `input_to_state` (with bias), `state_to_state` (no bias), and the shared `residual`.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use layers::conv::{conv2d, ConvSpec};
 use layers::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
+use layers::recurrence::lstm_scan;
 
 use crate::ar::Autoregressive;
 use crate::cached::{draw_at, CachedConv};
 use crate::fvsbn::sigmoid;
-use crate::pixelrnn::{lstm_update, state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
+use crate::pixelrnn::{state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
 
 /// Width of both row convolutions (the paper's k = 3).
 pub const KERNEL: usize = 3;
@@ -26,7 +26,6 @@ pub struct RowLstmLayer {
     input_to_state: MaskedConv2d,
     /// `(4h, h, 1, k)`.
     state_to_state: Tensor,
-    hidden: usize,
 }
 
 impl RecurrentLayer for RowLstmLayer {
@@ -44,26 +43,16 @@ impl RecurrentLayer for RowLstmLayer {
         Ok(Self {
             input_to_state,
             state_to_state,
-            hidden: h,
         })
     }
 
     /// `(b, 2h, H, W) -> (b, h, H, W)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _, rows, width) = x.dims4()?;
         let input_gates = self.input_to_state.forward(x)?; // (b, 4h, H, W)
-        let zeros = Tensor::zeros((b, self.hidden, 1, width), DType::F32, x.device())?
-            .to_dtype(x.dtype())?;
-        let (mut h, mut c) = (zeros.clone(), zeros);
-        let mut outputs = Vec::with_capacity(rows);
-        let spec = ConvSpec::same_padding(1, KERNEL);
-        for r in 0..rows {
-            // (b, 4h, 1, W): this row's input plus the previous row's state.
-            let gates = (input_gates.narrow(2, r, 1)? + conv2d(&h, &self.state_to_state, spec)?)?;
-            (h, c) = lstm_update(&gates, &c, self.hidden)?;
-            outputs.push(h.clone());
-        }
-        Tensor::cat(&outputs, 2) // (b, h, H, W)
+        let kernel = self.state_to_state.squeeze(2)?; // (4h, h, k)
+                                                      // Rows are the slices of the recurrence: (b, H, 4h, W) -> (b, H, h, W).
+        let h = lstm_scan(&input_gates.permute((0, 2, 1, 3))?, &kernel, KERNEL / 2)?;
+        h.permute((0, 2, 1, 3)) // (b, h, H, W)
     }
 
     fn effective_parameters(&self) -> Result<usize> {
@@ -212,7 +201,7 @@ mod tests {
     use super::*;
     use crate::ar::testing::*;
     use crate::ar::Output;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
     fn build(channels: usize, output: Output) -> Result<(RowLstm, VarMap)> {
