@@ -1,2 +1,6 @@
-//! Implicit models: GAN, DCGAN, conditional GAN, InfoGAN, text-to-image GAN, Puzzle-GAN,
-//! CycleGAN, StarGAN and Progressive GAN. None is built yet: `genzoo list` shows the status.
+//! Implicit models, trained adversarially through `layers::gan::Adversarial`: GAN and DCGAN so
+//! far; conditional GAN, InfoGAN, text-to-image GAN, Puzzle-GAN, CycleGAN, StarGAN and
+//! Progressive GAN are listed by `genzoo list` and not built yet.
+
+pub mod dcgan;
+pub mod gan;

@@ -4,11 +4,14 @@
 //! ([`device`]).
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod conv;
 pub mod device;
+pub mod gan;
 pub mod init;
 pub mod loss;
 pub mod masked;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -82,6 +82,11 @@ impl Adam {
         &self.cfg
     }
 
+    /// Changes the learning rate for the following steps (a schedule).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
     /// One update from the gradients in `grads`. Variables without a gradient are left alone,
     /// as PyTorch leaves parameters whose `.grad` is None.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {

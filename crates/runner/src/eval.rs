@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::checkpoint::load_model;
 use crate::config::RunConfig;
 use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Binarization, Split};
+use crate::quality::{evaluate_samples, QualityReport};
 
 pub struct EvalArgs {
     pub checkpoint: PathBuf,
@@ -23,6 +24,10 @@ pub struct EvalArgs {
     pub device: Device,
     /// How to read a plain weights file without genzoo metadata.
     pub plain: Option<RunConfig>,
+    /// Samples to draw for the sample metrics (0: none).
+    pub samples: usize,
+    /// Classifier weights for the sample metrics (default: the shipped one).
+    pub classifier: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +50,7 @@ pub struct EvalReport {
     pub likelihood: Likelihood,
     pub importance_samples: Option<usize>,
     pub metrics: Vec<MetricRow>,
+    pub sample_quality: Option<QualityReport>,
 }
 
 fn describe(name: &str) -> &str {
@@ -119,6 +125,17 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         importance_samples: (likelihood == Likelihood::ImportanceWeighted)
             .then_some(args.importance_samples),
         metrics,
+        sample_quality: match args.samples {
+            0 => None,
+            n => Some(evaluate_samples(
+                model,
+                n,
+                args.seed,
+                args.data.as_deref(),
+                args.classifier.as_deref(),
+                &args.device,
+            )?),
+        },
     })
 }
 
@@ -147,5 +164,8 @@ pub fn print_table(r: &EvalReport) {
             "{:<16} {:>12.3} {:>10.4}  {}",
             m.name, m.nats, m.bits_per_dim, m.description
         );
+    }
+    if let Some(q) = &r.sample_quality {
+        crate::quality::print(q);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod download;
@@ -11,6 +12,7 @@ pub mod grid;
 pub mod inspect;
 pub mod params;
 pub mod plot;
+pub mod quality;
 pub mod registry;
 pub mod sample;
 pub mod train;

@@ -71,6 +71,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train or check the digit classifier behind the sample metrics of `genzoo eval`.
+    #[command(subcommand)]
+    Classifier(ClassifierCmd),
     /// Download the full MNIST or Fashion-MNIST (IDX files) for use with --data.
     Download {
         #[arg(value_enum)]
@@ -137,6 +140,86 @@ impl PlainWeights {
     }
 }
 
+#[derive(Subcommand)]
+enum ClassifierCmd {
+    /// Train LeNet on the training digits; prints test accuracy per epoch, saves the weights.
+    Train {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Random translation of training images by up to this many pixels.
+        #[arg(long, default_value_t = 2)]
+        max_shift: usize,
+        #[arg(long, default_value = "models/mnist-classifier.safetensors")]
+        out: PathBuf,
+    },
+    /// Test accuracy of a classifier file (default: the shipped one).
+    Eval {
+        weights: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+fn run_classifier(cmd: ClassifierCmd, device: candle_core::Device) -> Result<ExitCode> {
+    use runner::classifier;
+    use runner::data::{load_split, Split};
+    match cmd {
+        ClassifierCmd::Train {
+            data,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            max_shift,
+            out,
+        } => {
+            let args = classifier::TrainArgs {
+                data,
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                max_shift,
+                out: out.clone(),
+                device,
+            };
+            classifier::train(&args, |r| {
+                println!(
+                    "epoch {:>3}  train loss {:.4}  test accuracy {:.2}%",
+                    r.epoch,
+                    r.train_loss,
+                    100.0 * r.test_accuracy
+                )
+            })?;
+            println!("wrote {}", out.display());
+        }
+        ClassifierCmd::Eval { weights, data } => {
+            let net = classifier::load(weights.as_deref(), &device)?;
+            let test = load_split(data.as_deref(), Split::Test, [1, 28, 28])?;
+            let labels = test
+                .labels
+                .clone()
+                .with_context(|| format!("{} has no labels", test.name))?;
+            let acc = classifier::accuracy(&net, &test, &labels, &device)?;
+            println!(
+                "test accuracy {:.2}% on {} images of {}",
+                100.0 * acc,
+                test.len(),
+                test.name
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Args)]
 struct SampleCmd {
     checkpoint: PathBuf,
@@ -181,6 +264,13 @@ struct EvalCmd {
     seed: u64,
     #[arg(long)]
     json: bool,
+    /// Samples drawn for the sample metrics (Fréchet distance, classifier score, class
+    /// coverage; 0 skips them).
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// Digit classifier weights for the sample metrics (default: the shipped one).
+    #[arg(long)]
+    classifier: Option<PathBuf>,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -292,6 +382,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 limit: cmd.limit,
                 seed: cmd.seed,
                 device: device()?,
+                samples: cmd.samples,
+                classifier: cmd.classifier,
             })?;
             if cmd.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -360,6 +452,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { json } => run_list(json).map(|_| ExitCode::SUCCESS),
+        Command::Classifier(cmd) => run_classifier(cmd, device()?),
         Command::Download {
             dataset,
             out,

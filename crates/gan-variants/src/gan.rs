@@ -1,0 +1,177 @@
+//! GAN (Goodfellow et al. 2014, "Generative Adversarial Nets") with the multilayer perceptrons
+//! of PyTorch-GAN's `implementations/gan/gan.py`, on 28 x 28 digits:
+//!
+//! - G: `z (b, 100)` -> 128 -> 256 -> 512 -> 1024 -> 784, LeakyReLU 0.2 after each hidden layer,
+//!   BatchNorm on all but the first (with the script's `eps = 0.8`, the second positional
+//!   argument of `BatchNorm1d`), tanh at the end;
+//! - D: 784 -> 512 -> 256 -> 1 logit, LeakyReLU 0.2 (the script's final sigmoid lives in the
+//!   loss here, for numerical stability).
+//!
+//! Parameters `generator.model.{i}` and `discriminator.model.{i}`, the script's indices.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{BatchNorm, Linear, Module, ModuleT, VarBuilder};
+use layers::gan::{Adversarial, GeneratorInput, Verdict};
+use layers::{ImageShape, Rng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub image_size: usize,
+    pub channels: usize,
+    pub latent_dim: usize,
+    /// BatchNorm's epsilon in G (the reference's 0.8).
+    pub batch_norm_eps: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            image_size: 28,
+            channels: 1,
+            latent_dim: 100,
+            batch_norm_eps: 0.8,
+        }
+    }
+}
+
+enum Layer {
+    Linear(Linear),
+    Norm(BatchNorm),
+    LeakyRelu,
+    Tanh,
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Layer::Linear(l) => l.forward(x),
+            Layer::Norm(n) => n.forward_t(x, train),
+            Layer::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.2),
+            Layer::Tanh => x.tanh(),
+        }
+    }
+}
+
+fn run(layers: &[Layer], x: &Tensor, train: bool) -> Result<Tensor> {
+    layers
+        .iter()
+        .try_fold(x.clone(), |h, l| l.forward(&h, train))
+}
+
+pub struct Gan {
+    cfg: Config,
+    generator: Vec<Layer>,
+    discriminator: Vec<Layer>,
+    device: candle_core::Device,
+}
+
+impl Gan {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let pixels = cfg.channels * cfg.image_size * cfg.image_size;
+        let g = vb.pp("generator").pp("model");
+        let mut gl: Vec<Layer> = Vec::new();
+        let widths = [cfg.latent_dim, 128, 256, 512, 1024];
+        for (k, pair) in widths.windows(2).enumerate() {
+            gl.push(Layer::Linear(layers::init::linear(
+                pair[0],
+                pair[1],
+                g.pp(gl.len()),
+            )?));
+            if k > 0 {
+                let bn = candle_nn::BatchNormConfig {
+                    eps: cfg.batch_norm_eps,
+                    ..Default::default()
+                };
+                gl.push(Layer::Norm(candle_nn::batch_norm(
+                    pair[1],
+                    bn,
+                    g.pp(gl.len()),
+                )?));
+            }
+            gl.push(Layer::LeakyRelu);
+        }
+        gl.push(Layer::Linear(layers::init::linear(
+            1024,
+            pixels,
+            g.pp(gl.len()),
+        )?));
+        gl.push(Layer::Tanh);
+
+        let d = vb.pp("discriminator").pp("model");
+        let mut dl: Vec<Layer> = Vec::new();
+        for pair in [pixels, 512, 256].windows(2) {
+            dl.push(Layer::Linear(layers::init::linear(
+                pair[0],
+                pair[1],
+                d.pp(dl.len()),
+            )?));
+            dl.push(Layer::LeakyRelu);
+        }
+        dl.push(Layer::Linear(layers::init::linear(256, 1, d.pp(dl.len()))?));
+        Ok(Self {
+            cfg: cfg.clone(),
+            generator: gl,
+            discriminator: dl,
+            device: vb.device().clone(),
+        })
+    }
+}
+
+impl Adversarial for Gan {
+    fn image_shape(&self) -> ImageShape {
+        [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
+    }
+
+    fn draw_input(&self, n: usize, rng: &mut Rng) -> Result<GeneratorInput> {
+        Ok(GeneratorInput {
+            noise: rng.normal((n, self.cfg.latent_dim), &self.device)?,
+            classes: None,
+            codes: None,
+        })
+    }
+
+    /// `(b, latent) -> (b, c, h, w)`.
+    fn generate(&self, input: &GeneratorInput, train: bool) -> Result<Tensor> {
+        let [c, h, w] = self.image_shape();
+        let b = input.noise.dim(0)?;
+        run(&self.generator, &input.noise, train)?.reshape((b, c, h, w))
+    }
+
+    fn discriminate(&self, x: &Tensor, _classes: Option<&Tensor>, train: bool) -> Result<Verdict> {
+        Ok(Verdict {
+            logits: run(&self.discriminator, &x.flatten_from(1)?, train)?.flatten_all()?,
+            q: None,
+        })
+    }
+}
+
+layers::implicit_model!(Gan);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn shapes_and_reference_names() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let m = Gan::new(&Config::default(), vb)?;
+        let x = m.generate(&m.draw_input(3, &mut Rng::new(0))?, true)?;
+        assert_eq!(x.dims(), &[3, 1, 28, 28]);
+        assert_eq!(m.discriminate(&x, None, true)?.logits.dims(), &[3]);
+        let names = varmap.data().lock().unwrap();
+        for n in [
+            "generator.model.0.weight",
+            "generator.model.3.running_mean",
+            "generator.model.11.weight",
+            "discriminator.model.4.weight",
+        ] {
+            assert!(names.contains_key(n), "{n}");
+        }
+        Ok(())
+    }
+}

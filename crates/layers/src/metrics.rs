@@ -1,0 +1,192 @@
+//! Sample-quality metrics for any image model, computed from a classifier's outputs on the
+//! images (the classifier is [`crate::classifier::LeNet`] for digits):
+//!
+//! - Fréchet distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule"):
+//!   `|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})` between Gaussians fitted to the
+//!   classifier's penultimate features of two image sets.
+//! - Classifier score (the Inception score of Salimans et al. 2016 with this classifier):
+//!   `exp(E_x KL(p(y|x) || p(y)))`, between 1 and the number of classes.
+//! - Class coverage: the share of images the classifier puts in each class.
+//! - Conditional accuracy: how often the classifier agrees with the class that was asked for.
+
+use anyhow::{ensure, Result};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+/// Mean and covariance (unbiased, as numpy's `cov`) of feature rows.
+#[derive(Debug, Clone)]
+pub struct Gaussian {
+    pub mean: DVector<f64>,
+    pub covariance: DMatrix<f64>,
+}
+
+impl Gaussian {
+    /// Fits `rows` feature vectors of equal length (at least two rows).
+    pub fn fit(rows: &[Vec<f32>]) -> Result<Self> {
+        ensure!(
+            rows.len() >= 2,
+            "a covariance needs at least 2 feature vectors, got {}",
+            rows.len()
+        );
+        let dim = rows[0].len();
+        ensure!(
+            rows.iter().all(|r| r.len() == dim),
+            "feature vectors differ in length"
+        );
+        let n = rows.len();
+        let x = DMatrix::from_fn(n, dim, |i, j| rows[i][j] as f64);
+        let mean = x.row_mean().transpose();
+        let centred = DMatrix::from_fn(n, dim, |i, j| x[(i, j)] - mean[j]);
+        let covariance = centred.transpose() * &centred / (n - 1) as f64;
+        Ok(Self { mean, covariance })
+    }
+}
+
+/// The symmetric positive semi-definite square root through the eigendecomposition
+/// (eigenvalues below zero from rounding are clamped to zero).
+fn psd_sqrt(m: &DMatrix<f64>) -> DMatrix<f64> {
+    let eig = SymmetricEigen::new(m.clone());
+    let roots = eig.eigenvalues.map(|v| v.max(0.0).sqrt());
+    &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+}
+
+/// The Fréchet distance between two Gaussians. `Tr (S_a S_b)^{1/2}` is computed as
+/// `Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}`, whose argument is symmetric PSD (same eigenvalues).
+pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> f64 {
+    let root_a = psd_sqrt(&a.covariance);
+    let inner = &root_a * &b.covariance * &root_a;
+    let inner = (&inner + inner.transpose()) * 0.5;
+    let eig = SymmetricEigen::new(inner);
+    let trace_sqrt: f64 = eig.eigenvalues.iter().map(|v| v.max(0.0).sqrt()).sum();
+    let diff = &a.mean - &b.mean;
+    diff.dot(&diff) + a.covariance.trace() + b.covariance.trace() - 2.0 * trace_sqrt
+}
+
+/// `exp(E_x KL(p(y|x) || p(y)))` from class probabilities, one row per image.
+pub fn classifier_score(probs: &[Vec<f32>]) -> f64 {
+    let classes = probs.first().map_or(0, Vec::len);
+    let marginal = class_means(probs, classes);
+    let kl: f64 = probs
+        .iter()
+        .map(|p| {
+            p.iter()
+                .zip(&marginal)
+                .filter(|(&pi, _)| pi > 0.0)
+                .map(|(&pi, &mi)| pi as f64 * ((pi as f64).ln() - mi.ln()))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / probs.len().max(1) as f64;
+    kl.exp()
+}
+
+fn class_means(probs: &[Vec<f32>], classes: usize) -> Vec<f64> {
+    let mut m = vec![0f64; classes];
+    for p in probs {
+        for (mi, &pi) in m.iter_mut().zip(p) {
+            *mi += pi as f64;
+        }
+    }
+    m.iter().map(|v| v / probs.len().max(1) as f64).collect()
+}
+
+/// The most likely class of each row.
+pub fn predictions(probs: &[Vec<f32>]) -> Vec<usize> {
+    probs
+        .iter()
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        })
+        .collect()
+}
+
+/// The share of images predicted as each of `classes` classes.
+pub fn class_coverage(predicted: &[usize], classes: usize) -> Vec<f64> {
+    let mut counts = vec![0f64; classes];
+    for &c in predicted {
+        if c < classes {
+            counts[c] += 1.0;
+        }
+    }
+    counts
+        .iter()
+        .map(|c| c / predicted.len().max(1) as f64)
+        .collect()
+}
+
+/// The share of `predicted` equal to `wanted`.
+pub fn accuracy(predicted: &[usize], wanted: &[usize]) -> f64 {
+    let hits = predicted.iter().zip(wanted).filter(|(a, b)| a == b).count();
+    hits as f64 / predicted.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    fn gaussian_rows(n: usize, dim: usize, shift: f32, scale: f32, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = Rng::new(seed);
+        (0..n)
+            .map(|_| {
+                rng.normal_vec(dim)
+                    .iter()
+                    .map(|v| v * scale + shift)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frechet_distance_of_known_gaussians() -> Result<()> {
+        // Diagonal covariances: d = |mu_a - mu_b|^2 + sum (sa - sb)^2 over std devs.
+        let a = Gaussian {
+            mean: DVector::from_vec(vec![0.0, 1.0]),
+            covariance: DMatrix::from_diagonal(&DVector::from_vec(vec![4.0, 1.0])),
+        };
+        let b = Gaussian {
+            mean: DVector::from_vec(vec![3.0, 1.0]),
+            covariance: DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 9.0])),
+        };
+        let want = 9.0 + (2.0f64 - 1.0).powi(2) + (1.0f64 - 3.0).powi(2);
+        assert!((frechet_distance(&a, &b) - want).abs() < 1e-9);
+        assert!(frechet_distance(&a, &a).abs() < 1e-9);
+        // A full covariance against itself rotated stays symmetric in its arguments.
+        let rows = gaussian_rows(500, 6, 0.0, 1.0, 1);
+        let other = gaussian_rows(500, 6, 0.5, 2.0, 2);
+        let (ga, gb) = (Gaussian::fit(&rows)?, Gaussian::fit(&other)?);
+        let (ab, ba) = (frechet_distance(&ga, &gb), frechet_distance(&gb, &ga));
+        assert!((ab - ba).abs() < 1e-6 * ab, "{ab} vs {ba}");
+        // Expected: 6 * 0.5^2 + 6 * (2 - 1)^2 = 7.5, up to sampling noise.
+        assert!((ab - 7.5).abs() < 1.0, "{ab}");
+        Ok(())
+    }
+
+    #[test]
+    fn fit_refuses_too_few_rows() {
+        let e = Gaussian::fit(&[vec![1.0]]).unwrap_err().to_string();
+        assert!(e.contains("at least 2"), "{e}");
+    }
+
+    #[test]
+    fn classifier_score_spans_one_to_the_class_count() {
+        // Confident and balanced over 4 classes: 4. All the same class: 1. Uniform: 1.
+        let eye: Vec<Vec<f32>> = (0..4)
+            .map(|i| (0..4).map(|j| f32::from(i == j)).collect())
+            .collect();
+        assert!((classifier_score(&eye) - 4.0).abs() < 1e-9);
+        assert!((classifier_score(&vec![vec![1.0, 0.0, 0.0, 0.0]; 4]) - 1.0).abs() < 1e-9);
+        assert!((classifier_score(&vec![vec![0.25; 4]; 4]) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn coverage_and_accuracy_count_predictions() {
+        let probs = vec![vec![0.1, 0.9], vec![0.8, 0.2], vec![0.3, 0.7]];
+        let p = predictions(&probs);
+        assert_eq!(p, vec![1, 0, 1]);
+        assert_eq!(class_coverage(&p, 2), vec![1.0 / 3.0, 2.0 / 3.0]);
+        assert!((accuracy(&p, &[1, 1, 1]) - 2.0 / 3.0).abs() < 1e-12);
+    }
+}
