@@ -12,10 +12,8 @@
 //! `generator.main.{i}` and `discriminator.main.{i}` with the script's `nn.Sequential` indices.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{
-    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init,
-    Module, ModuleT, VarBuilder,
-};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, ModuleT, VarBuilder};
+use layers::conv::{conv2d, conv_transpose2d, ConvSpec};
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
@@ -83,8 +81,10 @@ fn batch_norm(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
 
 /// A layer of the `main` sequence.
 enum Layer {
-    Up(ConvTranspose2d),
-    Down(Conv2d),
+    /// Transposed convolution: kernel `(in, out, 4, 4)`.
+    Up(Tensor, ConvSpec),
+    /// Convolution: kernel `(out, in, 4, 4)`.
+    Down(Tensor, ConvSpec),
     Norm(BatchNorm),
     Relu,
     LeakyRelu,
@@ -94,8 +94,8 @@ enum Layer {
 impl Layer {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            Layer::Up(c) => c.forward(x),
-            Layer::Down(c) => c.forward(x),
+            Layer::Up(k, spec) => conv_transpose2d(x, k, *spec),
+            Layer::Down(k, spec) => conv2d(x, k, *spec),
             Layer::Norm(n) => n.forward_t(x, train),
             Layer::Relu => x.relu(),
             Layer::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.2),
@@ -115,24 +115,21 @@ impl Sequential {
     }
 }
 
+fn spec(stride: usize, padding: usize) -> ConvSpec {
+    ConvSpec {
+        stride: (stride, stride),
+        padding: (padding, padding),
+    }
+}
+
 fn up(i: usize, o: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Layer> {
     let w = vb.get_with_hints((i, o, 4, 4), "weight", WEIGHT_INIT)?;
-    let cfg = ConvTranspose2dConfig {
-        stride,
-        padding,
-        ..Default::default()
-    };
-    Ok(Layer::Up(ConvTranspose2d::new(w, None, cfg)))
+    Ok(Layer::Up(w, spec(stride, padding)))
 }
 
 fn down(i: usize, o: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Layer> {
     let w = vb.get_with_hints((o, i, 4, 4), "weight", WEIGHT_INIT)?;
-    let cfg = Conv2dConfig {
-        stride,
-        padding,
-        ..Default::default()
-    };
-    Ok(Layer::Down(Conv2d::new(w, None, cfg)))
+    Ok(Layer::Down(w, spec(stride, padding)))
 }
 
 pub struct Dcgan {
@@ -183,7 +180,7 @@ impl Dcgan {
 }
 
 impl Adversarial for Dcgan {
-    fn image_shape(&self) -> ImageShape {
+    fn output_shape(&self) -> ImageShape {
         [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
     }
 

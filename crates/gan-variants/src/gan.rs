@@ -120,7 +120,7 @@ impl Gan {
 }
 
 impl Adversarial for Gan {
-    fn image_shape(&self) -> ImageShape {
+    fn output_shape(&self) -> ImageShape {
         [self.cfg.channels, self.cfg.image_size, self.cfg.image_size]
     }
 
@@ -134,7 +134,7 @@ impl Adversarial for Gan {
 
     /// `(b, latent) -> (b, c, h, w)`.
     fn generate(&self, input: &GeneratorInput, train: bool) -> Result<Tensor> {
-        let [c, h, w] = self.image_shape();
+        let [c, h, w] = self.output_shape();
         let b = input.noise.dim(0)?;
         run(&self.generator, &input.noise, train)?.reshape((b, c, h, w))
     }

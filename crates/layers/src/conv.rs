@@ -10,7 +10,9 @@
 //!
 //! Images are spread over threads (Rayon); a batch smaller than the thread count hands the
 //! threads to gemm instead. Per-axis strides and paddings allow the k x 1 kernels of the
-//! PixelRNNs. Other devices, dtypes, and second-order gradients fall back to Candle's op.
+//! PixelRNNs. Each pass's gradients are passes again, so gradients of any order (WGAN-GP)
+//! stay here; [`conv_transpose2d`] is the input-gradient pass. Other devices and dtypes fall
+//! back to Candle's ops.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -400,23 +402,34 @@ impl CustomOp2 for ConvPass {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        match self.pass {
-            Pass::Forward => {
-                let grad = grad.contiguous()?;
-                let dx = apply(Pass::InputGrad, &grad, b, self)?;
-                let dk = apply(Pass::WeightGrad, a, &grad, self)?;
-                Ok((Some(dx), Some(dk)))
-            }
-            _ => candle_core::bail!(
-                "second-order gradients through genzoo's CPU conv2d are not supported: build the model with Candle's conv2d for gradient penalties"
+        // With F the convolution, I its input gradient and W its weight gradient, all three
+        // bilinear: <g, F(x, k)> = <x, I(g, k)> = <W(x, g), k>. Each pass's gradients are
+        // passes again, so gradients of any order stay on this path (WGAN-GP on conv critics).
+        let grad = grad.contiguous()?;
+        let (da, db) = match self.pass {
+            // y = F(x, k): dx = I(G, k), dk = W(x, G).
+            Pass::Forward => (
+                apply(Pass::InputGrad, &grad, b, self)?,
+                apply(Pass::WeightGrad, a, &grad, self)?,
             ),
-        }
+            // dx = I(g, k): dg = F(G, k), dk = W(G, g).
+            Pass::InputGrad => (
+                apply(Pass::Forward, &grad, b, self)?,
+                apply(Pass::WeightGrad, &grad, a, self)?,
+            ),
+            // dk = W(x, g): dx = I(g, G), dg = F(x, G).
+            Pass::WeightGrad => (
+                apply(Pass::InputGrad, b, &grad, self)?,
+                apply(Pass::Forward, a, &grad, self)?,
+            ),
+        };
+        Ok((Some(da), Some(db)))
     }
 }
 
 fn apply(pass: Pass, a: &Tensor, b: &Tensor, like: &ConvPass) -> Result<Tensor> {
-    a.apply_op2(
-        b,
+    a.contiguous()?.apply_op2(
+        &b.contiguous()?,
         ConvPass {
             pass,
             x_dims: like.x_dims,
@@ -448,6 +461,45 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
             spec,
         },
     )
+}
+
+/// Transposed convolution (the adjoint of [`conv2d`]; PyTorch's `conv_transpose2d` without
+/// output padding): `x (b, c_in, h, w)`, `kernel (c_in, c_out, kh, kw)` ->
+/// `(b, c_out, (h - 1) s - 2p + kh, ..)`. On the CPU it is `conv2d`'s input-gradient pass
+/// (gemm and col2im) with both gradients; elsewhere Candle's op.
+pub fn conv_transpose2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+    let (b, c_in, h, w) = x.dims4()?;
+    let (k_in, c_out, kh, kw) = kernel.dims4()?;
+    if k_in != c_in {
+        candle_core::bail!("conv_transpose2d: input has {c_in} channels, kernel expects {k_in}");
+    }
+    let (sh, sw) = spec.stride;
+    let (ph, pw) = spec.padding;
+    let (Some(ho), Some(wo)) = (
+        ((h - 1) * sh + kh).checked_sub(2 * ph),
+        ((w - 1) * sw + kw).checked_sub(2 * pw),
+    ) else {
+        candle_core::bail!(
+            "conv_transpose2d: padding {ph},{pw} too large for {h}x{w} with kernel {kh}x{kw}"
+        );
+    };
+    let fast = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == kernel.dtype();
+    if !fast {
+        if sh != sw || ph != pw {
+            candle_core::bail!("Candle's conv_transpose2d needs equal strides and paddings");
+        }
+        return x.conv_transpose2d(kernel, ph, 0, sh, 1);
+    }
+    let pass = ConvPass {
+        pass: Pass::InputGrad,
+        x_dims: [b, c_out, ho, wo],
+        k_dims: [c_in, c_out, kh, kw],
+        spec,
+    };
+    Geometry::new(&pass.x_dims, &pass.k_dims, spec)?;
+    apply(Pass::InputGrad, x, kernel, &pass)
 }
 
 /// The same convolution with Candle's own ops (used off the CPU, and as the tests' reference).
@@ -614,7 +666,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_shapes_and_second_order_gradients_are_errors() -> Result<()> {
+    fn bad_shapes_are_errors() -> Result<()> {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev)?;
         let k = Tensor::zeros((2, 2, 3, 3), DType::F32, &dev)?;
@@ -625,16 +677,113 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not fit"), "{e}");
-        // A gradient of a gradient asks for the helper ops' backward: a clear error.
-        let xv = Var::from_tensor(&Rng::new(1).normal((1, 2, 5, 5), &dev)?)?;
-        let kv = Var::from_tensor(&Rng::new(2).normal((2, 2, 3, 3), &dev)?)?;
-        let g = conv2d(xv.as_tensor(), kv.as_tensor(), ConvSpec::same_padding(3, 3))?
-            .sqr()?
-            .sum_all()?
-            .backward()?;
-        let gx = g.get(&xv).unwrap().sqr()?.sum_all()?;
-        if let Err(e) = gx.backward() {
-            assert!(e.to_string().contains("second-order"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn transposed_convolution_matches_candle_and_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        // (x dims, kernel (c_in, c_out, k, k), stride, padding): DCGAN's 4x4 stride-2 layers,
+        // its 1x1 -> 4x4 first layer, odd sizes.
+        for (i, (xd, kd, s, p)) in [
+            ([2, 3, 4, 4], [3, 2, 4, 4], 2, 1),
+            ([2, 5, 1, 1], [5, 3, 4, 4], 1, 0),
+            ([1, 2, 5, 3], [2, 4, 3, 3], 2, 0),
+            ([3, 1, 6, 6], [1, 1, 3, 3], 1, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let spec = ConvSpec {
+                stride: (s, s),
+                padding: (p, p),
+            };
+            let mut rng = Rng::new(50 + i as u64);
+            let x = Var::from_tensor(&rng.normal(xd.to_vec(), &dev)?.to_dtype(DType::F64)?)?;
+            let k = Var::from_tensor(&rng.normal(kd.to_vec(), &dev)?.to_dtype(DType::F64)?)?;
+            let ours = conv_transpose2d(x.as_tensor(), k.as_tensor(), spec)?;
+            let theirs = x.as_tensor().conv_transpose2d(k.as_tensor(), p, 0, s, 1)?;
+            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+            assert!(max_diff(&ours, &theirs) < 1e-9, "case {i} forward");
+            let weights = rng
+                .normal(ours.dims().to_vec(), &dev)?
+                .to_dtype(DType::F64)?;
+            let f = |x: &Tensor, k: &Tensor| -> Result<f64> {
+                (conv_transpose2d(x, k, spec)? * &weights)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            let grads = (ours * &weights)?.sum_all()?.backward()?;
+            for (which, var) in [(0, &x), (1, &k)] {
+                let g = grads.get(var).unwrap().flatten_all()?.to_vec1::<f64>()?;
+                let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+                for j in (0..base.len()).step_by((base.len() / 5).max(1)) {
+                    let at = |d: f64| -> Result<f64> {
+                        let mut v = base.clone();
+                        v[j] += d;
+                        let t = Tensor::from_vec(v, var.dims(), &dev)?;
+                        if which == 0 {
+                            f(&t, k.as_tensor())
+                        } else {
+                            f(x.as_tensor(), &t)
+                        }
+                    };
+                    let fd = (at(1e-6)? - at(-1e-6)?) / 2e-6;
+                    assert!(
+                        (fd - g[j]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "case {i} arg {which} entry {j}: {fd} vs {}",
+                        g[j]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A gradient penalty through the convolution: d/dk |grad_x sum(conv(x, k)^2)|^2 against
+    /// finite differences, so conv critics can train with WGAN-GP.
+    #[test]
+    fn second_order_gradients_match_finite_differences() -> Result<()> {
+        crate::gan::enable_second_order_gradients();
+        let dev = Device::Cpu;
+        let spec = ConvSpec {
+            stride: (2, 2),
+            padding: (1, 1),
+        };
+        let x0 = Rng::new(1)
+            .normal((2, 2, 6, 6), &dev)?
+            .to_dtype(DType::F64)?;
+        let k0 = Rng::new(2)
+            .normal((3, 2, 4, 4), &dev)?
+            .to_dtype(DType::F64)?;
+        let penalty = |k: &Tensor| -> Result<Tensor> {
+            let x = Var::from_tensor(&x0)?;
+            let g = conv2d(x.as_tensor(), k, spec)?
+                .sqr()?
+                .sum_all()?
+                .backward()?;
+            g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
+        };
+        let k = Var::from_tensor(&k0)?;
+        let analytic = penalty(k.as_tensor())?
+            .backward()?
+            .get(k.as_tensor())
+            .expect("the penalty depends on the kernel")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let base = k0.flatten_all()?.to_vec1::<f64>()?;
+        for j in (0..base.len()).step_by(9) {
+            let at = |d: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[j] += d;
+                penalty(&Tensor::from_vec(v, k0.dims(), &dev)?)?.to_scalar::<f64>()
+            };
+            let fd = (at(1e-6)? - at(-1e-6)?) / 2e-6;
+            assert!(
+                (fd - analytic[j]).abs() < 1e-5 * (1.0 + fd.abs()),
+                "entry {j}: {fd} vs {}",
+                analytic[j]
+            );
         }
         Ok(())
     }

@@ -114,7 +114,8 @@ pub struct Verdict {
 /// of the two networks are named `generator.…` and `discriminator.…`, so each gets its own
 /// optimiser ([`vars_with_prefix`]).
 pub trait Adversarial {
-    fn image_shape(&self) -> crate::ImageShape;
+    /// The shape of one generated image.
+    fn output_shape(&self) -> crate::ImageShape;
 
     /// Draws the generator's input for `n` images.
     fn draw_input(&self, n: usize, rng: &mut Rng) -> Result<GeneratorInput>;
@@ -141,6 +142,10 @@ pub trait Adversarial {
     }
 }
 
+/// A GAN that is also a [`crate::GenerativeModel`] (what the runner holds).
+pub trait AdversarialModel: Adversarial + crate::GenerativeModel {}
+impl<T: Adversarial + crate::GenerativeModel> AdversarialModel for T {}
+
 /// Implements `GenerativeModel` for an [`Adversarial`] type: an implicit model of 8-bit
 /// intensities whose samples are the generator's images (inference mode) mapped to [0, 1].
 #[macro_export]
@@ -148,7 +153,7 @@ macro_rules! implicit_model {
     ($t:ty) => {
         impl $crate::GenerativeModel for $t {
             fn image_shape(&self) -> $crate::ImageShape {
-                $crate::gan::Adversarial::image_shape(self)
+                $crate::gan::Adversarial::output_shape(self)
             }
 
             fn kind(&self) -> $crate::ModelKind {

@@ -1,14 +1,15 @@
 //! A training run's checkpoint: the model's weights under their reference names, the
 //! optimiser's moments, and the metadata that rebuilds the model (`genzoo.*` keys).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use layers::checkpoint::{load_into_varmap, varmap_tensors};
-use layers::{Adam, Checkpoint, LikelihoodModel, Values};
+use layers::gan::AdversarialModel;
+use layers::{Adam, Checkpoint, GenerativeModel, LikelihoodModel, Values};
 
 use crate::config::RunConfig;
 use crate::data::Binarization;
@@ -26,6 +27,8 @@ pub const META_EPOCH_SUMS: &str = "genzoo.epoch_sums";
 pub const FORMAT_VERSION: &str = "1";
 /// Prefix of the optimiser's tensors, kept apart from the model's reference names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer";
+/// Prefix of a GAN generator's weight average.
+pub const AVERAGE_PREFIX: &str = "ema";
 
 /// Where a run stands when it is saved.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,9 +46,21 @@ pub struct Progress {
 pub struct TrainState<'a> {
     pub run: &'a RunConfig,
     pub varmap: &'a VarMap,
-    pub optimizer: &'a Adam,
+    /// Each optimiser under its tensor prefix; the first is the run's main one.
+    pub optimizers: &'a [(&'a str, &'a Adam)],
+    /// Further tensors (a GAN generator's weight average).
+    pub extra: HashMap<String, Tensor>,
     pub progress: &'a Progress,
     pub dataset: &'a str,
+}
+
+/// The metadata key of the step count of the optimiser saved under `prefix`.
+fn optimizer_step_key(prefix: &str) -> String {
+    if prefix == OPTIMIZER_PREFIX {
+        META_OPTIMIZER_STEP.to_string()
+    } else {
+        format!("genzoo.{prefix}.step")
+    }
 }
 
 pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
@@ -53,8 +68,13 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
         tensors: varmap_tensors(state.varmap),
         metadata: BTreeMap::new(),
     };
-    let (moments, opt_step) = state.optimizer.state(OPTIMIZER_PREFIX);
-    ck.tensors.extend(moments);
+    ck.tensors.extend(state.extra.clone());
+    for (prefix, optimizer) in state.optimizers {
+        let (moments, step) = optimizer.state(prefix);
+        ck.tensors.extend(moments);
+        ck.metadata
+            .insert(optimizer_step_key(prefix), step.to_string());
+    }
     let p = state.progress;
     let mut sums = p.epoch_sums.clone();
     sums.insert("__steps".into(), p.epoch_steps as f64);
@@ -66,7 +86,6 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
         (META_EPOCH, p.epoch.to_string()),
         (META_DATASET, state.dataset.to_string()),
         (META_VERSION, env!("CARGO_PKG_VERSION").to_string()),
-        (META_OPTIMIZER_STEP, opt_step.to_string()),
         (META_EPOCH_SUMS, serde_json::to_string(&sums)?),
     ] {
         ck.metadata.insert(k.to_string(), v);
@@ -114,10 +133,13 @@ pub fn build_model(
     Ok((model, varmap, run))
 }
 
-/// Loads a genzoo checkpoint, or a plain weights file (e.g. converted from PyTorch) when
-/// `plain` gives the run config to interpret it with.
-pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<LoadedModel> {
-    let checkpoint = Checkpoint::load(path, device)?;
+/// The run config a checkpoint was trained with, or `plain`'s for a weights file without
+/// genzoo metadata.
+fn checkpoint_run(
+    checkpoint: &Checkpoint,
+    path: &Path,
+    plain: Option<&RunConfig>,
+) -> Result<RunConfig> {
     let run = match (checkpoint.meta(META_CONFIG), plain) {
         (Some(json), _) => {
             let run = RunConfig::from_json(json)
@@ -141,11 +163,33 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
             path.display()
         ),
     };
+    Ok(run)
+}
+
+/// Loads a genzoo checkpoint, or a plain weights file (e.g. converted from PyTorch) when
+/// `plain` gives the run config to interpret it with.
+pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<LoadedModel> {
+    let checkpoint = Checkpoint::load(path, device)?;
+    let run = checkpoint_run(&checkpoint, path, plain)?;
     let (model, varmap, run) = build_model(&run, device)?;
     let unused = load_into_varmap(&varmap, &checkpoint.tensors, path)?;
+    warn_unused(&unused, path);
+    let progress = read_progress(&checkpoint, path)?;
+    Ok(LoadedModel {
+        run,
+        model,
+        varmap,
+        checkpoint,
+        progress,
+    })
+}
+
+/// Warns about tensors in a file that nothing uses (optimiser state and weight averages
+/// aside).
+fn warn_unused(unused: &[String], path: &Path) {
     let foreign: Vec<&String> = unused
         .iter()
-        .filter(|n| !n.starts_with(OPTIMIZER_PREFIX))
+        .filter(|n| !n.starts_with(OPTIMIZER_PREFIX) && !n.starts_with(AVERAGE_PREFIX))
         .collect();
     if !foreign.is_empty() {
         tracing::warn!(
@@ -160,27 +204,78 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
                 .join(", ")
         );
     }
-    let progress = if checkpoint.meta(META_STEP).is_some() {
-        let mut sums: BTreeMap<String, f64> = match checkpoint.meta(META_EPOCH_SUMS) {
-            Some(s) => serde_json::from_str(s).with_context(|| {
-                format!(
-                    "{}: metadata `{META_EPOCH_SUMS}` is not valid",
-                    path.display()
-                )
-            })?,
-            None => BTreeMap::new(),
-        };
-        let epoch_steps = sums.remove("__steps").unwrap_or(0.0) as u64;
-        Progress {
-            step: parse_meta(&checkpoint, META_STEP, path)?,
-            epoch: parse_meta(&checkpoint, META_EPOCH, path)?,
-            epoch_sums: sums,
-            epoch_steps,
-        }
-    } else {
-        Progress::default()
+}
+
+/// Where the run stood when `checkpoint` was saved (zero for plain weights).
+fn read_progress(checkpoint: &Checkpoint, path: &Path) -> Result<Progress> {
+    if checkpoint.meta(META_STEP).is_none() {
+        return Ok(Progress::default());
+    }
+    let mut sums: BTreeMap<String, f64> = match checkpoint.meta(META_EPOCH_SUMS) {
+        Some(s) => serde_json::from_str(s).with_context(|| {
+            format!(
+                "{}: metadata `{META_EPOCH_SUMS}` is not valid",
+                path.display()
+            )
+        })?,
+        None => BTreeMap::new(),
     };
-    Ok(LoadedModel {
+    let epoch_steps = sums.remove("__steps").unwrap_or(0.0) as u64;
+    Ok(Progress {
+        step: parse_meta(checkpoint, META_STEP, path)?,
+        epoch: parse_meta(checkpoint, META_EPOCH, path)?,
+        epoch_sums: sums,
+        epoch_steps,
+    })
+}
+
+/// Builds `run`'s GAN with fresh (seeded) weights.
+pub fn build_adversarial(
+    run: &RunConfig,
+    device: &Device,
+) -> Result<(Box<dyn AdversarialModel>, VarMap, RunConfig)> {
+    let build = registry::adversarial_builder(&run.model)?;
+    let varmap = VarMap::new();
+    let vb = layers::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
+    let (model, resolved) = build(&run.model_config, vb)?;
+    let mut run = run.clone();
+    run.model_config = resolved;
+    Ok((model, varmap, run))
+}
+
+/// A GAN rebuilt from a checkpoint.
+pub struct LoadedAdversarial {
+    pub run: RunConfig,
+    pub model: Box<dyn AdversarialModel>,
+    pub varmap: VarMap,
+    pub checkpoint: Checkpoint,
+    pub progress: Progress,
+}
+
+/// Loads a GAN checkpoint (or plain weights with `plain`). With `averaged`, the generator
+/// takes the moving average of its weights (`ema.…`) where the file has one: the weights
+/// samples are drawn with.
+pub fn load_adversarial(
+    path: &Path,
+    device: &Device,
+    plain: Option<&RunConfig>,
+    averaged: bool,
+) -> Result<LoadedAdversarial> {
+    let checkpoint = Checkpoint::load(path, device)?;
+    let run = checkpoint_run(&checkpoint, path, plain)?;
+    let (model, varmap, run) = build_adversarial(&run, device)?;
+    let unused = load_into_varmap(&varmap, &checkpoint.tensors, path)?;
+    warn_unused(&unused, path);
+    if averaged {
+        let data = varmap.data().lock().expect("varmap lock poisoned");
+        for (name, var) in data.iter() {
+            if let Some(avg) = checkpoint.tensors.get(&format!("{AVERAGE_PREFIX}.{name}")) {
+                var.set(&avg.to_dtype(var.dtype())?)?;
+            }
+        }
+    }
+    let progress = read_progress(&checkpoint, path)?;
+    Ok(LoadedAdversarial {
         run,
         model,
         varmap,
@@ -189,17 +284,75 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
     })
 }
 
+/// Any model, for sampling and evaluation.
+pub enum Loaded {
+    Likelihood(LoadedModel),
+    Adversarial(LoadedAdversarial),
+}
+
+impl Loaded {
+    pub fn generative(&self) -> &dyn GenerativeModel {
+        match self {
+            Loaded::Likelihood(l) => l.model.as_ref(),
+            Loaded::Adversarial(a) => a.model.as_ref(),
+        }
+    }
+
+    pub fn run(&self) -> &RunConfig {
+        match self {
+            Loaded::Likelihood(l) => &l.run,
+            Loaded::Adversarial(a) => &a.run,
+        }
+    }
+
+    pub fn step(&self) -> u64 {
+        match self {
+            Loaded::Likelihood(l) => l.progress.step,
+            Loaded::Adversarial(a) => a.progress.step,
+        }
+    }
+}
+
+/// Loads any checkpoint: GANs with their averaged generator weights.
+pub fn load_any(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
+    let model = match plain {
+        Some(run) => run.model.clone(),
+        None => Checkpoint::load(path, &Device::Cpu)?
+            .meta(META_MODEL)
+            .map(str::to_string)
+            .unwrap_or_default(),
+    };
+    if registry::is_adversarial(&model) {
+        Ok(Loaded::Adversarial(load_adversarial(
+            path, device, plain, true,
+        )?))
+    } else {
+        Ok(Loaded::Likelihood(load_model(path, device, plain)?))
+    }
+}
+
 /// Restores the optimiser's moments from a loaded checkpoint.
 pub fn restore_optimizer(optimizer: &mut Adam, loaded: &LoadedModel, path: &Path) -> Result<()> {
-    if loaded.checkpoint.meta(META_OPTIMIZER_STEP).is_none() {
+    restore_optimizer_at(optimizer, &loaded.checkpoint, OPTIMIZER_PREFIX, path)
+}
+
+/// Restores the moments of the optimiser saved under `prefix`.
+pub fn restore_optimizer_at(
+    optimizer: &mut Adam,
+    checkpoint: &Checkpoint,
+    prefix: &str,
+    path: &Path,
+) -> Result<()> {
+    let key = optimizer_step_key(prefix);
+    if checkpoint.meta(&key).is_none() {
         bail!(
-            "{} holds weights only (no optimizer state): it can be sampled and evaluated, not resumed",
+            "{} holds weights only (no optimizer state `{prefix}`): it can be sampled and evaluated, not resumed",
             path.display()
         );
     }
-    let step: u64 = parse_meta(&loaded.checkpoint, META_OPTIMIZER_STEP, path)?;
+    let step: u64 = parse_meta(checkpoint, &key, path)?;
     optimizer
-        .load_state(OPTIMIZER_PREFIX, &loaded.checkpoint.tensors, step)
+        .load_state(prefix, &checkpoint.tensors, step)
         .with_context(|| format!("{}: cannot restore the optimizer", path.display()))
 }
 
@@ -211,7 +364,8 @@ pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
     let before = ck.tensors.len();
     ck.tensors
         .retain(|name, _| !name.starts_with(&format!("{OPTIMIZER_PREFIX}.")));
-    ck.metadata.remove(META_OPTIMIZER_STEP);
+    ck.metadata
+        .retain(|k, _| !(k.starts_with("genzoo.optimizer") && k.ends_with("step")));
     ck.metadata.remove(META_EPOCH_SUMS);
     ck.save(dst)?;
     Ok((ck.tensors.len(), before - ck.tensors.len()))

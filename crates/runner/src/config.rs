@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Binarization;
+use layers::gan::GanLoss;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,6 +54,24 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The defaults of `model`'s family: GANs train as in DCGAN's paper (Adam 2e-4, beta1 0.5,
+    /// batch 64) on intensities; the rest with [`TrainConfig::default`].
+    pub fn defaults_for(model: &str) -> Self {
+        if crate::registry::is_adversarial(model) {
+            Self {
+                epochs: 5,
+                batch_size: 64,
+                lr: 2e-4,
+                beta1: 0.5,
+                binarize: Binarization::None,
+                checkpoint_every: 0,
+                ..Self::default()
+            }
+        } else {
+            Self::default()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.batch_size > 0, "train.batch_size must be positive");
         anyhow::ensure!(
@@ -79,12 +98,59 @@ impl TrainConfig {
     }
 }
 
+/// Adversarial training (GANs only): `[gan]` in a run file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GanConfig {
+    /// minimax, non-saturating, lsgan, hinge or wgan-gp.
+    pub loss: GanLoss,
+    /// Discriminator steps per generator step.
+    pub d_steps: usize,
+    /// Weight of WGAN-GP's gradient penalty.
+    pub gp_weight: f64,
+    /// Decay of the generator's weight average that samples are drawn with (0: none).
+    pub ema_decay: f64,
+    /// Stop when the discriminator's loss stays below `collapse_loss` for this many
+    /// consecutive steps (0: never).
+    pub collapse_steps: u64,
+    pub collapse_loss: f64,
+}
+
+impl Default for GanConfig {
+    fn default() -> Self {
+        Self {
+            loss: GanLoss::NonSaturating,
+            d_steps: 1,
+            gp_weight: 10.0,
+            ema_decay: 0.999,
+            collapse_steps: 500,
+            collapse_loss: 1e-4,
+        }
+    }
+}
+
+impl GanConfig {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.d_steps > 0, "gan.d_steps must be positive");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.ema_decay),
+            "gan.ema_decay must be in [0, 1), found {}",
+            self.ema_decay
+        );
+        anyhow::ensure!(self.gp_weight >= 0.0, "gan.gp_weight must not be negative");
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub model: String,
     #[serde(default)]
     pub train: TrainConfig,
+    /// Adversarial training settings (GANs only).
+    #[serde(default)]
+    pub gan: GanConfig,
     /// The model's own `Config`, checked by the model's deserialiser.
     #[serde(default = "empty_table")]
     pub model_config: toml::Table,
@@ -100,8 +166,11 @@ fn empty_table() -> toml::Table {
 #[serde(deny_unknown_fields)]
 struct RunFile {
     model: Option<String>,
+    /// Laid over the model family's defaults.
+    #[serde(default = "empty_table")]
+    train: toml::Table,
     #[serde(default)]
-    train: TrainConfig,
+    gan: GanConfig,
     #[serde(default = "empty_table")]
     model_config: toml::Table,
 }
@@ -110,7 +179,8 @@ impl RunConfig {
     pub fn new(model: &str) -> Self {
         Self {
             model: model.to_string(),
-            train: TrainConfig::default(),
+            train: TrainConfig::defaults_for(model),
+            gan: GanConfig::default(),
             model_config: toml::Table::new(),
         }
     }
@@ -132,9 +202,15 @@ impl RunConfig {
                 path.display()
             ),
         };
+        let mut train = toml::Table::try_from(TrainConfig::defaults_for(&model))?;
+        train.extend(file.train);
+        let train: TrainConfig = toml::Value::Table(train)
+            .try_into()
+            .with_context(|| format!("invalid [train] in {}", path.display()))?;
         Ok(Self {
             model,
-            train: file.train,
+            train,
+            gan: file.gan,
             model_config: file.model_config,
         })
     }

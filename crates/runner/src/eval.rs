@@ -8,7 +8,7 @@ use layers::loss::bits_per_dim;
 use layers::{Likelihood, LikelihoodOptions, Rng, Stream};
 use serde::Serialize;
 
-use crate::checkpoint::load_model;
+use crate::checkpoint::{load_any, Loaded};
 use crate::config::RunConfig;
 use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Binarization, Split};
 use crate::quality::{evaluate_samples, QualityReport};
@@ -47,7 +47,8 @@ pub struct EvalReport {
     pub dataset: String,
     pub images: usize,
     pub binarization: String,
-    pub likelihood: Likelihood,
+    /// None for implicit models.
+    pub likelihood: Option<Likelihood>,
     pub importance_samples: Option<usize>,
     pub metrics: Vec<MetricRow>,
     pub sample_quality: Option<QualityReport>,
@@ -66,7 +67,41 @@ fn describe(name: &str) -> &str {
 pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     ensure!(args.importance_samples > 0, "--k must be positive");
-    let loaded = load_model(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let loaded = load_any(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let generative = loaded.generative();
+    let sample_quality = match args.samples {
+        0 => None,
+        n => Some(evaluate_samples(
+            generative,
+            n,
+            args.seed,
+            args.data.as_deref(),
+            args.classifier.as_deref(),
+            &args.device,
+        )?),
+    };
+    let loaded = match loaded {
+        Loaded::Likelihood(l) => l,
+        Loaded::Adversarial(a) => {
+            ensure!(
+                sample_quality.is_some(),
+                "model `{}` is implicit (no likelihood): its evaluation is the sample metrics, so --samples must be positive",
+                a.run.model
+            );
+            return Ok(EvalReport {
+                model: a.run.model.clone(),
+                checkpoint: args.checkpoint.display().to_string(),
+                step: a.progress.step,
+                dataset: String::new(),
+                images: 0,
+                binarization: "none".into(),
+                likelihood: None,
+                importance_samples: None,
+                metrics: Vec::new(),
+                sample_quality,
+            });
+        }
+    };
     let model = loaded.model.as_ref();
     let mut data = load_split(args.data.as_deref(), Split::Test, model.image_shape())?;
     if args.limit > 0 {
@@ -121,32 +156,29 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         dataset: data.name.clone(),
         images: data.len(),
         binarization: format!("{binarize:?}").to_lowercase(),
-        likelihood,
+        likelihood: Some(likelihood),
         importance_samples: (likelihood == Likelihood::ImportanceWeighted)
             .then_some(args.importance_samples),
         metrics,
-        sample_quality: match args.samples {
-            0 => None,
-            n => Some(evaluate_samples(
-                model,
-                n,
-                args.seed,
-                args.data.as_deref(),
-                args.classifier.as_deref(),
-                &args.device,
-            )?),
-        },
+        sample_quality,
     })
 }
 
 pub fn print_table(r: &EvalReport) {
     println!("model       {} (step {})", r.model, r.step);
     println!("checkpoint  {}", r.checkpoint);
+    let Some(likelihood) = r.likelihood else {
+        println!("likelihood  none (implicit model)");
+        if let Some(q) = &r.sample_quality {
+            crate::quality::print(q);
+        }
+        return;
+    };
     println!(
         "data        {} ({} images, binarization: {})",
         r.dataset, r.images, r.binarization
     );
-    let how = match (r.likelihood, r.importance_samples) {
+    let how = match (likelihood, r.importance_samples) {
         (Likelihood::Exact, _) => "exact".to_string(),
         (Likelihood::ImportanceWeighted, Some(k)) => {
             format!("importance-weighted estimate, k = {k}")

@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod download;
 pub mod eval;
+pub mod gan_train;
 pub mod grid;
 pub mod inspect;
 pub mod params;

@@ -133,7 +133,7 @@ impl PlainWeights {
             (None, None) => Ok(None),
             (model, Some(path)) => Ok(Some(RunConfig::from_file(path, model.as_deref())?)),
             (Some(model), None) => {
-                registry::builder(model)?;
+                registry::any_builder(model)?;
                 Ok(Some(RunConfig::new(model)))
             }
         }
@@ -290,7 +290,7 @@ fn run_train(cmd: TrainCmd, device: candle_core::Device) -> Result<ExitCode> {
             "name a model (`genzoo train vae`), a --config file, or a --resume checkpoint"
         ),
     };
-    registry::builder(&run.model)?;
+    registry::any_builder(&run.model)?;
     let outcome = train::train(train::TrainArgs {
         run,
         data: cmd.data,

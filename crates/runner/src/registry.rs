@@ -2,13 +2,24 @@
 
 use anyhow::{bail, Result};
 use candle_nn::VarBuilder;
+use layers::gan::AdversarialModel;
 use layers::{LikelihoodModel, ModelKind};
 
 use crate::config::model_config;
 
-/// How a built model is constructed from its `[model_config]` table.
+/// How a built model is constructed from its `[model_config]` table, returning it with the
+/// resolved config (every field, defaults filled in).
 pub type LikelihoodBuilder =
     fn(&toml::Table, VarBuilder<'static>) -> Result<(Box<dyn LikelihoodModel>, toml::Table)>;
+pub type AdversarialBuilder =
+    fn(&toml::Table, VarBuilder<'static>) -> Result<(Box<dyn AdversarialModel>, toml::Table)>;
+
+/// How a model trains: by its likelihood (or a bound), or adversarially.
+#[derive(Clone, Copy)]
+pub enum Builder {
+    Likelihood(LikelihoodBuilder),
+    Adversarial(AdversarialBuilder),
+}
 
 pub struct ModelEntry {
     pub name: &'static str,
@@ -17,7 +28,7 @@ pub struct ModelEntry {
     pub kind: ModelKind,
     pub summary: &'static str,
     /// `None` while the model is not built yet.
-    pub build: Option<LikelihoodBuilder>,
+    pub build: Option<Builder>,
 }
 
 impl ModelEntry {
@@ -34,17 +45,28 @@ fn build_with<C, M>(
     base: C,
     name: &str,
     new: fn(&C, VarBuilder<'static>) -> candle_core::Result<M>,
-) -> Result<(Box<dyn LikelihoodModel>, toml::Table)>
+) -> Result<(M, toml::Table)>
 where
     C: serde::Serialize + serde::de::DeserializeOwned,
-    M: LikelihoodModel + 'static,
 {
     // Keys the user gave override the variant's defaults.
     let mut merged = toml::Table::try_from(&base)?;
     merged.extend(table.clone());
     let cfg: C = model_config(&merged, name)?;
     let model = new(&cfg, vb)?;
-    Ok((Box::new(model), toml::Table::try_from(&cfg)?))
+    Ok((model, toml::Table::try_from(&cfg)?))
+}
+
+fn likelihood<M: LikelihoodModel + 'static>(
+    built: Result<(M, toml::Table)>,
+) -> Result<(Box<dyn LikelihoodModel>, toml::Table)> {
+    built.map(|(m, t)| (Box::new(m) as Box<dyn LikelihoodModel>, t))
+}
+
+fn adversarial<M: AdversarialModel + 'static>(
+    built: Result<(M, toml::Table)>,
+) -> Result<(Box<dyn AdversarialModel>, toml::Table)> {
+    built.map(|(m, t)| (Box::new(m) as Box<dyn AdversarialModel>, t))
 }
 
 pub const MODELS: &[ModelEntry] = &[
@@ -53,118 +75,150 @@ pub const MODELS: &[ModelEntry] = &[
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "fully visible logistic autoregression (FVSBN)",
-        build: Some(|t, vb| {
-            build_with(
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
                 t,
                 vb,
                 pixelrnn::fvsbn::Config::default(),
                 "fvsbn",
                 pixelrnn::fvsbn::Fvsbn::new,
-            )
-        }),
+            ))
+        })),
     },
     ModelEntry {
         name: "ar-n",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "logistic autoregression on the previous N pixels (N = 28 by default)",
-        build: Some(|t, vb| {
-            build_with(
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
                 t,
                 vb,
                 pixelrnn::fvsbn::Config::ar_n(28),
                 "ar-n",
                 pixelrnn::fvsbn::Fvsbn::new,
-            )
-        }),
+            ))
+        })),
     },
     ModelEntry {
         name: "nade",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "NADE (Larochelle & Murray 2011)",
-        build: Some(|t, vb| {
-            build_with(
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
                 t,
                 vb,
                 pixelrnn::nade::Config::default(),
                 "nade",
                 pixelrnn::nade::Nade::new,
-            )
-        }),
+            ))
+        })),
     },
     ModelEntry {
         name: "pixelcnn",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelCNN with mask A / mask B convolutions",
-        build: Some(|t, vb| {
-            build_with(
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
                 t,
                 vb,
                 pixelrnn::pixelcnn::Config::default(),
                 "pixelcnn",
                 pixelrnn::pixelcnn::PixelCnn::new,
-            )
-        }),
+            ))
+        })),
     },
     ModelEntry {
         name: "row-lstm",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelRNN Row LSTM (van den Oord et al. 2016)",
-        build: Some(|t, vb| {
-            build_with(
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
                 t,
                 vb,
                 pixelrnn::pixelrnn::Config::default(),
                 "row-lstm",
                 pixelrnn::row_lstm::RowLstm::new,
-            )
-        }),
+            ))
+        })),
     },
     ModelEntry {
         name: "diagonal-bilstm",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelRNN Diagonal BiLSTM (van den Oord et al. 2016)",
-        build: Some(|t, vb| {
-            build_with(
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
                 t,
                 vb,
                 pixelrnn::pixelrnn::Config::default(),
                 "diagonal-bilstm",
                 pixelrnn::diagonal_bilstm::DiagonalBiLstm::new,
-            )
-        }),
+            ))
+        })),
     },
     ModelEntry {
         name: "vae",
         family: "vae",
         kind: ModelKind::Explicit,
         summary: "VAE, pytorch/examples MLP 784-400-20 (ELBO; importance-weighted NLL)",
-        build: Some(|t, vb| build_with(t, vb, vae::Config::default(), "vae", vae::Vae::new)),
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
+                t,
+                vb,
+                vae::Config::default(),
+                "vae",
+                vae::Vae::new,
+            ))
+        })),
     },
     ModelEntry {
         name: "conv-vae",
         family: "vae",
         kind: ModelKind::Explicit,
         summary: "convolutional VAE (ELBO; importance-weighted NLL)",
-        build: Some(|t, vb| build_with(t, vb, vae::Config::conv(), "conv-vae", vae::Vae::new)),
+        build: Some(Builder::Likelihood(|t, vb| {
+            likelihood(build_with(
+                t,
+                vb,
+                vae::Config::conv(),
+                "conv-vae",
+                vae::Vae::new,
+            ))
+        })),
     },
     ModelEntry {
         name: "gan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
         summary: "GAN with MLP generator and discriminator (Goodfellow et al. 2014)",
-        build: None,
+        build: Some(Builder::Adversarial(|t, vb| {
+            adversarial(build_with(
+                t,
+                vb,
+                gan_variants::gan::Config::default(),
+                "gan",
+                gan_variants::gan::Gan::new,
+            ))
+        })),
     },
     ModelEntry {
         name: "dcgan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
         summary: "DCGAN (Radford et al. 2015), pytorch/examples architecture",
-        build: None,
+        build: Some(Builder::Adversarial(|t, vb| {
+            adversarial(build_with(
+                t,
+                vb,
+                gan_variants::dcgan::Config::default(),
+                "dcgan",
+                gan_variants::dcgan::Dcgan::new,
+            ))
+        })),
     },
     ModelEntry {
         name: "cgan",
@@ -230,7 +284,7 @@ pub fn find(name: &str) -> Result<&'static ModelEntry> {
 }
 
 /// The builder of a model that is built, or an error that says it is not built yet.
-pub fn builder(name: &str) -> Result<LikelihoodBuilder> {
+pub fn any_builder(name: &str) -> Result<Builder> {
     let entry = find(name)?;
     match entry.build {
         Some(b) => Ok(b),
@@ -239,6 +293,29 @@ pub fn builder(name: &str) -> Result<LikelihoodBuilder> {
             entry.summary
         ),
     }
+}
+
+/// The builder of a likelihood model.
+pub fn builder(name: &str) -> Result<LikelihoodBuilder> {
+    match any_builder(name)? {
+        Builder::Likelihood(b) => Ok(b),
+        Builder::Adversarial(_) => {
+            bail!("model `{name}` is an implicit model (a GAN): it has no likelihood")
+        }
+    }
+}
+
+/// The builder of a GAN.
+pub fn adversarial_builder(name: &str) -> Result<AdversarialBuilder> {
+    match any_builder(name)? {
+        Builder::Adversarial(b) => Ok(b),
+        Builder::Likelihood(_) => bail!("model `{name}` is not a GAN"),
+    }
+}
+
+/// Whether `name` is a built GAN.
+pub fn is_adversarial(name: &str) -> bool {
+    matches!(any_builder(name), Ok(Builder::Adversarial(_)))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use layers::{Rng, Stream};
 
-use crate::checkpoint::load_model;
+use crate::checkpoint::load_any;
 use crate::config::RunConfig;
 use crate::data::{load_split, make_batch, Binarization, Split};
 use crate::grid::{save_image, GridOptions};
@@ -41,14 +41,15 @@ pub struct SampleArgs {
 
 pub fn sample(args: &SampleArgs) -> Result<usize> {
     anyhow::ensure!(args.n > 0, "-n must be positive");
-    let loaded = load_model(&args.checkpoint, &args.device, args.plain.as_ref())?;
-    let model = loaded.model.as_ref();
+    let loaded = load_any(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let model = loaded.generative();
     let mut rng = Rng::derive(args.seed, Stream::Sample, 0);
     let latent = || {
         model.as_latent().with_context(|| {
             format!(
                 "model `{}` has no latent space to {:?}",
-                loaded.run.model, args.mode
+                loaded.run().model,
+                args.mode
             )
         })
     };

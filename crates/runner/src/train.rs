@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::checkpoint::{
     build_model, load_model, restore_optimizer, save_train_state, Progress, TrainState,
+    OPTIMIZER_PREFIX,
 };
 use crate::config::RunConfig;
 use crate::data::{
@@ -25,11 +26,11 @@ use crate::data::{
 use crate::grid::{save_image, GridOptions};
 use crate::plot::{plot_curves, Series};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the Ctrl-C handler once per process: it only raises a flag, and the loop saves a
 /// checkpoint at the end of the current step.
-fn install_interrupt_handler() {
+pub(crate) fn install_interrupt_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if let Err(e) = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)) {
@@ -58,7 +59,7 @@ pub struct TrainOverrides {
 }
 
 impl TrainOverrides {
-    fn apply(&self, run: &mut RunConfig) {
+    pub(crate) fn apply(&self, run: &mut RunConfig) {
         let t = &mut run.train;
         if let Some(v) = self.epochs {
             t.epochs = v;
@@ -111,7 +112,7 @@ impl RunDir {
         self.root.join("loss.png")
     }
 
-    fn create(&self) -> Result<()> {
+    pub(crate) fn create(&self) -> Result<()> {
         for d in [self.root.clone(), self.checkpoints(), self.samples()] {
             fs::create_dir_all(&d)
                 .with_context(|| format!("cannot create output directory {}", d.display()))?;
@@ -120,19 +121,88 @@ impl RunDir {
     }
 }
 
-fn default_run_dir(model: &str) -> PathBuf {
+/// Creates the run directory (or reopens it at `step` for a resumed run), writes the config,
+/// and opens the log for appending.
+pub(crate) fn open_run(dir: &RunDir, run: &RunConfig, step: u64) -> Result<Logger> {
+    dir.create()?;
+    let history = truncate_log(&dir.log(), step)?;
+    layers::checkpoint::write_atomically(&dir.config(), run.to_toml()?.as_bytes())?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.log())
+        .with_context(|| format!("cannot open {}", dir.log().display()))?;
+    Ok(Logger { file, history })
+}
+
+/// Installs the Ctrl-C flag and starts the progress bar at `step` of `total`.
+pub(crate) fn start_progress(total: u64, step: u64) -> ProgressBar {
+    install_interrupt_handler();
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(step);
+    bar
+}
+
+/// The directory a resumed run continues in: `--out`, or the one holding its checkpoint.
+pub(crate) fn resumed_run_dir(out: Option<&Path>, checkpoint: &Path) -> Result<PathBuf> {
+    out.map(Path::to_path_buf)
+        .or_else(|| run_dir_of(checkpoint))
+        .with_context(|| {
+            format!(
+                "cannot tell the run directory of {}: pass --out",
+                checkpoint.display()
+            )
+        })
+}
+
+/// The directory of a new run: `--out` or `runs/<model>-<time>`, refusing one that holds a run.
+pub(crate) fn new_run_dir(out: Option<&Path>, model: &str) -> Result<PathBuf> {
+    let dir = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_run_dir(model));
+    if dir.join("log.jsonl").exists() {
+        bail!(
+            "{} already holds a run (log.jsonl); choose another --out, or --resume its checkpoint",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A saved run's config with the command line's overrides, which may not change what makes
+/// the continuation exact (batch size and seed).
+pub(crate) fn resumed_config(saved: &RunConfig, overrides: &TrainOverrides) -> Result<RunConfig> {
+    let mut run = saved.clone();
+    overrides.apply(&mut run);
+    ensure!(
+        run.train.batch_size == saved.train.batch_size && run.train.seed == saved.train.seed,
+        "--resume continues a run exactly: its batch size ({}) and seed ({}) cannot change",
+        saved.train.batch_size,
+        saved.train.seed
+    );
+    run.train.validate()?;
+    Ok(run)
+}
+
+pub(crate) fn default_run_dir(model: &str) -> PathBuf {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
     PathBuf::from("runs").join(format!("{model}-{stamp}"))
 }
 
 /// The run directory of a checkpoint `DIR/checkpoints/x.safetensors`.
-fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
+pub(crate) fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
     let parent = checkpoint.parent()?;
     (parent.file_name()? == "checkpoints").then(|| parent.parent().map(Path::to_path_buf))?
 }
 
 /// Keeps the log lines up to `step`, so a resumed run appends where its checkpoint stood.
-fn truncate_log(path: &Path, step: u64) -> Result<Vec<Value>> {
+pub(crate) fn truncate_log(path: &Path, step: u64) -> Result<Vec<Value>> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(_) => return Ok(Vec::new()),
@@ -151,19 +221,19 @@ fn truncate_log(path: &Path, step: u64) -> Result<Vec<Value>> {
     Ok(kept)
 }
 
-struct Logger {
-    file: fs::File,
-    history: Vec<Value>,
+pub(crate) struct Logger {
+    pub(crate) file: fs::File,
+    pub(crate) history: Vec<Value>,
 }
 
 impl Logger {
-    fn write(&mut self, v: Value) -> Result<()> {
+    pub(crate) fn write(&mut self, v: Value) -> Result<()> {
         writeln!(self.file, "{v}").context("cannot write log.jsonl")?;
         self.history.push(v);
         Ok(())
     }
 
-    fn curve(&self, kind: &str, key: &str) -> Vec<(f64, f64)> {
+    pub(crate) fn curve(&self, kind: &str, key: &str) -> Vec<(f64, f64)> {
         self.history
             .iter()
             .filter(|v| v["type"] == kind)
@@ -203,6 +273,9 @@ fn evaluate_objective(
 }
 
 pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
+    if crate::registry::is_adversarial(&args.run.model) {
+        return crate::gan_train::train(args);
+    }
     let device = args.device.clone();
     // Model, optimiser and progress: fresh, or from the checkpoint to resume.
     let (run, model, varmap, optimizer, progress, run_dir) = match &args.resume {
@@ -216,28 +289,10 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
                     args.run.model
                 );
             }
-            let mut run = loaded.run.clone();
-            let before = run.train.clone();
-            args.overrides.apply(&mut run);
-            ensure!(
-                run.train.batch_size == before.batch_size && run.train.seed == before.seed,
-                "--resume continues a run exactly: its batch size ({}) and seed ({}) cannot change",
-                before.batch_size,
-                before.seed
-            );
-            run.train.validate()?;
+            let run = resumed_config(&loaded.run, &args.overrides)?;
             let mut optimizer = Adam::new(&loaded.varmap, run.train.adam())?;
             restore_optimizer(&mut optimizer, &loaded, path)?;
-            let dir = args
-                .out
-                .clone()
-                .or_else(|| run_dir_of(path))
-                .with_context(|| {
-                    format!(
-                        "cannot tell the run directory of {}: pass --out",
-                        path.display()
-                    )
-                })?;
+            let dir = resumed_run_dir(args.out.as_deref(), path)?;
             (
                 run,
                 loaded.model,
@@ -252,16 +307,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             args.overrides.apply(&mut run);
             run.train.validate()?;
             let (model, varmap, run) = build_model(&run, &device)?;
-            let dir = args
-                .out
-                .clone()
-                .unwrap_or_else(|| default_run_dir(&run.model));
-            if dir.join("log.jsonl").exists() {
-                bail!(
-                    "{} already holds a run (log.jsonl); choose another --out, or --resume its checkpoint",
-                    dir.display()
-                );
-            }
+            let dir = new_run_dir(args.out.as_deref(), &run.model)?;
             let optimizer = Adam::new(&varmap, run.train.adam())?;
             (run, model, varmap, optimizer, Progress::default(), dir)
         }
@@ -276,15 +322,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let test_data = load_split(args.data.as_deref(), Split::Test, image_shape)?;
 
     let dir = RunDir { root: run_dir };
-    dir.create()?;
-    let history = truncate_log(&dir.log(), progress.step)?;
-    layers::checkpoint::write_atomically(&dir.config(), run.to_toml()?.as_bytes())?;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.log())
-        .with_context(|| format!("cannot open {}", dir.log().display()))?;
-    let mut logger = Logger { file, history };
+    let mut logger = open_run(&dir, &run, progress.step)?;
 
     let t = &run.train;
     let steps_per_epoch = batches_per_epoch(train_data.len(), t.batch_size) as u64;
@@ -301,15 +339,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         dir.root.display()
     );
 
-    install_interrupt_handler();
-    INTERRUPTED.store(false, Ordering::SeqCst);
-    let bar = ProgressBar::new(total_steps);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(progress.step);
+    let bar = start_progress(total_steps, progress.step);
 
     // The epoch whose shuffled order `order` holds.
     let mut order_epoch = progress.step / steps_per_epoch;
@@ -320,7 +350,8 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             &TrainState {
                 run: &run,
                 varmap: &varmap,
-                optimizer,
+                optimizers: &[(OPTIMIZER_PREFIX, optimizer)],
+                extra: Default::default(),
                 progress,
                 dataset: &train_data.name,
             },
