@@ -109,10 +109,9 @@ fn list_names_every_model_with_its_kind_and_status() {
     let vae = out.lines().find(|l| l.starts_with("vae ")).unwrap();
     assert!(vae.contains("explicit") && vae.contains("built"), "{vae}");
     let gan = out.lines().find(|l| l.starts_with("dcgan")).unwrap();
-    assert!(
-        gan.contains("implicit") && gan.contains("not built yet"),
-        "{gan}"
-    );
+    assert!(gan.contains("implicit") && gan.contains("built"), "{gan}");
+    let later = out.lines().find(|l| l.starts_with("stargan")).unwrap();
+    assert!(later.contains("not built yet"), "{later}");
     let json: Value = serde_json::from_str(&stdout(&ok(run(&["list", "--json"])))).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 17);
 }
@@ -749,4 +748,105 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
             .any(|p| p.0[0] != 0 && p.0[0] != 255);
         assert_eq!(grey, binarize == "none", "{name}");
     }
+}
+
+/// A GAN trains through the adversarial loop, resumes exactly, samples, evaluates by its
+/// samples, and stops with a clear message when it diverges or its discriminator collapses.
+#[test]
+fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("gan.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"gan\"\n[train]\nlimit = 256\nbatch_size = 32\nepochs = 2\nlog_every = 1\nsample_count = 16\n[gan]\nloss = \"hinge\"\n",
+    )
+    .unwrap();
+    let full = tmp.path().join("full");
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&full)]));
+    let steps = step_losses_of(&full, "d_loss");
+    assert_eq!(steps.len(), 16);
+    assert!(steps.iter().all(|(_, v)| v.is_finite()));
+    assert!(full.join("samples/epoch-0002.png").exists());
+    assert!(full.join("loss.png").exists());
+    // Stop after 5 steps, resume: the same 16 steps.
+    let part = tmp.path().join("part");
+    ok(run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&part),
+        "--max-steps",
+        "5",
+    ]));
+    let ck = part.join("checkpoints/last.safetensors");
+    ok(run(&["train", "--resume", s(&ck), "--max-steps", "0"]));
+    assert_eq!(
+        step_losses_of(&part, "d_loss"),
+        steps,
+        "resumed run differs"
+    );
+    assert_eq!(
+        step_losses_of(&part, "g_loss"),
+        step_losses_of(&full, "g_loss")
+    );
+    // Sampling and evaluation by samples.
+    let png = tmp.path().join("gan.png");
+    ok(run(&["sample", s(&ck), "-n", "8", "--out", s(&png)]));
+    assert_eq!(png_size(&png), (2 + 8 * 30, 2 + 30));
+    let r: Value = serde_json::from_str(&stdout(&ok(run(&[
+        "eval",
+        s(&ck),
+        "--json",
+        "--samples",
+        "64",
+    ]))))
+    .unwrap();
+    assert!(r["likelihood"].is_null());
+    let q = &r["sample_quality"];
+    assert!(
+        q["samples"]["frechet_distance"].as_f64().unwrap()
+            > q["floor"]["frechet_distance"].as_f64().unwrap()
+    );
+    fails_with(
+        &["eval", s(&ck), "--samples", "0"],
+        &["implicit", "--samples"],
+    );
+    // A discriminator loss below 100 counts as collapsed here: the run stops at step 3.
+    let collapse = tmp.path().join("collapse.toml");
+    std::fs::write(
+        &collapse,
+        "model = \"gan\"\n[train]\nlimit = 256\nbatch_size = 32\n[gan]\ncollapse_loss = 100.0\ncollapse_steps = 3\n",
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "train",
+            "--config",
+            s(&collapse),
+            "--out",
+            s(&tmp.path().join("c")),
+        ],
+        &["collapsed at step 3", "last good checkpoint"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&tmp.path().join("d")),
+            "--lr",
+            "1e30",
+        ],
+        &["diverged at step", "last good checkpoint"],
+    );
+}
+
+fn step_losses_of(dir: &Path, key: &str) -> Vec<(u64, f64)> {
+    log_lines(dir)
+        .into_iter()
+        .filter(|v| v["type"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v[key].as_f64().unwrap()))
+        .collect()
 }
