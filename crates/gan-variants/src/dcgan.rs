@@ -12,9 +12,10 @@
 //! `generator.main.{i}` and `discriminator.main.{i}` with the script's `nn.Sequential` indices.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, ModuleT, VarBuilder};
-use layers::conv::{conv2d, conv_transpose2d, ConvSpec};
+use candle_nn::{Init, VarBuilder};
+use layers::conv::ConvSpec;
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
+use layers::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -57,63 +58,13 @@ const WEIGHT_INIT: Init = Init::Randn {
     stdev: 0.02,
 };
 
-fn batch_norm(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    let weight = vb.get_with_hints(
-        channels,
-        "weight",
-        Init::Randn {
-            mean: 1.0,
-            stdev: 0.02,
-        },
-    )?;
-    let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-    let mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
-    let var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
-    BatchNorm::new(
-        channels,
-        mean,
-        var,
-        weight,
-        bias,
-        BatchNormConfig::default().eps,
-    )
-}
+/// BatchNorm scales N(1, 0.02), as `weights_init` sets them.
+const NORM_INIT: Option<Init> = Some(Init::Randn {
+    mean: 1.0,
+    stdev: 0.02,
+});
 
-/// A layer of the `main` sequence.
-enum Layer {
-    /// Transposed convolution: kernel `(in, out, 4, 4)`.
-    Up(Tensor, ConvSpec),
-    /// Convolution: kernel `(out, in, 4, 4)`.
-    Down(Tensor, ConvSpec),
-    Norm(BatchNorm),
-    Relu,
-    LeakyRelu,
-    Tanh,
-}
-
-impl Layer {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match self {
-            Layer::Up(k, spec) => conv_transpose2d(x, k, *spec),
-            Layer::Down(k, spec) => conv2d(x, k, *spec),
-            Layer::Norm(n) => n.forward_t(x, train),
-            Layer::Relu => x.relu(),
-            Layer::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.2),
-            Layer::Tanh => x.tanh(),
-        }
-    }
-}
-
-/// `nn.Sequential` with PyTorch's indices (activations take an index too).
-struct Sequential(Vec<Layer>);
-
-impl Sequential {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.0
-            .iter()
-            .try_fold(x.clone(), |h, l| l.forward(&h, train))
-    }
-}
+const EPS: f64 = 1e-5;
 
 fn spec(stride: usize, padding: usize) -> ConvSpec {
     ConvSpec {
@@ -122,58 +73,59 @@ fn spec(stride: usize, padding: usize) -> ConvSpec {
     }
 }
 
-fn up(i: usize, o: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Layer> {
-    let w = vb.get_with_hints((i, o, 4, 4), "weight", WEIGHT_INIT)?;
-    Ok(Layer::Up(w, spec(stride, padding)))
-}
-
-fn down(i: usize, o: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Layer> {
-    let w = vb.get_with_hints((o, i, 4, 4), "weight", WEIGHT_INIT)?;
-    Ok(Layer::Down(w, spec(stride, padding)))
-}
-
 pub struct Dcgan {
     cfg: Config,
-    generator: Sequential,
-    discriminator: Sequential,
+    generator: Stack,
+    discriminator: Stack,
     device: candle_core::Device,
 }
 
 impl Dcgan {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let k = cfg.stages()?;
-        let g = vb.pp("generator").pp("main");
-        let mut gl = Vec::new();
         let mut ch = cfg.ngf << (k - 1);
         // (b, nz, 1, 1) -> (b, ngf 2^(k-1), 4, 4)
-        gl.push(up(cfg.nz, ch, 1, 0, g.pp(gl.len()))?);
-        gl.push(Layer::Norm(batch_norm(ch, g.pp(gl.len()))?));
-        gl.push(Layer::Relu);
+        let mut g = Sequential::new(vb.pp("generator").pp("main"))
+            .conv_transpose((cfg.nz, ch, 4), spec(1, 0), WEIGHT_INIT)?
+            .batch_norm(ch, EPS, NORM_INIT)?
+            .push(Layer::Relu);
         for _ in 1..k {
-            gl.push(up(ch, ch / 2, 2, 1, g.pp(gl.len()))?);
+            g = g
+                .conv_transpose((ch, ch / 2, 4), spec(2, 1), WEIGHT_INIT)?
+                .batch_norm(ch / 2, EPS, NORM_INIT)?
+                .push(Layer::Relu);
             ch /= 2;
-            gl.push(Layer::Norm(batch_norm(ch, g.pp(gl.len()))?));
-            gl.push(Layer::Relu);
         }
-        gl.push(up(ch, cfg.channels, 2, 1, g.pp(gl.len()))?); // (b, nc, size, size)
-        gl.push(Layer::Tanh);
+        // (b, nc, size, size)
+        let generator = g
+            .conv_transpose((ch, cfg.channels, 4), spec(2, 1), WEIGHT_INIT)?
+            .push(Layer::Tanh)
+            .build();
 
-        let d = vb.pp("discriminator").pp("main");
-        let mut dl = Vec::new();
-        dl.push(down(cfg.channels, cfg.ndf, 2, 1, d.pp(dl.len()))?);
-        dl.push(Layer::LeakyRelu);
+        let mut d = Sequential::new(vb.pp("discriminator").pp("main"))
+            .conv(
+                (cfg.channels, cfg.ndf, 4),
+                spec(2, 1),
+                false,
+                Some(WEIGHT_INIT),
+            )?
+            .push(Layer::LeakyRelu(0.2));
         let mut ch = cfg.ndf;
         for _ in 1..k {
-            dl.push(down(ch, ch * 2, 2, 1, d.pp(dl.len()))?);
+            d = d
+                .conv((ch, ch * 2, 4), spec(2, 1), false, Some(WEIGHT_INIT))?
+                .batch_norm(ch * 2, EPS, NORM_INIT)?
+                .push(Layer::LeakyRelu(0.2));
             ch *= 2;
-            dl.push(Layer::Norm(batch_norm(ch, d.pp(dl.len()))?));
-            dl.push(Layer::LeakyRelu);
         }
-        dl.push(down(ch, 1, 1, 0, d.pp(dl.len()))?); // (b, 1, 1, 1)
+        // (b, 1, 1, 1)
+        let discriminator = d
+            .conv((ch, 1, 4), spec(1, 0), false, Some(WEIGHT_INIT))?
+            .build();
         Ok(Self {
             cfg: cfg.clone(),
-            generator: Sequential(gl),
-            discriminator: Sequential(dl),
+            generator,
+            discriminator,
             device: vb.device().clone(),
         })
     }

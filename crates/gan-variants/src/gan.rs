@@ -10,8 +10,9 @@
 //! Parameters `generator.model.{i}` and `discriminator.model.{i}`, the script's indices.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, Linear, Module, ModuleT, VarBuilder};
+use candle_nn::VarBuilder;
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
+use layers::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -36,84 +37,47 @@ impl Default for Config {
     }
 }
 
-enum Layer {
-    Linear(Linear),
-    Norm(BatchNorm),
-    LeakyRelu,
-    Tanh,
-}
-
-impl Layer {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match self {
-            Layer::Linear(l) => l.forward(x),
-            Layer::Norm(n) => n.forward_t(x, train),
-            Layer::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.2),
-            Layer::Tanh => x.tanh(),
+/// PyTorch-GAN's generator MLP from `input` features to `pixels` tanh outputs.
+pub fn mlp_generator(input: usize, pixels: usize, eps: f64, vb: VarBuilder) -> Result<Stack> {
+    let mut seq = Sequential::new(vb);
+    let widths = [input, 128, 256, 512, 1024];
+    for (k, pair) in widths.windows(2).enumerate() {
+        seq = seq.linear(pair[0], pair[1])?;
+        if k > 0 {
+            seq = seq.batch_norm(pair[1], eps, None)?;
         }
+        seq = seq.push(Layer::LeakyRelu(0.2));
     }
-}
-
-fn run(layers: &[Layer], x: &Tensor, train: bool) -> Result<Tensor> {
-    layers
-        .iter()
-        .try_fold(x.clone(), |h, l| l.forward(&h, train))
+    Ok(seq.linear(1024, pixels)?.push(Layer::Tanh).build())
 }
 
 pub struct Gan {
     cfg: Config,
-    generator: Vec<Layer>,
-    discriminator: Vec<Layer>,
+    generator: Stack,
+    discriminator: Stack,
     device: candle_core::Device,
 }
 
 impl Gan {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let pixels = cfg.channels * cfg.image_size * cfg.image_size;
-        let g = vb.pp("generator").pp("model");
-        let mut gl: Vec<Layer> = Vec::new();
-        let widths = [cfg.latent_dim, 128, 256, 512, 1024];
-        for (k, pair) in widths.windows(2).enumerate() {
-            gl.push(Layer::Linear(layers::init::linear(
-                pair[0],
-                pair[1],
-                g.pp(gl.len()),
-            )?));
-            if k > 0 {
-                let bn = candle_nn::BatchNormConfig {
-                    eps: cfg.batch_norm_eps,
-                    ..Default::default()
-                };
-                gl.push(Layer::Norm(candle_nn::batch_norm(
-                    pair[1],
-                    bn,
-                    g.pp(gl.len()),
-                )?));
-            }
-            gl.push(Layer::LeakyRelu);
-        }
-        gl.push(Layer::Linear(layers::init::linear(
-            1024,
+        let generator = mlp_generator(
+            cfg.latent_dim,
             pixels,
-            g.pp(gl.len()),
-        )?));
-        gl.push(Layer::Tanh);
-
-        let d = vb.pp("discriminator").pp("model");
-        let mut dl: Vec<Layer> = Vec::new();
-        for pair in [pixels, 512, 256].windows(2) {
-            dl.push(Layer::Linear(layers::init::linear(
-                pair[0],
-                pair[1],
-                d.pp(dl.len()),
-            )?));
-            dl.push(Layer::LeakyRelu);
-        }
-        dl.push(Layer::Linear(layers::init::linear(256, 1, d.pp(dl.len()))?));
+            cfg.batch_norm_eps,
+            vb.pp("generator").pp("model"),
+        )?;
+        let discriminator = Sequential::new(vb.pp("discriminator").pp("model"))
+            .linear(pixels, 512)?
+            .push(Layer::LeakyRelu(0.2))
+            .linear(512, 256)?
+            .push(Layer::LeakyRelu(0.2))
+            .linear(256, 1)?
+            .build();
         Ok(Self {
             cfg: cfg.clone(),
-            generator: gl,
-            discriminator: dl,
+            generator,
+            discriminator,
             device: vb.device().clone(),
         })
     }
@@ -136,12 +100,17 @@ impl Adversarial for Gan {
     fn generate(&self, input: &GeneratorInput, train: bool) -> Result<Tensor> {
         let [c, h, w] = self.output_shape();
         let b = input.noise.dim(0)?;
-        run(&self.generator, &input.noise, train)?.reshape((b, c, h, w))
+        self.generator
+            .forward(&input.noise, train)?
+            .reshape((b, c, h, w))
     }
 
     fn discriminate(&self, x: &Tensor, _classes: Option<&Tensor>, train: bool) -> Result<Verdict> {
         Ok(Verdict {
-            logits: run(&self.discriminator, &x.flatten_from(1)?, train)?.flatten_all()?,
+            logits: self
+                .discriminator
+                .forward(&x.flatten_from(1)?, train)?
+                .flatten_all()?,
             q: None,
         })
     }

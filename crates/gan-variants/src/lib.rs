@@ -2,5 +2,7 @@
 //! far; conditional GAN, InfoGAN, text-to-image GAN, Puzzle-GAN, CycleGAN, StarGAN and
 //! Progressive GAN are listed by `genzoo list` and not built yet.
 
+pub mod cgan;
 pub mod dcgan;
 pub mod gan;
+pub mod infogan;

@@ -131,6 +131,34 @@ pub trait Adversarial {
         None
     }
 
+    /// The fixed input of the per-epoch grid (default: random noise); conditional models lay
+    /// their classes or codes out along the rows.
+    fn grid_input(&self, n: usize, rng: &mut Rng) -> Result<GeneratorInput> {
+        self.draw_input(n, rng)
+    }
+
+    /// Images per row of that grid.
+    fn grid_columns(&self) -> usize {
+        8
+    }
+
+    /// Categories of an InfoGAN-style categorical code that Q predicts (None: no code).
+    fn categories(&self) -> Option<usize> {
+        None
+    }
+
+    /// For models with latent codes: `rows x columns` inputs with the categorical code fixed
+    /// per row and continuous code `code` swept along the columns (None: no codes).
+    fn code_sweep(
+        &self,
+        _rows: usize,
+        _columns: usize,
+        _code: usize,
+        _rng: &mut Rng,
+    ) -> Result<Option<GeneratorInput>> {
+        Ok(None)
+    }
+
     /// A loss both networks add (InfoGAN's mutual-information term), from the generator's
     /// input and the discriminator's verdict on the generated images.
     fn auxiliary_loss(
@@ -170,6 +198,27 @@ macro_rules! implicit_model {
                 rng: &mut $crate::Rng,
             ) -> candle_core::Result<candle_core::Tensor> {
                 let input = $crate::gan::Adversarial::draw_input(self, n, rng)?;
+                let x = $crate::gan::Adversarial::generate(self, &input, false)?;
+                $crate::gan::to_unit_range(&x)
+            }
+
+            fn classes(&self) -> Option<usize> {
+                $crate::gan::Adversarial::classes(self)
+            }
+
+            fn sample_classes(
+                &self,
+                classes: &[u32],
+                rng: &mut $crate::Rng,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                let Some(k) = $crate::gan::Adversarial::classes(self) else {
+                    candle_core::bail!("this model is not class-conditional");
+                };
+                if let Some(c) = classes.iter().find(|&&c| c as usize >= k) {
+                    candle_core::bail!("class {c} asked of a model of {k} classes");
+                }
+                let mut input = $crate::gan::Adversarial::draw_input(self, classes.len(), rng)?;
+                input.classes = Some(candle_core::Tensor::new(classes, input.noise.device())?);
                 let x = $crate::gan::Adversarial::generate(self, &input, false)?;
                 $crate::gan::to_unit_range(&x)
             }

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod optim;
 pub mod recurrence;
 pub mod rng;
+pub mod sequential;
 pub mod stats;
 
 pub use checkpoint::Checkpoint;

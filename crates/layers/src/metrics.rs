@@ -122,6 +122,22 @@ pub fn accuracy(predicted: &[usize], wanted: &[usize]) -> f64 {
     hits as f64 / predicted.len().max(1) as f64
 }
 
+/// The accuracy of unsupervised clusters as classes under the best one-to-one assignment of
+/// clusters to classes (the Hungarian method, Kuhn 1955), e.g. InfoGAN's categorical code
+/// against digit labels. `clusters` and `labels` index `0..k`.
+pub fn best_assignment_accuracy(clusters: &[usize], labels: &[usize], k: usize) -> f64 {
+    // counts[c][l]: images of cluster c with label l.
+    let mut counts = vec![vec![0i64; k]; k];
+    for (&c, &l) in clusters.iter().zip(labels) {
+        if c < k && l < k {
+            counts[c][l] += 1;
+        }
+    }
+    let weights = pathfinding::matrix::Matrix::from_rows(counts).expect("square counts");
+    let (matched, _) = pathfinding::kuhn_munkres::kuhn_munkres(&weights);
+    matched as f64 / clusters.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +195,19 @@ mod tests {
         assert!((classifier_score(&eye) - 4.0).abs() < 1e-9);
         assert!((classifier_score(&vec![vec![1.0, 0.0, 0.0, 0.0]; 4]) - 1.0).abs() < 1e-9);
         assert!((classifier_score(&vec![vec![0.25; 4]; 4]) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn clusters_are_matched_to_labels_one_to_one() {
+        // Clusters are labels permuted (0->2, 1->0, 2->1), one image mislabelled.
+        let labels = [0, 0, 1, 1, 2, 2, 2];
+        let clusters = [2, 2, 0, 0, 1, 1, 0];
+        let acc = best_assignment_accuracy(&clusters, &labels, 3);
+        assert!((acc - 6.0 / 7.0).abs() < 1e-12, "{acc}");
+        // Everything in one cluster: only one class can be matched.
+        assert!(
+            (best_assignment_accuracy(&[0; 6], &[0, 0, 1, 1, 2, 2], 3) - 1.0 / 3.0).abs() < 1e-12
+        );
     }
 
     #[test]

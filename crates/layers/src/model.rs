@@ -80,6 +80,17 @@ pub trait GenerativeModel {
         None
     }
 
+    /// How many classes a class-conditional model can be asked for (None: unconditional).
+    fn classes(&self) -> Option<usize> {
+        None
+    }
+
+    /// Draws one image of each requested class, `(n, c, h, w)` in `[0, 1]`.
+    fn sample_classes(&self, classes: &[u32], _rng: &mut Rng) -> Result<Tensor> {
+        let _ = classes;
+        candle_core::bail!("this model is not class-conditional")
+    }
+
     /// The model's latent space, if it has an encoder and a decoder.
     fn as_latent(&self) -> Option<&dyn LatentVariableModel> {
         None

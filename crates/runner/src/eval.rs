@@ -8,10 +8,13 @@ use layers::loss::bits_per_dim;
 use layers::{Likelihood, LikelihoodOptions, Rng, Stream};
 use serde::Serialize;
 
-use crate::checkpoint::{load_any, Loaded};
+use crate::checkpoint::{load_any, Loaded, LoadedAdversarial};
 use crate::config::RunConfig;
 use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Binarization, Split};
+use crate::gan_train::{load_images, real_batch};
 use crate::quality::{evaluate_samples, QualityReport};
+use anyhow::Context;
+use layers::metrics::best_assignment_accuracy;
 
 pub struct EvalArgs {
     pub checkpoint: PathBuf,
@@ -52,6 +55,8 @@ pub struct EvalReport {
     pub importance_samples: Option<usize>,
     pub metrics: Vec<MetricRow>,
     pub sample_quality: Option<QualityReport>,
+    /// InfoGAN: test accuracy of the categorical code through Q, best assignment to digits.
+    pub code_accuracy: Option<f64>,
 }
 
 fn describe(name: &str) -> &str {
@@ -88,7 +93,9 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
                 "model `{}` is implicit (no likelihood): its evaluation is the sample metrics, so --samples must be positive",
                 a.run.model
             );
+            let code_accuracy = code_accuracy(&a, args)?;
             return Ok(EvalReport {
+                code_accuracy,
                 model: a.run.model.clone(),
                 checkpoint: args.checkpoint.display().to_string(),
                 step: a.progress.step,
@@ -161,7 +168,40 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
             .then_some(args.importance_samples),
         metrics,
         sample_quality,
+        code_accuracy: None,
     })
+}
+
+/// For a model whose discriminator predicts a categorical code (InfoGAN's Q): how well that
+/// code classifies the test digits under the best one-to-one assignment of codes to digits.
+fn code_accuracy(model: &LoadedAdversarial, args: &EvalArgs) -> Result<Option<f64>> {
+    let gan = model.model.as_ref();
+    let Some(k) = gan.categories() else {
+        return Ok(None);
+    };
+    let shape = gan.output_shape();
+    let test = load_images(args.data.as_deref(), Split::Test, shape)?;
+    let Some(labels) = &test.labels else {
+        return Ok(None);
+    };
+    let order: Vec<usize> = (0..test.len()).collect();
+    let mut clusters = Vec::with_capacity(test.len());
+    for b in 0..batches_per_epoch(test.len(), args.batch_size) {
+        let idx = batch_indices(&order, args.batch_size, b);
+        let (x, _) = real_batch(&test, idx, shape, false, &args.device)?;
+        let verdict = gan.discriminate(&x, None, false)?;
+        let q = verdict
+            .q
+            .with_context(|| format!("model `{}` has no Q head", model.run.model))?;
+        let predicted = q.narrow(1, 0, k)?.argmax(1)?.to_vec1::<u32>()?;
+        clusters.extend(predicted.into_iter().map(|c| c as usize));
+    }
+    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    Ok(Some(best_assignment_accuracy(
+        &clusters,
+        &labels,
+        k.max(10),
+    )))
 }
 
 pub fn print_table(r: &EvalReport) {
@@ -171,6 +211,12 @@ pub fn print_table(r: &EvalReport) {
         println!("likelihood  none (implicit model)");
         if let Some(q) = &r.sample_quality {
             crate::quality::print(q);
+        }
+        if let Some(a) = r.code_accuracy {
+            println!(
+                "categorical code as digit (through Q, best one-to-one assignment): {:.1}% of the test digits",
+                100.0 * a
+            );
         }
         return;
     };

@@ -111,7 +111,7 @@ fn start(args: &TrainArgs) -> Result<(RunConfig, Networks, Progress, std::path::
 }
 
 /// Digits are 28 x 28; a larger model (DCGAN's 32 x 32) gets them centred on a black border.
-fn load_images(data: Option<&Path>, split: Split, shape: [usize; 3]) -> Result<Dataset> {
+pub(crate) fn load_images(data: Option<&Path>, split: Split, shape: [usize; 3]) -> Result<Dataset> {
     let [c, h, w] = shape;
     let digits = data.is_none_or(is_idx_dir);
     if digits && h > 28 && w > 28 {
@@ -122,7 +122,7 @@ fn load_images(data: Option<&Path>, split: Split, shape: [usize; 3]) -> Result<D
 }
 
 /// A batch in [-1, 1] at the model's size, and its class labels when the model wants them.
-fn real_batch(
+pub(crate) fn real_batch(
     data: &Dataset,
     idx: &[usize],
     shape: [usize; 3],
@@ -244,7 +244,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         enable_second_order_gradients();
     }
     let shape = nets.model.image_shape();
-    let conditional = nets.model.classes().is_some();
+    let conditional = layers::gan::Adversarial::classes(nets.model.as_ref()).is_some();
     let mut train_data = load_images(args.data.as_deref(), Split::Train, shape)?;
     if run.train.limit > 0 {
         train_data.truncate(run.train.limit);
@@ -270,7 +270,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     // The grid's fixed input: the same noise (and classes, codes) every epoch.
     let grid_input = nets
         .model
-        .draw_input(t.sample_count, &mut Rng::derive(t.seed, Stream::Sample, 0))?;
+        .grid_input(t.sample_count, &mut Rng::derive(t.seed, Stream::Sample, 0))?;
     let mut window = (Instant::now(), 0usize);
     let mut collapsed_for = 0u64;
     let mut interrupted = false;
@@ -424,7 +424,11 @@ fn save_grid(nets: &mut Networks, input: &layers::gan::GeneratorInput, path: &Pa
         .generate(input, false)
         .and_then(|x| layers::gan::to_unit_range(&x));
     nets.average.swap()?;
-    save_image(&images?, path, GridOptions::default())
+    let grid = GridOptions {
+        nrow: nets.model.grid_columns(),
+        ..GridOptions::default()
+    };
+    save_image(&images?, path, grid)
 }
 
 fn plot_losses(logger: &crate::train::Logger, run: &RunConfig, dir: &RunDir) -> Result<()> {

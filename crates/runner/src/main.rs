@@ -236,9 +236,12 @@ struct SampleCmd {
     padding: usize,
     #[arg(long, value_enum, default_value = "sample")]
     mode: sample::SampleMode,
-    /// Images per interpolation row.
+    /// Images per interpolation or code-sweep row.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// The continuous code `--mode codes` sweeps.
+    #[arg(long, default_value_t = 0)]
+    code: usize,
     /// Test images for reconstruct / interpolate (default: the bundled subset).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -367,6 +370,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mode: cmd.mode,
                 steps: cmd.steps,
                 data: cmd.data,
+                code: cmd.code,
                 device: device()?,
             })?;
             println!("wrote {} images to {}", n, cmd.out.display());

@@ -156,17 +156,26 @@ pub fn evaluate_samples(
     let train = load_split(data, Split::Train, digits)?;
     let test = load_split(data, Split::Test, digits)?;
     let (reference, floor) = reference_and_floor(&net, &train, &test, n, model.values(), device)?;
+    // A conditional model is asked for every class in turn.
+    let wanted: Option<Vec<u32>> = model
+        .classes()
+        .map(|k| (0..n).map(|i| (i % k) as u32).collect());
     let mut batches = Vec::new();
     for (k, start) in (0..n).step_by(100).enumerate() {
         let mut rng = Rng::derive(seed, Stream::Sample, k as u64);
-        batches.push(model.sample(100.min(n - start), &mut rng)?);
+        let count = 100.min(n - start);
+        batches.push(match &wanted {
+            Some(w) => model.sample_classes(&w[start..start + count], &mut rng)?,
+            None => model.sample(count, &mut rng)?,
+        });
     }
     let images = Tensor::cat(&batches, 0)?;
+    let wanted: Option<Vec<usize>> = wanted.map(|w| w.iter().map(|&c| c as usize).collect());
     let samples = measure(
         &describe(&net, &images)?,
         &reference,
         net.config().classes,
-        None,
+        wanted.as_deref(),
     )?;
     Ok(QualityReport {
         samples,

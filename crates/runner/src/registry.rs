@@ -224,15 +224,31 @@ pub const MODELS: &[ModelEntry] = &[
         name: "cgan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
-        summary: "class-conditional GAN",
-        build: None,
+        summary: "class-conditional GAN (Mirza & Osindero 2014), PyTorch-GAN architecture",
+        build: Some(Builder::Adversarial(|t, vb| {
+            adversarial(build_with(
+                t,
+                vb,
+                gan_variants::cgan::Config::default(),
+                "cgan",
+                gan_variants::cgan::ConditionalGan::new,
+            ))
+        })),
     },
     ModelEntry {
         name: "infogan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
-        summary: "InfoGAN (Chen et al. 2016)",
-        build: None,
+        summary: "InfoGAN (Chen et al. 2016), PyTorch-GAN architecture",
+        build: Some(Builder::Adversarial(|t, vb| {
+            adversarial(build_with(
+                t,
+                vb,
+                gan_variants::infogan::Config::default(),
+                "infogan",
+                gan_variants::infogan::InfoGan::new,
+            ))
+        })),
     },
     ModelEntry {
         name: "text2image-gan",

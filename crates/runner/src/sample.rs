@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use layers::{Rng, Stream};
 
-use crate::checkpoint::load_any;
+use crate::checkpoint::{load_any, Loaded};
 use crate::config::RunConfig;
 use crate::data::{load_split, make_batch, Binarization, Split};
 use crate::grid::{save_image, GridOptions};
@@ -24,6 +24,9 @@ pub enum SampleMode {
     Interpolate,
     /// For a 2-D latent space: a grid over the latent plane.
     Manifold,
+    /// For a model with latent codes (InfoGAN): the categorical code fixed per row, continuous
+    /// code `--code` swept along the columns (`--steps` of them).
+    Codes,
 }
 
 pub struct SampleArgs {
@@ -35,6 +38,8 @@ pub struct SampleArgs {
     pub mode: SampleMode,
     pub steps: usize,
     pub data: Option<PathBuf>,
+    /// The continuous code that `codes` sweeps.
+    pub code: usize,
     pub device: Device,
     pub plain: Option<RunConfig>,
 }
@@ -86,6 +91,21 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
             }
             grid.nrow = args.steps;
             Tensor::cat(&out, 0)?
+        }
+        SampleMode::Codes => {
+            let Loaded::Adversarial(a) = &loaded else {
+                anyhow::bail!(
+                    "model `{}` has no latent codes to sweep",
+                    loaded.run().model
+                );
+            };
+            let rows = args.n.div_ceil(args.steps).max(1);
+            let input = a
+                .model
+                .code_sweep(rows, args.steps, args.code, &mut rng)?
+                .with_context(|| format!("model `{}` has no latent codes to sweep", a.run.model))?;
+            grid.nrow = args.steps;
+            layers::gan::to_unit_range(&a.model.generate(&input, false)?)?
         }
         SampleMode::Manifold => {
             let side = (args.n as f64).sqrt().round().max(2.0) as usize;

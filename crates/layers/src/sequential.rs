@@ -1,0 +1,149 @@
+//! PyTorch's `nn.Sequential` with its numbering: every layer, activations included, takes the
+//! next index, so weights load by the reference names (`model.3.weight`, `main.1.running_var`).
+//! The GANs of PyTorch-GAN and pytorch/examples are written this way.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{BatchNorm, Init, Linear, ModuleT, VarBuilder};
+
+use crate::conv::{conv2d, conv_transpose2d, ConvSpec};
+
+pub enum Layer {
+    Linear(Linear),
+    /// Convolution with kernel `(out, in, kh, kw)` and optional bias.
+    Conv(Tensor, Option<Tensor>, ConvSpec),
+    /// Transposed convolution with kernel `(in, out, kh, kw)`, no bias.
+    ConvTranspose(Tensor, ConvSpec),
+    BatchNorm(BatchNorm),
+    LeakyRelu(f64),
+    Relu,
+    Tanh,
+    /// Nearest-neighbour upsampling by 2.
+    Upsample2,
+    /// Passes its input through: a reference layer left out (dropout, which Candle's CPU backend
+    /// cannot seed) that still takes its index.
+    Identity,
+}
+
+impl Layer {
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Layer::Linear(l) => l.forward(x),
+            Layer::Conv(k, bias, spec) => {
+                let y = conv2d(x, k, *spec)?;
+                match bias {
+                    Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                    None => Ok(y),
+                }
+            }
+            Layer::ConvTranspose(k, spec) => conv_transpose2d(x, k, *spec),
+            Layer::BatchNorm(n) => n.forward_t(x, train),
+            Layer::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, *slope),
+            Layer::Relu => x.relu(),
+            Layer::Tanh => x.tanh(),
+            Layer::Identity => Ok(x.clone()),
+            Layer::Upsample2 => {
+                let (_, _, h, w) = x.dims4()?;
+                x.upsample_nearest2d(2 * h, 2 * w)
+            }
+        }
+    }
+}
+
+/// Layers under one `VarBuilder` prefix, each at its index.
+pub struct Sequential<'a> {
+    vb: VarBuilder<'a>,
+    pub layers: Vec<Layer>,
+}
+
+impl<'a> Sequential<'a> {
+    pub fn new(vb: VarBuilder<'a>) -> Self {
+        Self {
+            vb,
+            layers: Vec::new(),
+        }
+    }
+
+    /// The prefix of the next layer.
+    fn next(&self) -> VarBuilder<'a> {
+        self.vb.pp(self.layers.len())
+    }
+
+    /// `nn.Linear(i, o)` with PyTorch's default init.
+    pub fn linear(mut self, i: usize, o: usize) -> Result<Self> {
+        let l = crate::init::linear(i, o, self.next())?;
+        self.layers.push(Layer::Linear(l));
+        Ok(self)
+    }
+
+    /// `nn.Conv2d(i, o, k, stride, padding, bias)` with the given weight init (PyTorch's
+    /// default when None).
+    pub fn conv(
+        mut self,
+        (i, o, k): (usize, usize, usize),
+        spec: ConvSpec,
+        bias: bool,
+        init: Option<Init>,
+    ) -> Result<Self> {
+        let vb = self.next();
+        let default = crate::init::torch_uniform(i * k * k);
+        let w = vb.get_with_hints((o, i, k, k), "weight", init.unwrap_or(default))?;
+        let b = if bias {
+            Some(vb.get_with_hints(o, "bias", default)?)
+        } else {
+            None
+        };
+        self.layers.push(Layer::Conv(w, b, spec));
+        Ok(self)
+    }
+
+    /// `nn.ConvTranspose2d(i, o, k, stride, padding, bias=False)`.
+    pub fn conv_transpose(
+        mut self,
+        (i, o, k): (usize, usize, usize),
+        spec: ConvSpec,
+        init: Init,
+    ) -> Result<Self> {
+        let w = self.next().get_with_hints((i, o, k, k), "weight", init)?;
+        self.layers.push(Layer::ConvTranspose(w, spec));
+        Ok(self)
+    }
+
+    /// `nn.BatchNorm1d/2d(channels, eps)`; `weight_init` None keeps PyTorch's ones.
+    pub fn batch_norm(
+        mut self,
+        channels: usize,
+        eps: f64,
+        weight_init: Option<Init>,
+    ) -> Result<Self> {
+        let vb = self.next();
+        let weight =
+            vb.get_with_hints(channels, "weight", weight_init.unwrap_or(Init::Const(1.0)))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+        let bn = BatchNorm::new(channels, mean, var, weight, bias, eps)?;
+        self.layers.push(Layer::BatchNorm(bn));
+        Ok(self)
+    }
+
+    /// An activation or other layer without weights (it still takes an index).
+    pub fn push(mut self, layer: Layer) -> Self {
+        self.layers.push(layer);
+        self
+    }
+
+    pub fn build(self) -> Stack {
+        Stack(self.layers)
+    }
+}
+
+/// A built sequence of layers.
+pub struct Stack(pub Vec<Layer>);
+
+impl Stack {
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.0
+            .iter()
+            .try_fold(x.clone(), |h, l| l.forward(&h, train))
+    }
+}
