@@ -81,7 +81,7 @@ pub struct InfoGan {
 
 impl InfoGan {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if cfg.image_size % 16 != 0 {
+        if !cfg.image_size.is_multiple_of(16) {
             candle_core::bail!(
                 "InfoGAN image_size must be a multiple of 16, got {}",
                 cfg.image_size
