@@ -137,11 +137,7 @@ impl Adversarial for Dcgan {
     }
 
     fn draw_input(&self, n: usize, rng: &mut Rng) -> Result<GeneratorInput> {
-        Ok(GeneratorInput {
-            noise: rng.normal((n, self.cfg.nz), &self.device)?,
-            classes: None,
-            codes: None,
-        })
+        GeneratorInput::noise(n, self.cfg.nz, rng, &self.device)
     }
 
     /// `(b, nz) -> (b, nc, size, size)`.

@@ -89,11 +89,7 @@ impl Adversarial for Gan {
     }
 
     fn draw_input(&self, n: usize, rng: &mut Rng) -> Result<GeneratorInput> {
-        Ok(GeneratorInput {
-            noise: rng.normal((n, self.cfg.latent_dim), &self.device)?,
-            classes: None,
-            codes: None,
-        })
+        GeneratorInput::noise(n, self.cfg.latent_dim, rng, &self.device)
     }
 
     /// `(b, latent) -> (b, c, h, w)`.

@@ -101,6 +101,22 @@ pub struct GeneratorInput {
     pub codes: Option<Tensor>,
 }
 
+impl GeneratorInput {
+    /// `n` standard normal noise vectors of `dim` values, nothing else.
+    pub fn noise(
+        n: usize,
+        dim: usize,
+        rng: &mut Rng,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            noise: rng.normal((n, dim), device)?,
+            classes: None,
+            codes: None,
+        })
+    }
+}
+
 /// What the discriminator says about a batch.
 pub struct Verdict {
     /// `(b)` logits (critic values for WGAN-GP).

@@ -33,8 +33,8 @@ use crate::data::{
 use crate::grid::{save_image, GridOptions};
 use crate::plot::{plot_curves, Series};
 use crate::train::{
-    new_run_dir, open_run, resumed_config, resumed_run_dir, start_progress, RunDir, TrainArgs,
-    TrainOutcome, INTERRUPTED,
+    finish_run, new_run_dir, open_run, resumed_config, resumed_run_dir, start_progress, RunDir,
+    TrainArgs, TrainOutcome, INTERRUPTED,
 };
 
 const G_OPTIMIZER: &str = "optimizer.generator";
@@ -398,22 +398,13 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             break;
         }
     }
-    bar.finish_and_clear();
-    if interrupted {
-        eprintln!(
-            "interrupted at step {}: saved {}; continue with `genzoo train {} --resume {}`",
-            progress.step,
-            dir.last_checkpoint().display(),
-            run.model,
-            dir.last_checkpoint().display()
-        );
-    }
-    Ok(TrainOutcome {
-        run_dir: dir.root.clone(),
-        step: progress.step,
+    Ok(finish_run(
+        &bar,
         interrupted,
-        last_checkpoint: dir.last_checkpoint(),
-    })
+        progress.step,
+        &dir,
+        &run.model,
+    ))
 }
 
 /// The grid of the fixed input, drawn with the averaged generator in inference mode.

@@ -453,22 +453,37 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             break;
         }
     }
+    Ok(finish_run(
+        &bar,
+        interrupted,
+        progress.step,
+        &dir,
+        &run.model,
+    ))
+}
+
+/// Closes the progress bar; after an interruption, says how to continue.
+pub(crate) fn finish_run(
+    bar: &ProgressBar,
+    interrupted: bool,
+    step: u64,
+    dir: &RunDir,
+    model: &str,
+) -> TrainOutcome {
     bar.finish_and_clear();
     if interrupted {
         eprintln!(
-            "interrupted at step {}: saved {}; continue with `genzoo train {} --resume {}`",
-            progress.step,
+            "interrupted at step {step}: saved {}; continue with `genzoo train {model} --resume {}`",
             dir.last_checkpoint().display(),
-            run.model,
             dir.last_checkpoint().display()
         );
     }
-    Ok(TrainOutcome {
+    TrainOutcome {
         run_dir: dir.root.clone(),
-        step: progress.step,
+        step,
         interrupted,
         last_checkpoint: dir.last_checkpoint(),
-    })
+    }
 }
 
 /// End of an epoch: the epoch's mean training metrics, the test metrics, a sample grid from a
