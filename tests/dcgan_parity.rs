@@ -82,8 +82,7 @@ fn one_training_iteration_matches_pytorch_examples() -> Result<()> {
         beta1: 0.5,
         ..AdamConfig::default()
     };
-    let mut opt_d =
-        Adam::from_named_vars(vars_with_prefix(&varmap, "discriminator."), adam.clone())?;
+    let mut opt_d = Adam::from_named_vars(vars_with_prefix(&varmap, "discriminator."), adam)?;
     let mut opt_g = Adam::from_named_vars(vars_with_prefix(&varmap, "generator."), adam)?;
     opt_d.backward_step(&err_d)?;
     let d_fake_after = model.discriminate(&fake, None, true)?.logits;
