@@ -843,6 +843,81 @@ fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
     );
 }
 
+/// The conditional GAN reports agreement with the requested class; InfoGAN reports its code's
+/// accuracy through Q and sweeps its codes.
+#[test]
+fn conditional_and_info_gans_report_their_own_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    for model in ["cgan", "infogan"] {
+        let cfg = tmp.path().join(format!("{model}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("model = \"{model}\"\n[train]\nlimit = 64\nbatch_size = 16\nepochs = 1\nsample_count = 20\n"),
+        )
+        .unwrap();
+        let out = tmp.path().join(model);
+        ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
+        let grid = out.join("samples/epoch-0001.png");
+        let side = if model == "cgan" { 30 } else { 34 };
+        assert_eq!(
+            png_size(&grid),
+            (2 + 10 * side, 2 + 2 * side),
+            "{model}: 10 per row"
+        );
+        let ck = out.join("checkpoints/last.safetensors");
+        let r: Value = serde_json::from_str(&stdout(&ok(run(&[
+            "eval",
+            s(&ck),
+            "--json",
+            "--samples",
+            "20",
+        ]))))
+        .unwrap();
+        let conditional = &r["sample_quality"]["samples"]["conditional_accuracy"];
+        assert_eq!(conditional.is_f64(), model == "cgan", "{model}: {r}");
+        assert_eq!(
+            r["code_accuracy"].is_f64(),
+            model == "infogan",
+            "{model}: {r}"
+        );
+    }
+    let ck = tmp.path().join("infogan/checkpoints/last.safetensors");
+    let png = tmp.path().join("codes.png");
+    ok(run(&[
+        "sample",
+        s(&ck),
+        "--mode",
+        "codes",
+        "--code",
+        "1",
+        "-n",
+        "30",
+        "--steps",
+        "5",
+        "--out",
+        s(&png),
+    ]));
+    assert_eq!(png_size(&png), (2 + 5 * 34, 2 + 6 * 34));
+    fails_with(
+        &[
+            "sample",
+            s(&ck),
+            "--mode",
+            "codes",
+            "--code",
+            "7",
+            "--out",
+            s(&png),
+        ],
+        &["--code 7 is out of range"],
+    );
+    let cgan = tmp.path().join("cgan/checkpoints/last.safetensors");
+    fails_with(
+        &["sample", s(&cgan), "--mode", "codes", "--out", s(&png)],
+        &["no latent codes"],
+    );
+}
+
 fn step_losses_of(dir: &Path, key: &str) -> Vec<(u64, f64)> {
     log_lines(dir)
         .into_iter()
