@@ -10,11 +10,15 @@ import time
 
 import torch
 
+import torch.nn.functional as F
+
 from common import VAE
 from train_ar_reference import MODELS, nll
+from train_gan_reference import discriminator, generator, weights_init
 
 WORKLOADS = {
     # name: (model factory, batch, lr, kind)
+    "dcgan": (lambda: (generator(100, 64, 1), discriminator(64, 1)), 64, 2e-4, "gan"),
     "vae": (VAE, 128, 1e-3, "vae"),
     "pixelcnn": (MODELS["pixelcnn"], 32, 1e-3, "train"),
     "pixelcnn_sample_naive": (MODELS["pixelcnn"], 16, 0.0, "sample"),
@@ -34,6 +38,8 @@ def run(name, steps, threads):
     torch.manual_seed(0)
     model = factory()
     x = (torch.rand(batch, 784) < 0.5).float()
+    if kind == "gan":
+        return gan_run(name, model, batch, lr, steps, threads)
     if kind == "sample":
         start = time.perf_counter()
         with torch.no_grad():
@@ -61,6 +67,39 @@ def run(name, steps, threads):
         for _ in range(steps):
             step()
         seconds = time.perf_counter() - start
+    return {"workload": name, "device": "cpu", "threads": threads, "batch": batch, "steps": steps,
+            "images_per_sec": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
+
+
+def gan_run(name, nets, batch, lr, steps, threads):
+    """One iteration of pytorch/examples dcgan/main.py on random images in [-1, 1]."""
+    net_g, net_d = nets
+    net_g.apply(weights_init)
+    net_d.apply(weights_init)
+    opt_g = torch.optim.Adam(net_g.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(net_d.parameters(), lr=lr, betas=(0.5, 0.999))
+    real = torch.rand(batch, 1, 32, 32) * 2 - 1
+    ones, zeros = torch.ones(batch), torch.zeros(batch)
+
+    def step():
+        fake = net_g(torch.randn(batch, 100, 1, 1))
+        err_d = F.binary_cross_entropy_with_logits(net_d(real).view(-1), ones) + \
+            F.binary_cross_entropy_with_logits(net_d(fake.detach()).view(-1), zeros)
+        opt_d.zero_grad()
+        err_d.backward()
+        opt_d.step()
+        fake = net_g(torch.randn(batch, 100, 1, 1))
+        err_g = F.binary_cross_entropy_with_logits(net_d(fake).view(-1), ones)
+        opt_g.zero_grad()
+        err_g.backward()
+        opt_g.step()
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
     return {"workload": name, "device": "cpu", "threads": threads, "batch": batch, "steps": steps,
             "images_per_sec": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
 

@@ -33,6 +33,9 @@ pub enum WorkloadKind {
     Sample,
     /// A whole sampling run with the reference loop (the full network per pixel).
     SampleReference,
+    /// One GAN iteration: a discriminator step on real and detached fake images, a generator
+    /// step.
+    AdversarialStep,
     /// Not built yet.
     Missing,
 }
@@ -44,7 +47,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[],
         batch: 64,
         lr: 2e-4,
-        kind: WorkloadKind::Missing,
+        kind: WorkloadKind::AdversarialStep,
     },
     Workload {
         name: "vae",
@@ -156,6 +159,9 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
         run.model_config
             .insert((*k).into(), toml::Value::Integer(*v));
     }
+    if w.kind == WorkloadKind::AdversarialStep {
+        return adversarial_workload(w, run, device, steps);
+    }
     let (model, varmap, _) = build_model(&run, device)?;
     reset_peak_memory();
     let (seconds, steps_run) = match w.kind {
@@ -195,18 +201,51 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
             images.to_device(&Device::Cpu)?;
             (start.elapsed().as_secs_f64(), 1)
         }
-        WorkloadKind::Missing => unreachable!(),
+        WorkloadKind::Missing | WorkloadKind::AdversarialStep => unreachable!(),
     };
-    Ok(BenchResult {
+    Ok(result(w, device, seconds, steps_run))
+}
+
+fn result(w: &Workload, device: &Device, seconds: f64, steps: usize) -> BenchResult {
+    BenchResult {
         workload: w.name.into(),
         device: layers::device::device_name(device),
         threads: rayon_threads(),
         batch: w.batch,
-        steps: steps_run,
-        images_per_sec: (w.batch * steps_run) as f64 / seconds,
-        ms_per_step: 1000.0 * seconds / steps_run as f64,
+        steps,
+        images_per_sec: (w.batch * steps) as f64 / seconds,
+        ms_per_step: 1000.0 * seconds / steps as f64,
         peak_mib: peak_memory_mib(),
-    })
+    }
+}
+
+/// GAN iterations through the training loop's own step, on random images in [-1, 1].
+fn adversarial_workload(
+    w: &Workload,
+    mut run: RunConfig,
+    device: &Device,
+    steps: usize,
+) -> Result<BenchResult> {
+    run.train.lr = w.lr;
+    let (model, varmap, run) = crate::checkpoint::build_adversarial(&run, device)?;
+    let [c, h, wd] = layers::gan::Adversarial::output_shape(model.as_ref());
+    let mut nets = crate::gan_train::networks(model, varmap, &run)?;
+    reset_peak_memory();
+    let real = ((Rng::new(0).uniform((w.batch, c, h, wd), device)? * 2.0)? - 1.0)?;
+    let mut rng = Rng::new(1);
+    let mut step = || -> Result<()> {
+        crate::gan_train::adversarial_step(&mut nets, &run, &real, None, &mut rng)?;
+        device.synchronize()?;
+        Ok(())
+    };
+    for _ in 0..2 {
+        step()?;
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    Ok(result(w, device, start.elapsed().as_secs_f64(), steps))
 }
 
 fn rayon_threads() -> usize {
@@ -250,7 +289,7 @@ mod tests {
         let r = run_workload(find("vae")?, &Device::Cpu, 1)?;
         assert_eq!((r.batch, r.steps), (128, 1));
         assert!(r.images_per_sec > 0.0 && r.ms_per_step > 0.0);
-        let e = run_workload(find("dcgan")?, &Device::Cpu, 1)
+        let e = run_workload(find("cyclegan")?, &Device::Cpu, 1)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not built yet"), "{e}");

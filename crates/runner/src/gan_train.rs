@@ -41,7 +41,7 @@ const G_OPTIMIZER: &str = "optimizer.generator";
 const D_OPTIMIZER: &str = "optimizer.discriminator";
 
 /// The model, its variables, the two optimisers and the weight average.
-struct Networks {
+pub(crate) struct Networks {
     model: Box<dyn AdversarialModel>,
     varmap: VarMap,
     generator: Adam,
@@ -49,7 +49,11 @@ struct Networks {
     average: WeightAverage,
 }
 
-fn networks(model: Box<dyn AdversarialModel>, varmap: VarMap, run: &RunConfig) -> Result<Networks> {
+pub(crate) fn networks(
+    model: Box<dyn AdversarialModel>,
+    varmap: VarMap,
+    run: &RunConfig,
+) -> Result<Networks> {
     let g_vars = vars_with_prefix(&varmap, "generator.");
     let d_vars = vars_with_prefix(&varmap, "discriminator.");
     if g_vars.is_empty() || d_vars.is_empty() {
@@ -151,7 +155,7 @@ pub(crate) fn real_batch(
 
 /// One batch: `d_steps` discriminator steps, one generator step, the average's update.
 /// Returns the step's metrics.
-fn adversarial_step(
+pub(crate) fn adversarial_step(
     nets: &mut Networks,
     run: &RunConfig,
     real: &Tensor,
