@@ -3,7 +3,7 @@ pytorch/examples dcgan/main.py networks at 32 x 32 (one stride-2 stage fewer tha
 the same data (the 8,006 bundled training digits, 28 x 28 centred on a black 32 x 32 frame,
 in [-1, 1]), the same hyperparameters (Adam 2e-4, beta1 0.5, batch 64, BCE with the
 non-saturating generator loss, N(0, 0.02) init) and the same sampling rule (an exponential
-moving average of G's weights and BatchNorm buffers, decay 0.999). Saves safetensors with
+moving average of G's weights and BatchNorm buffers, decay 0.999 after a warm-up). Saves safetensors with
 genzoo's names, so genzoo's own evaluator measures both:
 
     python scripts/train_gan_reference.py --epochs 5 --ngf 32 --ndf 32 --out runs/dcgan-pytorch.safetensors
@@ -91,9 +91,11 @@ def main():
             loss_g.backward()
             opt_g.step()
             with torch.no_grad():
+                # genzoo's warm-up: decay min(ema, (1 + n) / (10 + n)) at the n-th update.
+                d = min(args.ema, (1 + steps) / (10 + steps))
                 for a, v in zip(average.state_dict().values(), net_g.state_dict().values()):
                     if a.dtype.is_floating_point:
-                        a.mul_(args.ema).add_(v, alpha=1 - args.ema)
+                        a.mul_(d).add_(v, alpha=1 - d)
             steps += 1
         print(f"epoch {epoch + 1}: loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} ({time.time() - start:.0f} s)", flush=True)
     seconds = time.time() - start

@@ -242,9 +242,13 @@ macro_rules! implicit_model {
     };
 }
 
-/// An exponential moving average of some variables: `avg = decay avg + (1 - decay) value`.
+/// An exponential moving average of some variables: `avg = d avg + (1 - d) value` with
+/// `d = min(decay, (1 + n) / (10 + n))` at the `n`-th update. The warm-up keeps short runs from
+/// sampling mostly the initial weights (0.999^630 = 0.53 of them would remain after 630 steps).
 pub struct WeightAverage {
     pub decay: f64,
+    /// Updates so far.
+    pub updates: u64,
     pub slots: Vec<(String, Var, Tensor)>,
 }
 
@@ -258,14 +262,26 @@ impl WeightAverage {
                 Ok((name, var, avg))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { decay, slots })
+        Ok(Self {
+            decay,
+            updates: 0,
+            slots,
+        })
+    }
+
+    /// The decay the next update uses.
+    pub fn current_decay(&self) -> f64 {
+        let n = self.updates as f64;
+        self.decay.min((1.0 + n) / (10.0 + n))
     }
 
     pub fn update(&mut self) -> Result<()> {
+        let d = self.current_decay();
         for (_, var, avg) in &mut self.slots {
             let value = var.as_tensor().detach();
-            *avg = ((&*avg * self.decay)? + (value * (1.0 - self.decay))?)?;
+            *avg = ((&*avg * d)? + (value * (1.0 - d))?)?;
         }
+        self.updates += 1;
         Ok(())
     }
 
@@ -413,9 +429,13 @@ mod tests {
     fn the_average_follows_and_swaps() -> Result<()> {
         let v = Var::from_tensor(&t(&[0.0, 10.0]))?;
         let mut avg = WeightAverage::new(vec![("w".into(), v.clone())], 0.5)?;
+        // The first update's warm-up decay is 1/10.
+        assert!((avg.current_decay() - 0.1).abs() < 1e-12);
+        avg.updates = 100;
         v.set(&t(&[2.0, 2.0]))?;
         avg.update()?;
         assert_eq!(avg.slots[0].2.to_vec1::<f32>()?, vec![1.0, 6.0]);
+        assert!((WeightAverage::new(vec![], 0.999)?.current_decay() - 0.1).abs() < 1e-12);
         avg.swap()?;
         assert_eq!(v.as_tensor().to_vec1::<f32>()?, vec![1.0, 6.0]);
         avg.swap()?;

@@ -99,6 +99,8 @@ fn start(args: &TrainArgs) -> Result<(RunConfig, Networks, Progress, std::path::
                     ),
                 }
             }
+            // One average update per step.
+            nets.average.updates = loaded.progress.step;
             let dir = resumed_run_dir(args.out.as_deref(), path)?;
             Ok((run, nets, loaded.progress, dir))
         }
