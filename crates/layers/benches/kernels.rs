@@ -1,0 +1,84 @@
+//! Per-op micro-benchmarks of genzoo's CPU kernels against Candle's own ops, at the sizes the
+//! BENCHMARKS.md workloads use, so a regression shows up per op:
+//! `cargo bench -p layers --bench kernels`.
+
+use candle_core::{Device, Tensor, Var};
+use criterion::{criterion_group, criterion_main, Criterion};
+use layers::conv::{candle_conv2d, conv2d, conv_transpose2d, ConvSpec};
+use layers::ops::{exclusive_cumsum, skew_rows, skew_rows_reference};
+use layers::recurrence::{lstm_scan, lstm_scan_reference};
+use layers::Rng;
+
+fn normal(shape: &[usize], seed: u64) -> Tensor {
+    Rng::new(seed).normal(shape, &Device::Cpu).unwrap()
+}
+
+/// Forward and backward of `f` on fresh variables.
+fn forward_backward(
+    f: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+) {
+    let (a, b) = (Var::from_tensor(a).unwrap(), Var::from_tensor(b).unwrap());
+    let y = f(a.as_tensor(), b.as_tensor()).unwrap();
+    y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+}
+
+fn convolutions(c: &mut Criterion) {
+    // PixelCNN's 3x3 64 -> 64 layer at batch 32, and DCGAN's stride-2 4x4 layers at batch 64.
+    let x = normal(&[32, 64, 28, 28], 1);
+    let k = normal(&[64, 64, 3, 3], 2);
+    let same = ConvSpec::same_padding(3, 3);
+    c.bench_function("conv2d 3x3 64->64 b32 fwd+bwd / genzoo", |b| {
+        b.iter(|| forward_backward(&|x, k| conv2d(x, k, same), &x, &k))
+    });
+    c.bench_function("conv2d 3x3 64->64 b32 fwd+bwd / candle", |b| {
+        b.iter(|| forward_backward(&|x, k| candle_conv2d(x, k, same), &x, &k))
+    });
+    let stride2 = ConvSpec {
+        stride: (2, 2),
+        padding: (1, 1),
+    };
+    let g = normal(&[64, 128, 8, 8], 3);
+    let kt = normal(&[128, 64, 4, 4], 4);
+    c.bench_function(
+        "conv_transpose2d 4x4 s2 128->64 b64 fwd+bwd / genzoo",
+        |b| b.iter(|| forward_backward(&|x, k| conv_transpose2d(x, k, stride2), &g, &kt)),
+    );
+    c.bench_function(
+        "conv_transpose2d 4x4 s2 128->64 b64 fwd+bwd / candle",
+        |b| b.iter(|| forward_backward(&|x, k| x.conv_transpose2d(k, 1, 0, 2, 1), &g, &kt)),
+    );
+}
+
+fn recurrences(c: &mut Criterion) {
+    // One Diagonal BiLSTM direction at batch 16: 55 skewed columns of 28 rows, h = 16.
+    let xg = normal(&[16, 55, 64, 28], 5);
+    let w = normal(&[64, 16, 2], 6);
+    c.bench_function("lstm_scan diag b16 fwd+bwd / genzoo", |b| {
+        b.iter(|| forward_backward(&|x, w| lstm_scan(x, w, 1), &xg, &w))
+    });
+    c.bench_function("lstm_scan diag b16 fwd+bwd / candle ops", |b| {
+        b.iter(|| forward_backward(&|x, w| lstm_scan_reference(x, w, 1), &xg, &w))
+    });
+    let maps = normal(&[16, 32, 28, 28], 7);
+    let one = normal(&[1], 8);
+    c.bench_function("skew 16x32x28x28 fwd+bwd / genzoo", |b| {
+        b.iter(|| forward_backward(&|x, _| skew_rows(x), &maps, &one))
+    });
+    c.bench_function("skew 16x32x28x28 fwd+bwd / candle ops", |b| {
+        b.iter(|| forward_backward(&|x, _| skew_rows_reference(x), &maps, &one))
+    });
+    // NADE's pre-activations at batch 128: (128, 784, 500).
+    let pre = normal(&[128, 784, 500], 9);
+    c.bench_function("exclusive_cumsum 128x784x500 / genzoo", |b| {
+        b.iter(|| exclusive_cumsum(&pre, 1, false).unwrap())
+    });
+}
+
+criterion_group! {
+    name = kernels;
+    config = Criterion::default().sample_size(10);
+    targets = convolutions, recurrences
+}
+criterion_main!(kernels);
