@@ -87,6 +87,16 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Steps the run takes in all: its epochs, cut short by `max_steps`.
+    pub fn total_steps(&self, steps_per_epoch: u64) -> u64 {
+        let all = self.epochs * steps_per_epoch;
+        if self.max_steps > 0 {
+            all.min(self.max_steps)
+        } else {
+            all
+        }
+    }
+
     pub fn adam(&self) -> layers::AdamConfig {
         layers::AdamConfig {
             lr: self.lr,

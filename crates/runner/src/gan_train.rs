@@ -259,10 +259,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let mut logger = open_run(&dir, &run, progress.step)?;
     let t = &run.train;
     let steps_per_epoch = batches_per_epoch(train_data.len(), t.batch_size) as u64;
-    let mut total_steps = t.epochs * steps_per_epoch;
-    if t.max_steps > 0 {
-        total_steps = total_steps.min(t.max_steps);
-    }
+    let total_steps = t.total_steps(steps_per_epoch);
     tracing::info!(
         "training {} ({:?} loss) on {} ({} images, {} steps/epoch) into {}",
         run.model,
@@ -277,6 +274,9 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let grid_input = nets
         .model
         .grid_input(t.sample_count, &mut Rng::derive(t.seed, Stream::Sample, 0))?;
+    let save_to = |nets: &Networks, progress: &Progress, path: &Path| {
+        save(nets, &run, progress, &train_data.name, path)
+    };
     let mut window = (Instant::now(), 0usize);
     let mut collapsed_for = 0u64;
     let mut interrupted = false;
@@ -363,27 +363,15 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
                 &dir.samples().join(format!("epoch-{:04}.png", epoch + 1)),
             )?;
             plot_losses(&logger, &run, &dir)?;
-            save(
-                &nets,
-                &run,
-                &progress,
-                &train_data.name,
-                &dir.last_checkpoint(),
-            )?;
+            save_to(&nets, &progress, &dir.last_checkpoint())?;
             if t.checkpoint_every > 0 && (epoch + 1).is_multiple_of(t.checkpoint_every) {
                 let p = dir
                     .checkpoints()
                     .join(format!("epoch-{:04}.safetensors", epoch + 1));
-                save(&nets, &run, &progress, &train_data.name, &p)?;
+                save_to(&nets, &progress, &p)?;
             }
         } else if progress.step == total_steps {
-            save(
-                &nets,
-                &run,
-                &progress,
-                &train_data.name,
-                &dir.last_checkpoint(),
-            )?;
+            save_to(&nets, &progress, &dir.last_checkpoint())?;
             save_grid(
                 &mut nets,
                 &grid_input,
@@ -392,13 +380,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         }
         if INTERRUPTED.load(Ordering::SeqCst) {
             if !end_of_epoch {
-                save(
-                    &nets,
-                    &run,
-                    &progress,
-                    &train_data.name,
-                    &dir.last_checkpoint(),
-                )?;
+                save_to(&nets, &progress, &dir.last_checkpoint())?;
             }
             interrupted = true;
             break;

@@ -326,10 +326,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
 
     let t = &run.train;
     let steps_per_epoch = batches_per_epoch(train_data.len(), t.batch_size) as u64;
-    let mut total_steps = t.epochs * steps_per_epoch;
-    if t.max_steps > 0 {
-        total_steps = total_steps.min(t.max_steps);
-    }
+    let total_steps = t.total_steps(steps_per_epoch);
     tracing::info!(
         "training {} on {} ({} images, {} steps/epoch) into {}",
         run.model,
