@@ -280,9 +280,15 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let mut window = (Instant::now(), 0usize);
     let mut collapsed_for = 0u64;
     let mut interrupted = false;
+    // The epoch whose shuffled order `order` holds (drawn once per epoch).
+    let mut order_epoch = progress.step / steps_per_epoch;
+    let mut order = epoch_order(train_data.len(), t.seed, order_epoch);
     while progress.step < total_steps {
         let epoch = progress.step / steps_per_epoch;
-        let order = epoch_order(train_data.len(), t.seed, epoch);
+        if epoch != order_epoch {
+            order_epoch = epoch;
+            order = epoch_order(train_data.len(), t.seed, epoch);
+        }
         let k = (progress.step % steps_per_epoch) as usize;
         let idx = batch_indices(&order, t.batch_size, k);
         let (real, labels) = real_batch(&train_data, idx, shape, conditional, &device)?;
