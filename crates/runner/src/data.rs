@@ -112,6 +112,45 @@ pub fn make_batch(
     Ok(Tensor::from_vec(values, (indices.len(), c, h, w), device)?)
 }
 
+/// The batches of a run: step `s` takes batch `s mod steps_per_epoch` of epoch
+/// `s / steps_per_epoch`'s order, which is drawn once per epoch.
+pub struct Batches {
+    len: usize,
+    batch_size: usize,
+    seed: u64,
+    steps_per_epoch: u64,
+    epoch: u64,
+    order: Vec<usize>,
+}
+
+impl Batches {
+    pub fn new(len: usize, batch_size: usize, seed: u64) -> Self {
+        Self {
+            len,
+            batch_size,
+            seed,
+            steps_per_epoch: batches_per_epoch(len, batch_size) as u64,
+            epoch: 0,
+            order: epoch_order(len, seed, 0),
+        }
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.steps_per_epoch
+    }
+
+    /// The image indices of step `step` (0-based).
+    pub fn at(&mut self, step: u64) -> &[usize] {
+        let epoch = step / self.steps_per_epoch;
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.order = epoch_order(self.len, self.seed, epoch);
+        }
+        let k = (step % self.steps_per_epoch) as usize;
+        batch_indices(&self.order, self.batch_size, k)
+    }
+}
+
 /// The order of the images in one epoch: a permutation drawn from `(seed, epoch)`, so a
 /// resumed run sees the same order as an uninterrupted one.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {

@@ -27,8 +27,7 @@ use crate::checkpoint::{
 };
 use crate::config::RunConfig;
 use crate::data::{
-    batch_indices, batches_per_epoch, epoch_order, is_idx_dir, load_split, make_batch,
-    Binarization, Dataset, Split,
+    batches_per_epoch, is_idx_dir, load_split, make_batch, Batches, Binarization, Dataset, Split,
 };
 use crate::grid::{save_image, GridOptions};
 use crate::plot::{plot_curves, Series};
@@ -280,17 +279,10 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let mut window = (Instant::now(), 0usize);
     let mut collapsed_for = 0u64;
     let mut interrupted = false;
-    // The epoch whose shuffled order `order` holds (drawn once per epoch).
-    let mut order_epoch = progress.step / steps_per_epoch;
-    let mut order = epoch_order(train_data.len(), t.seed, order_epoch);
+    let mut batches = Batches::new(train_data.len(), t.batch_size, t.seed);
     while progress.step < total_steps {
         let epoch = progress.step / steps_per_epoch;
-        if epoch != order_epoch {
-            order_epoch = epoch;
-            order = epoch_order(train_data.len(), t.seed, epoch);
-        }
-        let k = (progress.step % steps_per_epoch) as usize;
-        let idx = batch_indices(&order, t.batch_size, k);
+        let idx = batches.at(progress.step);
         let (real, labels) = real_batch(&train_data, idx, shape, conditional, &device)?;
         let mut rng = Rng::derive(t.seed, Stream::Step, progress.step);
         let metrics = adversarial_step(&mut nets, &run, &real, labels.as_ref(), &mut rng)?;

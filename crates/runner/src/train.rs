@@ -20,8 +20,7 @@ use crate::checkpoint::{
 };
 use crate::config::RunConfig;
 use crate::data::{
-    batch_indices, batches_per_epoch, epoch_order, load_split, make_batch, Binarization, Dataset,
-    Split,
+    batch_indices, batches_per_epoch, load_split, make_batch, Batches, Binarization, Dataset, Split,
 };
 use crate::grid::{save_image, GridOptions};
 use crate::plot::{plot_curves, Series};
@@ -338,9 +337,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
 
     let bar = start_progress(total_steps, progress.step);
 
-    // The epoch whose shuffled order `order` holds.
-    let mut order_epoch = progress.step / steps_per_epoch;
-    let mut order = epoch_order(train_data.len(), t.seed, order_epoch);
+    let mut batches = Batches::new(train_data.len(), t.batch_size, t.seed);
     let mut window = (Instant::now(), 0usize);
     let save = |progress: &Progress, optimizer: &Adam, path: &Path| -> Result<()> {
         save_train_state(
@@ -358,12 +355,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let mut interrupted = false;
     while progress.step < total_steps {
         let epoch = progress.step / steps_per_epoch;
-        if epoch != order_epoch {
-            order_epoch = epoch;
-            order = epoch_order(train_data.len(), t.seed, epoch);
-        }
-        let k = (progress.step % steps_per_epoch) as usize;
-        let idx = batch_indices(&order, t.batch_size, k);
+        let idx = batches.at(progress.step);
         let x = make_batch(
             &train_data,
             idx,
