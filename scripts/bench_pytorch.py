@@ -33,6 +33,21 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def timed(step, steps):
+    """Seconds for `steps` calls of `step` after 2 warm-up calls."""
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def result(name, threads, batch, steps, seconds):
+    return {"workload": name, "device": "cpu", "threads": threads, "batch": batch, "steps": steps,
+            "images_per_sec": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
+
+
 def run(name, steps, threads):
     factory, batch, lr, kind = WORKLOADS[name]
     torch.manual_seed(0)
@@ -48,6 +63,7 @@ def run(name, steps, threads):
                 p = torch.sigmoid(model(img)[:, i])
                 img[:, i] = (torch.rand(batch) < p).float()
         seconds, steps = time.perf_counter() - start, 1
+        return result(name, threads, batch, steps, seconds)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -61,14 +77,8 @@ def run(name, steps, threads):
             loss.backward()
             opt.step()
 
-        for _ in range(2):
-            step()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        seconds = time.perf_counter() - start
-    return {"workload": name, "device": "cpu", "threads": threads, "batch": batch, "steps": steps,
-            "images_per_sec": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
+        seconds = timed(step, steps)
+    return result(name, threads, batch, steps, seconds)
 
 
 def gan_run(name, nets, batch, lr, steps, threads):
@@ -94,14 +104,7 @@ def gan_run(name, nets, batch, lr, steps, threads):
         err_g.backward()
         opt_g.step()
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - start
-    return {"workload": name, "device": "cpu", "threads": threads, "batch": batch, "steps": steps,
-            "images_per_sec": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
+    return result(name, threads, batch, steps, timed(step, steps))
 
 
 def main():

@@ -175,20 +175,13 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
                 },
             )?;
             let mut rng = Rng::new(1);
-            let mut step = || -> Result<()> {
+            let step = || -> Result<()> {
                 let loss = model.loss(&x, &mut rng)?;
                 opt.backward_step(&loss.value)?;
                 device.synchronize()?;
                 Ok(())
             };
-            for _ in 0..2 {
-                step()?;
-            }
-            let start = Instant::now();
-            for _ in 0..steps {
-                step()?;
-            }
-            (start.elapsed().as_secs_f64(), steps)
+            (timed(step, steps)?, steps)
         }
         WorkloadKind::Sample | WorkloadKind::SampleReference => {
             let start = Instant::now();
@@ -204,6 +197,18 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
         WorkloadKind::Missing | WorkloadKind::AdversarialStep => unreachable!(),
     };
     Ok(result(w, device, seconds, steps_run))
+}
+
+/// Seconds for `steps` calls of `step` after 2 warm-up calls.
+fn timed(mut step: impl FnMut() -> Result<()>, steps: usize) -> Result<f64> {
+    for _ in 0..2 {
+        step()?;
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn result(w: &Workload, device: &Device, seconds: f64, steps: usize) -> BenchResult {
@@ -233,19 +238,12 @@ fn adversarial_workload(
     reset_peak_memory();
     let real = ((Rng::new(0).uniform((w.batch, c, h, wd), device)? * 2.0)? - 1.0)?;
     let mut rng = Rng::new(1);
-    let mut step = || -> Result<()> {
+    let step = || -> Result<()> {
         crate::gan_train::adversarial_step(&mut nets, &run, &real, None, &mut rng)?;
         device.synchronize()?;
         Ok(())
     };
-    for _ in 0..2 {
-        step()?;
-    }
-    let start = Instant::now();
-    for _ in 0..steps {
-        step()?;
-    }
-    Ok(result(w, device, start.elapsed().as_secs_f64(), steps))
+    Ok(result(w, device, timed(step, steps)?, steps))
 }
 
 fn rayon_threads() -> usize {
