@@ -16,6 +16,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
+
+use crate::ops::cpu_slice;
 use rayon::prelude::*;
 
 /// Stride and zero padding per axis `(vertical, horizontal)`.
@@ -327,13 +329,6 @@ fn weight_grad<T: Element>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     }
 }
 
-fn contiguous<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv2d: inputs must be contiguous".into()))?;
-    Ok(&s.as_slice::<T>()?[start..end])
-}
-
 /// Which pass a [`ConvPass`] computes; its two inputs are:
 /// `Forward (x, kernel)`, `InputGrad (dy, kernel)`, `WeightGrad (x, dy)`.
 #[derive(Debug, Clone, Copy)]
@@ -384,11 +379,17 @@ impl CustomOp2 for ConvPass {
     ) -> Result<(CpuStorage, Shape)> {
         match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (v, s) = self.run::<f32>(contiguous(s1, l1)?, contiguous(s2, l2)?)?;
+                let (v, s) = self.run::<f32>(
+                    cpu_slice(s1, l1, "conv2d input")?,
+                    cpu_slice(s2, l2, "conv2d input")?,
+                )?;
                 Ok((CpuStorage::F32(v), s))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (v, s) = self.run::<f64>(contiguous(s1, l1)?, contiguous(s2, l2)?)?;
+                let (v, s) = self.run::<f64>(
+                    cpu_slice(s1, l1, "conv2d input")?,
+                    cpu_slice(s2, l2, "conv2d input")?,
+                )?;
                 Ok((CpuStorage::F64(v), s))
             }
             _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype", self.name()),

@@ -11,6 +11,18 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+/// The values of a custom op's contiguous CPU input, as `T`; errors name the op and input.
+pub fn cpu_slice<'a, T: candle_core::WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
 /// `y[.., i, ..] = sum_{j < i} x[.., j, ..]` along `dim` (the first element is 0), or the
 /// reverse `sum_{j > i}` when `reverse`.
 pub fn exclusive_cumsum(x: &Tensor, dim: usize, reverse: bool) -> Result<Tensor> {
@@ -77,12 +89,10 @@ impl CustomOp1 for ExclusiveScan {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("exclusive-scan needs a contiguous input".into())
-        })?;
+        let what = "exclusive-scan's input";
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.scan(&v[start..end])),
-            CpuStorage::F64(v) => CpuStorage::F64(self.scan(&v[start..end])),
+            CpuStorage::F32(_) => CpuStorage::F32(self.scan(cpu_slice(storage, layout, what)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.scan(cpu_slice(storage, layout, what)?)),
             _ => candle_core::bail!("exclusive-scan supports f32 and f64"),
         };
         Ok((out, layout.shape().clone()))
@@ -159,13 +169,7 @@ impl CustomOp1 for Shear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("shear-rows needs a contiguous input".into()))?;
-        let CpuStorage::F32(v) = storage else {
-            candle_core::bail!("shear-rows supports f32")
-        };
-        let src = &v[start..end];
+        let src: &[f32] = cpu_slice(storage, layout, "shear-rows' f32 input")?;
         let (b, c, _, _) = layout.shape().dims4()?;
         let (rows, width) = (self.rows, self.width);
         let columns = width + rows - 1;

@@ -17,6 +17,8 @@ use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_nn::ops::sigmoid;
+
+use crate::ops::cpu_slice;
 use rayon::prelude::*;
 
 /// The LSTM update from pre-activations `gates (b, 4h, ...)` ordered `[o, f, i, g]`:
@@ -90,16 +92,6 @@ struct LstmScan {
 
 fn sigmoid_f32(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("lstm_scan: {what} is not contiguous")))?;
-    match storage {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => candle_core::bail!("lstm_scan: {what} must be f32"),
-    }
 }
 
 impl LstmScan {
@@ -247,8 +239,8 @@ impl CustomOp2 for LstmScan {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xg = contiguous(s1, l1, "input gates")?;
-        let kernel = contiguous(s2, l2, "kernel")?;
+        let xg: &[f32] = cpu_slice(s1, l1, "lstm_scan's f32 input gates")?;
+        let kernel: &[f32] = cpu_slice(s2, l2, "lstm_scan's f32 kernel")?;
         let (b, slices, _, len) = l1.shape().dims4()?;
         let per_image = slices * 2 * self.hidden * len;
         let mut out = vec![0f32; b * per_image];
