@@ -13,6 +13,7 @@ pub mod loss;
 pub mod masked;
 pub mod metrics;
 pub mod model;
+pub mod norm;
 pub mod ops;
 pub mod optim;
 pub mod recurrence;
