@@ -3,9 +3,10 @@
 //! The GANs of PyTorch-GAN and pytorch/examples are written this way.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{BatchNorm, Init, Linear, ModuleT, VarBuilder};
+use candle_nn::{Init, Linear, ModuleT, VarBuilder};
 
 use crate::conv::{conv2d, conv_transpose2d, ConvSpec};
+use crate::norm::BatchNorm;
 
 pub enum Layer {
     Linear(Linear),
@@ -49,10 +50,12 @@ impl Layer {
     }
 }
 
-/// Layers under one `VarBuilder` prefix, each at its index.
+/// Layers under one `VarBuilder` prefix, each at its index (or under the name given by
+/// [`Sequential::named`], for references written as module attributes: `self.conv1 = ...`).
 pub struct Sequential<'a> {
     vb: VarBuilder<'a>,
     pub layers: Vec<Layer>,
+    name: Option<String>,
 }
 
 impl<'a> Sequential<'a> {
@@ -60,12 +63,22 @@ impl<'a> Sequential<'a> {
         Self {
             vb,
             layers: Vec::new(),
+            name: None,
         }
     }
 
-    /// The prefix of the next layer.
-    fn next(&self) -> VarBuilder<'a> {
-        self.vb.pp(self.layers.len())
+    /// The next layer's weights live under `name` instead of its index.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// The prefix of the next layer: its given name, else its index.
+    fn next(&mut self) -> VarBuilder<'a> {
+        match self.name.take() {
+            Some(name) => self.vb.pp(name),
+            None => self.vb.pp(self.layers.len()),
+        }
     }
 
     /// `nn.Linear(i, o)` with PyTorch's default init.
@@ -121,7 +134,7 @@ impl<'a> Sequential<'a> {
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
         let mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
         let var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
-        let bn = BatchNorm::new(channels, mean, var, weight, bias, eps)?;
+        let bn = BatchNorm::new(mean, var, weight, bias, eps)?;
         self.layers.push(Layer::BatchNorm(bn));
         Ok(self)
     }
