@@ -1,20 +1,37 @@
 //! InfoGAN (Chen et al. 2016, "InfoGAN: Interpretable Representation Learning by Information
-//! Maximizing Generative Adversarial Nets") as in PyTorch-GAN's `implementations/infogan/`:
-//! the generator reads noise `z` and latent codes `c` (a 10-way categorical and 2 continuous in
-//! [-1, 1]); a head Q on the discriminator's trunk predicts `c` back from the image, and both
-//! networks minimise the variational bound on `-I(c; G(z, c))` (eq. 5):
-//! `L_I = CE(Q_cat(x), c_cat) + 0.1 * MSE(Q_cont(x), c_cont)`.
+//! Maximizing Generative Adversarial Nets"): the generator reads noise `z` and latent codes `c`
+//! (a 10-way categorical and 2 continuous in [-1, 1]); a head Q on the discriminator's trunk
+//! predicts `c` back from the image, and both networks minimise the variational bound on
+//! `-I(c; G(z, c))` (eq. 5): `L_I = CE(Q_cat(x), c_cat) + 0.1 * MSE(Q_cont(x), c_cont)`.
 //!
+//! Two networks (`network` in the config):
+//!
+//! `"pytorch-gan"` (the default), PyTorch-GAN's `implementations/infogan/`, 32 x 32:
 //! - G: `[z (62), c_cat (10), c_cont (2)]` -> linear to `128 x 8 x 8` -> BatchNorm, upsample,
 //!   3x3 conv 128, BatchNorm (eps 0.8), LeakyReLU, upsample, 3x3 conv 64, BatchNorm, LeakyReLU,
-//!   3x3 conv to the image, tanh: 32 x 32;
+//!   3x3 conv to the image, tanh;
 //! - D trunk: four stride-2 3x3 convolutions (16, 32, 64, 128 channels), LeakyReLU 0.2,
 //!   BatchNorm (eps 0.8) after all but the first (the script's Dropout2d(0.25) left out: it
 //!   takes its index, [`Layer::Identity`]); heads: `adv_layer` (1 logit), `aux_layer` (10
 //!   category logits), `latent_layer` (2 codes).
+//! - Parameters `generator.l1.0`, `generator.conv_blocks.{i}`, `discriminator.conv_blocks.{i}`,
+//!   `discriminator.{adv,aux,latent}_layer.0`.
 //!
-//! Parameters `generator.l1.0`, `generator.conv_blocks.{i}`, `discriminator.conv_blocks.{i}`,
-//! `discriminator.{adv,aux,latent}_layer.0`.
+//! `"paper"`, the paper's MNIST networks (appendix C, table 1), 28 x 28, with the module names of
+//! Natsu6767/InfoGAN-PyTorch (fully connected layers as 1x1 / 7x7 convolutions):
+//! - G: `c (74)` -> FC 1024, BN, ReLU (`tconv1`, `bn1`) -> FC 7 x 7 x 128, BN, ReLU (`tconv2`,
+//!   `bn2`) -> 4x4 stride-2 upconv 64, BN, ReLU (`tconv3`, `bn3`) -> 4x4 stride-2 upconv to the
+//!   image (`tconv4`), tanh (the reference's sigmoid would not match genzoo's [-1, 1] images);
+//! - D trunk: 4x4 stride-2 conv 64, LeakyReLU 0.1 (`conv1`) -> 4x4 stride-2 conv 128, BN,
+//!   LeakyReLU (`conv2`, `bn2`) -> FC 1024, BN, LeakyReLU (`conv3`, `bn3`); D head: FC to one
+//!   logit (`d_head.conv`); Q head: FC 128, BN, LeakyReLU (`q_head.conv1`, `q_head.bn1`), then
+//!   the category logits (`q_head.conv_disc`) and the codes (`q_head.conv_mu`).
+//! - Parameters `generator.{tconv1..4, bn1..3}`, `discriminator.{conv1..3, bn2, bn3}`,
+//!   `discriminator.d_head.conv`, `discriminator.q_head.{conv1, bn1, conv_disc, conv_mu}`.
+//!
+//! The paper's network is the faster (about 26 M multiply-adds per image each way against
+//! PyTorch-GAN's 3x3 convolutions at 16 x 16 and 32 x 32) and the one the paper's 5% error
+//! comes from.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
@@ -24,9 +41,18 @@ use layers::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
 
+/// Which InfoGAN networks (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    PytorchGan,
+    Paper,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub network: Network,
     pub image_size: usize,
     pub channels: usize,
     pub latent_dim: usize,
@@ -41,6 +67,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            network: Network::PytorchGan,
             image_size: 32,
             channels: 1,
             latent_dim: 62,
@@ -52,10 +79,12 @@ impl Default for Config {
     }
 }
 
-const CONV_INIT: Option<Init> = Some(Init::Randn {
+/// N(0, 0.02), both references' convolution init.
+const NORMAL_002: Init = Init::Randn {
     mean: 0.0,
     stdev: 0.02,
-});
+};
+const CONV_INIT: Option<Init> = Some(NORMAL_002);
 const NORM_INIT: Option<Init> = Some(Init::Randn {
     mean: 1.0,
     stdev: 0.02,
@@ -68,63 +97,167 @@ fn same(stride: usize) -> ConvSpec {
     }
 }
 
-pub struct InfoGan {
-    cfg: Config,
-    l1: Linear,
+/// The layers of either network, as stages the forward passes share.
+struct Networks {
+    /// PyTorch-GAN's `l1` (`[z, c]` -> `128 x s x s`); the paper's G reads `[z, c]` as a
+    /// `(b, 74, 1, 1)` map.
+    project: Option<Linear>,
     generator: Stack,
     trunk: Stack,
-    adv_layer: Linear,
-    aux_layer: Linear,
-    latent_layer: Linear,
+    /// Q's layers before its two outputs (empty for PyTorch-GAN).
+    q_shared: Stack,
+    adversarial: Stack,
+    q_categories: Stack,
+    q_codes: Stack,
+}
+
+pub struct InfoGan {
+    cfg: Config,
+    nets: Networks,
     device: candle_core::Device,
+}
+
+/// A one-layer stack (a head) under `vb`'s prefix.
+fn linear_head(i: usize, o: usize, vb: VarBuilder) -> Result<Stack> {
+    Ok(Stack(vec![Layer::Linear(layers::init::linear(i, o, vb)?)]))
+}
+
+/// A 1x1 convolution with bias as a one-layer stack: the paper's fully connected head as
+/// the reference writes it.
+fn conv_head(i: usize, o: usize, vb: VarBuilder, name: &str) -> Result<Stack> {
+    Ok(Sequential::new(vb)
+        .named(name)
+        .conv((i, o, 1), same_size(1, 0), true, CONV_INIT)?
+        .build())
+}
+
+fn same_size(stride: usize, padding: usize) -> ConvSpec {
+    ConvSpec {
+        stride: (stride, stride),
+        padding: (padding, padding),
+    }
+}
+
+fn pytorch_gan(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
+    if !cfg.image_size.is_multiple_of(16) {
+        candle_core::bail!(
+            "InfoGAN (pytorch-gan) image_size must be a multiple of 16, got {}",
+            cfg.image_size
+        );
+    }
+    let init = cfg.image_size / 4;
+    let input = cfg.latent_dim + cfg.categories + cfg.code_dim;
+    let project = layers::init::linear(input, 128 * init * init, g.pp("l1").pp(0))?;
+    let generator = Sequential::new(g.pp("conv_blocks"))
+        .batch_norm(128, 1e-5, NORM_INIT)?
+        .push(Layer::Upsample2)
+        .conv((128, 128, 3), same(1), true, CONV_INIT)?
+        .batch_norm(128, 0.8, NORM_INIT)?
+        .push(Layer::LeakyRelu(0.2))
+        .push(Layer::Upsample2)
+        .conv((128, 64, 3), same(1), true, CONV_INIT)?
+        .batch_norm(64, 0.8, NORM_INIT)?
+        .push(Layer::LeakyRelu(0.2))
+        .conv((64, cfg.channels, 3), same(1), true, CONV_INIT)?
+        .push(Layer::Tanh)
+        .build();
+    let mut trunk = Sequential::new(d.pp("conv_blocks"));
+    let mut ch = cfg.channels;
+    for (k, out) in [16, 32, 64, 128].into_iter().enumerate() {
+        trunk = trunk
+            .conv((ch, out, 3), same(2), true, CONV_INIT)?
+            .push(Layer::LeakyRelu(0.2))
+            .push(Layer::Identity);
+        if k > 0 {
+            trunk = trunk.batch_norm(out, 0.8, NORM_INIT)?;
+        }
+        ch = out;
+    }
+    let features = 128 * (cfg.image_size / 16).pow(2);
+    Ok(Networks {
+        project: Some(project),
+        generator,
+        trunk: trunk.build(),
+        q_shared: Stack(Vec::new()),
+        adversarial: linear_head(features, 1, d.pp("adv_layer").pp(0))?,
+        q_categories: linear_head(features, cfg.categories, d.pp("aux_layer").pp(0))?,
+        q_codes: linear_head(features, cfg.code_dim, d.pp("latent_layer").pp(0))?,
+    })
+}
+
+fn paper(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
+    if cfg.image_size != 28 {
+        candle_core::bail!(
+            "InfoGAN (paper) is built for 28 x 28 images, got image_size {}",
+            cfg.image_size
+        );
+    }
+    let input = cfg.latent_dim + cfg.categories + cfg.code_dim;
+    let up = same_size(2, 1);
+    let generator = Sequential::new(g)
+        .named("tconv1")
+        .conv_transpose((input, 1024, 1), same_size(1, 0), NORMAL_002)?
+        .named("bn1")
+        .batch_norm(1024, 1e-5, NORM_INIT)?
+        .push(Layer::Relu)
+        .named("tconv2")
+        .conv_transpose((1024, 128, 7), same_size(1, 0), NORMAL_002)?
+        .named("bn2")
+        .batch_norm(128, 1e-5, NORM_INIT)?
+        .push(Layer::Relu)
+        .named("tconv3")
+        .conv_transpose((128, 64, 4), up, NORMAL_002)?
+        .named("bn3")
+        .batch_norm(64, 1e-5, NORM_INIT)?
+        .push(Layer::Relu)
+        .named("tconv4")
+        .conv_transpose((64, cfg.channels, 4), up, NORMAL_002)?
+        .push(Layer::Tanh)
+        .build();
+    let trunk = Sequential::new(d.clone())
+        .named("conv1")
+        .conv((cfg.channels, 64, 4), up, true, CONV_INIT)?
+        .push(Layer::LeakyRelu(0.1))
+        .named("conv2")
+        .conv((64, 128, 4), up, false, CONV_INIT)?
+        .named("bn2")
+        .batch_norm(128, 1e-5, NORM_INIT)?
+        .push(Layer::LeakyRelu(0.1))
+        .named("conv3")
+        .conv((128, 1024, 7), same_size(1, 0), false, CONV_INIT)?
+        .named("bn3")
+        .batch_norm(1024, 1e-5, NORM_INIT)?
+        .push(Layer::LeakyRelu(0.1))
+        .build();
+    let q = d.pp("q_head");
+    let q_shared = Sequential::new(q.clone())
+        .named("conv1")
+        .conv((1024, 128, 1), same_size(1, 0), false, CONV_INIT)?
+        .named("bn1")
+        .batch_norm(128, 1e-5, NORM_INIT)?
+        .push(Layer::LeakyRelu(0.1))
+        .build();
+    Ok(Networks {
+        project: None,
+        generator,
+        trunk,
+        q_shared,
+        adversarial: conv_head(1024, 1, d.pp("d_head"), "conv")?,
+        q_categories: conv_head(128, cfg.categories, q.clone(), "conv_disc")?,
+        q_codes: conv_head(128, cfg.code_dim, q, "conv_mu")?,
+    })
 }
 
 impl InfoGan {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if !cfg.image_size.is_multiple_of(16) {
-            candle_core::bail!(
-                "InfoGAN image_size must be a multiple of 16, got {}",
-                cfg.image_size
-            );
-        }
         let (g, d) = (vb.pp("generator"), vb.pp("discriminator"));
-        let init = cfg.image_size / 4;
-        let input = cfg.latent_dim + cfg.categories + cfg.code_dim;
-        let l1 = layers::init::linear(input, 128 * init * init, g.pp("l1").pp(0))?;
-        let generator = Sequential::new(g.pp("conv_blocks"))
-            .batch_norm(128, 1e-5, NORM_INIT)?
-            .push(Layer::Upsample2)
-            .conv((128, 128, 3), same(1), true, CONV_INIT)?
-            .batch_norm(128, 0.8, NORM_INIT)?
-            .push(Layer::LeakyRelu(0.2))
-            .push(Layer::Upsample2)
-            .conv((128, 64, 3), same(1), true, CONV_INIT)?
-            .batch_norm(64, 0.8, NORM_INIT)?
-            .push(Layer::LeakyRelu(0.2))
-            .conv((64, cfg.channels, 3), same(1), true, CONV_INIT)?
-            .push(Layer::Tanh)
-            .build();
-        let mut trunk = Sequential::new(d.pp("conv_blocks"));
-        let mut ch = cfg.channels;
-        for (k, out) in [16, 32, 64, 128].into_iter().enumerate() {
-            trunk = trunk
-                .conv((ch, out, 3), same(2), true, CONV_INIT)?
-                .push(Layer::LeakyRelu(0.2))
-                .push(Layer::Identity);
-            if k > 0 {
-                trunk = trunk.batch_norm(out, 0.8, NORM_INIT)?;
-            }
-            ch = out;
-        }
-        let features = 128 * (cfg.image_size / 16).pow(2);
+        let nets = match cfg.network {
+            Network::PytorchGan => pytorch_gan(cfg, g, d)?,
+            Network::Paper => paper(cfg, g, d)?,
+        };
         Ok(Self {
             cfg: cfg.clone(),
-            l1,
-            generator,
-            trunk: trunk.build(),
-            adv_layer: layers::init::linear(features, 1, d.pp("adv_layer").pp(0))?,
-            aux_layer: layers::init::linear(features, cfg.categories, d.pp("aux_layer").pp(0))?,
-            latent_layer: layers::init::linear(features, cfg.code_dim, d.pp("latent_layer").pp(0))?,
+            nets,
             device: vb.device().clone(),
         })
     }
@@ -213,23 +346,37 @@ impl Adversarial for InfoGan {
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("InfoGAN needs latent codes".into()))?;
         let b = input.noise.dim(0)?;
-        let s = self.cfg.image_size / 4;
-        let h = self.l1.forward(&Tensor::cat(&[&input.noise, codes], 1)?)?; // (b, 128 s s)
-        self.generator.forward(&h.reshape((b, 128, s, s))?, train)
+        let zc = Tensor::cat(&[&input.noise, codes], 1)?; // (b, 74)
+        let h = match &self.nets.project {
+            Some(l1) => {
+                let s = self.cfg.image_size / 4;
+                l1.forward(&zc)?.reshape((b, 128, s, s))?
+            }
+            None => zc.reshape((b, (), 1, 1))?,
+        };
+        self.nets.generator.forward(&h, train)
     }
 
     /// The adversarial logit, and Q: `(b, categories + code_dim)` category logits then codes.
     fn discriminate(&self, x: &Tensor, _classes: Option<&Tensor>, train: bool) -> Result<Verdict> {
-        let features = self.trunk.forward(x, train)?.flatten_from(1)?; // (b, 128 * 2 * 2)
+        let mut features = self.nets.trunk.forward(x, train)?;
+        if self.nets.project.is_some() {
+            features = features.flatten_from(1)?; // (b, 128 * 2 * 2) for the linear heads
+        }
+        let q = self.nets.q_shared.forward(&features, train)?;
         let q = Tensor::cat(
             &[
-                &self.aux_layer.forward(&features)?,
-                &self.latent_layer.forward(&features)?,
+                &self.nets.q_categories.forward(&q, train)?.flatten_from(1)?,
+                &self.nets.q_codes.forward(&q, train)?.flatten_from(1)?,
             ],
             1,
         )?;
         Ok(Verdict {
-            logits: self.adv_layer.forward(&features)?.flatten_all()?,
+            logits: self
+                .nets
+                .adversarial
+                .forward(&features, train)?
+                .flatten_all()?,
             q: Some(q),
         })
     }
@@ -291,6 +438,50 @@ mod tests {
         ] {
             assert!(names.contains_key(n), "{n}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_paper_network_at_28_pixels_under_the_reference_names() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let cfg = Config {
+            network: Network::Paper,
+            image_size: 28,
+            ..Config::default()
+        };
+        let m = InfoGan::new(&cfg, vb)?;
+        let input = m.draw_input(3, &mut Rng::new(0))?;
+        let x = m.generate(&input, true)?;
+        assert_eq!(x.dims(), &[3, 1, 28, 28]);
+        let v = m.discriminate(&x, None, true)?;
+        assert_eq!(v.logits.dims(), &[3]);
+        assert_eq!(v.q.as_ref().unwrap().dims(), &[3, 12]);
+        let names = varmap.data().lock().unwrap();
+        for (n, shape) in [
+            ("generator.tconv1.weight", vec![74, 1024, 1, 1]),
+            ("generator.tconv2.weight", vec![1024, 128, 7, 7]),
+            ("generator.bn3.running_var", vec![64]),
+            ("generator.tconv4.weight", vec![64, 1, 4, 4]),
+            ("discriminator.conv1.bias", vec![64]),
+            ("discriminator.conv3.weight", vec![1024, 128, 7, 7]),
+            ("discriminator.d_head.conv.weight", vec![1, 1024, 1, 1]),
+            ("discriminator.q_head.conv1.weight", vec![128, 1024, 1, 1]),
+            ("discriminator.q_head.conv_disc.bias", vec![10]),
+            ("discriminator.q_head.conv_mu.weight", vec![2, 128, 1, 1]),
+        ] {
+            let t = names.get(n).unwrap_or_else(|| panic!("{n} missing"));
+            assert_eq!(t.dims(), shape.as_slice(), "{n}");
+        }
+        assert!(!names.contains_key("discriminator.conv2.bias"));
+        drop(names);
+        let wrong = Config {
+            image_size: 32,
+            ..cfg
+        };
+        let vb = layers::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
+        let err = InfoGan::new(&wrong, vb).err().unwrap().to_string();
+        assert!(err.contains("28 x 28") && err.contains("32"), "{err}");
         Ok(())
     }
 }

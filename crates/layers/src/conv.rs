@@ -691,6 +691,10 @@ mod tests {
             ([2, 5, 1, 1], [5, 3, 4, 4], 1, 0),
             ([1, 2, 5, 3], [2, 4, 3, 3], 2, 0),
             ([3, 1, 6, 6], [1, 1, 3, 3], 1, 1),
+            // InfoGAN's fully connected layers written as 1x1 and 1x1 -> 7x7 transposed
+            // convolutions.
+            ([2, 6, 1, 1], [6, 5, 1, 1], 1, 0),
+            ([2, 6, 1, 1], [6, 3, 7, 7], 1, 0),
         ]
         .into_iter()
         .enumerate()

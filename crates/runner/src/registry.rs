@@ -239,7 +239,7 @@ pub const MODELS: &[ModelEntry] = &[
         name: "infogan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
-        summary: "InfoGAN (Chen et al. 2016), PyTorch-GAN architecture",
+        summary: "InfoGAN (Chen et al. 2016), PyTorch-GAN or the paper's networks",
         build: Some(Builder::Adversarial(|t, vb| {
             adversarial(build_with(
                 t,
