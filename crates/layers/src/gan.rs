@@ -184,6 +184,14 @@ pub trait Adversarial {
     ) -> Result<Option<Tensor>> {
         Ok(None)
     }
+
+    /// The variable prefix of a discriminator-side head that alone, with G, learns the
+    /// auxiliary loss: the head then steps with G's optimiser and D's trunk learns only the
+    /// adversarial loss, so G cannot satisfy the head with features D itself was taught to
+    /// see. `None`: the auxiliary loss trains all of G and D.
+    fn auxiliary_head(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A GAN that is also a [`crate::GenerativeModel`] (what the runner holds).

@@ -54,15 +54,23 @@ pub(crate) fn networks(
     run: &RunConfig,
 ) -> Result<Networks> {
     let g_vars = vars_with_prefix(&varmap, "generator.");
-    let d_vars = vars_with_prefix(&varmap, "discriminator.");
+    let mut d_vars = vars_with_prefix(&varmap, "discriminator.");
     if g_vars.is_empty() || d_vars.is_empty() {
         bail!(
             "model `{}` must name its variables generator.* and discriminator.*",
             run.model
         );
     }
+    // An auxiliary head steps with the generator (see `Adversarial::auxiliary_head`).
+    let mut g_optimized = g_vars.clone();
+    if let Some(head) = model.auxiliary_head() {
+        let (head_vars, trunk): (Vec<_>, Vec<_>) =
+            d_vars.into_iter().partition(|(name, _)| name.starts_with(head));
+        g_optimized.extend(head_vars);
+        d_vars = trunk;
+    }
     Ok(Networks {
-        generator: Adam::from_named_vars(g_vars.clone(), run.train.adam())?,
+        generator: Adam::from_named_vars(g_optimized, run.train.adam())?,
         discriminator: Adam::from_named_vars(d_vars, run.train.adam())?,
         average: WeightAverage::new(g_vars, run.gan.ema_decay)?,
         model,
@@ -181,8 +189,10 @@ pub(crate) fn adversarial_step(
             let critic = |x: &Tensor| Ok(model.discriminate(x, labels, true)?.logits);
             loss = (loss + (gradient_penalty(&critic, real, &fake, &alpha)? * gan.gp_weight)?)?;
         }
-        if let Some(aux) = model.auxiliary_loss(&input, &fake_verdict)? {
-            loss = (loss + aux)?;
+        if model.auxiliary_head().is_none() {
+            if let Some(aux) = model.auxiliary_loss(&input, &fake_verdict)? {
+                loss = (loss + aux)?;
+            }
         }
         d_loss_value = scalar(&loss)?;
         d_real = scalar(&real_verdict.logits.mean_all()?)?;
@@ -426,4 +436,43 @@ fn plot_losses(logger: &crate::train::Logger, run: &RunConfig, dir: &RunDir) -> 
             },
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The parameters each optimiser steps, by name.
+    fn stepped(adam: &Adam) -> Vec<String> {
+        let prefix = "x.exp_avg.";
+        adam.state("x")
+            .0
+            .into_keys()
+            .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// InfoGAN's paper network: Q's head steps with G and D's trunk without it;
+    /// PyTorch-GAN's: each network's variables with its own optimiser.
+    #[test]
+    fn an_auxiliary_head_steps_with_the_generator() -> Result<()> {
+        for (network, size, head_with_g) in [("paper", 28, true), ("pytorch-gan", 32, false)] {
+            let mut run = RunConfig::new("infogan");
+            run.model_config = toml::from_str(&format!(
+                "network = \"{network}\"\nimage_size = {size}"
+            ))?;
+            let (model, varmap, run) = build_adversarial(&run, &Device::Cpu)?;
+            let nets = networks(model, varmap, &run)?;
+            let (g, d) = (stepped(&nets.generator), stepped(&nets.discriminator));
+            let head = |names: &[String]| names.iter().any(|n| n.contains("q_head"));
+            assert_eq!(head(&g), head_with_g, "{network}: {g:?}");
+            assert!(!head(&d), "{network}: {d:?}");
+            assert!(g.iter().all(|n| n.starts_with("generator.") || head_with_g));
+            assert!(d.iter().any(|n| n.starts_with("discriminator.conv")), "{network}: {d:?}");
+            let average: Vec<&String> = nets.average.slots.iter().map(|(n, _, _)| n).collect();
+            assert!(average.iter().all(|n| n.starts_with("generator.")), "{average:?}");
+        }
+        Ok(())
+    }
 }
