@@ -64,8 +64,9 @@ pub(crate) fn networks(
     // An auxiliary head steps with the generator (see `Adversarial::auxiliary_head`).
     let mut g_optimized = g_vars.clone();
     if let Some(head) = model.auxiliary_head() {
-        let (head_vars, trunk): (Vec<_>, Vec<_>) =
-            d_vars.into_iter().partition(|(name, _)| name.starts_with(head));
+        let (head_vars, trunk): (Vec<_>, Vec<_>) = d_vars
+            .into_iter()
+            .partition(|(name, _)| name.starts_with(head));
         g_optimized.extend(head_vars);
         d_vars = trunk;
     }
@@ -459,9 +460,8 @@ mod tests {
     fn an_auxiliary_head_steps_with_the_generator() -> Result<()> {
         for (network, size, head_with_g) in [("paper", 28, true), ("pytorch-gan", 32, false)] {
             let mut run = RunConfig::new("infogan");
-            run.model_config = toml::from_str(&format!(
-                "network = \"{network}\"\nimage_size = {size}"
-            ))?;
+            run.model_config =
+                toml::from_str(&format!("network = \"{network}\"\nimage_size = {size}"))?;
             let (model, varmap, run) = build_adversarial(&run, &Device::Cpu)?;
             let nets = networks(model, varmap, &run)?;
             let (g, d) = (stepped(&nets.generator), stepped(&nets.discriminator));
@@ -469,9 +469,15 @@ mod tests {
             assert_eq!(head(&g), head_with_g, "{network}: {g:?}");
             assert!(!head(&d), "{network}: {d:?}");
             assert!(g.iter().all(|n| n.starts_with("generator.") || head_with_g));
-            assert!(d.iter().any(|n| n.starts_with("discriminator.conv")), "{network}: {d:?}");
+            assert!(
+                d.iter().any(|n| n.starts_with("discriminator.conv")),
+                "{network}: {d:?}"
+            );
             let average: Vec<&String> = nets.average.slots.iter().map(|(n, _, _)| n).collect();
-            assert!(average.iter().all(|n| n.starts_with("generator.")), "{average:?}");
+            assert!(
+                average.iter().all(|n| n.starts_with("generator.")),
+                "{average:?}"
+            );
         }
         Ok(())
     }
