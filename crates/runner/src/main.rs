@@ -470,6 +470,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    layers::device::configure_cpu_threads();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "info",
