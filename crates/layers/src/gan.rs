@@ -286,8 +286,7 @@ impl WeightAverage {
     pub fn update(&mut self) -> Result<()> {
         let d = self.current_decay();
         for (_, var, avg) in &mut self.slots {
-            let value = var.as_tensor().detach();
-            *avg = ((&*avg * d)? + (value * (1.0 - d))?)?;
+            crate::ops::blend_into(avg, var.as_tensor(), d)?;
         }
         self.updates += 1;
         Ok(())

@@ -9,7 +9,7 @@
 //! Written as one `narrow` per row, the gradient of each is a zero-padded copy of the whole map
 //! (O(H^2) copies); as a custom op each direction is one pass and its gradient is the other.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, Layout, Result, Shape, Tensor};
 
 /// The values of a custom op's contiguous CPU input, as `T`; errors name the op and input.
 pub fn cpu_slice<'a, T: candle_core::WithDType>(
@@ -21,6 +21,48 @@ pub fn cpu_slice<'a, T: candle_core::WithDType>(
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
     Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// `target = decay * target + (1 - decay) * value`: in place (one pass, no allocation) for
+/// contiguous f32 CPU tensors, through Candle's ops otherwise. `target` must not be part of a
+/// graph (a weight average, optimiser state).
+pub fn blend_into(target: &mut Tensor, value: &Tensor, decay: f64) -> Result<()> {
+    let value = value.detach();
+    let fast = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    if fast(target) && fast(&value) && target.shape() == value.shape() {
+        return target.inplace_op2(&value, &Blend(decay as f32));
+    }
+    *target = ((&*target * decay)? + (value * (1.0 - decay))?)?;
+    Ok(())
+}
+
+struct Blend(f32);
+
+impl InplaceOp2 for Blend {
+    fn name(&self) -> &'static str {
+        "blend"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
+    ) -> Result<()> {
+        let src = cpu_slice::<f32>(src, src_l, "blended value")?;
+        let (start, end) = dst_l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("blend target must be contiguous".into()))?;
+        let CpuStorage::F32(dst) = dst else {
+            candle_core::bail!("blend target must be f32")
+        };
+        let decay = self.0;
+        for (d, &s) in dst[start..end].iter_mut().zip(src) {
+            *d = decay * *d + (1.0 - decay) * s;
+        }
+        Ok(())
+    }
 }
 
 /// `y[.., i, ..] = sum_{j < i} x[.., j, ..]` along `dim` (the first element is 0), or the
@@ -205,6 +247,28 @@ impl CustomOp1 for Shear {
 
 #[cfg(test)]
 mod tests {
+    /// In place (f32) and through ops (f64, and a non-contiguous f32 target) agree.
+    #[test]
+    fn blend_into_in_place_and_through_ops() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let value = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev)?;
+        let start = Tensor::new(&[[10f32, 20.0], [30.0, 40.0]], &dev)?;
+        let expected = [[7.3f32, 14.6], [21.9, 29.2]];
+        let mut fast = start.copy()?;
+        blend_into(&mut fast, &value, 0.7)?;
+        let mut wide = start.to_dtype(DType::F64)?;
+        blend_into(&mut wide, &value.to_dtype(DType::F64)?, 0.7)?;
+        let mut strided = start.t()?.copy()?.t()?;
+        blend_into(&mut strided, &value, 0.7)?;
+        for got in [fast, wide.to_dtype(DType::F32)?, strided] {
+            let got = got.to_vec2::<f32>()?;
+            for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
+                assert!((g - e).abs() < 1e-5, "{got:?}");
+            }
+        }
+        Ok(())
+    }
+
     use super::*;
     use candle_core::{Device, Var};
 
