@@ -48,6 +48,26 @@ def weights_init(m):
         nn.init.zeros_(m.bias)
 
 
+def update_average(average, net, steps, ema):
+    """genzoo's weight average: decay min(ema, (1 + n) / (10 + n)) at the n-th update, BatchNorm
+    buffers included."""
+    with torch.no_grad():
+        d = min(ema, (1 + steps) / (10 + steps))
+        for a, v in zip(average.state_dict().values(), net.state_dict().values()):
+            if a.dtype.is_floating_point:
+                a.mul_(d).add_(v, alpha=1 - d)
+
+
+def save_prefixed(nets, out):
+    """Saves the floating-point state of each (prefix, module) under genzoo's names."""
+    tensors = {}
+    for prefix, net in nets:
+        for k, v in net.state_dict().items():
+            if v.dtype.is_floating_point:
+                tensors[f"{prefix}.{k}"] = v.contiguous()
+    save_file(tensors, out)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=5)
@@ -90,21 +110,12 @@ def main():
             opt_g.zero_grad()
             loss_g.backward()
             opt_g.step()
-            with torch.no_grad():
-                # genzoo's warm-up: decay min(ema, (1 + n) / (10 + n)) at the n-th update.
-                d = min(args.ema, (1 + steps) / (10 + steps))
-                for a, v in zip(average.state_dict().values(), net_g.state_dict().values()):
-                    if a.dtype.is_floating_point:
-                        a.mul_(d).add_(v, alpha=1 - d)
+            update_average(average, net_g, steps, args.ema)
             steps += 1
         print(f"epoch {epoch + 1}: loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} ({time.time() - start:.0f} s)", flush=True)
     seconds = time.time() - start
-    tensors = {}
-    for prefix, net in [("generator.main", net_g), ("discriminator.main", net_d), ("ema.generator.main", average)]:
-        for k, v in net.state_dict().items():
-            if v.dtype.is_floating_point:
-                tensors[f"{prefix}.{k}"] = v.contiguous()
-    save_file(tensors, args.out)
+    save_prefixed([("generator.main", net_g), ("discriminator.main", net_d), ("ema.generator.main", average)],
+                  args.out)
     print(json.dumps({"framework": "pytorch", "torch": torch.__version__, "model": "dcgan", "epochs": args.epochs,
                       "ngf": args.ngf, "ndf": args.ndf, "steps": steps, "train_seconds": seconds,
                       "images_per_sec": steps * args.batch_size / seconds, "out": args.out}))

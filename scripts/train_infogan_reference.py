@@ -18,9 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
-
 from common import load_mnist
+from train_gan_reference import save_prefixed, update_average, weights_init
 
 NOISE, CATEGORIES, CODES = 62, 10, 2
 
@@ -79,15 +78,6 @@ class Discriminator(nn.Module):
         return [p for p in self.parameters() if id(p) not in q]
 
 
-def weights_init(m):
-    name = m.__class__.__name__
-    if name.find("Conv") != -1:
-        nn.init.normal_(m.weight, 0.0, 0.02)
-    elif name.find("BatchNorm") != -1:
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.zeros_(m.bias)
-
-
 def draw_input(b):
     categories = torch.randint(0, CATEGORIES, (b,))
     codes = torch.rand(b, CODES) * 2 - 1
@@ -141,23 +131,14 @@ def main():
             opt_g.zero_grad()
             loss_g.backward()
             opt_g.step()
-            with torch.no_grad():
-                d = min(args.ema, (1 + steps) / (10 + steps))
-                for a, v in zip(average.state_dict().values(), net_g.state_dict().values()):
-                    if a.dtype.is_floating_point:
-                        a.mul_(d).add_(v, alpha=1 - d)
+            update_average(average, net_g, steps, args.ema)
             steps += 1
             if steps % args.log_every == 0:
                 print(f"step {steps}: d_real {d_real.mean().item():.3f} d_fake {d_fake.mean().item():.3f} "
                       f"info {info.item():.3f} G mean {fake.mean().item():.3f} ({time.time() - start:.0f} s)", flush=True)
         print(f"epoch {epoch + 1}: loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} ({time.time() - start:.0f} s)", flush=True)
     seconds = time.time() - start
-    tensors = {}
-    for prefix, net in [("generator", net_g), ("discriminator", net_d), ("ema.generator", average)]:
-        for k, v in net.state_dict().items():
-            if v.dtype.is_floating_point:
-                tensors[f"{prefix}.{k}"] = v.contiguous()
-    save_file(tensors, args.out)
+    save_prefixed([("generator", net_g), ("discriminator", net_d), ("ema.generator", average)], args.out)
     print(json.dumps({"framework": "pytorch", "torch": torch.__version__, "model": "infogan", "network": "paper",
                       "epochs": args.epochs, "steps": steps, "train_seconds": seconds,
                       "images_per_sec": steps * args.batch_size / seconds, "out": args.out}))
