@@ -90,13 +90,6 @@ const NORM_INIT: Option<Init> = Some(Init::Randn {
     stdev: 0.02,
 });
 
-fn same(stride: usize) -> ConvSpec {
-    ConvSpec {
-        stride: (stride, stride),
-        padding: (1, 1),
-    }
-}
-
 /// The layers of either network, as stages the forward passes share.
 struct Networks {
     /// PyTorch-GAN's `l1` (`[z, c]` -> `128 x s x s`); the paper's G reads `[z, c]` as a
@@ -127,11 +120,12 @@ fn linear_head(i: usize, o: usize, vb: VarBuilder) -> Result<Stack> {
 fn conv_head(i: usize, o: usize, vb: VarBuilder, name: &str) -> Result<Stack> {
     Ok(Sequential::new(vb)
         .named(name)
-        .conv((i, o, 1), same_size(1, 0), true, CONV_INIT)?
+        .conv((i, o, 1), conv_spec(1, 0), true, CONV_INIT)?
         .build())
 }
 
-fn same_size(stride: usize, padding: usize) -> ConvSpec {
+/// Square stride and padding.
+fn conv_spec(stride: usize, padding: usize) -> ConvSpec {
     ConvSpec {
         stride: (stride, stride),
         padding: (padding, padding),
@@ -151,21 +145,21 @@ fn pytorch_gan(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
     let generator = Sequential::new(g.pp("conv_blocks"))
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::Upsample2)
-        .conv((128, 128, 3), same(1), true, CONV_INIT)?
+        .conv((128, 128, 3), conv_spec(1, 1), true, CONV_INIT)?
         .batch_norm(128, 0.8, NORM_INIT)?
         .push(Layer::LeakyRelu(0.2))
         .push(Layer::Upsample2)
-        .conv((128, 64, 3), same(1), true, CONV_INIT)?
+        .conv((128, 64, 3), conv_spec(1, 1), true, CONV_INIT)?
         .batch_norm(64, 0.8, NORM_INIT)?
         .push(Layer::LeakyRelu(0.2))
-        .conv((64, cfg.channels, 3), same(1), true, CONV_INIT)?
+        .conv((64, cfg.channels, 3), conv_spec(1, 1), true, CONV_INIT)?
         .push(Layer::Tanh)
         .build();
     let mut trunk = Sequential::new(d.pp("conv_blocks"));
     let mut ch = cfg.channels;
     for (k, out) in [16, 32, 64, 128].into_iter().enumerate() {
         trunk = trunk
-            .conv((ch, out, 3), same(2), true, CONV_INIT)?
+            .conv((ch, out, 3), conv_spec(2, 1), true, CONV_INIT)?
             .push(Layer::LeakyRelu(0.2))
             .push(Layer::Identity);
         if k > 0 {
@@ -193,15 +187,15 @@ fn paper(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
         );
     }
     let input = cfg.latent_dim + cfg.categories + cfg.code_dim;
-    let up = same_size(2, 1);
+    let up = conv_spec(2, 1);
     let generator = Sequential::new(g)
         .named("tconv1")
-        .conv_transpose((input, 1024, 1), same_size(1, 0), NORMAL_002)?
+        .conv_transpose((input, 1024, 1), conv_spec(1, 0), NORMAL_002)?
         .named("bn1")
         .batch_norm(1024, 1e-5, NORM_INIT)?
         .push(Layer::Relu)
         .named("tconv2")
-        .conv_transpose((1024, 128, 7), same_size(1, 0), NORMAL_002)?
+        .conv_transpose((1024, 128, 7), conv_spec(1, 0), NORMAL_002)?
         .named("bn2")
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::Relu)
@@ -224,7 +218,7 @@ fn paper(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::LeakyRelu(0.1))
         .named("conv3")
-        .conv((128, 1024, 7), same_size(1, 0), false, CONV_INIT)?
+        .conv((128, 1024, 7), conv_spec(1, 0), false, CONV_INIT)?
         .named("bn3")
         .batch_norm(1024, 1e-5, NORM_INIT)?
         .push(Layer::LeakyRelu(0.1))
@@ -232,7 +226,7 @@ fn paper(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
     let q = d.pp("q_head");
     let q_shared = Sequential::new(q.clone())
         .named("conv1")
-        .conv((1024, 128, 1), same_size(1, 0), false, CONV_INIT)?
+        .conv((1024, 128, 1), conv_spec(1, 0), false, CONV_INIT)?
         .named("bn1")
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::LeakyRelu(0.1))

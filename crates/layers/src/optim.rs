@@ -166,19 +166,15 @@ impl Adam {
 
     /// The moments as named tensors (`{prefix}.exp_avg.{param}`, `{prefix}.exp_avg_sq.{param}`)
     /// and the step count, for a checkpoint.
-    pub fn state(&self, prefix: &str) -> (HashMap<String, Tensor>, u64) {
+    pub fn state(&self, prefix: &str) -> Result<(HashMap<String, Tensor>, u64)> {
         let mut tensors = HashMap::new();
         for (name, slot) in &self.slots {
             // Copies: the moments change in place at the next step.
             for (i, kind) in ["exp_avg", "exp_avg_sq"].into_iter().enumerate() {
-                let moment = slot
-                    .moment(i)
-                    .and_then(|m| Ok(m.copy()?))
-                    .expect("moments are (2, n) of the parameter's size");
-                tensors.insert(format!("{prefix}.{kind}.{name}"), moment);
+                tensors.insert(format!("{prefix}.{kind}.{name}"), slot.moment(i)?.copy()?);
             }
         }
-        (tensors, self.step)
+        Ok((tensors, self.step))
     }
 
     /// Restores the moments saved by [`Adam::state`]. Every parameter must have both moments
@@ -368,7 +364,7 @@ mod tests {
             let flat = |t: &Tensor| -> Result<Vec<f32>> {
                 Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
             };
-            let (state, _) = opt.state("o");
+            let (state, _) = opt.state("o")?;
             let mut moments = flat(&state["o.exp_avg.w"])?;
             moments.extend(flat(&state["o.exp_avg_sq.w"])?);
             Ok((flat(w.as_tensor())?, moments))
@@ -401,7 +397,7 @@ mod tests {
         );
         let mut opt = Adam::from_named_vars(vec![("w".into(), w.clone())], AdamConfig::default())?;
         opt.step(&grads)?;
-        let (state, _) = opt.state("o");
+        let (state, _) = opt.state("o")?;
         assert!(
             state.values().all(|t| !t.track_op()),
             "a moment keeps the graph alive"
@@ -418,7 +414,7 @@ mod tests {
             let mut opt = Adam::from_named_vars(vec![("w".into(), w.clone())], cfg)?;
             for i in 0..20 {
                 if Some(i) == split {
-                    let (state, step) = opt.state("opt");
+                    let (state, step) = opt.state("opt")?;
                     let w2 = Var::from_tensor(&w.as_tensor().copy()?)?;
                     let mut fresh = Adam::from_named_vars(vec![("w".into(), w2.clone())], cfg)?;
                     fresh.load_state("opt", &state, step)?;

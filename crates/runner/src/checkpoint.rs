@@ -70,7 +70,7 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
     };
     ck.tensors.extend(state.extra.clone());
     for (prefix, optimizer) in state.optimizers {
-        let (moments, step) = optimizer.state(prefix);
+        let (moments, step) = optimizer.state(prefix)?;
         ck.tensors.extend(moments);
         ck.metadata
             .insert(optimizer_step_key(prefix), step.to_string());

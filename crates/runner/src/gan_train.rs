@@ -448,6 +448,7 @@ mod tests {
     fn stepped(adam: &Adam) -> Vec<String> {
         let prefix = "x.exp_avg.";
         adam.state("x")
+            .expect("moments of the optimiser's own parameters")
             .0
             .into_keys()
             .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
