@@ -2,11 +2,12 @@
 //! BENCHMARKS.md workloads use, so a regression shows up per op:
 //! `cargo bench -p layers --bench kernels`.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
 use layers::conv::{candle_conv2d, conv2d, conv_transpose2d, ConvSpec};
 use layers::ops::{exclusive_cumsum, skew_rows, skew_rows_reference};
 use layers::recurrence::{lstm_scan, lstm_scan_reference};
+use layers::sigmoid_scan::{sigmoid_scan_readout, sigmoid_scan_readout_reference};
 use layers::Rng;
 
 fn normal(shape: &[usize], seed: u64) -> Tensor {
@@ -76,9 +77,42 @@ fn recurrences(c: &mut Criterion) {
     });
 }
 
+fn nade_scan(c: &mut Criterion) {
+    // NADE's conditionals at the benchmark's size: 128 binary images, D = 784, H = 500.
+    let x = normal(&[128, 784], 10)
+        .ge(0.9)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let u = normal(&[784, 500], 11);
+    let v = normal(&[784, 500], 12);
+    let run = |f: fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>| {
+        let (u, v) = (Var::from_tensor(&u).unwrap(), Var::from_tensor(&v).unwrap());
+        let y = f(&x, u.as_tensor(), v.as_tensor()).unwrap();
+        y.sum_all().unwrap().backward().unwrap();
+    };
+    c.bench_function("sigmoid_scan_readout 128x784x500 fwd+bwd / genzoo", |b| {
+        b.iter(|| run(sigmoid_scan_readout))
+    });
+    c.bench_function(
+        "sigmoid_scan_readout 128x784x500 fwd+bwd / candle ops",
+        |b| b.iter(|| run(sigmoid_scan_readout_reference)),
+    );
+    let a = normal(&[784 * 500], 13);
+    let mut out = vec![0f32; 784 * 500];
+    let a = a.to_vec1::<f32>().unwrap();
+    c.bench_function("simd::sigmoid 392,000 values / genzoo", |b| {
+        b.iter(|| layers::simd::sigmoid(&mut out, &a))
+    });
+    let t = Tensor::new(a.as_slice(), &Device::Cpu).unwrap();
+    c.bench_function("sigmoid 392,000 values / candle", |b| {
+        b.iter(|| candle_nn::ops::sigmoid(&t).unwrap())
+    });
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default().sample_size(10);
-    targets = convolutions, recurrences
+    targets = convolutions, recurrences, nade_scan
 }
 criterion_main!(kernels);

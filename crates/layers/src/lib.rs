@@ -19,6 +19,8 @@ pub mod optim;
 pub mod recurrence;
 pub mod rng;
 pub mod sequential;
+pub mod sigmoid_scan;
+pub mod simd;
 pub mod stats;
 
 pub use checkpoint::Checkpoint;

@@ -4,14 +4,14 @@
 //!
 //! with one hidden layer of H units whose weights `W` `(H, D)` are shared across the D
 //! conditionals. The pre-activations satisfy `a_{d+1} = a_d + W[:, d] x_d`, so all D
-//! conditionals cost O(DH) (eq. 4 of the paper): here a linear-time exclusive scan for training
-//! and a running sum for sampling. Parameters `W`, `c`, `V`, `b`.
+//! conditionals cost O(DH) (eq. 4 of the paper): training runs the fused scan of
+//! `layers::sigmoid_scan` (one running `H`-vector per image, and the paper's O(DH) gradient),
+//! sampling a running sum. Parameters `W`, `c`, `V`, `b`.
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::ops::sigmoid;
 use candle_nn::{Init, VarBuilder};
 use layers::init::torch_uniform;
-use layers::ops::exclusive_cumsum;
+use layers::sigmoid_scan::sigmoid_scan_readout;
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
@@ -102,14 +102,18 @@ impl Autoregressive for Nade {
                 self.b.index_select(to_gen, 0)?,
             ),
         };
-        // a_d = c + sum_{j<d} W[:, j] x_j for every d at once.
-        let contributions = flat.unsqueeze(2)?.broadcast_mul(&w.t()?.unsqueeze(0)?)?; // (b, d, H)
-        let a = exclusive_cumsum(&contributions, 1, false)?.broadcast_add(&self.c)?; // (b, d, H)
-        let h = sigmoid(&a)?;
-        let logits = h
-            .broadcast_mul(&v.unsqueeze(0)?)?
-            .sum(2)?
-            .broadcast_add(&b)?; // (b, d)
+        // a_d = c + sum_{j<d} W[:, j] x_j is an inclusive scan over (1, x_0 .. x_{D-2}) with
+        // rows (c, W[:, 0] .. W[:, D-2]): the last pixel conditions nothing.
+        let (batch, d) = flat.dims2()?;
+        let inputs = Tensor::cat(
+            &[
+                Tensor::ones((batch, 1), flat.dtype(), flat.device())?,
+                flat.narrow(1, 0, d - 1)?,
+            ],
+            1,
+        )?; // (b, d)
+        let rows = Tensor::cat(&[self.c.unsqueeze(0)?, w.t()?.narrow(0, 0, d - 1)?], 0)?; // (d, H)
+        let logits = sigmoid_scan_readout(&inputs, &rows, &v)?.broadcast_add(&b)?; // (b, d)
         let logits = match &self.permutation {
             None => logits,
             Some((_, from_gen)) => logits.index_select(from_gen, 1)?,
@@ -156,6 +160,7 @@ crate::autoregressive_model!(Nade);
 mod tests {
     use super::*;
     use crate::ar::testing::*;
+    use candle_nn::ops::sigmoid;
     use candle_nn::VarMap;
 
     fn small(channels: usize) -> Result<Nade> {

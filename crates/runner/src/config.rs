@@ -116,6 +116,9 @@ pub struct GanConfig {
     pub loss: GanLoss,
     /// Discriminator steps per generator step.
     pub d_steps: usize,
+    /// The generator's learning rate (and its auxiliary head's); 0 means `train.lr`, which the
+    /// discriminator always uses. InfoGAN's paper trains G at 1e-3 and D at 2e-4.
+    pub g_lr: f64,
     /// Weight of WGAN-GP's gradient penalty.
     pub gp_weight: f64,
     /// Decay of the generator's weight average that samples are drawn with (0: none).
@@ -131,6 +134,7 @@ impl Default for GanConfig {
         Self {
             loss: GanLoss::NonSaturating,
             d_steps: 1,
+            g_lr: 0.0,
             gp_weight: 10.0,
             ema_decay: 0.999,
             collapse_steps: 500,
@@ -148,7 +152,21 @@ impl GanConfig {
             self.ema_decay
         );
         anyhow::ensure!(self.gp_weight >= 0.0, "gan.gp_weight must not be negative");
+        anyhow::ensure!(
+            self.g_lr >= 0.0 && self.g_lr.is_finite(),
+            "gan.g_lr must be 0 (use train.lr) or positive, found {}",
+            self.g_lr
+        );
         Ok(())
+    }
+
+    /// The generator's Adam settings: `train`'s, with `g_lr` when it is set.
+    pub fn generator_adam(&self, train: &TrainConfig) -> layers::AdamConfig {
+        let mut adam = train.adam();
+        if self.g_lr > 0.0 {
+            adam.lr = self.g_lr;
+        }
+        adam
     }
 }
 
@@ -288,6 +306,20 @@ mod tests {
         std::fs::write(&p, "model = \"vae\"\n")?;
         let e = format!("{:#}", RunConfig::from_file(&p, Some("nade")).unwrap_err());
         assert!(e.contains("config for model `vae`"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn generator_learning_rate_defaults_to_the_shared_one() -> Result<()> {
+        let train = TrainConfig::defaults_for("infogan");
+        let mut gan = GanConfig::default();
+        assert_eq!(gan.generator_adam(&train).lr, train.lr);
+        gan.g_lr = 1e-3;
+        assert_eq!(gan.generator_adam(&train).lr, 1e-3);
+        assert_eq!(train.adam().lr, 2e-4);
+        gan.g_lr = -1.0;
+        let e = format!("{:#}", gan.validate().unwrap_err());
+        assert!(e.contains("gan.g_lr") && e.contains("-1"), "{e}");
         Ok(())
     }
 }

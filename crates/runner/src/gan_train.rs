@@ -71,7 +71,7 @@ pub(crate) fn networks(
         d_vars = trunk;
     }
     Ok(Networks {
-        generator: Adam::from_named_vars(g_optimized, run.train.adam())?,
+        generator: Adam::from_named_vars(g_optimized, run.gan.generator_adam(&run.train))?,
         discriminator: Adam::from_named_vars(d_vars, run.train.adam())?,
         average: WeightAverage::new(g_vars, run.gan.ema_decay)?,
         model,

@@ -1,0 +1,312 @@
+//! `out[n, d] = v[d] . sigmoid(sum_{j <= d} x[n, j] u[j])`: NADE's D conditionals in O(DH)
+//! per image (Larochelle & Murray 2011, eq. 4, and its O(DH) gradient, section 3).
+//!
+//! Written with tensor ops, the running sums of every prefix are materialised: `(batch, D, H)`
+//! contributions, their scan, the sigmoid and the product with `v`, each 200 MB for the
+//! benchmark's batch of 128 x 784 x 500, and as many again in the backward pass. PyTorch's
+//! NADE does the same and spends its step in page faults. The fused CPU op keeps one running
+//! `H`-vector per image: the forward pass writes only `(batch, D)`; the backward pass recomputes
+//! an image's D hidden vectors into a per-thread buffer and walks them in reverse, carrying
+//! `sum_{d' >= d} dL/da_{d'}`. Images run in parallel, each thread with its own gradient sums.
+//! Other devices, other dtypes and second-order gradients use the tensor formula.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::ops::{cpu_slice, exclusive_cumsum};
+use crate::simd;
+
+/// `x` `(batch, D)`, `u` `(D, H)`, `v` `(D, H)` -> `(batch, D)`.
+pub fn sigmoid_scan_readout(x: &Tensor, u: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (batch, d) = x.dims2()?;
+    let (du, h) = u.dims2()?;
+    if du != d || v.dims2()? != (d, h) {
+        candle_core::bail!(
+            "sigmoid_scan_readout: expected u and v of shape ({d}, H) for x of shape ({batch}, {d}), found u {:?} and v {:?}",
+            u.dims(),
+            v.dims()
+        );
+    }
+    if fused_path(&[x, u, v]) {
+        x.contiguous()?
+            .apply_op3(&u.contiguous()?, &v.contiguous()?, SigmoidScan)
+    } else {
+        sigmoid_scan_readout_reference(x, u, v)
+    }
+}
+
+/// The same with Candle's ops, materialising `(batch, D, H)`.
+pub fn sigmoid_scan_readout_reference(x: &Tensor, u: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let contributions = x.unsqueeze(2)?.broadcast_mul(&u.unsqueeze(0)?)?; // (b, D, H)
+    let a = (exclusive_cumsum(&contributions, 1, false)? + &contributions)?; // inclusive scan
+    candle_nn::ops::sigmoid(&a)?
+        .broadcast_mul(&v.unsqueeze(0)?)?
+        .sum(2) // (b, D)
+}
+
+fn fused_path(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none()
+}
+
+struct SigmoidScan;
+
+/// Scratch for one image: the running pre-activation and the hidden vector, both `H` long.
+struct Scratch {
+    a: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(h: usize) -> Self {
+        Self {
+            a: vec![0f32; h],
+            hidden: vec![0f32; h],
+        }
+    }
+
+    /// Calls `each(d, h_d)` for `h_d = sigmoid(sum_{j <= d} x_j u_j)`, `d` = 0, 1, ..
+    fn hidden_states(&mut self, x: &[f32], u: &[f32], mut each: impl FnMut(usize, &[f32])) {
+        let h = self.a.len();
+        self.a.fill(0.0);
+        for (d, &xd) in x.iter().enumerate() {
+            if xd != 0.0 {
+                simd::axpy(&mut self.a, xd, &u[d * h..(d + 1) * h]);
+            }
+            simd::sigmoid(&mut self.hidden, &self.a);
+            each(d, &self.hidden);
+        }
+    }
+}
+
+impl CustomOp3 for SigmoidScan {
+    fn name(&self) -> &'static str {
+        "sigmoid-scan-readout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        u: &CpuStorage,
+        u_layout: &Layout,
+        v: &CpuStorage,
+        v_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, d) = x_layout.shape().dims2()?;
+        let h = u_layout.shape().dims2()?.1;
+        let x = cpu_slice::<f32>(x, x_layout, "sigmoid-scan input")?;
+        let u = cpu_slice::<f32>(u, u_layout, "sigmoid-scan u")?;
+        let v = cpu_slice::<f32>(v, v_layout, "sigmoid-scan v")?;
+        let mut out = vec![0f32; batch * d];
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each_init(
+            || Scratch::new(h),
+            |scratch, (out, x)| {
+                scratch.hidden_states(x, u, |j, hidden| {
+                    out[j] = simd::dot(&v[j * h..(j + 1) * h], hidden)
+                })
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((batch, d))))
+    }
+
+    /// With `a_d = sum_{j <= d} x_j u_j`, `h_d = sigmoid(a_d)`, `out_d = v_d . h_d`:
+    /// `dv_d = g_d h_d`, `da_d = g_d v_d h_d (1 - h_d)`, `du_j = x_j sum_{d >= j} da_d`,
+    /// `dx_j = u_j . sum_{d >= j} da_d`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        u: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (batch, d) = x.dims2()?;
+        let h = u.dims2()?.1;
+        let (xs, _) = x.storage_and_layout();
+        let (us, _) = u.storage_and_layout();
+        let (vs, _) = v.storage_and_layout();
+        let (gs, _) = grad.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(xs),
+            candle_core::Storage::Cpu(us),
+            candle_core::Storage::Cpu(vs),
+            candle_core::Storage::Cpu(gs),
+        ) = (&*xs, &*us, &*vs, &*gs)
+        else {
+            candle_core::bail!("sigmoid-scan: fused backward needs CPU tensors")
+        };
+        let xv = cpu_slice::<f32>(xs, x.layout(), "sigmoid-scan input")?;
+        let uv = cpu_slice::<f32>(us, u.layout(), "sigmoid-scan u")?;
+        let vv = cpu_slice::<f32>(vs, v.layout(), "sigmoid-scan v")?;
+        let gv = cpu_slice::<f32>(gs, grad.layout(), "sigmoid-scan output gradient")?;
+
+        let mut dx = vec![0f32; batch * d];
+        // Images split into one run per thread; each run sums its own du and dv.
+        let runs = rayon::current_num_threads().clamp(1, batch.max(1));
+        let per_run = batch.div_ceil(runs).max(1);
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(per_run * d)
+            .enumerate()
+            .map(|(r, dx)| {
+                let mut du = vec![0f32; d * h];
+                let mut dv = vec![0f32; d * h];
+                let mut hidden = vec![0f32; d * h];
+                let mut scratch = Scratch::new(h);
+                let mut carry = vec![0f32; h];
+                for (k, dx) in dx.chunks_mut(d).enumerate() {
+                    let n = r * per_run + k;
+                    let (x, g) = (&xv[n * d..(n + 1) * d], &gv[n * d..(n + 1) * d]);
+                    scratch.hidden_states(x, uv, |j, row| {
+                        hidden[j * h..(j + 1) * h].copy_from_slice(row)
+                    });
+                    carry.fill(0.0);
+                    for j in (0..d).rev() {
+                        let row = j * h..(j + 1) * h;
+                        let hj = &hidden[row.clone()];
+                        if g[j] != 0.0 {
+                            simd::axpy(&mut dv[row.clone()], g[j], hj);
+                            simd::sigmoid_grad_accumulate(&mut carry, g[j], &vv[row.clone()], hj);
+                        }
+                        if x[j] != 0.0 {
+                            simd::axpy(&mut du[row.clone()], x[j], &carry);
+                        }
+                        dx[j] = simd::dot(&uv[row], &carry);
+                    }
+                }
+                (du, dv)
+            })
+            .collect();
+        let (du, dv): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+        let (du, dv) = (sum_all(du, d * h), sum_all(dv, d * h));
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (batch, d), device)?),
+            Some(Tensor::from_vec(du, (d, h), device)?),
+            Some(Tensor::from_vec(dv, (d, h), device)?),
+        ))
+    }
+}
+
+/// The elementwise sum of the threads' gradient sums, in parallel over chunks of the result.
+fn sum_all(mut parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    let Some(mut total) = parts.pop() else {
+        return vec![0f32; len];
+    };
+    total
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, total)| {
+            for part in &parts {
+                simd::axpy(total, 1.0, &part[c * CHUNK..]);
+            }
+        });
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+    use candle_core::{Device, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?
+            .abs()?
+            .flatten_all()?
+            .max(D::Minus1)?
+            .to_scalar::<f32>()
+    }
+
+    /// Binary-and-zero inputs (the skipped additions) and real-valued ones.
+    fn inputs(rng: &mut Rng, batch: usize, d: usize, binary: bool) -> Result<Tensor> {
+        let x = rng.uniform((batch, d), &Device::Cpu)?;
+        if binary {
+            x.ge(0.6)?.to_dtype(DType::F32)
+        } else {
+            x.affine(2.0, -1.0)
+        }
+    }
+
+    /// Output and the gradients of x, u and v equal the tensor formula's, for odd sizes,
+    /// one image and several, more images than threads.
+    #[test]
+    fn matches_the_tensor_formula_in_values_and_gradients() -> Result<()> {
+        let mut rng = Rng::new(21);
+        for (batch, d, h, binary) in [
+            (1, 1, 1, false),
+            (3, 13, 7, true),
+            (5, 9, 33, false),
+            (9, 17, 20, true),
+        ] {
+            let x = Var::from_tensor(&inputs(&mut rng, batch, d, binary)?)?;
+            let u = Var::from_tensor(&rng.normal((d, h), &Device::Cpu)?)?;
+            let v = Var::from_tensor(&rng.normal((d, h), &Device::Cpu)?)?;
+            let probe = rng.normal((batch, d), &Device::Cpu)?;
+            let fused = sigmoid_scan_readout(&x, &u, &v)?;
+            let reference = sigmoid_scan_readout_reference(&x, &u, &v)?;
+            let shape = (batch, d, h);
+            assert!(max_diff(&fused, &reference)? < 1e-5, "{shape:?} forward");
+            let g_fused = (&fused * &probe)?.sum_all()?.backward()?;
+            let g_ref = (&reference * &probe)?.sum_all()?.backward()?;
+            for (t, what) in [(&x, "x"), (&u, "u"), (&v, "v")] {
+                let (a, b) = (g_fused.get(t).unwrap(), g_ref.get(t).unwrap());
+                let diff = max_diff(a, b)?;
+                assert!(diff < 1e-4, "{shape:?} d{what}: {diff}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradient of u against central differences of the fused forward itself.
+    #[test]
+    fn gradient_matches_finite_differences() -> Result<()> {
+        let mut rng = Rng::new(22);
+        let (batch, d, h) = (2, 6, 5);
+        let x = inputs(&mut rng, batch, d, false)?;
+        let u = rng.normal((d, h), &Device::Cpu)?;
+        let v = rng.normal((d, h), &Device::Cpu)?;
+        let probe = rng.normal((batch, d), &Device::Cpu)?;
+        let loss = |u: &Tensor| -> Result<f32> {
+            (sigmoid_scan_readout(&x, u, &v)? * &probe)?
+                .sum_all()?
+                .to_scalar::<f32>()
+        };
+        let uv = Var::from_tensor(&u)?;
+        let grads = (sigmoid_scan_readout(&x, &uv, &v)? * &probe)?
+            .sum_all()?
+            .backward()?;
+        let analytic = grads.get(&uv).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let flat = u.flatten_all()?.to_vec1::<f32>()?;
+        let step = 1e-2;
+        for i in [0, 4, 11, 17, 29] {
+            let at = |delta: f32| {
+                let mut w = flat.clone();
+                w[i] += delta;
+                Tensor::from_vec(w, (d, h), &Device::Cpu)
+            };
+            let numeric = (loss(&at(step)?)? - loss(&at(-step)?)?) / (2.0 * step);
+            assert!(
+                (numeric - analytic[i]).abs() < 5e-3,
+                "du[{i}]: {numeric} vs {}",
+                analytic[i]
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_that_name_them() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 4), DType::F32, &dev)?;
+        let u = Tensor::zeros((4, 3), DType::F32, &dev)?;
+        let v = Tensor::zeros((5, 3), DType::F32, &dev)?;
+        let e = sigmoid_scan_readout(&x, &u, &v).unwrap_err().to_string();
+        assert!(e.contains("(4, H)") && e.contains("[5, 3]"), "{e}");
+        Ok(())
+    }
+}
