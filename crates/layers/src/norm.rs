@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use candle_nn::ModuleT;
 use rayon::prelude::*;
 
-use crate::ops::cpu_slice;
+use crate::ops::{cpu_slice, fused_cpu_f32};
 
 /// PyTorch's default running-statistics momentum.
 const MOMENTUM: f64 = 0.1;
@@ -145,14 +145,9 @@ impl ModuleT for BatchNorm {
     }
 }
 
-/// The fused op serves first-order gradients of f32 CPU tensors; Candle reads
-/// `CANDLE_GRAD_DO_NOT_DETACH` to keep gradients differentiable (second order), which the
-/// fused backward is not.
+/// The fused op serves inputs with a channel dimension that [`fused_cpu_f32`] accepts.
 fn fused_path(x: &Tensor) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && x.rank() >= 2
-        && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none()
+    x.rank() >= 2 && fused_cpu_f32(&[x])
 }
 
 /// `(outer, channels, inner)`: the input as `(n, c, everything after)`.

@@ -23,6 +23,17 @@ pub fn cpu_slice<'a, T: candle_core::WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// Whether genzoo's fused CPU kernels serve these tensors: f32 on the CPU, first-order
+/// gradients only. Candle reads `CANDLE_GRAD_DO_NOT_DETACH` to keep gradients differentiable
+/// (second order, WGAN-GP's penalty), which the fused backward passes are not; then, and on
+/// other devices and dtypes, callers use Candle's ops.
+pub fn fused_cpu_f32(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none()
+}
+
 /// `target = decay * target + (1 - decay) * value`: in place (one pass, no allocation) for
 /// contiguous f32 CPU tensors, through Candle's ops otherwise. `target` must not be part of a
 /// graph (a weight average, optimiser state).

@@ -10,10 +10,10 @@
 //! `sum_{d' >= d} dL/da_{d'}`. Images run in parallel, each thread with its own gradient sums.
 //! Other devices, other dtypes and second-order gradients use the tensor formula.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, exclusive_cumsum};
+use crate::ops::{cpu_slice, exclusive_cumsum, fused_cpu_f32};
 use crate::simd;
 
 /// `x` `(batch, D)`, `u` `(D, H)`, `v` `(D, H)` -> `(batch, D)`.
@@ -27,7 +27,7 @@ pub fn sigmoid_scan_readout(x: &Tensor, u: &Tensor, v: &Tensor) -> Result<Tensor
             v.dims()
         );
     }
-    if fused_path(&[x, u, v]) {
+    if fused_cpu_f32(&[x, u, v]) {
         x.contiguous()?
             .apply_op3(&u.contiguous()?, &v.contiguous()?, SigmoidScan)
     } else {
@@ -42,13 +42,6 @@ pub fn sigmoid_scan_readout_reference(x: &Tensor, u: &Tensor, v: &Tensor) -> Res
     candle_nn::ops::sigmoid(&a)?
         .broadcast_mul(&v.unsqueeze(0)?)?
         .sum(2) // (b, D)
-}
-
-fn fused_path(tensors: &[&Tensor]) -> bool {
-    tensors
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-        && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none()
 }
 
 struct SigmoidScan;
@@ -212,7 +205,7 @@ fn sum_all(mut parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::Rng;
-    use candle_core::{Device, Var, D};
+    use candle_core::{DType, Device, Var, D};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?

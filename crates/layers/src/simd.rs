@@ -49,6 +49,63 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
     er * scale
 }
 
+/// `ln(1 + e)` for `e` in [0, 1], as `2 atanh(s)` with `s = e / (2 + e)` in [0, 1/3]: the
+/// odd series to `s^15` leaves at most 1e-9.
+#[inline(always)]
+fn ln_1p_unit<const FMA: bool>(e: f32) -> f32 {
+    let s = e / (2.0 + e);
+    let z = s * s;
+    let mut p = 1.0 / 15.0;
+    p = madd::<FMA>(p, z, 1.0 / 13.0);
+    p = madd::<FMA>(p, z, 1.0 / 11.0);
+    p = madd::<FMA>(p, z, 1.0 / 9.0);
+    p = madd::<FMA>(p, z, 1.0 / 7.0);
+    p = madd::<FMA>(p, z, 1.0 / 5.0);
+    p = madd::<FMA>(p, z, 1.0 / 3.0);
+    p = madd::<FMA>(p, z, 1.0);
+    2.0 * s * p
+}
+
+/// `softplus(l) = ln(1 + e^l) = max(l, 0) + ln(1 + e^-|l|)`: neither tail overflows.
+#[inline(always)]
+fn softplus<const FMA: bool>(l: f32) -> f32 {
+    l.max(0.0) + ln_1p_unit::<FMA>(exp::<FMA>(-l.abs()))
+}
+
+#[inline(always)]
+fn bce_with_logits_sum_generic<const FMA: bool>(logits: &[f32], targets: &[f32]) -> f32 {
+    let n = logits.len().min(targets.len());
+    let (logits, targets) = (&logits[..n], &targets[..n]);
+    let mut acc = [0f32; LANES];
+    let mut cl = logits.chunks_exact(LANES);
+    let mut ct = targets.chunks_exact(LANES);
+    for (l, t) in (&mut cl).zip(&mut ct) {
+        for k in 0..LANES {
+            acc[k] += madd::<FMA>(-t[k], l[k], softplus::<FMA>(l[k]));
+        }
+    }
+    let tail: f32 = cl
+        .remainder()
+        .iter()
+        .zip(ct.remainder())
+        .map(|(&l, &t)| softplus::<FMA>(l) - t * l)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out[i] = scale (sigmoid(l[i]) - t[i])`.
+#[inline(always)]
+fn bce_with_logits_grad_generic<const FMA: bool>(
+    out: &mut [f32],
+    scale: f32,
+    logits: &[f32],
+    targets: &[f32],
+) {
+    for ((o, &l), &t) in out.iter_mut().zip(logits).zip(targets) {
+        *o = scale * (1.0 / (1.0 + exp::<FMA>(-l)) - t);
+    }
+}
+
 #[inline(always)]
 fn sigmoid_generic<const FMA: bool>(out: &mut [f32], a: &[f32]) {
     for (o, &v) in out.iter_mut().zip(a) {
@@ -176,6 +233,16 @@ dispatch!(
     sigmoid_grad_accumulate = sigmoid_grad_accumulate_generic(acc: &mut [f32], scale: f32, v: &[f32], h: &[f32])
 );
 
+dispatch!(
+    /// `sum_i softplus(l[i]) - t[i] l[i]`: Bernoulli negative log-likelihood of targets in
+    /// [0, 1] under logits, in nats.
+    bce_with_logits_sum = bce_with_logits_sum_generic(logits: &[f32], targets: &[f32]) -> f32
+);
+dispatch!(
+    /// `out[i] = scale (sigmoid(l[i]) - t[i])`: the gradient of `scale * bce_with_logits_sum`.
+    bce_with_logits_grad = bce_with_logits_grad_generic(out: &mut [f32], scale: f32, logits: &[f32], targets: &[f32])
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +311,40 @@ mod tests {
             for i in 0..n {
                 let want = b[i] + 2.0 * a[i] * h[i] * (1.0 - h[i]);
                 assert!((acc[i] - want).abs() < 1e-5, "accumulate at {i} of {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn bernoulli_nll_matches_the_f64_formula_in_both_tails() {
+        let logits = inputs();
+        let logits: Vec<f32> = logits.into_iter().filter(|l| l.abs() < 1e9).collect();
+        for target in [0.0f32, 1.0, 0.3] {
+            let targets = vec![target; logits.len()];
+            let mut want = 0f64;
+            for &l in &logits {
+                let l = l as f64;
+                want += l.max(0.0) + (-l.abs()).exp().ln_1p() - target as f64 * l;
+            }
+            let got = bce_with_logits_sum(&logits, &targets) as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "target {target}: {got} vs {want}"
+            );
+            for &l in &[-100.0f32, -3.5, -1e-3, 0.0, 2.0, 30.0, 100.0] {
+                let one = bce_with_logits_sum(&[l], &[target]) as f64;
+                let l64 = l as f64;
+                let exact = l64.max(0.0) + (-l64.abs()).exp().ln_1p() - target as f64 * l64;
+                assert!(
+                    (one - exact).abs() <= 1e-6 + 1e-6 * exact.abs(),
+                    "{l}: {one} vs {exact}"
+                );
+            }
+            let mut grad = vec![0f32; logits.len()];
+            bce_with_logits_grad(&mut grad, 2.0, &logits, &targets);
+            for (&g, &l) in grad.iter().zip(&logits) {
+                let want = 2.0 * (1.0 / (1.0 + (-(l as f64)).exp()) - target as f64);
+                assert!((g as f64 - want).abs() < 1e-6, "grad at {l}: {g} vs {want}");
             }
         }
     }
