@@ -34,9 +34,10 @@
 //! comes from.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use layers::conv::ConvSpec;
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
+use layers::linear::Linear;
 use layers::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,9 @@
 //! Input `(b, 1, 28, 28)` intensities in [0, 1].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::conv::{conv2d, ConvSpec};

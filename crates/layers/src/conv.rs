@@ -116,7 +116,9 @@ impl Geometry {
     }
 }
 
-trait Element: Copy + Send + Sync + Default + std::ops::AddAssign + 'static {
+pub(crate) trait Element:
+    Copy + Send + Sync + Default + std::ops::AddAssign + 'static
+{
     const ONE: Self;
 }
 impl Element for f32 {
@@ -182,7 +184,7 @@ fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T]) {
 
 /// `dst (m, n) (+)= lhs (m, k) @ rhs (k, n)`, each given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Element>(
+pub(crate) fn matmul<T: Element>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,

@@ -108,11 +108,11 @@ pub fn torch_uniform(fan_in: usize) -> Init {
 }
 
 /// `nn.Linear(in_dim, out_dim)` with PyTorch's names (`weight`, `bias`) and init.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<crate::linear::Linear> {
     let init = torch_uniform(in_dim);
     let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
     let bias = vb.get_with_hints(out_dim, "bias", init)?;
-    Ok(candle_nn::Linear::new(weight, Some(bias)))
+    Ok(crate::linear::Linear::new(weight, Some(bias)))
 }
 
 /// `nn.Conv2d(in, out, k)` (square kernel, with bias) with PyTorch's names and init.

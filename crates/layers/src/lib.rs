@@ -9,6 +9,7 @@ pub mod conv;
 pub mod device;
 pub mod gan;
 pub mod init;
+pub mod linear;
 pub mod loss;
 pub mod masked;
 pub mod metrics;

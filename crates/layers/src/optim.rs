@@ -17,7 +17,10 @@ use candle_core::{
     backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var,
 };
 use candle_nn::VarMap;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::simd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +218,9 @@ impl Adam {
 
 /// `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2` in place on the `(2, n)` moments, with
 /// `g` the gradient plus `weight_decay` times the parameter.
+/// Elements per parallel task of the in-place updates.
+const CHUNK: usize = 1 << 15;
+
 struct MomentsUpdate {
     beta1: f32,
     beta2: f32,
@@ -268,16 +274,11 @@ impl InplaceOp3 for MomentsUpdate {
         let p = slice(param, param_l, "adam parameter")?;
         let moments = slice_mut(dst, dst_l, "adam moments")?;
         let (m, v) = moments.split_at_mut(g.len());
-        let Self {
-            beta1,
-            beta2,
-            weight_decay,
-        } = *self;
-        for (((m, v), &g), &p) in m.iter_mut().zip(v.iter_mut()).zip(g).zip(p) {
-            let g = g + weight_decay * p;
-            *m = beta1 * *m + (1.0 - beta1) * g;
-            *v = beta2 * *v + (1.0 - beta2) * g * g;
-        }
+        let consts = [self.beta1, self.beta2, self.weight_decay];
+        m.par_chunks_mut(CHUNK)
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
+            .for_each(|((m, v), (g, p))| simd::adam_moments(m, v, g, p, consts));
         Ok(())
     }
 }
@@ -296,14 +297,10 @@ impl InplaceOp2 for ParameterUpdate {
     ) -> candle_core::Result<()> {
         let p = slice_mut(dst, dst_l, "adam parameter")?;
         let (m, v) = slice(moments, moments_l, "adam moments")?.split_at(p.len());
-        let Self {
-            step_size,
-            bias_correction2_sqrt,
-            eps,
-        } = *self;
-        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-            *p -= step_size * m / (v.sqrt() / bias_correction2_sqrt + eps);
-        }
+        let consts = [self.step_size, self.bias_correction2_sqrt, self.eps];
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(p, (m, v))| simd::adam_parameter(p, m, v, consts));
         Ok(())
     }
 }

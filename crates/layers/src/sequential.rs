@@ -3,7 +3,9 @@
 //! The GANs of PyTorch-GAN and pytorch/examples are written this way.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, ModuleT, VarBuilder};
+use candle_nn::{Init, ModuleT, VarBuilder};
+
+use crate::linear::Linear;
 
 use crate::conv::{conv2d, conv_transpose2d, ConvSpec};
 use crate::norm::BatchNorm;

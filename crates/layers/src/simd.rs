@@ -154,6 +154,37 @@ fn sigmoid_grad_accumulate_generic<const FMA: bool>(
     }
 }
 
+/// Adam's moment updates with the decayed gradient `g + wd p`.
+#[inline(always)]
+fn adam_moments_generic<const FMA: bool>(
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    p: &[f32],
+    [beta1, beta2, weight_decay]: [f32; 3],
+) {
+    let decayed = |g: f32, p: f32| madd::<FMA>(weight_decay, p, g);
+    for (((m, v), &g), &p) in m.iter_mut().zip(v.iter_mut()).zip(g).zip(p) {
+        let g = decayed(g, p);
+        *m = madd::<FMA>(beta1, *m, (1.0 - beta1) * g);
+        *v = madd::<FMA>(beta2, *v, (1.0 - beta2) * g * g);
+    }
+}
+
+/// `p -= step m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+#[inline(always)]
+fn adam_parameter_generic<const FMA: bool>(
+    p: &mut [f32],
+    m: &[f32],
+    v: &[f32],
+    [step_size, bias_correction2_sqrt, eps]: [f32; 3],
+) {
+    let inv = 1.0 / bias_correction2_sqrt;
+    for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+        *p -= step_size * m / madd::<FMA>(v.sqrt(), inv, eps);
+    }
+}
+
 /// Defines `pub fn $name` that runs `$generic` compiled for the best instruction set present.
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident = $generic:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?) => {
@@ -241,6 +272,15 @@ dispatch!(
 dispatch!(
     /// `out[i] = scale (sigmoid(l[i]) - t[i])`: the gradient of `scale * bce_with_logits_sum`.
     bce_with_logits_grad = bce_with_logits_grad_generic(out: &mut [f32], scale: f32, logits: &[f32], targets: &[f32])
+);
+
+dispatch!(
+    /// Adam's moments: `m = b1 m + (1 - b1) g'`, `v = b2 v + (1 - b2) g'^2`, `g' = g + wd p`.
+    adam_moments = adam_moments_generic(m: &mut [f32], v: &mut [f32], g: &[f32], p: &[f32], betas_and_decay: [f32; 3])
+);
+dispatch!(
+    /// Adam's parameter step `p -= step m / (sqrt(v) / c2 + eps)`, given `[step, c2, eps]`.
+    adam_parameter = adam_parameter_generic(p: &mut [f32], m: &[f32], v: &[f32], step_correction_eps: [f32; 3])
 );
 
 #[cfg(test)]

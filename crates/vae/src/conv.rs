@@ -2,9 +2,8 @@
 //! `(c2, s/4, s/4)`, linear heads for the mean and log-variance, and the mirror image up.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{
-    Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear, Module, VarBuilder,
-};
+use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Module, VarBuilder};
+use layers::linear::Linear;
 
 fn down() -> Conv2dConfig {
     Conv2dConfig {

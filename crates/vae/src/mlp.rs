@@ -2,7 +2,8 @@
 //! parameters `fc1`, `fc21` (mean), `fc22` (log-variance), `fc3`, `fc4`.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+use layers::linear::{Activation, Linear};
 
 pub struct MlpEncoder {
     fc1: Linear,
@@ -21,7 +22,9 @@ impl MlpEncoder {
 
     /// `(b, c, h, w) -> ((b, latent), (b, latent))`: mean and log-variance of q(z|x).
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let h = self.fc1.forward(&x.flatten_from(1)?)?.relu()?; // (b, hidden)
+        let h = self
+            .fc1
+            .forward_activated(&x.flatten_from(1)?, Activation::Relu)?; // (b, hidden)
         Ok((self.fc21.forward(&h)?, self.fc22.forward(&h)?))
     }
 }
@@ -41,6 +44,7 @@ impl MlpDecoder {
 
     /// `(n, latent) -> (n, output_dim)` Bernoulli logits.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        self.fc4.forward(&self.fc3.forward(z)?.relu()?)
+        self.fc4
+            .forward(&self.fc3.forward_activated(z, Activation::Relu)?)
     }
 }
