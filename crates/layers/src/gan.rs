@@ -389,49 +389,6 @@ mod tests {
         Ok(())
     }
 
-    /// The penalty's gradient with respect to the critic's weights, through the gradient of
-    /// the critic, against central finite differences (f64).
-    #[test]
-    fn gradient_penalty_gradient_matches_finite_differences() -> Result<()> {
-        enable_second_order_gradients();
-        let dev = Device::Cpu;
-        let mut rng = Rng::new(3);
-        let (b, d, h) = (4, 3, 5);
-        let real = rng.normal((b, d), &dev)?.to_dtype(DType::F64)?;
-        let fake = rng.normal((b, d), &dev)?.to_dtype(DType::F64)?;
-        let alpha = rng.uniform(b, &dev)?.to_dtype(DType::F64)?;
-        let w1 = Var::from_tensor(&rng.normal((d, h), &dev)?.to_dtype(DType::F64)?)?;
-        let w2 = Var::from_tensor(&rng.normal((h, 1), &dev)?.to_dtype(DType::F64)?)?;
-        // A two-layer tanh critic: its input gradient depends on both weights.
-        let penalty = |w1: &Tensor, w2: &Tensor| -> Result<Tensor> {
-            let critic = |x: &Tensor| x.matmul(w1)?.tanh()?.matmul(w2);
-            gradient_penalty(&critic, &real, &fake, &alpha)
-        };
-        let grads = penalty(w1.as_tensor(), w2.as_tensor())?.backward()?;
-        let analytic = grads
-            .get(w1.as_tensor())
-            .expect("the penalty depends on w1")
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        let base = w1.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-        let eps = 1e-6;
-        for i in 0..base.len() {
-            let at = |delta: f64| -> Result<f64> {
-                let mut v = base.clone();
-                v[i] += delta;
-                let w = Tensor::from_vec(v, (d, h), &dev)?;
-                penalty(&w, &w2.as_tensor().detach())?.to_scalar::<f64>()
-            };
-            let numeric = (at(eps)? - at(-eps)?) / (2.0 * eps);
-            assert!(
-                (numeric - analytic[i]).abs() < 1e-5 * (1.0 + numeric.abs()),
-                "w1[{i}]: finite differences {numeric}, backward {}",
-                analytic[i]
-            );
-        }
-        Ok(())
-    }
-
     #[test]
     fn the_average_follows_and_swaps() -> Result<()> {
         let v = Var::from_tensor(&t(&[0.0, 10.0]))?;

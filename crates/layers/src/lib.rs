@@ -3,6 +3,7 @@
 //! with savable state ([`optim`]), checkpoints ([`checkpoint`]) and device selection
 //! ([`device`]).
 
+pub mod activation;
 pub mod checkpoint;
 pub mod classifier;
 pub mod conv;

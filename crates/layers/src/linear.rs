@@ -10,53 +10,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use gemm::Parallelism;
 
+use crate::activation::Activation;
 use crate::conv::matmul;
 use crate::ops::{cpu_slice, fused_cpu_f32};
-
-/// The activation applied to a linear layer's output.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Activation {
-    Identity,
-    Relu,
-    /// `max(x, slope x)` for a slope in (0, 1).
-    LeakyRelu(f32),
-}
-
-impl Activation {
-    #[inline]
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::Identity => v,
-            Activation::Relu => v.max(0.0),
-            Activation::LeakyRelu(slope) => v.max(slope * v),
-        }
-    }
-
-    /// The derivative at the pre-activation, read from the output (same sign).
-    #[inline]
-    fn derivative_at_output(self, y: f32) -> f32 {
-        match self {
-            Activation::Identity => 1.0,
-            Activation::Relu => f32::from(y > 0.0),
-            Activation::LeakyRelu(slope) => {
-                if y > 0.0 {
-                    1.0
-                } else {
-                    slope
-                }
-            }
-        }
-    }
-
-    /// Candle's ops for the same activation.
-    fn reference(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Activation::Identity => Ok(x.clone()),
-            Activation::Relu => x.relu(),
-            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope as f64),
-        }
-    }
-}
 
 /// `nn.Linear(in, out)` with PyTorch's parameter names `weight` and `bias`.
 #[derive(Debug, Clone)]
@@ -80,18 +36,18 @@ impl Linear {
 
     /// `act(x W^T + b)` for `x` `(b, in)` -> `(b, out)`; other ranks through Candle's ops.
     pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let (outputs, inputs) = self.weight.dims2()?;
+        let bias_fits = self.bias.as_ref().is_none_or(|b| b.dims() == [outputs]);
+        if x.dim(candle_core::D::Minus1)? != inputs || !bias_fits {
+            candle_core::bail!(
+                "linear: input {:?} does not fit weight {:?} and bias {:?}",
+                x.dims(),
+                self.weight.dims(),
+                self.bias.as_ref().map(|b| b.dims())
+            );
+        }
         match &self.bias {
             Some(bias) if x.rank() == 2 && fused_cpu_f32(&[x, &self.weight, bias]) => {
-                let (_, inputs) = x.dims2()?;
-                let (outputs, weight_inputs) = self.weight.dims2()?;
-                if inputs != weight_inputs || bias.dims1()? != outputs {
-                    candle_core::bail!(
-                        "linear: input {:?} does not fit weight {:?} and bias {:?}",
-                        x.dims(),
-                        self.weight.dims(),
-                        bias.dims()
-                    );
-                }
                 let op = FusedLinear {
                     act,
                     input_needs_grad: x.track_op(),
@@ -266,6 +222,7 @@ mod tests {
     /// activation, for odd sizes, a batch of one, and each activation.
     #[test]
     fn matches_candles_linear_in_values_and_gradients() -> Result<()> {
+        crate::ops::assert_fused_path_on();
         let dev = Device::Cpu;
         let mut rng = Rng::new(41);
         for (batch, inputs, outputs) in [(1, 1, 1), (3, 7, 5), (17, 33, 9), (128, 20, 400)] {
@@ -298,6 +255,7 @@ mod tests {
     /// Data inputs get no gradient (the skipped gemm), parameters still do.
     #[test]
     fn data_inputs_skip_their_gradient() -> Result<()> {
+        crate::ops::assert_fused_path_on();
         let dev = Device::Cpu;
         let mut rng = Rng::new(42);
         let x = rng.normal((4, 6), &dev)?;

@@ -187,6 +187,7 @@ mod tests {
     /// variable too), for flat and image-shaped inputs of odd sizes and a non-uniform probe.
     #[test]
     fn fused_bce_matches_the_tensor_formula() -> Result<()> {
+        crate::ops::assert_fused_path_on();
         let dev = Device::Cpu;
         let mut rng = crate::Rng::new(31);
         for dims in [vec![1, 1], vec![3, 37], vec![5, 1, 7, 9], vec![2, 3, 4, 5]] {

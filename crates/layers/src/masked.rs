@@ -10,6 +10,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::activation::{bias_activation, Activation};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MaskType {
     A,
@@ -177,16 +179,23 @@ impl MaskedConv2d {
     }
 }
 
-impl Module for MaskedConv2d {
-    /// `(b, in, h, w) -> (b, out, h, w)`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl MaskedConv2d {
+    /// `(b, in, h, w) -> (b, out, h, w)`: `act(conv(x, weight * mask) + bias)`.
+    pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let (kh, kw) = self.kernel;
         let y = crate::conv::conv2d(
             x,
             &self.masked_weight()?,
             crate::conv::ConvSpec::same_padding(kh, kw),
         )?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        bias_activation(&y, Some(&self.bias), act)
+    }
+}
+
+impl Module for MaskedConv2d {
+    /// `(b, in, h, w) -> (b, out, h, w)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_activated(x, Activation::Identity)
     }
 }
 

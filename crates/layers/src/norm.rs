@@ -363,6 +363,7 @@ mod tests {
     /// mode too.
     #[test]
     fn matches_candles_batch_norm_in_values_gradients_and_buffers() -> Result<()> {
+        crate::ops::assert_fused_path_on();
         let mut rng = Rng::new(11);
         for dims in [
             vec![5, 3],

@@ -34,6 +34,17 @@ pub fn fused_cpu_f32(tensors: &[&Tensor]) -> bool {
         && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none()
 }
 
+/// For tests comparing a fused kernel with Candle's ops: fails if the fused path is off in
+/// this process (so the comparison would be Candle's ops against themselves).
+#[cfg(test)]
+pub(crate) fn assert_fused_path_on() {
+    let probe = Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu).unwrap();
+    assert!(
+        fused_cpu_f32(&[&probe]),
+        "CANDLE_GRAD_DO_NOT_DETACH is set: the fused kernels are off in this test process"
+    );
+}
+
 /// `target = decay * target + (1 - decay) * value`: in place (one pass, no allocation) for
 /// contiguous f32 CPU tensors, through Candle's ops otherwise. `target` must not be part of a
 /// graph (a weight average, optimiser state).

@@ -5,6 +5,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
+use crate::activation::{bias_activation, Activation};
 use crate::linear::Linear;
 
 use crate::conv::{conv2d, conv_transpose2d, ConvSpec};
@@ -28,20 +29,26 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// The activation this layer is, if it is one.
+    fn activation(&self) -> Option<Activation> {
+        match self {
+            Layer::Relu => Some(Activation::Relu),
+            Layer::LeakyRelu(slope) => Some(Activation::LeakyRelu(*slope as f32)),
+            _ => None,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             Layer::Linear(l) => l.forward(x),
             Layer::Conv(k, bias, spec) => {
-                let y = conv2d(x, k, *spec)?;
-                match bias {
-                    Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-                    None => Ok(y),
-                }
+                bias_activation(&conv2d(x, k, *spec)?, bias.as_ref(), Activation::Identity)
             }
             Layer::ConvTranspose(k, spec) => conv_transpose2d(x, k, *spec),
             Layer::BatchNorm(n) => n.forward_t(x, train),
-            Layer::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, *slope),
-            Layer::Relu => x.relu(),
+            Layer::LeakyRelu(_) | Layer::Relu => {
+                bias_activation(x, None, self.activation().unwrap_or(Activation::Identity))
+            }
             Layer::Tanh => x.tanh(),
             Layer::Identity => Ok(x.clone()),
             Layer::Upsample2 => {
@@ -156,9 +163,25 @@ impl<'a> Sequential<'a> {
 pub struct Stack(pub Vec<Layer>);
 
 impl Stack {
+    /// Runs the layers in order; a linear layer or a convolution with a bias followed by an
+    /// activation runs as one fused op.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.0
-            .iter()
-            .try_fold(x.clone(), |h, l| l.forward(&h, train))
+        let mut h = x.clone();
+        let mut i = 0;
+        while i < self.0.len() {
+            let next = self.0.get(i + 1).and_then(Layer::activation);
+            let fused = match (&self.0[i], next) {
+                (Layer::Linear(l), Some(act)) => Some(l.forward_activated(&h, act)?),
+                (Layer::Conv(k, Some(b), spec), Some(act)) => {
+                    Some(bias_activation(&conv2d(&h, k, *spec)?, Some(b), act)?)
+                }
+                _ => None,
+            };
+            (h, i) = match fused {
+                Some(y) => (y, i + 2),
+                None => (self.0[i].forward(&h, train)?, i + 1),
+            };
+        }
+        Ok(h)
     }
 }

@@ -229,6 +229,7 @@ mod tests {
     /// one image and several, more images than threads.
     #[test]
     fn matches_the_tensor_formula_in_values_and_gradients() -> Result<()> {
+        crate::ops::assert_fused_path_on();
         let mut rng = Rng::new(21);
         for (batch, d, h, binary) in [
             (1, 1, 1, false),

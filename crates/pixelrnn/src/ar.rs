@@ -143,7 +143,8 @@ impl Head {
 
     /// `(b, in, H, W) -> (b, channels * levels, H, W)` logits.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.convs[1].forward(&self.convs[0].forward(x)?.relu()?)
+        self.convs[1]
+            .forward(&self.convs[0].forward_activated(x, layers::activation::Activation::Relu)?)
     }
 
     /// The two layers for the cached samplers.

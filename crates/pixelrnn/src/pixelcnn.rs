@@ -8,6 +8,7 @@
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use layers::activation::Activation;
 use layers::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
@@ -130,7 +131,7 @@ impl Autoregressive for PixelCnn {
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.input_conv.forward(x)?; // (b, hidden, h, w)
         for layer in &self.layers {
-            h = layer.forward(&h)?.relu()?;
+            h = layer.forward_activated(&h, Activation::Relu)?;
         }
         self.head.forward(&h)
     }

@@ -3,7 +3,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
-use layers::linear::{Activation, Linear};
+use layers::activation::Activation;
+use layers::linear::Linear;
 
 pub struct MlpEncoder {
     fc1: Linear,

@@ -1,0 +1,287 @@
+//! Per-channel bias and activation, `y = act(x + b[c])` over `(n, c, ...)`, as one fused CPU op.
+//!
+//! Candle runs a convolution's bias as a broadcast add, whose gradient is a strided reduction
+//! over batch and space, and ReLU's backward as four ops (`zeros_like`, `ge`, `to_dtype`, `mul`);
+//! `candle_nn::ops::leaky_relu` is five ops forward and more backward. Here the forward pass
+//! writes the output once; the backward pass reads the output (whose sign is the
+//! pre-activation's) and the incoming gradient once, and sums the bias gradient per plane.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::ops::{cpu_slice, fused_cpu_f32};
+
+/// The activation after a linear map or a convolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// `max(x, slope x)` for a slope in [0, 1).
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    #[inline]
+    pub(crate) fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::LeakyRelu(slope) => v.max(slope * v),
+        }
+    }
+
+    /// The derivative at the pre-activation, read from the output (same sign).
+    #[inline]
+    pub(crate) fn derivative_at_output(self, y: f32) -> f32 {
+        match self {
+            Activation::Identity => 1.0,
+            Activation::Relu => f32::from(y > 0.0),
+            Activation::LeakyRelu(slope) => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    slope
+                }
+            }
+        }
+    }
+
+    /// Candle's ops for the same activation.
+    pub fn reference(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Identity => Ok(x.clone()),
+            Activation::Relu => x.relu(),
+            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope as f64),
+        }
+    }
+}
+
+/// `act(x + bias[c])` for `x` `(n, c, ...)` and `bias` `(c)` (or no bias).
+pub fn bias_activation(x: &Tensor, bias: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    if x.rank() < 2 && bias.is_none() {
+        return act.reference(x);
+    }
+    if x.rank() < 2 {
+        candle_core::bail!("bias_activation: expected (n, c, ..), found {:?}", x.dims());
+    }
+    let channels = x.dim(1)?;
+    if let Some(b) = bias {
+        if b.dims() != [channels] {
+            candle_core::bail!(
+                "bias_activation: bias {:?} does not match the {channels} channels of input {:?}",
+                b.dims(),
+                x.dims()
+            );
+        }
+    }
+    let tensors: Vec<&Tensor> = std::iter::once(x).chain(bias).collect();
+    if !fused_cpu_f32(&tensors) {
+        return bias_activation_reference(x, bias, act);
+    }
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) => x.apply_op2(&b.contiguous()?, BiasActivation { act }),
+        None if act == Activation::Identity => Ok(x),
+        None => x.apply_op1(BiasActivation { act }),
+    }
+}
+
+/// The same with Candle's ops.
+pub fn bias_activation_reference(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let y = match bias {
+        Some(b) => {
+            let mut shape = vec![1; x.rank()];
+            shape[1] = b.elem_count();
+            x.broadcast_add(&b.reshape(shape)?)?
+        }
+        None => x.clone(),
+    };
+    act.reference(&y)
+}
+
+struct BiasActivation {
+    act: Activation,
+}
+
+/// `(planes, plane size)` of an `(n, c, ...)` layout.
+fn planes(layout: &Layout) -> (usize, usize) {
+    let dims = layout.shape().dims();
+    (dims[0] * dims[1], dims[2..].iter().product())
+}
+
+impl BiasActivation {
+    fn forward(&self, x: &[f32], bias: Option<&[f32]>, layout: &Layout) -> CpuStorage {
+        let channels = layout.shape().dims()[1];
+        let (_, inner) = planes(layout);
+        let mut y = vec![0f32; x.len()];
+        let act = self.act;
+        y.par_chunks_mut(inner.max(1))
+            .zip(x.par_chunks(inner.max(1)))
+            .enumerate()
+            .for_each(|(p, (y, x))| {
+                let b = bias.map_or(0.0, |b| b[p % channels]);
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = act.apply(x + b);
+                }
+            });
+        CpuStorage::F32(y)
+    }
+
+    /// `dx = g act'(y)`, and with a bias `db[c] = sum over n and space of dx`.
+    fn backward(
+        &self,
+        y: &Tensor,
+        grad: &Tensor,
+        with_bias: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (ys, _) = y.storage_and_layout();
+        let (gs, _) = grad.storage_and_layout();
+        let (candle_core::Storage::Cpu(ys), candle_core::Storage::Cpu(gs)) = (&*ys, &*gs) else {
+            candle_core::bail!("bias_activation: fused backward needs CPU tensors")
+        };
+        let yv = cpu_slice::<f32>(ys, y.layout(), "activation output")?;
+        let gv = cpu_slice::<f32>(gs, grad.layout(), "activation output gradient")?;
+        let channels = y.dim(1)?;
+        let (n_planes, inner) = planes(y.layout());
+        let act = self.act;
+        let mut dx = vec![0f32; yv.len()];
+        let mut plane_sums = vec![0f32; n_planes];
+        dx.par_chunks_mut(inner.max(1))
+            .zip(plane_sums.par_iter_mut())
+            .enumerate()
+            .for_each(|(p, (dx, sum))| {
+                let range = p * inner..(p + 1) * inner;
+                let mut total = 0f64;
+                for ((d, &g), &y) in dx.iter_mut().zip(&gv[range.clone()]).zip(&yv[range]) {
+                    *d = g * act.derivative_at_output(y);
+                    total += *d as f64;
+                }
+                *sum = total as f32;
+            });
+        let device = y.device();
+        let db = with_bias
+            .then(|| {
+                let mut db = vec![0f32; channels];
+                for (p, s) in plane_sums.iter().enumerate() {
+                    db[p % channels] += s;
+                }
+                Tensor::from_vec(db, channels, device)
+            })
+            .transpose()?;
+        Ok((Tensor::from_vec(dx, y.shape(), device)?, db))
+    }
+}
+
+impl CustomOp1 for BiasActivation {
+    fn name(&self) -> &'static str {
+        "activation"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = cpu_slice::<f32>(x, layout, "activation input")?;
+        Ok((self.forward(xs, None, layout), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.backward(y, grad, false)?.0))
+    }
+}
+
+impl CustomOp2 for BiasActivation {
+    fn name(&self) -> &'static str {
+        "bias-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = cpu_slice::<f32>(x, layout, "activation input")?;
+        let b = cpu_slice::<f32>(bias, bias_layout, "bias")?;
+        Ok((self.forward(xs, Some(b), layout), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, db) = self.backward(y, grad, true)?;
+        Ok((Some(dx), db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+    use candle_core::{DType, Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Values and the gradients of input and bias equal Candle's broadcast add and activation,
+    /// for flat and image-shaped inputs of odd sizes, with and without a bias.
+    #[test]
+    fn matches_candles_ops_in_values_and_gradients() -> Result<()> {
+        crate::ops::assert_fused_path_on();
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(51);
+        for dims in [
+            vec![1, 1],
+            vec![3, 5],
+            vec![2, 3, 7, 5],
+            vec![4, 1, 3],
+            vec![1, 6, 1, 1],
+        ] {
+            for act in [
+                Activation::Identity,
+                Activation::Relu,
+                Activation::LeakyRelu(0.2),
+            ] {
+                for with_bias in [false, true] {
+                    let x = Var::from_tensor(&rng.normal(dims.as_slice(), &dev)?)?;
+                    let b = Var::from_tensor(&rng.normal(dims[1], &dev)?)?;
+                    let bias = with_bias.then_some(b.as_tensor());
+                    let probe = rng.normal(dims.as_slice(), &dev)?;
+                    let fused = bias_activation(&x, bias, act)?;
+                    let reference = bias_activation_reference(&x, bias, act)?;
+                    let case = format!("{dims:?} {act:?} bias {with_bias}");
+                    assert!(max_diff(&fused, &reference)? < 1e-6, "{case} forward");
+                    let g_fused = (&fused * &probe)?.sum_all()?.backward()?;
+                    let g_ref = (&reference * &probe)?.sum_all()?.backward()?;
+                    let dx = max_diff(g_fused.get(&x).unwrap(), g_ref.get(&x).unwrap())?;
+                    assert!(dx < 1e-6, "{case} dx: {dx}");
+                    if with_bias {
+                        let db = max_diff(g_fused.get(&b).unwrap(), g_ref.get(&b).unwrap())?;
+                        assert!(db < 1e-4, "{case} db: {db}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_bias_of_the_wrong_size_names_both_shapes() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev)?;
+        let b = Tensor::zeros(4, DType::F32, &dev)?;
+        let e = bias_activation(&x, Some(&b), Activation::Relu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[4]") && e.contains("[2, 3, 4, 4]"), "{e}");
+        Ok(())
+    }
+}

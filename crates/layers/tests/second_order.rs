@@ -1,0 +1,100 @@
+//! Second-order gradients (WGAN-GP's penalty) against finite differences. Their own test
+//! binary: `enable_second_order_gradients` sets `CANDLE_GRAD_DO_NOT_DETACH` for the whole
+//! process, which turns genzoo's fused first-order kernels off, and the unit tests that compare
+//! those kernels with Candle's ops must see them on.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use layers::conv::{conv2d, ConvSpec};
+use layers::gan::{enable_second_order_gradients, gradient_penalty};
+use layers::Rng;
+
+/// A gradient penalty through the convolution: d/dk |grad_x sum(conv(x, k)^2)|^2 against
+/// finite differences, so conv critics can train with WGAN-GP.
+#[test]
+fn second_order_gradients_match_finite_differences() -> Result<()> {
+    enable_second_order_gradients();
+    let dev = Device::Cpu;
+    let spec = ConvSpec {
+        stride: (2, 2),
+        padding: (1, 1),
+    };
+    let x0 = Rng::new(1)
+        .normal((2, 2, 6, 6), &dev)?
+        .to_dtype(DType::F64)?;
+    let k0 = Rng::new(2)
+        .normal((3, 2, 4, 4), &dev)?
+        .to_dtype(DType::F64)?;
+    let penalty = |k: &Tensor| -> Result<Tensor> {
+        let x = Var::from_tensor(&x0)?;
+        let g = conv2d(x.as_tensor(), k, spec)?
+            .sqr()?
+            .sum_all()?
+            .backward()?;
+        g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
+    };
+    let k = Var::from_tensor(&k0)?;
+    let analytic = penalty(k.as_tensor())?
+        .backward()?
+        .get(k.as_tensor())
+        .expect("the penalty depends on the kernel")
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let base = k0.flatten_all()?.to_vec1::<f64>()?;
+    for j in (0..base.len()).step_by(9) {
+        let at = |d: f64| -> Result<f64> {
+            let mut v = base.clone();
+            v[j] += d;
+            penalty(&Tensor::from_vec(v, k0.dims(), &dev)?)?.to_scalar::<f64>()
+        };
+        let fd = (at(1e-6)? - at(-1e-6)?) / 2e-6;
+        assert!(
+            (fd - analytic[j]).abs() < 1e-5 * (1.0 + fd.abs()),
+            "entry {j}: {fd} vs {}",
+            analytic[j]
+        );
+    }
+    Ok(())
+}
+
+/// The penalty's gradient with respect to the critic's weights, through the gradient of
+/// the critic, against central finite differences (f64).
+#[test]
+fn gradient_penalty_gradient_matches_finite_differences() -> Result<()> {
+    enable_second_order_gradients();
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(3);
+    let (b, d, h) = (4, 3, 5);
+    let real = rng.normal((b, d), &dev)?.to_dtype(DType::F64)?;
+    let fake = rng.normal((b, d), &dev)?.to_dtype(DType::F64)?;
+    let alpha = rng.uniform(b, &dev)?.to_dtype(DType::F64)?;
+    let w1 = Var::from_tensor(&rng.normal((d, h), &dev)?.to_dtype(DType::F64)?)?;
+    let w2 = Var::from_tensor(&rng.normal((h, 1), &dev)?.to_dtype(DType::F64)?)?;
+    // A two-layer tanh critic: its input gradient depends on both weights.
+    let penalty = |w1: &Tensor, w2: &Tensor| -> Result<Tensor> {
+        let critic = |x: &Tensor| x.matmul(w1)?.tanh()?.matmul(w2);
+        gradient_penalty(&critic, &real, &fake, &alpha)
+    };
+    let grads = penalty(w1.as_tensor(), w2.as_tensor())?.backward()?;
+    let analytic = grads
+        .get(w1.as_tensor())
+        .expect("the penalty depends on w1")
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let base = w1.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+    let eps = 1e-6;
+    for i in 0..base.len() {
+        let at = |delta: f64| -> Result<f64> {
+            let mut v = base.clone();
+            v[i] += delta;
+            let w = Tensor::from_vec(v, (d, h), &dev)?;
+            penalty(&w, &w2.as_tensor().detach())?.to_scalar::<f64>()
+        };
+        let numeric = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        assert!(
+            (numeric - analytic[i]).abs() < 1e-5 * (1.0 + numeric.abs()),
+            "w1[{i}]: finite differences {numeric}, backward {}",
+            analytic[i]
+        );
+    }
+    Ok(())
+}
