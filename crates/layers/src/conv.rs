@@ -182,37 +182,56 @@ fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T]) {
     }
 }
 
-/// `dst (m, n) (+)= lhs (m, k) @ rhs (k, n)`, each given by its row and column strides.
+/// `dst (m, n) (+)= lhs (m, k) @ rhs (k, n)`, `dst` row-major, `lhs` and `rhs` given by their
+/// row and column strides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul<T: Element>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
     lhs: &[T],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[T],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     parallelism: Parallelism,
 ) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::default());
+        }
+        return;
+    }
     assert!(dst.len() >= m * n);
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    assert!(lhs.len() > (m - 1) * lhs_strides.0 + (k - 1) * lhs_strides.1);
+    assert!(rhs.len() > (k - 1) * rhs_strides.0 + (n - 1) * rhs_strides.1);
+    // gemm's micro-kernels hold a block of rows in vector registers and pick a narrower one
+    // for short outputs: a 16-row product ran 1/16 of its lanes on the wide kernel's
+    // schedule. Give gemm the taller of `dst` and `dst^T = rhs^T lhs^T`.
+    let (gm, gn, dst_strides, a, a_strides, b, b_strides) = if m >= n {
+        (m, n, (n, 1), lhs, lhs_strides, rhs, rhs_strides)
+    } else {
+        let swap = |(r, c): (usize, usize)| (c, r);
+        (n, m, (1, n), rhs, swap(rhs_strides), lhs, swap(lhs_strides))
+    };
     // SAFETY: the asserts above keep every index gemm reads or writes inside the slices.
     unsafe {
         gemm::gemm(
-            m,
-            n,
+            gm,
+            gn,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
             accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
+            a.as_ptr(),
+            a_strides.1 as isize,
+            a_strides.0 as isize,
+            b.as_ptr(),
+            b_strides.1 as isize,
+            b_strides.0 as isize,
             T::ONE,
             T::ONE,
             false,
