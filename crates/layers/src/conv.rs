@@ -8,8 +8,8 @@
 //! - input gradient: `dx_b = col2im(W^T @ dy_b)`
 //! - weight gradient: `dW = sum_b dy_b @ cols(x_b)^T`
 //!
-//! Images are spread over threads (Rayon); a batch smaller than the thread count hands the
-//! threads to gemm instead. Per-axis strides and paddings allow the k x 1 kernels of the
+//! Small output maps put several images side by side in one product ([`group_size`]). Groups
+//! are spread over threads (Rayon); fewer groups than threads hand the threads to gemm. Per-axis strides and paddings allow the k x 1 kernels of the
 //! PixelRNNs. Each pass's gradients are passes again, so gradients of any order (WGAN-GP)
 //! stay here; [`conv_transpose2d`] is the input-gradient pass. Other devices and dtypes fall
 //! back to Candle's ops.
@@ -128,8 +128,9 @@ impl Element for f64 {
     const ONE: Self = 1.0;
 }
 
-/// `cols (C*kh*kw, Ho*Wo)` of one image `(C, H, W)`.
-fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T]) {
+/// `cols (C*kh*kw, Ho*Wo)` of one image `(C, H, W)`, written at column `col0` of a buffer whose
+/// rows are `ld` long (the columns of a group of images side by side).
+fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T], ld: usize, col0: usize) {
     let (sh, sw) = g.spec.stride;
     let (ph, pw) = g.spec.padding;
     let n = g.hw_out();
@@ -138,7 +139,7 @@ fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T]) {
             let (y0, y1) = Geometry::valid_range(g.ho, g.h, sh, ph, ky);
             for kx in 0..g.kw {
                 let (x0, x1) = Geometry::valid_range(g.wo, g.w, sw, pw, kx);
-                let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * n..][..n];
+                let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * ld + col0..][..n];
                 row.fill(T::default());
                 for oy in y0..y1 {
                     let iy = oy * sh + ky - ph;
@@ -158,8 +159,9 @@ fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T]) {
     }
 }
 
-/// Adds `cols (C*kh*kw, Ho*Wo)` back onto the image `(C, H, W)` it would have been cut from.
-fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T]) {
+/// Adds `cols (C*kh*kw, Ho*Wo)` (at column `col0`, rows `ld` long) back onto the image
+/// `(C, H, W)` it would have been cut from.
+fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T], ld: usize, col0: usize) {
     let (sh, sw) = g.spec.stride;
     let (ph, pw) = g.spec.padding;
     let n = g.hw_out();
@@ -168,7 +170,7 @@ fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T]) {
             let (y0, y1) = Geometry::valid_range(g.ho, g.h, sh, ph, ky);
             for kx in 0..g.kw {
                 let (x0, x1) = Geometry::valid_range(g.wo, g.w, sw, pw, kx);
-                let row = &cols[((ci * g.kh + ky) * g.kw + kx) * n..][..n];
+                let row = &cols[((ci * g.kh + ky) * g.kw + kx) * ld + col0..][..n];
                 for oy in y0..y1 {
                     let iy = oy * sh + ky - ph;
                     let dst = &mut x[(ci * g.h + iy) * g.w..][..g.w];
@@ -242,100 +244,180 @@ pub(crate) fn matmul<T: Element>(
     }
 }
 
-/// Whether to spread images over threads (else: give the threads to gemm).
-fn per_image_threads(batch: usize) -> bool {
-    batch >= rayon::current_num_threads()
+/// Images per matrix product. gemm runs its micro-kernel along the output positions, so a
+/// small output map (DCGAN's 4 x 4 and 1 x 1 layers: 16 and 1 positions) gave per-image
+/// products too narrow for it; several images side by side make it at least `MIN_COLUMNS`
+/// wide, within `COLS_BUDGET` values of im2col buffer.
+fn group_size(g: &Geometry) -> usize {
+    const MIN_COLUMNS: usize = 256;
+    const COLS_BUDGET: usize = 1 << 21;
+    let n = g.hw_out().max(1);
+    let wanted = MIN_COLUMNS.div_ceil(n);
+    let fits = (COLS_BUDGET / (g.ckk() * n).max(1)).max(1);
+    wanted.min(fits).clamp(1, g.b.max(1))
 }
 
-fn gemm_threads(batch: usize) -> Parallelism {
-    if per_image_threads(batch) {
+/// Whether to spread groups of images over threads (else: give the threads to gemm).
+fn per_group_threads(groups: usize) -> bool {
+    groups >= rayon::current_num_threads()
+}
+
+fn gemm_threads(groups: usize) -> Parallelism {
+    if per_group_threads(groups) {
         Parallelism::None
     } else {
         Parallelism::Rayon(rayon::current_num_threads())
     }
 }
 
+/// `(images, rows, n)` -> `(rows, images, n)`: a group's per-image maps side by side.
+fn interleave<T: Element>(src: &[T], images: usize, rows: usize, n: usize) -> Vec<T> {
+    let mut dst = vec![T::default(); src.len()];
+    for j in 0..images {
+        for r in 0..rows {
+            dst[(r * images + j) * n..][..n].copy_from_slice(&src[(j * rows + r) * n..][..n]);
+        }
+    }
+    dst
+}
+
+/// The inverse of [`interleave`], into `dst`.
+fn deinterleave<T: Element>(src: &[T], images: usize, rows: usize, n: usize, dst: &mut [T]) {
+    for j in 0..images {
+        for r in 0..rows {
+            dst[(j * rows + r) * n..][..n].copy_from_slice(&src[(r * images + j) * n..][..n]);
+        }
+    }
+}
+
+/// im2col of a group of images: `(C*kh*kw, images * Ho*Wo)`.
+fn group_cols<T: Element>(xs: &[T], g: &Geometry) -> (Vec<T>, usize) {
+    let (n, images) = (g.hw_out(), xs.len() / g.image());
+    let ld = images * n;
+    let mut cols = vec![T::default(); g.ckk() * ld];
+    for (j, x) in xs.chunks(g.image()).enumerate() {
+        im2col(x, g, &mut cols, ld, j * n);
+    }
+    (cols, ld)
+}
+
+/// Runs `one(output chunk, input chunk)` per group of images, groups over threads or the
+/// threads given to gemm.
+fn over_groups<T: Element>(
+    out: &mut [T],
+    out_per_image: usize,
+    input: &[T],
+    in_per_image: usize,
+    g: &Geometry,
+    one: impl Fn(&mut [T], &[T], Parallelism) + Sync + Send,
+) {
+    let gs = group_size(g);
+    let groups = g.b.div_ceil(gs);
+    let par = gemm_threads(groups);
+    let (out_chunk, in_chunk) = (gs * out_per_image, gs * in_per_image);
+    if per_group_threads(groups) {
+        out.par_chunks_mut(out_chunk)
+            .zip(input.par_chunks(in_chunk))
+            .for_each(|(o, i)| one(o, i, par));
+    } else {
+        out.chunks_mut(out_chunk)
+            .zip(input.chunks(in_chunk))
+            .for_each(|(o, i)| one(o, i, par));
+    }
+}
+
 fn forward<T: Element>(x: &[T], k: &[T], g: &Geometry) -> Vec<T> {
     let (n, ckk) = (g.hw_out(), g.ckk());
     let mut y = vec![T::default(); g.b * g.o * n];
-    let par = gemm_threads(g.b);
-    let one = |(yb, xb): (&mut [T], &[T])| {
-        let mut cols = vec![T::default(); ckk * n];
-        im2col(xb, g, &mut cols);
-        matmul((g.o, n, ckk), yb, false, k, (ckk, 1), &cols, (n, 1), par);
-    };
-    if per_image_threads(g.b) {
-        y.par_chunks_mut(g.o * n)
-            .zip(x.par_chunks(g.image()))
-            .for_each(one);
-    } else {
-        y.chunks_mut(g.o * n).zip(x.chunks(g.image())).for_each(one);
-    }
+    over_groups(&mut y, g.o * n, x, g.image(), g, |yg, xg, par| {
+        let (cols, ld) = group_cols(xg, g);
+        let images = ld / n.max(1);
+        if images == 1 {
+            matmul((g.o, n, ckk), yg, false, k, (ckk, 1), &cols, (n, 1), par);
+        } else {
+            let mut wide = vec![T::default(); g.o * ld];
+            matmul(
+                (g.o, ld, ckk),
+                &mut wide,
+                false,
+                k,
+                (ckk, 1),
+                &cols,
+                (ld, 1),
+                par,
+            );
+            deinterleave(&wide, images, g.o, n, yg);
+        }
+    });
     y
 }
 
 fn input_grad<T: Element>(dy: &[T], k: &[T], g: &Geometry) -> Vec<T> {
     let (n, ckk) = (g.hw_out(), g.ckk());
     let mut dx = vec![T::default(); g.b * g.image()];
-    let par = gemm_threads(g.b);
-    let one = |(dxb, dyb): (&mut [T], &[T])| {
-        let mut cols = vec![T::default(); ckk * n];
+    over_groups(&mut dx, g.image(), dy, g.o * n, g, |dxg, dyg, par| {
+        let images = dxg.len() / g.image();
+        let ld = images * n;
+        let dy_wide = interleave(dyg, images, g.o, n); // (O, images * n)
+        let mut cols = vec![T::default(); ckk * ld];
         // W^T: element (r, o) of the (ckk, O) matrix is k[o * ckk + r].
         matmul(
-            (ckk, n, g.o),
+            (ckk, ld, g.o),
             &mut cols,
             false,
             k,
             (1, ckk),
-            dyb,
-            (n, 1),
+            &dy_wide,
+            (ld, 1),
             par,
         );
-        col2im(&cols, g, dxb);
-    };
-    if per_image_threads(g.b) {
-        dx.par_chunks_mut(g.image())
-            .zip(dy.par_chunks(g.o * n))
-            .for_each(one);
-    } else {
-        dx.chunks_mut(g.image())
-            .zip(dy.chunks(g.o * n))
-            .for_each(one);
-    }
+        for (j, dxb) in dxg.chunks_mut(g.image()).enumerate() {
+            col2im(&cols, g, dxb, ld, j * n);
+        }
+    });
     dx
 }
 
 fn weight_grad<T: Element>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     let (n, ckk) = (g.hw_out(), g.ckk());
     let size = g.o * ckk;
-    let accumulate = |par: Parallelism, images: std::ops::Range<usize>| {
+    let gs = group_size(g);
+    let groups = g.b.div_ceil(gs);
+    // dW += dy_wide (O, ld) @ cols^T (ld, ckk) over the groups in `range`.
+    let accumulate = |par: Parallelism, range: std::ops::Range<usize>| {
         let mut dw = vec![T::default(); size];
-        let mut cols = vec![T::default(); ckk * n];
-        for bi in images {
-            im2col(&x[bi * g.image()..][..g.image()], g, &mut cols);
-            // dy_b (O, n) @ cols^T (n, ckk): element (p, r) of cols^T is cols[r * n + p].
+        for group in range {
+            let images = group * gs..((group + 1) * gs).min(g.b);
+            let count = images.len();
+            let (cols, ld) = group_cols(&x[images.start * g.image()..images.end * g.image()], g);
+            let dy_wide = interleave(
+                &dy[images.start * g.o * n..images.end * g.o * n],
+                count,
+                g.o,
+                n,
+            );
             matmul(
-                (g.o, ckk, n),
+                (g.o, ckk, ld),
                 &mut dw,
                 true,
-                &dy[bi * g.o * n..][..g.o * n],
-                (n, 1),
+                &dy_wide,
+                (ld, 1),
                 &cols,
-                (1, n),
+                (1, ld),
                 par,
             );
         }
         dw
     };
-    if per_image_threads(g.b) {
+    if per_group_threads(groups) {
         let threads = rayon::current_num_threads();
-        let chunk = g.b.div_ceil(threads);
+        let chunk = groups.div_ceil(threads);
         (0..threads)
             .into_par_iter()
             .map(|t| {
                 accumulate(
                     Parallelism::None,
-                    (t * chunk).min(g.b)..((t + 1) * chunk).min(g.b),
+                    (t * chunk).min(groups)..((t + 1) * chunk).min(groups),
                 )
             })
             .reduce(
@@ -346,7 +428,7 @@ fn weight_grad<T: Element>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
                 },
             )
     } else {
-        accumulate(gemm_threads(g.b), 0..g.b)
+        accumulate(gemm_threads(groups), 0..groups)
     }
 }
 
@@ -578,6 +660,11 @@ mod tests {
             ([2, 2, 7, 9], [2, 2, 1, 3], (1, 1), (0, 1)),
             ([2, 1, 6, 5], [3, 1, 2, 1], (1, 1), (1, 0)),
             ([4, 3, 5, 5], [2, 3, 5, 5], (1, 1), (0, 0)),
+            // 128 output positions: groups of two images, the last group one image.
+            ([3, 2, 16, 8], [3, 2, 1, 1], (1, 1), (0, 0)),
+            // 4 x 4 and 1 x 1 outputs (DCGAN's discriminator): one group of seven images.
+            ([7, 3, 8, 8], [5, 3, 4, 4], (2, 2), (1, 1)),
+            ([7, 4, 4, 4], [1, 4, 4, 4], (1, 1), (0, 0)),
         ]
     }
 
@@ -588,6 +675,22 @@ mod tests {
             ([2, 1, 6, 6], [2, 1, 3, 3], (2, 2), (0, 0)),
             ([1, 3, 7, 8], [2, 3, 2, 3], (2, 3), (1, 0)),
         ]
+    }
+
+    /// The cases above run single images, whole batches and a short last group.
+    #[test]
+    fn small_outputs_are_grouped_within_the_budget() -> Result<()> {
+        let size = |x: [usize; 4], k: [usize; 4], stride, padding| -> Result<usize> {
+            Ok(group_size(&Geometry::new(&x, &k, ConvSpec { stride, padding })?))
+        };
+        assert_eq!(size([3, 2, 16, 8], [3, 2, 1, 1], (1, 1), (0, 0))?, 2);
+        assert_eq!(size([7, 4, 4, 4], [1, 4, 4, 4], (1, 1), (0, 0))?, 7);
+        assert_eq!(size([2, 3, 7, 5], [4, 3, 3, 3], (1, 1), (1, 1))?, 2);
+        // PixelCNN's 28 x 28 maps: one image per product.
+        assert_eq!(size([32, 64, 28, 28], [64, 64, 3, 3], (1, 1), (1, 1))?, 1);
+        // DCGAN's 256 -> 1 layer at batch 64: the whole batch, 4096 x 64 columns.
+        assert_eq!(size([64, 256, 4, 4], [1, 256, 4, 4], (1, 1), (0, 0))?, 64);
+        Ok(())
     }
 
     #[test]
