@@ -17,8 +17,11 @@ use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_nn::ops::sigmoid;
+use gemm::Parallelism;
 
+use crate::conv::matmul;
 use crate::ops::cpu_slice;
+use crate::simd;
 use rayon::prelude::*;
 
 /// The LSTM update from pre-activations `gates (b, 4h, ...)` ordered `[o, f, i, g]`:
@@ -90,28 +93,62 @@ struct LstmScan {
     pad: usize,
 }
 
-fn sigmoid_f32(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// The gates `(o, f, i, g)` of `pre (4, state)` in place: sigmoid for o, f, i and tanh for g.
+/// Returns `(o f i, g)`.
+fn activate_gates(pre: &mut [f32], state_size: usize) -> (&[f32], &[f32]) {
+    let (ofi, g) = pre.split_at_mut(3 * state_size);
+    simd::sigmoid_in_place(ofi);
+    simd::tanh_in_place(g);
+    (ofi, g)
 }
 
 impl LstmScan {
-    /// Adds `sum_k W_k h_prev[l + k - pad]` to `pre (4h, L)`.
-    fn add_state_to_state(&self, kernel: &[f32], h_prev: &[f32], pre: &mut [f32], len: usize) {
-        let (hidden, taps) = (self.hidden, self.taps);
-        for o in 0..4 * hidden {
-            let row = &mut pre[o * len..][..len];
-            for j in 0..hidden {
-                let src = &h_prev[j * len..][..len];
-                for k in 0..taps {
-                    let w = kernel[(o * hidden + j) * taps + k];
-                    if w == 0.0 {
-                        continue;
-                    }
-                    // Output l reads l + k - pad.
-                    let (out, inp) = self.overlap(k, len);
-                    for (r, v) in row[out].iter_mut().zip(&src[inp]) {
-                        *r += w * v;
-                    }
+    /// Adds `sum_k W_k h_prev[l + k - pad]` to `pre (4h, L)`: one matrix product
+    /// `W (4h, h*K) @ shifted (h*K, L)`, the kernel's own layout against the shifted states.
+    fn add_state_to_state(
+        &self,
+        kernel: &[f32],
+        h_prev: &[f32],
+        pre: &mut [f32],
+        len: usize,
+        shifted: &mut Vec<f32>,
+    ) {
+        let hk = self.hidden * self.taps;
+        self.shift_states(h_prev, len, shifted);
+        matmul(
+            (4 * self.hidden, len, hk),
+            pre,
+            true,
+            kernel,
+            (hk, 1),
+            shifted,
+            (len, 1),
+            Parallelism::None,
+        );
+    }
+
+    /// `shifted (h*K, L)`: row `j K + k` is `h_prev[j]` read at `l + k - pad` (zero outside).
+    fn shift_states(&self, h_prev: &[f32], len: usize, shifted: &mut Vec<f32>) {
+        shifted.clear();
+        shifted.resize(self.hidden * self.taps * len, 0.0);
+        for j in 0..self.hidden {
+            let src = &h_prev[j * len..][..len];
+            for k in 0..self.taps {
+                let (out, inp) = self.overlap(k, len);
+                shifted[(j * self.taps + k) * len..][out].copy_from_slice(&src[inp]);
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::shift_states`]: adds each row of `dshifted` back onto `dh`.
+    fn unshift_add(&self, dshifted: &[f32], len: usize, dh: &mut [f32]) {
+        for j in 0..self.hidden {
+            let dst = &mut dh[j * len..][..len];
+            for k in 0..self.taps {
+                let (out, inp) = self.overlap(k, len);
+                let row = &dshifted[(j * self.taps + k) * len..][..len];
+                for (d, &v) in dst[inp].iter_mut().zip(&row[out]) {
+                    *d += v;
                 }
             }
         }
@@ -131,23 +168,26 @@ impl LstmScan {
         let hidden = self.hidden;
         let (gate_size, state_size) = (4 * hidden * len, hidden * len);
         let mut pre = vec![0f32; gate_size];
+        let mut shifted = Vec::new();
         for s in 0..slices {
             pre.copy_from_slice(&xg[s * gate_size..][..gate_size]);
             let (before, now) = out.split_at_mut(s * 2 * state_size);
             if s > 0 {
                 let h_prev = &before[(s - 1) * 2 * state_size..][..state_size];
-                self.add_state_to_state(kernel, h_prev, &mut pre, len);
+                self.add_state_to_state(kernel, h_prev, &mut pre, len, &mut shifted);
             }
             let c_prev = (s > 0).then(|| &before[((s - 1) * 2 + 1) * state_size..][..state_size]);
             let (h, c) = now[..2 * state_size].split_at_mut(state_size);
+            let (ofi, g) = activate_gates(&mut pre, state_size);
+            let (o, fi) = ofi.split_at(state_size);
+            let (f, i) = fi.split_at(state_size);
             for u in 0..state_size {
-                let o = sigmoid_f32(pre[u]);
-                let f = sigmoid_f32(pre[state_size + u]);
-                let i = sigmoid_f32(pre[2 * state_size + u]);
-                let g = pre[3 * state_size + u].tanh();
-                let cell = f * c_prev.map_or(0.0, |c| c[u]) + i * g;
-                c[u] = cell;
-                h[u] = o * cell.tanh();
+                c[u] = f[u] * c_prev.map_or(0.0, |c| c[u]) + i[u] * g[u];
+            }
+            h.copy_from_slice(c);
+            simd::tanh_in_place(h);
+            for (h, &o) in h.iter_mut().zip(o) {
+                *h *= o;
             }
         }
     }
@@ -172,6 +212,10 @@ impl LstmScan {
         // Gradients reaching h_s and c_s from slice s + 1.
         let mut dh_next = vec![0f32; state_size];
         let mut dc_next = vec![0f32; state_size];
+        let mut tanh_cell = vec![0f32; state_size];
+        let mut shifted = Vec::new();
+        let mut dshifted = vec![0f32; hidden * taps * len];
+        let hk = hidden * taps;
         for s in (0..slices).rev() {
             let at = |t: usize, which: usize| &states[(t * 2 + which) * state_size..][..state_size];
             let (h_prev, c_prev) = if s > 0 {
@@ -181,18 +225,21 @@ impl LstmScan {
             };
             pre.copy_from_slice(&xg[s * gate_size..][..gate_size]);
             if s > 0 {
-                self.add_state_to_state(kernel, h_prev, &mut pre, len);
+                self.add_state_to_state(kernel, h_prev, &mut pre, len, &mut shifted);
             }
             let cell = at(s, 1);
             let dh_out = &grad[(s * 2) * state_size..][..state_size];
             let dc_out = &grad[(s * 2 + 1) * state_size..][..state_size];
             let dpre = &mut dxg[s * gate_size..][..gate_size];
+            tanh_cell.copy_from_slice(cell);
+            simd::tanh_in_place(&mut tanh_cell);
+            activate_gates(&mut pre, state_size);
             for u in 0..state_size {
-                let o = sigmoid_f32(pre[u]);
-                let f = sigmoid_f32(pre[state_size + u]);
-                let i = sigmoid_f32(pre[2 * state_size + u]);
-                let g = pre[3 * state_size + u].tanh();
-                let tc = cell[u].tanh();
+                let o = pre[u];
+                let f = pre[state_size + u];
+                let i = pre[2 * state_size + u];
+                let g = pre[3 * state_size + u];
+                let tc = tanh_cell[u];
                 let dh = dh_out[u] + dh_next[u];
                 let dc = dc_out[u] + dc_next[u] + dh * o * (1.0 - tc * tc);
                 dpre[u] = dh * tc * o * (1.0 - o);
@@ -205,24 +252,30 @@ impl LstmScan {
             if s == 0 {
                 continue;
             }
-            for o in 0..4 * hidden {
-                let d = &dpre[o * len..][..len];
-                for j in 0..hidden {
-                    let src = &h_prev[j * len..][..len];
-                    let dh = &mut dh_next[j * len..][..len];
-                    for k in 0..taps {
-                        let (out, inp) = self.overlap(k, len);
-                        let idx = (o * hidden + j) * taps + k;
-                        let w = kernel[idx];
-                        let mut acc = 0.0;
-                        for ((g, v), dv) in d[out].iter().zip(&src[inp.clone()]).zip(&mut dh[inp]) {
-                            acc += g * v;
-                            *dv += w * g;
-                        }
-                        dkernel[idx] += acc;
-                    }
-                }
-            }
+            // shifted holds h_prev's shifted rows from the forward recomputation above.
+            // dW (4h, h*K) += dpre (4h, L) @ shifted^T (L, h*K).
+            matmul(
+                (4 * hidden, hk, len),
+                dkernel,
+                true,
+                dpre,
+                (len, 1),
+                &shifted,
+                (1, len),
+                Parallelism::None,
+            );
+            // dshifted (h*K, L) = W^T (h*K, 4h) @ dpre (4h, L), then back onto dh_prev.
+            matmul(
+                (hk, len, 4 * hidden),
+                &mut dshifted,
+                false,
+                kernel,
+                (1, hk),
+                dpre,
+                (len, 1),
+                Parallelism::None,
+            );
+            self.unshift_add(&dshifted, len, &mut dh_next);
         }
     }
 }
