@@ -15,6 +15,26 @@ use runner::{download, eval, inspect, registry, sample, train};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc 2's `mi_option_purge_delay` (`MIMALLOC_PURGE_DELAY`), which the `mimalloc` crate
+/// does not expose (libmimalloc-sys's `extended` feature would pull in another crate).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+unsafe extern "C" {
+    /// From the mimalloc library that the `mimalloc` crate links.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Keeps freed memory mapped instead of returning it to the kernel after mimalloc's default
+/// 10 ms: a training step frees and reallocates the same large buffers, and each return cost
+/// their pages' faults and zeroing again (PixelCNN bench, one thread: 9,496 -> 452 page faults
+/// and 6% less CPU time per 6 steps).
+fn keep_freed_memory_mapped() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's global options; safe to call at any time.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "genzoo",
@@ -471,6 +491,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     layers::device::configure_cpu_threads();
+    keep_freed_memory_mapped();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "info",
