@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
+use layers::activation::{bias_activation, bias_activation_reference, Activation};
 use layers::conv::{candle_conv2d, conv2d, conv_transpose2d, ConvSpec};
+use layers::linear::Linear;
 use layers::ops::{exclusive_cumsum, skew_rows, skew_rows_reference};
 use layers::recurrence::{lstm_scan, lstm_scan_reference};
 use layers::sigmoid_scan::{sigmoid_scan_readout, sigmoid_scan_readout_reference};
@@ -110,9 +112,49 @@ fn nade_scan(c: &mut Criterion) {
     });
 }
 
+fn fused_layers(c: &mut Criterion) {
+    // The MLP VAE's first layer at batch 128 (784 -> 400, ReLU), fused and as Candle's ops.
+    let x = normal(&[128, 784], 14);
+    let layer = Linear::new(normal(&[400, 784], 15), Some(normal(&[400], 16)));
+    let run = |fused: bool| {
+        let w = Var::from_tensor(layer.weight()).unwrap();
+        let b = Var::from_tensor(layer.bias().unwrap()).unwrap();
+        let l = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let y = if fused {
+            l.forward_activated(&x, Activation::Relu)
+        } else {
+            l.forward_reference(&x, Activation::Relu)
+        };
+        y.unwrap().sum_all().unwrap().backward().unwrap();
+    };
+    c.bench_function("linear+relu 128x784->400 fwd+bwd / genzoo", |b| {
+        b.iter(|| run(true))
+    });
+    c.bench_function("linear+relu 128x784->400 fwd+bwd / candle ops", |b| {
+        b.iter(|| run(false))
+    });
+    // A PixelCNN layer's bias and ReLU at batch 32: (32, 64, 28, 28).
+    let maps = normal(&[32, 64, 28, 28], 17);
+    let bias = normal(&[64], 18);
+    let run = |f: fn(&Tensor, Option<&Tensor>, Activation) -> candle_core::Result<Tensor>| {
+        let (m, b) = (
+            Var::from_tensor(&maps).unwrap(),
+            Var::from_tensor(&bias).unwrap(),
+        );
+        let y = f(m.as_tensor(), Some(b.as_tensor()), Activation::Relu).unwrap();
+        y.sum_all().unwrap().backward().unwrap();
+    };
+    c.bench_function("bias+relu 32x64x28x28 fwd+bwd / genzoo", |b| {
+        b.iter(|| run(bias_activation))
+    });
+    c.bench_function("bias+relu 32x64x28x28 fwd+bwd / candle ops", |b| {
+        b.iter(|| run(bias_activation_reference))
+    });
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default().sample_size(10);
-    targets = convolutions, recurrences, nade_scan
+    targets = convolutions, recurrences, nade_scan, fused_layers
 }
 criterion_main!(kernels);
