@@ -19,6 +19,26 @@ pub fn configure_cpu_threads() {
     }
 }
 
+/// Runs `f` on a worker of a Rayon pool with one thread per core (`RAYON_NUM_THREADS`
+/// overrides), so every parallel section inside it (gemm's, genzoo's kernels) shares that pool.
+///
+/// Why: run from `main`, the step's serial work is a third thread beside the two workers of the
+/// global pool; between parallel sections the idle workers spin and yield, and on 2 cores one of
+/// them takes the core from the serial thread (17% of a `genzoo bench vae` profile was the
+/// scheduler). On a worker, the serial work is one of the two threads, and it joins in the
+/// parallel sections itself. Falls back to running `f` directly if the pool cannot be built.
+pub fn run_on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let threads = candle_core::utils::get_num_threads();
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("genzoo-compute-{i}"))
+        .build()
+    {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}
+
 /// Parses a device name. `auto` picks CUDA, then Metal, then the CPU.
 pub fn parse_device(name: &str) -> Result<Device> {
     let name = name.trim().to_ascii_lowercase();

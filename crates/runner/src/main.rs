@@ -507,7 +507,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    match run(cli) {
+    match layers::device::run_on_compute_threads(|| run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
