@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, fused_cpu_f32};
+use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
 
 /// The activation after a linear map or a convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,13 +139,9 @@ impl BiasActivation {
         with_bias: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (ys, _) = y.storage_and_layout();
-        let (gs, _) = grad.storage_and_layout();
-        let (candle_core::Storage::Cpu(ys), candle_core::Storage::Cpu(gs)) = (&*ys, &*gs) else {
-            candle_core::bail!("bias_activation: fused backward needs CPU tensors")
-        };
-        let yv = cpu_slice::<f32>(ys, y.layout(), "activation output")?;
-        let gv = cpu_slice::<f32>(gs, grad.layout(), "activation output gradient")?;
+        let values = CpuValues::new("bias_activation", &[y, &grad]);
+        let yv = values.get(0, "activation output")?;
+        let gv = values.get(1, "activation output gradient")?;
         let channels = y.dim(1)?;
         let (n_planes, inner) = planes(y.layout());
         let act = self.act;
@@ -227,9 +223,7 @@ mod tests {
     use crate::Rng;
     use candle_core::{DType, Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-    }
+    use crate::ops::max_abs_diff as max_diff;
 
     /// Values and the gradients of input and bias equal Candle's broadcast add and activation,
     /// for flat and image-shaped inputs of odd sizes, with and without a bias.

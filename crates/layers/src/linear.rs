@@ -12,7 +12,7 @@ use gemm::Parallelism;
 
 use crate::activation::Activation;
 use crate::conv::matmul;
-use crate::ops::{cpu_slice, fused_cpu_f32};
+use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
 
 /// `nn.Linear(in, out)` with PyTorch's parameter names `weight` and `bias`.
 #[derive(Debug, Clone)]
@@ -136,23 +136,11 @@ impl CustomOp3 for FusedLinear {
         let (batch, inputs) = x.dims2()?;
         let outputs = w.dims2()?.0;
         let grad = grad.contiguous()?;
-        let (xs, _) = x.storage_and_layout();
-        let (ws, _) = w.storage_and_layout();
-        let (ys, _) = y.storage_and_layout();
-        let (gs, _) = grad.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(ws),
-            candle_core::Storage::Cpu(ys),
-            candle_core::Storage::Cpu(gs),
-        ) = (&*xs, &*ws, &*ys, &*gs)
-        else {
-            candle_core::bail!("linear: fused backward needs CPU tensors")
-        };
-        let xv = cpu_slice::<f32>(xs, x.layout(), "linear input")?;
-        let wv = cpu_slice::<f32>(ws, w.layout(), "linear weight")?;
-        let yv = cpu_slice::<f32>(ys, y.layout(), "linear output")?;
-        let gv = cpu_slice::<f32>(gs, grad.layout(), "linear output gradient")?;
+        let values = CpuValues::new("linear", &[x, w, y, &grad]);
+        let xv = values.get(0, "linear input")?;
+        let wv = values.get(1, "linear weight")?;
+        let yv = values.get(2, "linear output")?;
+        let gv = values.get(3, "linear output gradient")?;
         // The gradient at the pre-activation.
         let g: Vec<f32> = match self.act {
             Activation::Identity => gv.to_vec(),
@@ -214,9 +202,7 @@ mod tests {
     use crate::Rng;
     use candle_core::{Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-    }
+    use crate::ops::max_abs_diff as max_diff;
 
     /// Values and the gradients of input, weight and bias equal Candle's `Linear` and
     /// activation, for odd sizes, a batch of one, and each activation.

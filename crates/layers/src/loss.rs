@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, fused_cpu_f32};
+use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
 use crate::simd;
 
 /// Sums every dimension but the first: `(b, ...) -> (b)`.
@@ -90,13 +90,9 @@ impl CustomOp2 for BceWithLogits {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.to_vec1::<f32>()?;
-        let (ls, _) = logits.storage_and_layout();
-        let (ts, _) = targets.storage_and_layout();
-        let (candle_core::Storage::Cpu(ls), candle_core::Storage::Cpu(ts)) = (&*ls, &*ts) else {
-            candle_core::bail!("bce-with-logits: fused backward needs CPU tensors")
-        };
-        let l = cpu_slice::<f32>(ls, logits.layout(), "bce logits")?;
-        let t = cpu_slice::<f32>(ts, targets.layout(), "bce targets")?;
+        let values = CpuValues::new("bce-with-logits", &[logits, targets]);
+        let l = values.get(0, "bce logits")?;
+        let t = values.get(1, "bce targets")?;
         let per_image = l.len() / g.len().max(1);
         let mut dl = vec![0f32; l.len()];
         dl.par_chunks_mut(per_image.max(1))

@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use candle_nn::ModuleT;
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, fused_cpu_f32};
+use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
 
 /// PyTorch's default running-statistics momentum.
 const MOMENTUM: f64 = 0.1;
@@ -266,20 +266,10 @@ impl CustomOp3 for BatchNormTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (xs, _) = x.storage_and_layout();
-        let (gs, _) = grad.storage_and_layout();
-        let (ws, _) = weight.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(gs),
-            candle_core::Storage::Cpu(ws),
-        ) = (&*xs, &*gs, &*ws)
-        else {
-            candle_core::bail!("batch-norm: fused backward needs CPU tensors")
-        };
-        let xv = cpu_slice::<f32>(xs, x.layout(), "batch-norm input")?;
-        let gv = cpu_slice::<f32>(gs, grad.layout(), "batch-norm output gradient")?;
-        let w = cpu_slice::<f32>(ws, weight.layout(), "batch-norm weight")?;
+        let values = CpuValues::new("batch-norm", &[x, &grad, weight]);
+        let xv = values.get(0, "batch-norm input")?;
+        let gv = values.get(1, "batch-norm output gradient")?;
+        let w = values.get(2, "batch-norm weight")?;
         let (outer, channels, inner) = (self.outer, self.channels, self.inner);
         let count = (outer * inner) as f32;
         // Per channel: (sum dy, sum dy xhat).
@@ -322,7 +312,7 @@ impl CustomOp3 for BatchNormTrain {
 mod tests {
     use super::*;
     use crate::Rng;
-    use candle_core::{Device, D};
+    use candle_core::Device;
 
     /// Both layers over the same starting parameters and buffers (separate copies).
     fn pair(channels: usize, rng: &mut Rng) -> Result<(BatchNorm, candle_nn::BatchNorm, [Var; 2])> {
@@ -350,13 +340,7 @@ mod tests {
         Ok((fused, candle, [weight, bias]))
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?
-            .abs()?
-            .flatten_all()?
-            .max(D::Minus1)?
-            .to_scalar::<f32>()
-    }
+    use crate::ops::max_abs_diff as max_diff;
 
     /// Forward, every gradient and both running buffers equal Candle's `BatchNorm` in
     /// training mode, for BatchNorm1d and 2d inputs of odd sizes, after two steps; evaluation

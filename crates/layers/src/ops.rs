@@ -23,6 +23,29 @@ pub fn cpu_slice<'a, T: candle_core::WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// The f32 values of contiguous CPU tensors inside a custom op's backward pass (which gets
+/// tensors, not storages); holds their storages' read locks while alive.
+pub struct CpuValues<'a> {
+    op: &'static str,
+    storages: Vec<(candle_core::StorageRef<'a>, &'a Layout)>,
+}
+
+impl<'a> CpuValues<'a> {
+    pub fn new(op: &'static str, tensors: &[&'a Tensor]) -> Self {
+        let storages = tensors.iter().map(|t| t.storage_and_layout()).collect();
+        Self { op, storages }
+    }
+
+    /// The values of the `i`-th tensor; `what` names it in errors.
+    pub fn get(&self, i: usize, what: &str) -> Result<&[f32]> {
+        let (storage, layout) = &self.storages[i];
+        match &**storage {
+            candle_core::Storage::Cpu(s) => cpu_slice::<f32>(s, layout, what),
+            _ => candle_core::bail!("{}: the fused backward needs CPU tensors", self.op),
+        }
+    }
+}
+
 /// Whether genzoo's fused CPU kernels serve these tensors: f32 on the CPU, first-order
 /// gradients only. Candle reads `CANDLE_GRAD_DO_NOT_DETACH` to keep gradients differentiable
 /// (second order, WGAN-GP's penalty), which the fused backward passes are not; then, and on
@@ -43,6 +66,12 @@ pub(crate) fn assert_fused_path_on() {
         fused_cpu_f32(&[&probe]),
         "CANDLE_GRAD_DO_NOT_DETACH is set: the fused kernels are off in this test process"
     );
+}
+
+/// The largest absolute difference between two tensors of one shape (for tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
 /// `target = decay * target + (1 - decay) * value`: in place (one pass, no allocation) for

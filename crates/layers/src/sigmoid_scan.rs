@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, exclusive_cumsum, fused_cpu_f32};
+use crate::ops::{cpu_slice, exclusive_cumsum, fused_cpu_f32, CpuValues};
 use crate::simd;
 
 /// `x` `(batch, D)`, `u` `(D, H)`, `v` `(D, H)` -> `(batch, D)`.
@@ -119,23 +119,11 @@ impl CustomOp3 for SigmoidScan {
         let grad = grad.contiguous()?;
         let (batch, d) = x.dims2()?;
         let h = u.dims2()?.1;
-        let (xs, _) = x.storage_and_layout();
-        let (us, _) = u.storage_and_layout();
-        let (vs, _) = v.storage_and_layout();
-        let (gs, _) = grad.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(us),
-            candle_core::Storage::Cpu(vs),
-            candle_core::Storage::Cpu(gs),
-        ) = (&*xs, &*us, &*vs, &*gs)
-        else {
-            candle_core::bail!("sigmoid-scan: fused backward needs CPU tensors")
-        };
-        let xv = cpu_slice::<f32>(xs, x.layout(), "sigmoid-scan input")?;
-        let uv = cpu_slice::<f32>(us, u.layout(), "sigmoid-scan u")?;
-        let vv = cpu_slice::<f32>(vs, v.layout(), "sigmoid-scan v")?;
-        let gv = cpu_slice::<f32>(gs, grad.layout(), "sigmoid-scan output gradient")?;
+        let values = CpuValues::new("sigmoid-scan", &[x, u, v, &grad]);
+        let xv = values.get(0, "sigmoid-scan input")?;
+        let uv = values.get(1, "sigmoid-scan u")?;
+        let vv = values.get(2, "sigmoid-scan v")?;
+        let gv = values.get(3, "sigmoid-scan output gradient")?;
 
         let mut dx = vec![0f32; batch * d];
         // Images split into one run per thread; each run sums its own du and dv.
@@ -205,15 +193,9 @@ fn sum_all(mut parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::Rng;
-    use candle_core::{DType, Device, Var, D};
+    use candle_core::{DType, Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?
-            .abs()?
-            .flatten_all()?
-            .max(D::Minus1)?
-            .to_scalar::<f32>()
-    }
+    use crate::ops::max_abs_diff as max_diff;
 
     /// Binary-and-zero inputs (the skipped additions) and real-valued ones.
     fn inputs(rng: &mut Rng, batch: usize, d: usize, binary: bool) -> Result<Tensor> {

@@ -74,23 +74,9 @@ fn softplus<const FMA: bool>(l: f32) -> f32 {
 
 #[inline(always)]
 fn bce_with_logits_sum_generic<const FMA: bool>(logits: &[f32], targets: &[f32]) -> f32 {
-    let n = logits.len().min(targets.len());
-    let (logits, targets) = (&logits[..n], &targets[..n]);
-    let mut acc = [0f32; LANES];
-    let mut cl = logits.chunks_exact(LANES);
-    let mut ct = targets.chunks_exact(LANES);
-    for (l, t) in (&mut cl).zip(&mut ct) {
-        for k in 0..LANES {
-            acc[k] += madd::<FMA>(-t[k], l[k], softplus::<FMA>(l[k]));
-        }
-    }
-    let tail: f32 = cl
-        .remainder()
-        .iter()
-        .zip(ct.remainder())
-        .map(|(&l, &t)| softplus::<FMA>(l) - t * l)
-        .sum();
-    acc.iter().sum::<f32>() + tail
+    lane_sum(logits, targets, |acc, l, t| {
+        acc + madd::<FMA>(-t, l, softplus::<FMA>(l))
+    })
 }
 
 /// `out[i] = scale (sigmoid(l[i]) - t[i])`.
@@ -145,8 +131,10 @@ fn tanh_in_place_generic<const FMA: bool>(x: &mut [f32]) {
     }
 }
 
+/// `acc = step(acc, a[i], b[i])` over the shorter slice, in [`LANES`] independent accumulators,
+/// then their sum.
 #[inline(always)]
-fn dot_generic<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn lane_sum(a: &[f32], b: &[f32], step: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
@@ -154,16 +142,20 @@ fn dot_generic<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut cb = b.chunks_exact(LANES);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..LANES {
-            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
+            acc[l] = step(acc[l], x[l], y[l]);
         }
     }
-    let tail: f32 = ca
+    let tail = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+        .fold(0.0, |t, (&x, &y)| step(t, x, y));
     acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn dot_generic<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |acc, x, y| madd::<FMA>(x, y, acc))
 }
 
 #[inline(always)]
