@@ -267,6 +267,33 @@ mod tests {
         Ok(())
     }
 
+    /// The input's and the bias's gradients against central differences of the fused forward.
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(52);
+        let x = rng.normal((2, 3, 2, 2), &dev)?;
+        let b = rng.normal(3, &dev)?;
+        let probe = rng.normal((2, 3, 2, 2), &dev)?;
+        let act = Activation::LeakyRelu(0.2);
+        crate::ops::assert_gradient_matches_finite_differences(
+            |x| bias_activation(x, Some(&b), act),
+            &x,
+            &probe,
+            &[0, 5, 11, 23],
+            1e-3,
+            2e-2,
+        )?;
+        crate::ops::assert_gradient_matches_finite_differences(
+            |b| bias_activation(&x, Some(b), act),
+            &b,
+            &probe,
+            &[0, 1, 2],
+            1e-3,
+            2e-2,
+        )
+    }
+
     #[test]
     fn a_bias_of_the_wrong_size_names_both_shapes() -> Result<()> {
         let dev = Device::Cpu;

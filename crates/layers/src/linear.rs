@@ -238,6 +238,38 @@ mod tests {
         Ok(())
     }
 
+    /// The weight's and the input's gradients against central differences of the fused
+    /// forward (LeakyReLU, values away from its kink).
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(43);
+        let x = rng.normal((3, 5), &dev)?;
+        let w = rng.normal((4, 5), &dev)?;
+        let b = rng.normal(4, &dev)?;
+        let probe = rng.normal((3, 4), &dev)?;
+        let act = Activation::LeakyRelu(0.2);
+        let with_weight =
+            |w: &Tensor| Linear::new(w.clone(), Some(b.clone())).forward_activated(&x, act);
+        crate::ops::assert_gradient_matches_finite_differences(
+            with_weight,
+            &w,
+            &probe,
+            &[0, 3, 7, 12, 19],
+            1e-3,
+            2e-2,
+        )?;
+        let layer = Linear::new(w.clone(), Some(b.clone()));
+        crate::ops::assert_gradient_matches_finite_differences(
+            |x| layer.forward_activated(x, act),
+            &x,
+            &probe,
+            &[0, 6, 14],
+            1e-3,
+            2e-2,
+        )
+    }
+
     /// Data inputs get no gradient (the skipped gemm), parameters still do.
     #[test]
     fn data_inputs_skip_their_gradient() -> Result<()> {

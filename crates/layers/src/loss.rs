@@ -212,6 +212,24 @@ mod tests {
         Ok(())
     }
 
+    /// The logits' gradient against central differences of the fused forward.
+    #[test]
+    fn fused_bce_gradient_matches_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::Rng::new(32);
+        let logits = rng.normal((3, 7), &dev)?.affine(3.0, 0.0)?;
+        let targets = rng.uniform((3, 7), &dev)?;
+        let probe = rng.normal(3, &dev)?;
+        crate::ops::assert_gradient_matches_finite_differences(
+            |l| bce_with_logits_per_image(l, &targets),
+            &logits,
+            &probe,
+            &[0, 6, 10, 20],
+            1e-2,
+            1e-2,
+        )
+    }
+
     #[test]
     fn bce_gradient_is_sigmoid_minus_target() -> Result<()> {
         let dev = Device::Cpu;

@@ -74,6 +74,43 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
+/// Checks the gradient of `sum(f(x) * probe)` with respect to `x` at the flat `indices`
+/// against central differences of step `step` (for tests of the fused kernels): the analytic
+/// gradient comes from the fused backward pass, the differences from the fused forward.
+#[cfg(test)]
+pub(crate) fn assert_gradient_matches_finite_differences(
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    probe: &Tensor,
+    indices: &[usize],
+    step: f32,
+    tolerance: f32,
+) -> Result<()> {
+    let loss = |x: &Tensor| -> Result<f32> { (f(x)? * probe)?.sum_all()?.to_scalar::<f32>() };
+    let var = candle_core::Var::from_tensor(x)?;
+    let grads = (f(var.as_tensor())? * probe)?.sum_all()?.backward()?;
+    let analytic = grads
+        .get(var.as_tensor())
+        .expect("the loss depends on x")
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let flat = x.flatten_all()?.to_vec1::<f32>()?;
+    for &i in indices {
+        let at = |delta: f32| -> Result<Tensor> {
+            let mut v = flat.clone();
+            v[i] += delta;
+            Tensor::from_vec(v, x.shape(), x.device())
+        };
+        let numeric = (loss(&at(step)?)? - loss(&at(-step)?)?) / (2.0 * step);
+        assert!(
+            (numeric - analytic[i]).abs() < tolerance,
+            "entry {i}: finite differences {numeric}, backward {}",
+            analytic[i]
+        );
+    }
+    Ok(())
+}
+
 /// `target = decay * target + (1 - decay) * value`: in place (one pass, no allocation) for
 /// contiguous f32 CPU tensors, through Candle's ops otherwise. `target` must not be part of a
 /// graph (a weight average, optimiser state).

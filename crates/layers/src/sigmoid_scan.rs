@@ -247,32 +247,14 @@ mod tests {
         let u = rng.normal((d, h), &Device::Cpu)?;
         let v = rng.normal((d, h), &Device::Cpu)?;
         let probe = rng.normal((batch, d), &Device::Cpu)?;
-        let loss = |u: &Tensor| -> Result<f32> {
-            (sigmoid_scan_readout(&x, u, &v)? * &probe)?
-                .sum_all()?
-                .to_scalar::<f32>()
-        };
-        let uv = Var::from_tensor(&u)?;
-        let grads = (sigmoid_scan_readout(&x, &uv, &v)? * &probe)?
-            .sum_all()?
-            .backward()?;
-        let analytic = grads.get(&uv).unwrap().flatten_all()?.to_vec1::<f32>()?;
-        let flat = u.flatten_all()?.to_vec1::<f32>()?;
-        let step = 1e-2;
-        for i in [0, 4, 11, 17, 29] {
-            let at = |delta: f32| {
-                let mut w = flat.clone();
-                w[i] += delta;
-                Tensor::from_vec(w, (d, h), &Device::Cpu)
-            };
-            let numeric = (loss(&at(step)?)? - loss(&at(-step)?)?) / (2.0 * step);
-            assert!(
-                (numeric - analytic[i]).abs() < 5e-3,
-                "du[{i}]: {numeric} vs {}",
-                analytic[i]
-            );
-        }
-        Ok(())
+        crate::ops::assert_gradient_matches_finite_differences(
+            |u| sigmoid_scan_readout(&x, u, &v),
+            &u,
+            &probe,
+            &[0, 4, 11, 17, 29],
+            1e-2,
+            5e-3,
+        )
     }
 
     #[test]
