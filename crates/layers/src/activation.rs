@@ -107,6 +107,12 @@ struct BiasActivation {
     act: Activation,
 }
 
+/// Planes per parallel task: at least ~16K values, so a `(batch, features)` input (planes of
+/// one value) is not split into one task per value.
+fn planes_per_task(inner: usize) -> usize {
+    (1 << 14) / inner.max(1) + 1
+}
+
 /// `(planes, plane size)` of an `(n, c, ...)` layout.
 fn planes(layout: &Layout) -> (usize, usize) {
     let dims = layout.shape().dims();
@@ -122,6 +128,7 @@ impl BiasActivation {
         y.par_chunks_mut(inner.max(1))
             .zip(x.par_chunks(inner.max(1)))
             .enumerate()
+            .with_min_len(planes_per_task(inner))
             .for_each(|(p, (y, x))| {
                 let b = bias.map_or(0.0, |b| b[p % channels]);
                 for (y, &x) in y.iter_mut().zip(x) {
@@ -150,6 +157,7 @@ impl BiasActivation {
         dx.par_chunks_mut(inner.max(1))
             .zip(plane_sums.par_iter_mut())
             .enumerate()
+            .with_min_len(planes_per_task(inner))
             .for_each(|(p, (dx, sum))| {
                 let range = p * inner..(p + 1) * inner;
                 let mut total = 0f64;
