@@ -880,6 +880,25 @@ fn conditional_and_info_gans_report_their_own_figures() {
             model == "infogan",
             "{model}: {r}"
         );
+        if model == "infogan" {
+            // Ten categories, each matched to a different digit, holding all 997 test digits.
+            let a = &r["code_assignment"];
+            let mut digits: Vec<u64> = a["class_of_cluster"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            digits.sort_unstable();
+            assert_eq!(digits, (0..10).collect::<Vec<u64>>(), "{a}");
+            let held: u64 = a["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap())
+                .sum();
+            assert_eq!(held, 997, "{a}");
+        }
     }
     let ck = tmp.path().join("infogan/checkpoints/last.safetensors");
     let png = tmp.path().join("codes.png");

@@ -122,20 +122,56 @@ pub fn accuracy(predicted: &[usize], wanted: &[usize]) -> f64 {
     hits as f64 / predicted.len().max(1) as f64
 }
 
-/// The accuracy of unsupervised clusters as classes under the best one-to-one assignment of
-/// clusters to classes (the Hungarian method, Kuhn 1955), e.g. InfoGAN's categorical code
-/// against digit labels. `clusters` and `labels` index `0..k`.
-pub fn best_assignment_accuracy(clusters: &[usize], labels: &[usize], k: usize) -> f64 {
+/// Unsupervised clusters matched one-to-one to classes (e.g. InfoGAN's categorical code to
+/// digits), with what each cluster holds, so a failed match shows which classes merged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClusterAssignment {
+    /// Share of the images whose cluster stands for their label.
+    pub accuracy: f64,
+    /// `class_of_cluster[c]`: the class cluster `c` is matched to.
+    pub class_of_cluster: Vec<usize>,
+    /// `images[c]`: how many images fell in cluster `c`.
+    pub images: Vec<usize>,
+    /// `matched[c]`: how many of those carry the label `class_of_cluster[c]`.
+    pub matched: Vec<usize>,
+}
+
+/// The best one-to-one assignment of clusters to classes (the Hungarian method, Kuhn 1955).
+/// `clusters` and `labels` index `0..k`; pairs outside it count as misses.
+pub fn best_assignment(clusters: &[usize], labels: &[usize], k: usize) -> ClusterAssignment {
     // counts[c][l]: images of cluster c with label l.
     let mut counts = vec![vec![0i64; k]; k];
+    let mut images = vec![0usize; k];
     for (&c, &l) in clusters.iter().zip(labels) {
-        if c < k && l < k {
-            counts[c][l] += 1;
+        if c < k {
+            images[c] += 1;
+            if l < k {
+                counts[c][l] += 1;
+            }
         }
     }
-    let weights = pathfinding::matrix::Matrix::from_rows(counts).expect("square counts");
-    let (matched, _) = pathfinding::kuhn_munkres::kuhn_munkres(&weights);
-    matched as f64 / clusters.len().max(1) as f64
+    let (matched_total, class_of_cluster) =
+        match pathfinding::matrix::Matrix::from_rows(counts.clone()) {
+            Ok(weights) => pathfinding::kuhn_munkres::kuhn_munkres(&weights),
+            // k = 0: nothing to match.
+            Err(_) => (0, Vec::new()),
+        };
+    let matched = class_of_cluster
+        .iter()
+        .enumerate()
+        .map(|(c, &l)| counts[c][l] as usize)
+        .collect();
+    ClusterAssignment {
+        accuracy: matched_total as f64 / clusters.len().max(1) as f64,
+        class_of_cluster,
+        images,
+        matched,
+    }
+}
+
+/// The accuracy of unsupervised clusters as classes under [`best_assignment`].
+pub fn best_assignment_accuracy(clusters: &[usize], labels: &[usize], k: usize) -> f64 {
+    best_assignment(clusters, labels, k).accuracy
 }
 
 #[cfg(test)]
@@ -208,6 +244,18 @@ mod tests {
         assert!(
             (best_assignment_accuracy(&[0; 6], &[0, 0, 1, 1, 2, 2], 3) - 1.0 / 3.0).abs() < 1e-12
         );
+    }
+
+    #[test]
+    fn assignment_reports_what_each_cluster_holds() {
+        // Cluster 0 holds both 0s and both 1s (merged), cluster 2 the 2s, cluster 1 is empty.
+        let a = best_assignment(&[0, 0, 0, 0, 2, 2], &[0, 0, 1, 1, 2, 2], 3);
+        assert_eq!(a.images, vec![4, 0, 2]);
+        assert_eq!(a.class_of_cluster[2], 2);
+        assert!(a.class_of_cluster[0] < 2, "{:?}", a.class_of_cluster);
+        assert_eq!(a.matched, vec![2, 0, 2]);
+        assert!((a.accuracy - 4.0 / 6.0).abs() < 1e-12, "{}", a.accuracy);
+        assert_eq!(best_assignment(&[], &[], 0).accuracy, 0.0);
     }
 
     #[test]

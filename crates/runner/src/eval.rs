@@ -14,7 +14,7 @@ use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Bina
 use crate::gan_train::{load_images, real_batch};
 use crate::quality::{evaluate_samples, QualityReport};
 use anyhow::Context;
-use layers::metrics::best_assignment_accuracy;
+use layers::metrics::{best_assignment, ClusterAssignment};
 
 pub struct EvalArgs {
     pub checkpoint: PathBuf,
@@ -57,6 +57,8 @@ pub struct EvalReport {
     pub sample_quality: Option<QualityReport>,
     /// InfoGAN: test accuracy of the categorical code through Q, best assignment to digits.
     pub code_accuracy: Option<f64>,
+    /// InfoGAN: which digit each category was matched to, and what it holds.
+    pub code_assignment: Option<ClusterAssignment>,
 }
 
 fn describe(name: &str) -> &str {
@@ -93,9 +95,10 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
                 "model `{}` is implicit (no likelihood): its evaluation is the sample metrics, so --samples must be positive",
                 a.run.model
             );
-            let code_accuracy = code_accuracy(&a, args)?;
+            let code_assignment = code_assignment(&a, args)?;
             return Ok(EvalReport {
-                code_accuracy,
+                code_accuracy: code_assignment.as_ref().map(|c| c.accuracy),
+                code_assignment,
                 model: a.run.model.clone(),
                 checkpoint: args.checkpoint.display().to_string(),
                 step: a.progress.step,
@@ -169,12 +172,16 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         metrics,
         sample_quality,
         code_accuracy: None,
+        code_assignment: None,
     })
 }
 
 /// For a model whose discriminator predicts a categorical code (InfoGAN's Q): how well that
 /// code classifies the test digits under the best one-to-one assignment of codes to digits.
-fn code_accuracy(model: &LoadedAdversarial, args: &EvalArgs) -> Result<Option<f64>> {
+fn code_assignment(
+    model: &LoadedAdversarial,
+    args: &EvalArgs,
+) -> Result<Option<ClusterAssignment>> {
     let gan = model.model.as_ref();
     let Some(k) = gan.categories() else {
         return Ok(None);
@@ -197,11 +204,24 @@ fn code_accuracy(model: &LoadedAdversarial, args: &EvalArgs) -> Result<Option<f6
         clusters.extend(predicted.into_iter().map(|c| c as usize));
     }
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-    Ok(Some(best_assignment_accuracy(
-        &clusters,
-        &labels,
-        k.max(10),
-    )))
+    Ok(Some(best_assignment(&clusters, &labels, k.max(10))))
+}
+
+/// The categorical code's accuracy, then one line per category: its digit and how pure it is.
+fn print_code_assignment(a: &ClusterAssignment) {
+    println!(
+        "categorical code as digit (through Q, best one-to-one assignment): {:.1}% of the test digits",
+        100.0 * a.accuracy
+    );
+    for (code, (&digit, (&images, &matched))) in a
+        .class_of_cluster
+        .iter()
+        .zip(a.images.iter().zip(&a.matched))
+        .enumerate()
+    {
+        let purity = 100.0 * matched as f64 / images.max(1) as f64;
+        println!("  code {code:>2} -> digit {digit}: {images:>4} test digits, {purity:5.1}% of them a {digit}");
+    }
 }
 
 pub fn print_table(r: &EvalReport) {
@@ -212,11 +232,8 @@ pub fn print_table(r: &EvalReport) {
         if let Some(q) = &r.sample_quality {
             crate::quality::print(q);
         }
-        if let Some(a) = r.code_accuracy {
-            println!(
-                "categorical code as digit (through Q, best one-to-one assignment): {:.1}% of the test digits",
-                100.0 * a
-            );
+        if let Some(a) = &r.code_assignment {
+            print_code_assignment(a);
         }
         return;
     };
