@@ -1,12 +1,13 @@
 """The PyTorch reference of genzoo's InfoGAN run with the paper's networks (`network = "paper"`
 in models/infogan.toml): Chen et al. 2016, appendix C table 1, with the module names of
 Natsu6767/InfoGAN-PyTorch, trained as genzoo trains it: the 8,006 bundled digits in [-1, 1]
-(tanh output), batch 64, Adam 2e-4 / beta1 0.5 for both sides, non-saturating BCE, Q's head
+(tanh output), batch 64, Adam beta1 0.5 (D at --lr, G and Q's head at --g-lr: 2e-4 and 1e-3 as
+in models/infogan.toml, the paper's rates), non-saturating BCE, Q's head
 stepping with G and D's trunk learning only the adversarial loss, L_I = CE(c_cat) +
 0.1 MSE(c_cont), a weight average of G (decay 0.999 after genzoo's warm-up) for sampling.
 Saves safetensors with genzoo's names, so genzoo's evaluator measures both:
 
-    python scripts/train_infogan_reference.py --epochs 20 --out runs/gans/infogan-pytorch.safetensors
+    python scripts/train_infogan_reference.py --epochs 40 --g-lr 1e-3 --out runs/gans/infogan-pytorch.safetensors
     genzoo eval runs/gans/infogan-pytorch.safetensors --model infogan --config models/infogan.toml
 """
 import argparse
@@ -90,7 +91,8 @@ def main():
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="D's learning rate")
+    p.add_argument("--g-lr", type=float, default=None, help="G's and Q's head's learning rate (default: --lr)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -105,7 +107,8 @@ def main():
     net_g.apply(weights_init)
     net_d.apply(weights_init)
     average = copy.deepcopy(net_g)
-    opt_g = torch.optim.Adam(list(net_g.parameters()) + list(net_d.q_parameters()), lr=args.lr, betas=(0.5, 0.999))
+    g_lr = args.lr if args.g_lr is None else args.g_lr
+    opt_g = torch.optim.Adam(list(net_g.parameters()) + list(net_d.q_parameters()), lr=g_lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(net_d.trunk_parameters(), lr=args.lr, betas=(0.5, 0.999))
     bce = F.binary_cross_entropy_with_logits
     start, steps = time.time(), 0
@@ -140,7 +143,7 @@ def main():
     seconds = time.time() - start
     save_prefixed([("generator", net_g), ("discriminator", net_d), ("ema.generator", average)], args.out)
     print(json.dumps({"framework": "pytorch", "torch": torch.__version__, "model": "infogan", "network": "paper",
-                      "epochs": args.epochs, "steps": steps, "train_seconds": seconds,
+                      "epochs": args.epochs, "lr": args.lr, "g_lr": g_lr, "seed": args.seed, "steps": steps, "train_seconds": seconds,
                       "images_per_sec": steps * args.batch_size / seconds, "out": args.out}))
 
 
