@@ -98,6 +98,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--out", required=True)
+    p.add_argument("--save-at", default="", help="also save after these epochs, e.g. 20,30 (to OUT with -epNN)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -139,6 +140,9 @@ def main():
             if steps % args.log_every == 0:
                 print(f"step {steps}: d_real {d_real.mean().item():.3f} d_fake {d_fake.mean().item():.3f} "
                       f"info {info.item():.3f} G mean {fake.mean().item():.3f} ({time.time() - start:.0f} s)", flush=True)
+        if str(epoch + 1) in args.save_at.split(","):
+            save_prefixed([("generator", net_g), ("discriminator", net_d), ("ema.generator", average)],
+                          args.out.replace(".safetensors", f"-ep{epoch + 1:02d}.safetensors"))
         print(f"epoch {epoch + 1}: loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} ({time.time() - start:.0f} s)", flush=True)
     seconds = time.time() - start
     save_prefixed([("generator", net_g), ("discriminator", net_d), ("ema.generator", average)], args.out)
