@@ -150,19 +150,18 @@ pub fn best_assignment(clusters: &[usize], labels: &[usize], k: usize) -> Cluste
             }
         }
     }
-    let (matched_total, class_of_cluster) =
-        match pathfinding::matrix::Matrix::from_rows(counts.clone()) {
-            Ok(weights) => pathfinding::kuhn_munkres::kuhn_munkres(&weights),
-            // k = 0: nothing to match.
-            Err(_) => (0, Vec::new()),
-        };
-    let matched = class_of_cluster
+    let class_of_cluster = match pathfinding::matrix::Matrix::from_rows(counts.clone()) {
+        Ok(weights) => pathfinding::kuhn_munkres::kuhn_munkres(&weights).1,
+        // k = 0: nothing to match.
+        Err(_) => Vec::new(),
+    };
+    let matched: Vec<usize> = class_of_cluster
         .iter()
         .enumerate()
         .map(|(c, &l)| counts[c][l] as usize)
         .collect();
     ClusterAssignment {
-        accuracy: matched_total as f64 / clusters.len().max(1) as f64,
+        accuracy: matched.iter().sum::<usize>() as f64 / clusters.len().max(1) as f64,
         class_of_cluster,
         images,
         matched,
