@@ -13,7 +13,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
-use layers::sequential::{Layer, Sequential, Stack};
+use layers::nn::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn labels_steer_both_networks() -> Result<()> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
         let m = ConditionalGan::new(&Config::default(), vb)?;
         let mut input = m.draw_input(2, &mut Rng::new(0))?;
         let a = m.generate(&input, false)?;

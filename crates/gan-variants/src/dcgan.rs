@@ -13,9 +13,9 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use layers::conv::ConvSpec;
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
-use layers::sequential::{Layer, Sequential, Stack};
+use layers::kernels::conv::ConvSpec;
+use layers::nn::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +168,7 @@ mod tests {
     fn shapes_and_reference_names_for_32_and_64() -> Result<()> {
         for (size, last_g, last_d) in [(32, 9, 8), (64, 12, 11)] {
             let varmap = VarMap::new();
-            let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+            let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
             let cfg = Config {
                 image_size: size,
                 ngf: 8,

@@ -12,7 +12,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
-use layers::sequential::{Layer, Sequential, Stack};
+use layers::nn::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn shapes_and_reference_names() -> Result<()> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
         let m = Gan::new(&Config::default(), vb)?;
         let x = m.generate(&m.draw_input(3, &mut Rng::new(0))?, true)?;
         assert_eq!(x.dims(), &[3, 1, 28, 28]);

@@ -35,10 +35,10 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
-use layers::conv::ConvSpec;
 use layers::gan::{Adversarial, GeneratorInput, Verdict};
-use layers::linear::Linear;
-use layers::sequential::{Layer, Sequential, Stack};
+use layers::kernels::conv::ConvSpec;
+use layers::kernels::linear::Linear;
+use layers::nn::sequential::{Layer, Sequential, Stack};
 use layers::{ImageShape, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +113,9 @@ pub struct InfoGan {
 
 /// A one-layer stack (a head) under `vb`'s prefix.
 fn linear_head(i: usize, o: usize, vb: VarBuilder) -> Result<Stack> {
-    Ok(Stack(vec![Layer::Linear(layers::init::linear(i, o, vb)?)]))
+    Ok(Stack(vec![Layer::Linear(layers::nn::init::linear(
+        i, o, vb,
+    )?)]))
 }
 
 /// A 1x1 convolution with bias as a one-layer stack: the paper's fully connected head as
@@ -142,7 +144,7 @@ fn pytorch_gan(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
     }
     let init = cfg.image_size / 4;
     let input = cfg.latent_dim + cfg.categories + cfg.code_dim;
-    let project = layers::init::linear(input, 128 * init * init, g.pp("l1").pp(0))?;
+    let project = layers::nn::init::linear(input, 128 * init * init, g.pp("l1").pp(0))?;
     let generator = Sequential::new(g.pp("conv_blocks"))
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::Upsample2)
@@ -419,7 +421,7 @@ mod tests {
     #[test]
     fn shapes_names_and_the_information_loss() -> Result<()> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
         let m = InfoGan::new(&Config::default(), vb)?;
         let input = m.draw_input(4, &mut Rng::new(0))?;
         let x = m.generate(&input, true)?;
@@ -451,7 +453,7 @@ mod tests {
     #[test]
     fn the_paper_network_at_28_pixels_under_the_reference_names() -> Result<()> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
         let cfg = Config {
             network: Network::Paper,
             image_size: 28,
@@ -486,7 +488,7 @@ mod tests {
             image_size: 32,
             ..cfg
         };
-        let vb = layers::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
         let err = InfoGan::new(&wrong, vb).err().unwrap().to_string();
         assert!(err.contains("28 x 28") && err.contains("32"), "{err}");
         Ok(())

@@ -4,12 +4,12 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
-use layers::activation::{bias_activation, bias_activation_reference, Activation};
-use layers::conv::{candle_conv2d, conv2d, conv_transpose2d, ConvSpec};
-use layers::linear::Linear;
-use layers::ops::{exclusive_cumsum, skew_rows, skew_rows_reference};
-use layers::recurrence::{lstm_scan, lstm_scan_reference};
-use layers::sigmoid_scan::{sigmoid_scan_readout, sigmoid_scan_readout_reference};
+use layers::kernels::activation::{bias_activation, bias_activation_reference, Activation};
+use layers::kernels::conv::{candle_conv2d, conv2d, conv_transpose2d, ConvSpec};
+use layers::kernels::linear::Linear;
+use layers::kernels::ops::{exclusive_cumsum, skew_rows, skew_rows_reference};
+use layers::kernels::recurrence::{lstm_scan, lstm_scan_reference};
+use layers::kernels::sigmoid_scan::{sigmoid_scan_readout, sigmoid_scan_readout_reference};
 use layers::Rng;
 
 fn normal(shape: &[usize], seed: u64) -> Tensor {
@@ -104,7 +104,7 @@ fn nade_scan(c: &mut Criterion) {
     let mut out = vec![0f32; 784 * 500];
     let a = a.to_vec1::<f32>().unwrap();
     c.bench_function("simd::sigmoid 392,000 values / genzoo", |b| {
-        b.iter(|| layers::simd::sigmoid(&mut out, &a))
+        b.iter(|| layers::kernels::simd::sigmoid(&mut out, &a))
     });
     let t = Tensor::new(a.as_slice(), &Device::Cpu).unwrap();
     c.bench_function("sigmoid 392,000 values / candle", |b| {

@@ -16,7 +16,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::loss::softplus;
-use crate::rng::Rng;
+use crate::train::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -286,7 +286,7 @@ impl WeightAverage {
     pub fn update(&mut self) -> Result<()> {
         let d = self.current_decay();
         for (_, var, avg) in &mut self.slots {
-            crate::ops::blend_into(avg, var.as_tensor(), d)?;
+            crate::kernels::ops::blend_into(avg, var.as_tensor(), d)?;
         }
         self.updates += 1;
         Ok(())

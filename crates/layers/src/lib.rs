@@ -1,34 +1,28 @@
-//! Shared pieces of genzoo: what a model is ([`model`]), losses and log-densities ([`loss`]),
-//! the seeded random generator ([`rng`]), PyTorch-compatible initialisation ([`init`]), Adam
-//! with savable state ([`optim`]), checkpoints ([`checkpoint`]) and device selection
-//! ([`device`]).
+//! Shared pieces of genzoo, by what they are:
+//!
+//! - the contracts every model fulfils: what a model is ([`model`]),
+//!   what adversarial models share ([`gan`]), and the losses and log-densities ([`loss`]);
+//! - [`nn`]: building blocks with PyTorch's names (`nn.Sequential` numbering, masked
+//!   convolutions, seeded initialisation);
+//! - [`kernels`]: the fused CPU ops and vector kernels under them, each with Candle's ops as the
+//!   fallback and the reference its tests compare against;
+//! - [`train`]: training state (Adam with savable moments, checkpoints, the seeded RNG);
+//! - [`eval`]: the digit classifier and the metrics computed through it;
+//! - [`device`]: `--device` parsing and the CPU thread pool.
 
-pub mod activation;
-pub mod checkpoint;
-pub mod classifier;
-pub mod conv;
 pub mod device;
+pub mod eval;
 pub mod gan;
-pub mod init;
-pub mod linear;
+pub mod kernels;
 pub mod loss;
-pub mod masked;
-pub mod metrics;
 pub mod model;
-pub mod norm;
-pub mod ops;
-pub mod optim;
-pub mod recurrence;
-pub mod rng;
-pub mod sequential;
-pub mod sigmoid_scan;
-pub mod simd;
-pub mod stats;
+pub mod nn;
+pub mod train;
 
-pub use checkpoint::Checkpoint;
 pub use model::{
     ExplicitModel, GenerativeModel, ImageShape, LatentVariableModel, Likelihood, LikelihoodModel,
     LikelihoodOptions, Loss, ModelKind, Objective, Values,
 };
-pub use optim::{Adam, AdamConfig};
-pub use rng::{Rng, Stream};
+pub use train::checkpoint::Checkpoint;
+pub use train::optim::{Adam, AdamConfig};
+pub use train::rng::{Rng, Stream};

@@ -4,8 +4,8 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
-use crate::simd;
+use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::simd;
 
 /// Sums every dimension but the first: `(b, ...) -> (b)`.
 pub fn sum_per_image(t: &Tensor) -> Result<Tensor> {
@@ -183,7 +183,7 @@ mod tests {
     /// variable too), for flat and image-shaped inputs of odd sizes and a non-uniform probe.
     #[test]
     fn fused_bce_matches_the_tensor_formula() -> Result<()> {
-        crate::ops::assert_fused_path_on();
+        crate::kernels::ops::assert_fused_path_on();
         let dev = Device::Cpu;
         let mut rng = crate::Rng::new(31);
         for dims in [vec![1, 1], vec![3, 37], vec![5, 1, 7, 9], vec![2, 3, 4, 5]] {
@@ -220,7 +220,7 @@ mod tests {
         let logits = rng.normal((3, 7), &dev)?.affine(3.0, 0.0)?;
         let targets = rng.uniform((3, 7), &dev)?;
         let probe = rng.normal(3, &dev)?;
-        crate::ops::assert_gradient_matches_finite_differences(
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
             |l| bce_with_logits_per_image(l, &targets),
             &logits,
             &probe,

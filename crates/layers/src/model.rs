@@ -7,7 +7,7 @@
 use candle_core::{Device, Result, Tensor};
 use serde::Serialize;
 
-use crate::rng::Rng;
+use crate::train::rng::Rng;
 
 /// Whether a model gives the probability of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -135,7 +135,7 @@ pub trait LatentVariableModel {
             );
         }
         let q: Vec<f32> = (0..side)
-            .map(|i| crate::stats::normal_quantile((i as f64 + 0.5) / side as f64) as f32)
+            .map(|i| crate::eval::stats::normal_quantile((i as f64 + 0.5) / side as f64) as f32)
             .collect();
         let mut z = Vec::with_capacity(side * side * 2);
         for row in 0..side {

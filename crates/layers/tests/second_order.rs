@@ -4,8 +4,8 @@
 //! those kernels with Candle's ops must see them on.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use layers::conv::{conv2d, ConvSpec};
 use layers::gan::{enable_second_order_gradients, gradient_penalty};
+use layers::kernels::conv::{conv2d, ConvSpec};
 use layers::Rng;
 
 /// A gradient penalty through the convolution: d/dk |grad_x sum(conv(x, k)^2)|^2 against

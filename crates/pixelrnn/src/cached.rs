@@ -9,10 +9,10 @@
 //! output pixel of the network costs, instead of a whole forward pass.
 
 use candle_core::{DType, Result, Tensor};
-use layers::masked::MaskedConv2d;
+use layers::nn::masked::MaskedConv2d;
 use rayon::prelude::*;
 
-use crate::ar::Output;
+use crate::output::Output;
 
 /// One masked convolution as plain arrays, evaluated one position at a time.
 pub struct CachedConv {

@@ -14,9 +14,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use layers::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
-use layers::ops::{skew_rows as skew, unskew_rows as unskew};
-use layers::recurrence::lstm_scan;
+use layers::kernels::ops::{skew_rows as skew, unskew_rows as unskew};
+use layers::kernels::recurrence::lstm_scan;
+use layers::nn::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
 
 use crate::pixelrnn::{state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
 
@@ -134,7 +134,7 @@ mod tests {
 
     fn small() -> Result<DiagonalBiLstm> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
         DiagonalBiLstm::new(&cfg(), vb)
     }
 
@@ -163,7 +163,7 @@ mod tests {
     fn outputs_see_only_earlier_pixels_and_channels() -> Result<()> {
         for output in [Output::Bernoulli, Output::Softmax] {
             let varmap = VarMap::new();
-            let vb = layers::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+            let vb = layers::nn::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
             let cfg = Config {
                 channels: 3,
                 hidden: 6,
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn softmax_outputs_learn_green_and_blue_from_red() -> Result<()> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
         let cfg = Config {
             image_size: 4,
             channels: 3,
@@ -211,7 +211,7 @@ mod tests {
         }
         let model = small()?;
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 6, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 6, DType::F32, &Device::Cpu);
         let out = MaskedConv2d::new(4, 1, (1, 1), MaskType::B, 1, vb)?;
         assert_leaks(&Unshifted(model, out))
     }

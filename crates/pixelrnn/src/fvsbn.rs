@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use layers::init::torch_uniform;
+use layers::nn::init::torch_uniform;
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
@@ -135,17 +135,13 @@ impl Autoregressive for Fvsbn {
             for &i in &order {
                 let row = &w[i * n..(i + 1) * n];
                 let logit = b[i] + row.iter().zip(img.iter()).map(|(a, v)| a * v).sum::<f32>();
-                img[i] = f32::from(uniforms[k * n + i] < sigmoid(logit));
+                img[i] =
+                    f32::from(uniforms[k * n + i] < layers::kernels::simd::sigmoid_scalar(logit));
             }
         }
         let [c, h, wd] = self.image_shape();
         Tensor::from_vec(x, (count, c, h, wd), &self.device)
     }
-}
-
-/// The logistic function as Candle computes it in `ops::sigmoid`, so samplers agree bit for bit.
-pub(crate) fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
 }
 
 crate::autoregressive_model!(Fvsbn);
@@ -158,7 +154,7 @@ mod tests {
 
     fn small(window: usize) -> Result<Fvsbn> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu);
         Fvsbn::new(
             &Config {
                 image_size: 6,

@@ -8,6 +8,7 @@ pub mod cached;
 pub mod diagonal_bilstm;
 pub mod fvsbn;
 pub mod nade;
+pub mod output;
 pub mod pixelcnn;
 pub mod pixelrnn;
 pub mod row_lstm;

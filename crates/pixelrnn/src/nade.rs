@@ -5,13 +5,13 @@
 //! with one hidden layer of H units whose weights `W` `(H, D)` are shared across the D
 //! conditionals. The pre-activations satisfy `a_{d+1} = a_d + W[:, d] x_d`, so all D
 //! conditionals cost O(DH) (eq. 4 of the paper): training runs the fused scan of
-//! `layers::sigmoid_scan` (one running `H`-vector per image, and the paper's O(DH) gradient),
+//! `layers::kernels::sigmoid_scan` (one running `H`-vector per image, and the paper's O(DH) gradient),
 //! sampling a running sum. Parameters `W`, `c`, `V`, `b`.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use layers::init::torch_uniform;
-use layers::sigmoid_scan::sigmoid_scan_readout;
+use layers::kernels::sigmoid_scan::sigmoid_scan_readout;
+use layers::nn::init::torch_uniform;
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
@@ -136,11 +136,12 @@ impl Autoregressive for Nade {
             a.copy_from_slice(&c);
             for &i in &self.order {
                 for (hj, aj) in h.iter_mut().zip(&a) {
-                    *hj = crate::fvsbn::sigmoid(*aj);
+                    *hj = layers::kernels::simd::sigmoid_scalar(*aj);
                 }
                 let vi = &v[i * hdim..(i + 1) * hdim];
                 let logit = b[i] + vi.iter().zip(&h).map(|(p, q)| p * q).sum::<f32>();
-                let xi = f32::from(uniforms[k * d + i] < crate::fvsbn::sigmoid(logit));
+                let xi =
+                    f32::from(uniforms[k * d + i] < layers::kernels::simd::sigmoid_scalar(logit));
                 x[k * d + i] = xi;
                 if xi != 0.0 {
                     for (aj, wj) in a.iter_mut().zip(&wt[i * hdim..(i + 1) * hdim]) {
@@ -165,7 +166,7 @@ mod tests {
 
     fn small(channels: usize) -> Result<Nade> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 2, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 2, DType::F32, &Device::Cpu);
         Nade::new(
             &Config {
                 image_size: 5,

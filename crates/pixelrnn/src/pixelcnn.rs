@@ -8,8 +8,8 @@
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use layers::activation::Activation;
-use layers::masked::{MaskType, MaskedConv2d};
+use layers::kernels::activation::Activation;
+use layers::nn::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
@@ -185,7 +185,7 @@ mod tests {
 
     fn build(cfg: &Config) -> Result<(PixelCnn, VarMap)> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
         Ok((PixelCnn::new(cfg, vb)?, varmap))
     }
 
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn the_check_catches_mask_b_in_the_first_layer() -> Result<()> {
         let (model, varmap) = build(&cfg(1))?;
-        let vb = layers::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
         assert_leaks(&model.with_leaky_first_layer(vb)?)
     }
 

@@ -8,7 +8,7 @@
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use layers::masked::{MaskType, MaskedConv2d};
+use layers::nn::masked::{MaskType, MaskedConv2d};
 use layers::ImageShape;
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +68,7 @@ pub fn state_to_state_kernel(
     vb: VarBuilder,
 ) -> Result<Tensor> {
     let fan_in = shape.1 * shape.2 * shape.3;
-    vb.get_with_hints(shape, "weight", layers::init::torch_uniform(fan_in))
+    vb.get_with_hints(shape, "weight", layers::nn::init::torch_uniform(fan_in))
 }
 
 pub struct PixelRnn<L> {

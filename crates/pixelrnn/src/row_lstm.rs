@@ -11,13 +11,13 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use layers::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
-use layers::recurrence::lstm_scan;
+use layers::kernels::recurrence::lstm_scan;
+use layers::nn::masked::{contiguous_groups, gate_groups, MaskType, MaskedConv2d};
 
 use crate::ar::Autoregressive;
 use crate::cached::{draw_at, CachedConv};
-use crate::fvsbn::sigmoid;
 use crate::pixelrnn::{state_to_state_kernel, Config, PixelRnn, RecurrentLayer};
+use layers::kernels::simd::sigmoid_scalar as sigmoid;
 
 /// Width of both row convolutions (the paper's k = 3).
 pub const KERNEL: usize = 3;
@@ -206,7 +206,7 @@ mod tests {
 
     fn build(channels: usize, output: Output) -> Result<(RowLstm, VarMap)> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 4, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 4, DType::F32, &Device::Cpu);
         let cfg = Config {
             image_size: 7,
             channels,
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn softmax_outputs_learn_green_and_blue_from_red() -> Result<()> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, 4, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 4, DType::F32, &Device::Cpu);
         let cfg = Config {
             image_size: 4,
             channels: 3,

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use layers::checkpoint::{load_into_varmap, varmap_tensors};
 use layers::gan::AdversarialModel;
+use layers::train::checkpoint::{load_into_varmap, varmap_tensors};
 use layers::{Adam, Checkpoint, GenerativeModel, LikelihoodModel, Values};
 
 use crate::config::RunConfig;
@@ -119,7 +119,7 @@ pub fn build_model(
 ) -> Result<(Box<dyn LikelihoodModel>, VarMap, RunConfig)> {
     let build = registry::builder(&run.model)?;
     let varmap = VarMap::new();
-    let vb = layers::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
+    let vb = layers::nn::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
     let (model, resolved) = build(&run.model_config, vb)?;
     if model.values() == Values::Intensities && run.train.binarize != Binarization::None {
         bail!(
@@ -236,7 +236,7 @@ pub fn build_adversarial(
 ) -> Result<(Box<dyn AdversarialModel>, VarMap, RunConfig)> {
     let build = registry::adversarial_builder(&run.model)?;
     let varmap = VarMap::new();
-    let vb = layers::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
+    let vb = layers::nn::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
     let (model, resolved) = build(&run.model_config, vb)?;
     let mut run = run.clone();
     run.model_config = resolved;

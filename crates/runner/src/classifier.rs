@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use layers::checkpoint::{load_into_varmap, varmap_tensors};
-use layers::classifier::{Config, LeNet};
+use layers::eval::classifier::{Config, LeNet};
+use layers::train::checkpoint::{load_into_varmap, varmap_tensors};
 use layers::{Adam, AdamConfig, Checkpoint, Rng, Stream};
 use serde::Serialize;
 
@@ -59,7 +59,7 @@ pub fn train(args: &TrainArgs, mut on_epoch: impl FnMut(&EpochReport)) -> Result
     };
     let (train_labels, test_labels) = (labels(&train)?, labels(&test)?);
     let varmap = VarMap::new();
-    let vb = layers::init::seeded_var_builder(&varmap, args.seed, DType::F32, &args.device);
+    let vb = layers::nn::init::seeded_var_builder(&varmap, args.seed, DType::F32, &args.device);
     let net = LeNet::new(&cfg, vb)?;
     let mut adam = Adam::new(
         &varmap,
@@ -183,7 +183,7 @@ pub fn load(path: Option<&Path>, device: &Device) -> Result<LeNet> {
         }
     }
     let varmap = VarMap::new();
-    let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, device);
+    let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, device);
     let net = LeNet::new(&Config::default(), vb)?;
     load_into_varmap(&varmap, &checkpoint.tensors, Path::new(&name))?;
     Ok(net)

@@ -80,7 +80,7 @@ pub fn download(
         if found != md5 {
             bail!("{url}: MD5 {found} does not match the expected {md5}; the file was not saved");
         }
-        layers::checkpoint::write_atomically(&target, &bytes)?;
+        layers::train::checkpoint::write_atomically(&target, &bytes)?;
     }
     eprintln!(
         "{} is ready: train with --data {}",

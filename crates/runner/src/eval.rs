@@ -14,7 +14,7 @@ use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Bina
 use crate::gan_train::{load_images, real_batch};
 use crate::quality::{evaluate_samples, QualityReport};
 use anyhow::Context;
-use layers::metrics::{best_assignment, ClusterAssignment};
+use layers::eval::metrics::{best_assignment, ClusterAssignment};
 
 pub struct EvalArgs {
     pub checkpoint: PathBuf,

@@ -87,7 +87,7 @@ pub fn plot_curves(path: &Path, title: &str, y_label: &str, series: &[Series]) -
         png.write_to(&mut out, image::ImageFormat::Png)?;
         out.into_inner()
     };
-    layers::checkpoint::write_atomically(path, &bytes)
+    layers::train::checkpoint::write_atomically(path, &bytes)
 }
 
 #[cfg(test)]

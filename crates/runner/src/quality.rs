@@ -5,8 +5,8 @@
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
-use layers::classifier::LeNet;
-use layers::metrics::{
+use layers::eval::classifier::LeNet;
+use layers::eval::metrics::{
     accuracy, class_coverage, classifier_score, frechet_distance, predictions, Gaussian,
 };
 use layers::{GenerativeModel, Rng, Stream, Values};

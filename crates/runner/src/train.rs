@@ -125,7 +125,7 @@ impl RunDir {
 pub(crate) fn open_run(dir: &RunDir, run: &RunConfig, step: u64) -> Result<Logger> {
     dir.create()?;
     let history = truncate_log(&dir.log(), step)?;
-    layers::checkpoint::write_atomically(&dir.config(), run.to_toml()?.as_bytes())?;
+    layers::train::checkpoint::write_atomically(&dir.config(), run.to_toml()?.as_bytes())?;
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -216,7 +216,7 @@ pub(crate) fn truncate_log(path: &Path, step: u64) -> Result<Vec<Value>> {
         out.push_str(&v.to_string());
         out.push('\n');
     }
-    layers::checkpoint::write_atomically(path, out.as_bytes())?;
+    layers::train::checkpoint::write_atomically(path, out.as_bytes())?;
     Ok(kept)
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Module, VarBuilder};
-use layers::linear::Linear;
+use layers::kernels::linear::Linear;
 
 fn down() -> Conv2dConfig {
     Conv2dConfig {
@@ -38,10 +38,10 @@ impl ConvEncoder {
     ) -> Result<Self> {
         let flat = widths[1] * (size / 4) * (size / 4);
         Ok(Self {
-            conv1: layers::init::conv2d(channels, widths[0], 4, down(), vb.pp("enc.0"))?,
-            conv2: layers::init::conv2d(widths[0], widths[1], 4, down(), vb.pp("enc.2"))?,
-            fc_mu: layers::init::linear(flat, latent, vb.pp("fc_mu"))?,
-            fc_logvar: layers::init::linear(flat, latent, vb.pp("fc_logvar"))?,
+            conv1: layers::nn::init::conv2d(channels, widths[0], 4, down(), vb.pp("enc.0"))?,
+            conv2: layers::nn::init::conv2d(widths[0], widths[1], 4, down(), vb.pp("enc.2"))?,
+            fc_mu: layers::nn::init::linear(flat, latent, vb.pp("fc_mu"))?,
+            fc_logvar: layers::nn::init::linear(flat, latent, vb.pp("fc_logvar"))?,
         })
     }
 
@@ -71,9 +71,21 @@ impl ConvDecoder {
     ) -> Result<Self> {
         let flat = widths[1] * (size / 4) * (size / 4);
         Ok(Self {
-            fc: layers::init::linear(latent, flat, vb.pp("fc_dec"))?,
-            deconv1: layers::init::conv_transpose2d(widths[1], widths[0], 4, up(), vb.pp("dec.0"))?,
-            deconv2: layers::init::conv_transpose2d(widths[0], channels, 4, up(), vb.pp("dec.2"))?,
+            fc: layers::nn::init::linear(latent, flat, vb.pp("fc_dec"))?,
+            deconv1: layers::nn::init::conv_transpose2d(
+                widths[1],
+                widths[0],
+                4,
+                up(),
+                vb.pp("dec.0"),
+            )?,
+            deconv2: layers::nn::init::conv_transpose2d(
+                widths[0],
+                channels,
+                4,
+                up(),
+                vb.pp("dec.2"),
+            )?,
             widths,
             size,
         })

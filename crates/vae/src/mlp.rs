@@ -3,8 +3,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
-use layers::activation::Activation;
-use layers::linear::Linear;
+use layers::kernels::activation::Activation;
+use layers::kernels::linear::Linear;
 
 pub struct MlpEncoder {
     fc1: Linear,
@@ -15,9 +15,9 @@ pub struct MlpEncoder {
 impl MlpEncoder {
     pub fn new(input_dim: usize, hidden: usize, latent: usize, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: layers::init::linear(input_dim, hidden, vb.pp("fc1"))?,
-            fc21: layers::init::linear(hidden, latent, vb.pp("fc21"))?,
-            fc22: layers::init::linear(hidden, latent, vb.pp("fc22"))?,
+            fc1: layers::nn::init::linear(input_dim, hidden, vb.pp("fc1"))?,
+            fc21: layers::nn::init::linear(hidden, latent, vb.pp("fc21"))?,
+            fc22: layers::nn::init::linear(hidden, latent, vb.pp("fc22"))?,
         })
     }
 
@@ -38,8 +38,8 @@ pub struct MlpDecoder {
 impl MlpDecoder {
     pub fn new(latent: usize, hidden: usize, output_dim: usize, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc3: layers::init::linear(latent, hidden, vb.pp("fc3"))?,
-            fc4: layers::init::linear(hidden, output_dim, vb.pp("fc4"))?,
+            fc3: layers::nn::init::linear(latent, hidden, vb.pp("fc3"))?,
+            fc4: layers::nn::init::linear(hidden, output_dim, vb.pp("fc4"))?,
         })
     }
 

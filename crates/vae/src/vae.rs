@@ -313,7 +313,7 @@ mod tests {
 
     fn build(cfg: &Config, seed: u64) -> Result<(Vae, VarMap)> {
         let varmap = VarMap::new();
-        let vb = layers::init::seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
+        let vb = layers::nn::init::seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
         Ok((Vae::new(cfg, vb)?, varmap))
     }
 

@@ -236,6 +236,12 @@ macro_rules! dispatch {
     };
 }
 
+/// The logistic function of one value as Candle computes it in `ops::sigmoid`, so that the
+/// per-pixel samplers draw exactly what the tensor path would.
+pub fn sigmoid_scalar(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
 /// The instruction set the kernels run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

@@ -1,4 +1,4 @@
-//! The digit classifier behind genzoo's sample metrics ([`crate::metrics`]): LeNet (LeCun et
+//! The digit classifier behind genzoo's sample metrics ([`crate::eval::metrics`]): LeNet (LeCun et
 //! al. 1998) in the form of Caffe's MNIST example: 5x5 convolutions of 20 and 50 channels, each
 //! followed by ReLU and 2x2 max pooling, a fully connected ReLU layer whose output is the
 //! feature vector the Fréchet distance uses, and a linear layer of class logits.
@@ -9,10 +9,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::linear::Linear;
+use crate::kernels::linear::Linear;
 use serde::{Deserialize, Serialize};
 
-use crate::conv::{conv2d, ConvSpec};
+use crate::kernels::conv::{conv2d, ConvSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,7 +42,7 @@ struct Conv {
 
 impl Conv {
     fn new(inp: usize, out: usize, vb: VarBuilder) -> Result<Self> {
-        let init = crate::init::torch_uniform(inp * 25);
+        let init = crate::nn::init::torch_uniform(inp * 25);
         Ok(Self {
             weight: vb.get_with_hints((out, inp, 5, 5), "weight", init)?,
             bias: vb.get_with_hints(out, "bias", init)?,
@@ -83,8 +83,8 @@ impl LeNet {
             cfg: cfg.clone(),
             conv1: Conv::new(cfg.channels, 20, vb.pp("conv1"))?,
             conv2: Conv::new(20, 50, vb.pp("conv2"))?,
-            fc1: crate::init::linear(50 * side * side, cfg.features, vb.pp("fc1"))?,
-            fc2: crate::init::linear(cfg.features, cfg.classes, vb.pp("fc2"))?,
+            fc1: crate::nn::init::linear(50 * side * side, cfg.features, vb.pp("fc1"))?,
+            fc2: crate::nn::init::linear(cfg.features, cfg.classes, vb.pp("fc2"))?,
         })
     }
 
@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn shapes_and_a_pooling_gradient_of_one() -> Result<()> {
         let varmap = VarMap::new();
-        let vb = crate::init::seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu);
+        let vb = crate::nn::init::seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu);
         let net = LeNet::new(&Config::default(), vb)?;
         let x = Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu)?;
         assert_eq!(net.features(&x)?.dims(), &[3, 128]);

@@ -364,8 +364,8 @@ mod tests {
     fn skew_and_unskew_match_candle_ops_and_their_gradients() -> Result<()> {
         let dev = Device::Cpu;
         for (b, c, h, w) in [(2, 3, 4, 5), (1, 1, 1, 3), (1, 2, 5, 1)] {
-            let x = crate::rng::Rng::new(8).normal((b, c, h, w), &dev)?;
-            let r = crate::rng::Rng::new(9).normal((b, c, h, w + h - 1), &dev)?;
+            let x = crate::train::rng::Rng::new(8).normal((b, c, h, w), &dev)?;
+            let r = crate::train::rng::Rng::new(9).normal((b, c, h, w + h - 1), &dev)?;
             let xv = Var::from_tensor(&x)?;
             let grads = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<(Vec<f32>, Vec<f32>)> {
                 let y = f(xv.as_tensor())?;
@@ -384,7 +384,7 @@ mod tests {
                 x.flatten_all()?.to_vec1::<f32>()?
             );
             let sv = Var::from_tensor(&s)?;
-            let rx = crate::rng::Rng::new(10).normal((b, c, h, w), &dev)?;
+            let rx = crate::train::rng::Rng::new(10).normal((b, c, h, w), &dev)?;
             let back = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Vec<f32>> {
                 let g = (f(sv.as_tensor())? * &rx)?.sum_all()?.backward()?;
                 g.get(&sv).unwrap().flatten_all()?.to_vec1()
@@ -435,10 +435,10 @@ mod tests {
             ((4, 1, 3), 0),
             ((2, 3, 5), 2),
         ] {
-            let init = crate::rng::Rng::new(3)
+            let init = crate::train::rng::Rng::new(3)
                 .normal(shape, &dev)?
                 .to_dtype(DType::F64)?;
-            let w = crate::rng::Rng::new(4)
+            let w = crate::train::rng::Rng::new(4)
                 .normal(shape, &dev)?
                 .to_dtype(DType::F64)?;
             let x = Var::from_tensor(&init)?;

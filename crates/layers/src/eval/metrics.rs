@@ -1,5 +1,5 @@
 //! Sample-quality metrics for any image model, computed from a classifier's outputs on the
-//! images (the classifier is [`crate::classifier::LeNet`] for digits):
+//! images (the classifier is [`crate::eval::classifier::LeNet`] for digits):
 //!
 //! - Fréchet distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule"):
 //!   `|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})` between Gaussians fitted to the

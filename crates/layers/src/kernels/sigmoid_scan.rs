@@ -13,8 +13,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, exclusive_cumsum, fused_cpu_f32, CpuValues};
-use crate::simd;
+use crate::kernels::ops::{cpu_slice, exclusive_cumsum, fused_cpu_f32, CpuValues};
+use crate::kernels::simd;
 
 /// `x` `(batch, D)`, `u` `(D, H)`, `v` `(D, H)` -> `(batch, D)`.
 pub fn sigmoid_scan_readout(x: &Tensor, u: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -195,7 +195,7 @@ mod tests {
     use crate::Rng;
     use candle_core::{DType, Device, Var};
 
-    use crate::ops::max_abs_diff as max_diff;
+    use crate::kernels::ops::max_abs_diff as max_diff;
 
     /// Binary-and-zero inputs (the skipped additions) and real-valued ones.
     fn inputs(rng: &mut Rng, batch: usize, d: usize, binary: bool) -> Result<Tensor> {
@@ -211,7 +211,7 @@ mod tests {
     /// one image and several, more images than threads.
     #[test]
     fn matches_the_tensor_formula_in_values_and_gradients() -> Result<()> {
-        crate::ops::assert_fused_path_on();
+        crate::kernels::ops::assert_fused_path_on();
         let mut rng = Rng::new(21);
         for (batch, d, h, binary) in [
             (1, 1, 1, false),
@@ -247,7 +247,7 @@ mod tests {
         let u = rng.normal((d, h), &Device::Cpu)?;
         let v = rng.normal((d, h), &Device::Cpu)?;
         let probe = rng.normal((batch, d), &Device::Cpu)?;
-        crate::ops::assert_gradient_matches_finite_differences(
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
             |u| sigmoid_scan_readout(&x, u, &v),
             &u,
             &probe,

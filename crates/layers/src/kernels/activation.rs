@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
 
 /// The activation after a linear map or a convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -231,13 +231,13 @@ mod tests {
     use crate::Rng;
     use candle_core::{DType, Device, Var};
 
-    use crate::ops::max_abs_diff as max_diff;
+    use crate::kernels::ops::max_abs_diff as max_diff;
 
     /// Values and the gradients of input and bias equal Candle's broadcast add and activation,
     /// for flat and image-shaped inputs of odd sizes, with and without a bias.
     #[test]
     fn matches_candles_ops_in_values_and_gradients() -> Result<()> {
-        crate::ops::assert_fused_path_on();
+        crate::kernels::ops::assert_fused_path_on();
         let dev = Device::Cpu;
         let mut rng = Rng::new(51);
         for dims in [
@@ -284,7 +284,7 @@ mod tests {
         let b = rng.normal(3, &dev)?;
         let probe = rng.normal((2, 3, 2, 2), &dev)?;
         let act = Activation::LeakyRelu(0.2);
-        crate::ops::assert_gradient_matches_finite_differences(
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
             |x| bias_activation(x, Some(&b), act),
             &x,
             &probe,
@@ -292,7 +292,7 @@ mod tests {
             1e-3,
             2e-2,
         )?;
-        crate::ops::assert_gradient_matches_finite_differences(
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
             |b| bias_activation(&x, Some(b), act),
             &b,
             &probe,

@@ -5,11 +5,11 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
-use crate::activation::{bias_activation, Activation};
-use crate::linear::Linear;
+use crate::kernels::activation::{bias_activation, Activation};
+use crate::kernels::linear::Linear;
 
-use crate::conv::{conv2d, conv_transpose2d, ConvSpec};
-use crate::norm::BatchNorm;
+use crate::kernels::conv::{conv2d, conv_transpose2d, ConvSpec};
+use crate::kernels::norm::BatchNorm;
 
 pub enum Layer {
     Linear(Linear),
@@ -92,7 +92,7 @@ impl<'a> Sequential<'a> {
 
     /// `nn.Linear(i, o)` with PyTorch's default init.
     pub fn linear(mut self, i: usize, o: usize) -> Result<Self> {
-        let l = crate::init::linear(i, o, self.next())?;
+        let l = crate::nn::init::linear(i, o, self.next())?;
         self.layers.push(Layer::Linear(l));
         Ok(self)
     }
@@ -107,7 +107,7 @@ impl<'a> Sequential<'a> {
         init: Option<Init>,
     ) -> Result<Self> {
         let vb = self.next();
-        let default = crate::init::torch_uniform(i * k * k);
+        let default = crate::nn::init::torch_uniform(i * k * k);
         let w = vb.get_with_hints((o, i, k, k), "weight", init.unwrap_or(default))?;
         let b = if bias {
             Some(vb.get_with_hints(o, "bias", default)?)

@@ -11,7 +11,7 @@ use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, Init, VarBuilder, VarMap};
 
-use crate::rng::{Rng, Stream};
+use crate::train::rng::{Rng, Stream};
 
 struct SeededVarMap {
     varmap: VarMap,
@@ -108,11 +108,15 @@ pub fn torch_uniform(fan_in: usize) -> Init {
 }
 
 /// `nn.Linear(in_dim, out_dim)` with PyTorch's names (`weight`, `bias`) and init.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<crate::linear::Linear> {
+pub fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+) -> Result<crate::kernels::linear::Linear> {
     let init = torch_uniform(in_dim);
     let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
     let bias = vb.get_with_hints(out_dim, "bias", init)?;
-    Ok(crate::linear::Linear::new(weight, Some(bias)))
+    Ok(crate::kernels::linear::Linear::new(weight, Some(bias)))
 }
 
 /// `nn.Conv2d(in, out, k)` (square kernel, with bias) with PyTorch's names and init.

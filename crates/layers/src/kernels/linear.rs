@@ -10,9 +10,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use gemm::Parallelism;
 
-use crate::activation::Activation;
-use crate::conv::matmul;
-use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::activation::Activation;
+use crate::kernels::conv::matmul;
+use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
 
 /// `nn.Linear(in, out)` with PyTorch's parameter names `weight` and `bias`.
 #[derive(Debug, Clone)]
@@ -202,13 +202,13 @@ mod tests {
     use crate::Rng;
     use candle_core::{Device, Var};
 
-    use crate::ops::max_abs_diff as max_diff;
+    use crate::kernels::ops::max_abs_diff as max_diff;
 
     /// Values and the gradients of input, weight and bias equal Candle's `Linear` and
     /// activation, for odd sizes, a batch of one, and each activation.
     #[test]
     fn matches_candles_linear_in_values_and_gradients() -> Result<()> {
-        crate::ops::assert_fused_path_on();
+        crate::kernels::ops::assert_fused_path_on();
         let dev = Device::Cpu;
         let mut rng = Rng::new(41);
         for (batch, inputs, outputs) in [(1, 1, 1), (3, 7, 5), (17, 33, 9), (128, 20, 400)] {
@@ -251,7 +251,7 @@ mod tests {
         let act = Activation::LeakyRelu(0.2);
         let with_weight =
             |w: &Tensor| Linear::new(w.clone(), Some(b.clone())).forward_activated(&x, act);
-        crate::ops::assert_gradient_matches_finite_differences(
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
             with_weight,
             &w,
             &probe,
@@ -260,7 +260,7 @@ mod tests {
             2e-2,
         )?;
         let layer = Linear::new(w.clone(), Some(b.clone()));
-        crate::ops::assert_gradient_matches_finite_differences(
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
             |x| layer.forward_activated(x, act),
             &x,
             &probe,
@@ -273,7 +273,7 @@ mod tests {
     /// Data inputs get no gradient (the skipped gemm), parameters still do.
     #[test]
     fn data_inputs_skip_their_gradient() -> Result<()> {
-        crate::ops::assert_fused_path_on();
+        crate::kernels::ops::assert_fused_path_on();
         let dev = Device::Cpu;
         let mut rng = Rng::new(42);
         let x = rng.normal((4, 6), &dev)?;

@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use candle_nn::ModuleT;
 use rayon::prelude::*;
 
-use crate::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
 
 /// PyTorch's default running-statistics momentum.
 const MOMENTUM: f64 = 0.1;
@@ -340,14 +340,14 @@ mod tests {
         Ok((fused, candle, [weight, bias]))
     }
 
-    use crate::ops::max_abs_diff as max_diff;
+    use crate::kernels::ops::max_abs_diff as max_diff;
 
     /// Forward, every gradient and both running buffers equal Candle's `BatchNorm` in
     /// training mode, for BatchNorm1d and 2d inputs of odd sizes, after two steps; evaluation
     /// mode too.
     #[test]
     fn matches_candles_batch_norm_in_values_gradients_and_buffers() -> Result<()> {
-        crate::ops::assert_fused_path_on();
+        crate::kernels::ops::assert_fused_path_on();
         let mut rng = Rng::new(11);
         for dims in [
             vec![5, 3],

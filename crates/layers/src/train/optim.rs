@@ -20,7 +20,7 @@ use candle_nn::VarMap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::simd;
+use crate::kernels::simd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,7 +239,7 @@ fn slice<'a>(
     layout: &Layout,
     what: &str,
 ) -> candle_core::Result<&'a [f32]> {
-    crate::ops::cpu_slice::<f32>(storage, layout, what)
+    crate::kernels::ops::cpu_slice::<f32>(storage, layout, what)
 }
 
 fn slice_mut<'a>(

@@ -19,9 +19,9 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_nn::ops::sigmoid;
 use gemm::Parallelism;
 
-use crate::conv::matmul;
-use crate::ops::cpu_slice;
-use crate::simd;
+use crate::kernels::conv::matmul;
+use crate::kernels::ops::cpu_slice;
+use crate::kernels::simd;
 use rayon::prelude::*;
 
 /// The LSTM update from pre-activations `gates (b, 4h, ...)` ordered `[o, f, i, g]`:

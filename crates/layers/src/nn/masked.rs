@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::{bias_activation, Activation};
+use crate::kernels::activation::{bias_activation, Activation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MaskType {
@@ -131,7 +131,7 @@ impl MaskedConv2d {
     ) -> Result<Self> {
         let (kh, kw) = kernel;
         let (in_channels, out_channels) = (in_groups.len(), out_groups.len());
-        let init = crate::init::torch_uniform(in_channels * kh * kw);
+        let init = crate::nn::init::torch_uniform(in_channels * kh * kw);
         let weight = vb.get_with_hints((out_channels, in_channels, kh, kw), "weight", init)?;
         let bias = vb.get_with_hints(out_channels, "bias", init)?;
         let mask = Tensor::from_vec(
@@ -183,10 +183,10 @@ impl MaskedConv2d {
     /// `(b, in, h, w) -> (b, out, h, w)`: `act(conv(x, weight * mask) + bias)`.
     pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let (kh, kw) = self.kernel;
-        let y = crate::conv::conv2d(
+        let y = crate::kernels::conv::conv2d(
             x,
             &self.masked_weight()?,
-            crate::conv::ConvSpec::same_padding(kh, kw),
+            crate::kernels::conv::ConvSpec::same_padding(kh, kw),
         )?;
         bias_activation(&y, Some(&self.bias), act)
     }

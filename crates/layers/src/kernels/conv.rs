@@ -17,7 +17,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
-use crate::ops::cpu_slice;
+use crate::kernels::ops::cpu_slice;
 use rayon::prelude::*;
 
 /// Stride and zero padding per axis `(vertical, horizontal)`.
@@ -668,7 +668,7 @@ fn dims4(t: &Tensor) -> Result<[usize; 4]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use crate::train::rng::Rng;
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {

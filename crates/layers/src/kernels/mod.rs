@@ -1,0 +1,12 @@
+//! Fused CPU ops where Candle's composition of ops is slow, and the vector kernels under them.
+//! Every op checks [`ops::fused_cpu_f32`] (f32 on the CPU, first-order gradients) and otherwise
+//! falls back to Candle's ops, which its tests compare it against in values and gradients.
+
+pub mod activation;
+pub mod conv;
+pub mod linear;
+pub mod norm;
+pub mod ops;
+pub mod recurrence;
+pub mod sigmoid_scan;
+pub mod simd;

@@ -1,0 +1,5 @@
+//! Building blocks that models assemble, under the reference PyTorch names.
+
+pub mod init;
+pub mod masked;
+pub mod sequential;
