@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from common import VAE
 from train_ar_reference import MODELS, nll
 from train_gan_reference import discriminator, generator, weights_init
+from translation_reference import (Discriminator, Generator, ImagePool, cyclegan_iteration, make_cyclegan,
+                                   permuted_targets, stargan_d_step, stargan_g_step)
 
 WORKLOADS = {
     # name: (model factory, batch, lr, kind)
@@ -25,6 +27,10 @@ WORKLOADS = {
     "nade": (MODELS["nade"], 128, 1e-3, "train"),
     "rowlstm": (MODELS["row-lstm"], 16, 1e-3, "train"),
     "diagbilstm": (MODELS["diagonal-bilstm"], 16, 1e-3, "train"),
+    # 1x32x32, ResnetGenerator ngf 32 with 6 blocks, PatchGAN ndf 32 n_layers 2, batch 8 pairs.
+    "cyclegan": (lambda: make_cyclegan(1, 1, 32, 32, 6, 2, 2e-4, 0.5), 8, 2e-4, "cyclegan"),
+    # 3x32x32, c 3; G(conv_dim 32, repeat 3), D(image_size 32, conv_dim 32, repeat 4); batch 16.
+    "stargan": (lambda: (Generator(32, 3, 3), Discriminator(32, 32, 3, 4)), 16, 1e-4, "stargan"),
 }
 
 
@@ -43,9 +49,10 @@ def timed(step, steps):
     return time.perf_counter() - start
 
 
-def result(name, threads, batch, steps, seconds):
+def result(name, threads, batch, steps, seconds, images_per_step=None):
+    images = batch if images_per_step is None else images_per_step
     return {"workload": name, "device": "cpu", "threads": threads, "batch": batch, "steps": steps,
-            "images_per_sec": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
+            "images_per_sec": images * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
 
 
 def run(name, steps, threads):
@@ -55,6 +62,10 @@ def run(name, steps, threads):
     x = (torch.rand(batch, 784) < 0.5).float()
     if kind == "gan":
         return gan_run(name, model, batch, lr, steps, threads)
+    if kind == "cyclegan":
+        return cyclegan_run(name, model, batch, steps, threads)
+    if kind == "stargan":
+        return stargan_run(name, model, batch, lr, steps, threads)
     if kind == "sample":
         start = time.perf_counter()
         with torch.no_grad():
@@ -105,6 +116,40 @@ def gan_run(name, nets, batch, lr, steps, threads):
         opt_g.step()
 
     return result(name, threads, batch, steps, timed(step, steps))
+
+
+def cyclegan_run(name, model, batch, steps, threads):
+    """One junyanz optimize_parameters() (both G, then D_A and D_B through ImagePool(50)) on a fixed
+    batch of 8 random pairs in [-1, 1]; images/s counts the 8 pairs of a step."""
+    nets, opts = model
+    real_A = torch.rand(batch, 1, 32, 32) * 2 - 1
+    real_B = torch.rand(batch, 1, 32, 32) * 2 - 1
+    pool_A, pool_B = ImagePool(50), ImagePool(50)
+
+    def step():
+        cyclegan_iteration(nets, opts, real_A, real_B, pool_A, pool_B)
+
+    return result(name, threads, batch, steps, timed(step, steps))
+
+
+def stargan_run(name, model, batch, lr, steps, threads, n_critic=5, c_dim=3):
+    """One generator update of yunjey's solver.py with what precedes it: n_critic D iterations, each
+    on a fresh random batch (images in [-1, 1], random binary attributes, targets = the labels
+    permuted), then the G step on the last batch. images/s counts the n_critic x batch real images."""
+    G, D = model
+    g_opt = torch.optim.Adam(G.parameters(), lr, [0.5, 0.999])
+    d_opt = torch.optim.Adam(D.parameters(), lr, [0.5, 0.999])
+
+    def step():
+        for _ in range(n_critic):
+            x_real = torch.rand(batch, 3, 32, 32) * 2 - 1
+            label_org = (torch.rand(batch, c_dim) < 0.5).float()
+            label_trg = permuted_targets(label_org)
+            alpha = torch.rand(batch, 1, 1, 1)
+            stargan_d_step(G, D, d_opt, x_real, label_org, label_trg, alpha, c_dim, g_opt=g_opt)
+        stargan_g_step(G, D, g_opt, x_real, label_org, label_trg, c_dim, d_opt=d_opt)
+
+    return result(name, threads, batch, steps, timed(step, steps), images_per_step=n_critic * batch)
 
 
 def main():
