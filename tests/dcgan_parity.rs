@@ -12,10 +12,8 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use gan_variants::dcgan::{Config, Dcgan};
-use layers::checkpoint::{load_into_varmap, varmap_tensors};
-use layers::gan::{
-    discriminator_loss, generator_loss, vars_with_prefix, Adversarial, GanLoss, GeneratorInput,
-};
+use layers::gan::{discriminator_loss, generator_loss, Adversarial, GanLoss, GeneratorInput};
+use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
 use layers::{Adam, AdamConfig, Checkpoint};
 
 fn fixture() -> PathBuf {
@@ -46,7 +44,7 @@ fn one_training_iteration_matches_pytorch_examples() -> Result<()> {
     let dev = Device::Cpu;
     let ck = Checkpoint::load(&fixture(), &dev)?;
     let varmap = VarMap::new();
-    let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &dev);
+    let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &dev);
     let cfg = Config {
         image_size: 32,
         channels: 1,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use layers::checkpoint::load_into_varmap;
+use layers::train::checkpoint::load_into_varmap;
 use layers::{Adam, AdamConfig, Checkpoint};
 use vae::{Config, Vae};
 
@@ -18,7 +18,7 @@ fn setup() -> Result<(Vae, VarMap, Checkpoint)> {
     let dev = Device::Cpu;
     let ck = Checkpoint::load(&fixture(), &dev)?;
     let varmap = VarMap::new();
-    let vb = layers::init::seeded_var_builder(&varmap, 0, DType::F32, &dev);
+    let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &dev);
     let model = Vae::new(&Config::default(), vb)?;
     let unused = load_into_varmap(&varmap, &ck.tensors, &fixture())?;
     // Every weight name of the reference was used: the rest are inputs and outputs.

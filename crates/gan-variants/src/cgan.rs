@@ -153,13 +153,12 @@ impl Adversarial for ConditionalGan {
     }
 }
 
-layers::implicit_model!(ConditionalGan);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
+    use layers::gan::{AdversarialSettings, AdversarialTraining};
     use layers::GenerativeModel;
 
     #[test]
@@ -175,9 +174,6 @@ mod tests {
         assert!(moved > 0.0, "the label does not reach G");
         assert_eq!(b.dims(), &[2, 1, 28, 28]);
         assert!(m.discriminate(&b, None, false).is_err());
-        let x = m.sample_classes(&[3, 7, 9], &mut Rng::new(1))?;
-        assert_eq!(x.dims(), &[3, 1, 28, 28]);
-        assert!(m.sample_classes(&[10], &mut Rng::new(1)).is_err());
         let names = varmap.data().lock().unwrap();
         for n in [
             "generator.label_emb.weight",
@@ -186,6 +182,10 @@ mod tests {
         ] {
             assert!(names.contains_key(n), "{n}");
         }
+        let m = AdversarialTraining::new(m, AdversarialSettings::default(), "cgan");
+        let x = m.sample_classes(&[3, 7, 9], &mut Rng::new(1))?;
+        assert_eq!(x.dims(), &[3, 1, 28, 28]);
+        assert!(m.sample_classes(&[10], &mut Rng::new(1)).is_err());
         Ok(())
     }
 }

@@ -156,8 +156,6 @@ impl Adversarial for Dcgan {
     }
 }
 
-layers::implicit_model!(Dcgan);
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,8 +112,6 @@ impl Adversarial for Gan {
     }
 }
 
-layers::implicit_model!(Gan);
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -280,6 +280,10 @@ impl Adversarial for InfoGan {
         Some(self.cfg.categories)
     }
 
+    fn continuous_codes(&self) -> usize {
+        self.cfg.code_dim
+    }
+
     /// Inputs with category `r` on row `r` and continuous code `code` swept over [-1, 1] along
     /// the `columns`; one noise vector for every cell, the other codes at 0.
     fn code_sweep(
@@ -409,8 +413,6 @@ impl Adversarial for InfoGan {
         ))
     }
 }
-
-layers::implicit_model!(InfoGan);
 
 #[cfg(test)]
 mod tests {

@@ -12,11 +12,14 @@
 //!   random interpolates `x_hat`, `-D(G(z))` for G.
 
 use candle_core::{DType, Result, Tensor, Var};
-use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::loss::softplus;
-use crate::train::rng::Rng;
+use crate::model::{CodedModel, GenerativeModel};
+use crate::step::{
+    Batch, DataSpec, Grid, LabelSpec, LrRole, OptimizerSpec, StepContext, Trainable,
+};
+use crate::{ImageShape, ModelKind, Rng, Values};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -125,13 +128,13 @@ pub struct Verdict {
     pub q: Option<Tensor>,
 }
 
-/// A GAN as the training loop sees it. Images are in [-1, 1] on both sides (tanh outputs);
-/// `GenerativeModel::sample` ([`implicit_model!`]) returns them mapped to [0, 1]. The variables
-/// of the two networks are named `generator.…` and `discriminator.…`, so each gets its own
-/// optimiser ([`vars_with_prefix`]).
+/// A GAN of one generator and one discriminator, as [`AdversarialTraining`] trains it. Images
+/// are in [-1, 1] on both sides (tanh outputs); sampling maps them to [0, 1]. The variables of
+/// the two networks are named `generator.…` and `discriminator.…`, so each gets its own
+/// optimiser.
 pub trait Adversarial {
     /// The shape of one generated image.
-    fn output_shape(&self) -> crate::ImageShape;
+    fn output_shape(&self) -> ImageShape;
 
     /// Draws the generator's input for `n` images.
     fn draw_input(&self, n: usize, rng: &mut Rng) -> Result<GeneratorInput>;
@@ -161,6 +164,11 @@ pub trait Adversarial {
     /// Categories of an InfoGAN-style categorical code that Q predicts (None: no code).
     fn categories(&self) -> Option<usize> {
         None
+    }
+
+    /// Continuous codes of an InfoGAN-style generator.
+    fn continuous_codes(&self) -> usize {
+        0
     }
 
     /// For models with latent codes: `rows x columns` inputs with the categorical code fixed
@@ -194,126 +202,235 @@ pub trait Adversarial {
     }
 }
 
-/// A GAN that is also a [`crate::GenerativeModel`] (what the runner holds).
-pub trait AdversarialModel: Adversarial + crate::GenerativeModel {}
-impl<T: Adversarial + crate::GenerativeModel> AdversarialModel for T {}
+/// How a one-generator, one-discriminator GAN trains: the `[gan]` table of a run file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdversarialSettings {
+    pub loss: GanLoss,
+    /// Discriminator steps per generator step (each on the step's real batch).
+    pub d_steps: usize,
+    /// Weight of WGAN-GP's gradient penalty.
+    pub gp_weight: f64,
+}
 
-/// Implements `GenerativeModel` for an [`Adversarial`] type: an implicit model of 8-bit
-/// intensities whose samples are the generator's images (inference mode) mapped to [0, 1].
-#[macro_export]
-macro_rules! implicit_model {
-    ($t:ty) => {
-        impl $crate::GenerativeModel for $t {
-            fn image_shape(&self) -> $crate::ImageShape {
-                $crate::gan::Adversarial::output_shape(self)
-            }
-
-            fn kind(&self) -> $crate::ModelKind {
-                $crate::ModelKind::Implicit
-            }
-
-            fn values(&self) -> $crate::Values {
-                $crate::Values::Intensities
-            }
-
-            fn sample(
-                &self,
-                n: usize,
-                rng: &mut $crate::Rng,
-            ) -> candle_core::Result<candle_core::Tensor> {
-                let input = $crate::gan::Adversarial::draw_input(self, n, rng)?;
-                let x = $crate::gan::Adversarial::generate(self, &input, false)?;
-                $crate::gan::to_unit_range(&x)
-            }
-
-            fn classes(&self) -> Option<usize> {
-                $crate::gan::Adversarial::classes(self)
-            }
-
-            fn sample_classes(
-                &self,
-                classes: &[u32],
-                rng: &mut $crate::Rng,
-            ) -> candle_core::Result<candle_core::Tensor> {
-                let Some(k) = $crate::gan::Adversarial::classes(self) else {
-                    candle_core::bail!("this model is not class-conditional");
-                };
-                if let Some(c) = classes.iter().find(|&&c| c as usize >= k) {
-                    candle_core::bail!("class {c} asked of a model of {k} classes");
-                }
-                let mut input = $crate::gan::Adversarial::draw_input(self, classes.len(), rng)?;
-                input.classes = Some(candle_core::Tensor::new(classes, input.noise.device())?);
-                let x = $crate::gan::Adversarial::generate(self, &input, false)?;
-                $crate::gan::to_unit_range(&x)
-            }
+impl Default for AdversarialSettings {
+    fn default() -> Self {
+        Self {
+            loss: GanLoss::NonSaturating,
+            d_steps: 1,
+            gp_weight: 10.0,
         }
-    };
+    }
 }
 
-/// An exponential moving average of some variables: `avg = d avg + (1 - d) value` with
-/// `d = min(decay, (1 + n) / (10 + n))` at the `n`-th update. The warm-up keeps short runs from
-/// sampling mostly the initial weights (0.999^630 = 0.53 of them would remain after 630 steps).
-pub struct WeightAverage {
-    pub decay: f64,
-    /// Updates so far.
-    pub updates: u64,
-    pub slots: Vec<(String, Var, Tensor)>,
+/// A GAN of one generator and one discriminator ([`Adversarial`]) as the loop trains and
+/// samples it: per step, `d_steps` discriminator steps on the real batch and detached
+/// generated images (plus WGAN-GP's penalty), then one generator step; the generator's
+/// weights averaged for sampling.
+pub struct AdversarialTraining<M> {
+    pub model: M,
+    pub settings: AdversarialSettings,
+    name: &'static str,
 }
 
-impl WeightAverage {
-    /// Starts at the variables' current values.
-    pub fn new(vars: Vec<(String, Var)>, decay: f64) -> Result<Self> {
-        let slots = vars
-            .into_iter()
-            .map(|(name, var)| {
-                let avg = var.as_tensor().detach().copy()?;
-                Ok((name, var, avg))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            decay,
-            updates: 0,
-            slots,
+impl<M: Adversarial> AdversarialTraining<M> {
+    pub fn new(model: M, settings: AdversarialSettings, name: &'static str) -> Self {
+        Self {
+            model,
+            settings,
+            name,
+        }
+    }
+
+    fn conditional(&self) -> bool {
+        self.model.classes().is_some()
+    }
+
+    /// `d_steps` discriminator steps; returns the last one's loss and mean real / fake logits.
+    fn discriminator_steps(
+        &self,
+        ctx: &mut StepContext,
+        real: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let model = &self.model;
+        let b = real.dim(0)?;
+        let mut last = None;
+        for _ in 0..self.settings.d_steps {
+            let input = model.draw_input(b, &mut ctx.rng)?;
+            let fake = model.generate(&input, true)?.detach();
+            let real_verdict = model.discriminate(real, labels, true)?;
+            let fake_verdict = model.discriminate(&fake, input.classes.as_ref(), true)?;
+            let mut loss = discriminator_loss(
+                self.settings.loss,
+                &real_verdict.logits,
+                &fake_verdict.logits,
+            )?;
+            if self.settings.loss == GanLoss::WganGp {
+                let alpha = ctx.rng.uniform(b, real.device())?;
+                let critic = |x: &Tensor| Ok(model.discriminate(x, labels, true)?.logits);
+                let penalty = gradient_penalty(&critic, real, &fake, &alpha)?;
+                loss = (loss + (penalty * self.settings.gp_weight)?)?;
+            }
+            // A head that learns the auxiliary loss with G leaves D's trunk out of it.
+            if model.auxiliary_head().is_none() {
+                if let Some(aux) = model.auxiliary_loss(&input, &fake_verdict)? {
+                    loss = (loss + aux)?;
+                }
+            }
+            ctx.minimize("discriminator", &loss)?;
+            last = Some((
+                loss,
+                real_verdict.logits.mean_all()?,
+                fake_verdict.logits.mean_all()?,
+            ));
+        }
+        last.ok_or_else(|| candle_core::Error::Msg("gan.d_steps must be positive".into()))
+    }
+}
+
+impl<M: Adversarial> Trainable for AdversarialTraining<M> {
+    fn data_spec(&self) -> DataSpec {
+        let mut spec = DataSpec::images(self.model.output_shape());
+        if let Some(k) = self.model.classes() {
+            spec.labels = LabelSpec::Classes(k);
+        }
+        spec
+    }
+
+    /// G (and a discriminator-side head that learns only the auxiliary loss, see
+    /// [`Adversarial::auxiliary_head`]) with `gan.g_lr`; D with `train.lr`.
+    fn optimizers(&self) -> Vec<OptimizerSpec> {
+        let mut g = OptimizerSpec::new("generator", &["generator."], LrRole::Generator);
+        let mut d = OptimizerSpec::new("discriminator", &["discriminator."], LrRole::Main);
+        if let Some(head) = self.model.auxiliary_head() {
+            g.prefixes.push(head.to_string());
+            d.excluded.push(head.to_string());
+        }
+        vec![g, d]
+    }
+
+    fn train_step(&mut self, ctx: &mut StepContext) -> Result<()> {
+        let batch = ctx.batch()?;
+        let real = to_tanh_range(&batch.images)?;
+        let labels = match self.conditional() {
+            true => Some(batch.classes(self.name)?.clone()),
+            false => None,
+        };
+        let (d_loss, d_real, d_fake) = self.discriminator_steps(ctx, &real, labels.as_ref())?;
+        let model = &self.model;
+        let input = model.draw_input(real.dim(0)?, &mut ctx.rng)?;
+        let fake = model.generate(&input, true)?;
+        let verdict = model.discriminate(&fake, input.classes.as_ref(), true)?;
+        let mut g_loss = generator_loss(self.settings.loss, &verdict.logits)?;
+        if let Some(aux) = model.auxiliary_loss(&input, &verdict)? {
+            ctx.record("info_loss", &aux)?;
+            g_loss = (g_loss + aux)?;
+        }
+        ctx.minimize("generator", &g_loss)?;
+        ctx.record("d_loss", &d_loss)?;
+        ctx.record("g_loss", &g_loss)?;
+        ctx.record("d_real", &d_real)?;
+        ctx.record("d_fake", &d_fake)
+    }
+
+    fn averaged(&self) -> Vec<String> {
+        vec!["generator.".to_string()]
+    }
+
+    fn needs_second_order(&self) -> bool {
+        self.settings.loss == GanLoss::WganGp
+    }
+
+    /// The bounded losses sit at zero when D wins outright; a WGAN critic's has no floor.
+    fn collapse_term(&self) -> Option<&str> {
+        (self.settings.loss != GanLoss::WganGp).then_some("d_loss")
+    }
+
+    fn headline_terms(&self) -> Vec<String> {
+        vec!["d_loss".to_string(), "g_loss".to_string()]
+    }
+
+    /// The model's grid input (classes or codes along the rows), from the generator in
+    /// inference mode.
+    fn grid(&self, count: usize, rng: &mut Rng, _held_out: Option<&Batch>) -> Result<Grid> {
+        let input = self.model.grid_input(count, rng)?;
+        Ok(Grid {
+            images: to_unit_range(&self.model.generate(&input, false)?)?,
+            columns: self.model.grid_columns(),
         })
     }
+}
 
-    /// The decay the next update uses.
-    pub fn current_decay(&self) -> f64 {
-        let n = self.updates as f64;
-        self.decay.min((1.0 + n) / (10.0 + n))
+/// An implicit model of 8-bit intensities whose samples are the generator's images (inference
+/// mode) mapped to [0, 1].
+impl<M: Adversarial> GenerativeModel for AdversarialTraining<M> {
+    fn image_shape(&self) -> ImageShape {
+        self.model.output_shape()
     }
 
-    pub fn update(&mut self) -> Result<()> {
-        let d = self.current_decay();
-        for (_, var, avg) in &mut self.slots {
-            crate::kernels::ops::blend_into(avg, var.as_tensor(), d)?;
-        }
-        self.updates += 1;
-        Ok(())
+    fn kind(&self) -> ModelKind {
+        ModelKind::Implicit
     }
 
-    /// Swaps the averages into the variables (and the variables into the averages): call
-    /// twice to restore.
-    pub fn swap(&mut self) -> Result<()> {
-        for (_, var, avg) in &mut self.slots {
-            let current = var.as_tensor().detach().copy()?;
-            var.set(avg)?;
-            *avg = current;
+    fn values(&self) -> Values {
+        Values::Intensities
+    }
+
+    fn sample(&self, n: usize, rng: &mut Rng) -> Result<Tensor> {
+        let input = self.model.draw_input(n, rng)?;
+        to_unit_range(&self.model.generate(&input, false)?)
+    }
+
+    fn classes(&self) -> Option<usize> {
+        self.model.classes()
+    }
+
+    fn sample_classes(&self, classes: &[u32], rng: &mut Rng) -> Result<Tensor> {
+        let Some(k) = self.model.classes() else {
+            candle_core::bail!("this model is not class-conditional");
+        };
+        if let Some(c) = classes.iter().find(|&&c| c as usize >= k) {
+            candle_core::bail!("class {c} asked of a model of {k} classes");
         }
-        Ok(())
+        let mut input = self.model.draw_input(classes.len(), rng)?;
+        input.classes = Some(Tensor::new(classes, input.noise.device())?);
+        to_unit_range(&self.model.generate(&input, false)?)
+    }
+
+    fn as_coded(&self) -> Option<&dyn CodedModel> {
+        self.model.categories().map(|_| self as &dyn CodedModel)
     }
 }
 
-/// The variables of `varmap` whose names start with `prefix`.
-pub fn vars_with_prefix(varmap: &VarMap, prefix: &str) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().expect("varmap lock poisoned");
-    let mut vars: Vec<(String, Var)> = data
-        .iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
+impl<M: Adversarial> CodedModel for AdversarialTraining<M> {
+    fn categories(&self) -> usize {
+        self.model.categories().unwrap_or(0)
+    }
+
+    fn continuous_codes(&self) -> usize {
+        self.model.continuous_codes()
+    }
+
+    fn category_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let verdict = self.model.discriminate(&to_tanh_range(x)?, None, false)?;
+        let Some(q) = verdict.q else {
+            candle_core::bail!("{} has no head that predicts its codes", self.name);
+        };
+        q.narrow(1, 0, self.categories())
+    }
+
+    fn code_sweep(
+        &self,
+        rows: usize,
+        columns: usize,
+        code: usize,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let Some(input) = self.model.code_sweep(rows, columns, code, rng)? else {
+            candle_core::bail!("{} has no latent codes to sweep", self.name);
+        };
+        to_unit_range(&self.model.generate(&input, false)?)
+    }
 }
 
 /// `[-1, 1] -> [0, 1]`.
@@ -386,24 +503,6 @@ mod tests {
         // Stable at extreme logits.
         let huge = t(&[200.0, -200.0]);
         assert!(scalar(discriminator_loss(GanLoss::NonSaturating, &huge, &huge)?).is_finite());
-        Ok(())
-    }
-
-    #[test]
-    fn the_average_follows_and_swaps() -> Result<()> {
-        let v = Var::from_tensor(&t(&[0.0, 10.0]))?;
-        let mut avg = WeightAverage::new(vec![("w".into(), v.clone())], 0.5)?;
-        // The first update's warm-up decay is 1/10.
-        assert!((avg.current_decay() - 0.1).abs() < 1e-12);
-        avg.updates = 100;
-        v.set(&t(&[2.0, 2.0]))?;
-        avg.update()?;
-        assert_eq!(avg.slots[0].2.to_vec1::<f32>()?, vec![1.0, 6.0]);
-        assert!((WeightAverage::new(vec![], 0.999)?.current_decay() - 0.1).abs() < 1e-12);
-        avg.swap()?;
-        assert_eq!(v.as_tensor().to_vec1::<f32>()?, vec![1.0, 6.0]);
-        avg.swap()?;
-        assert_eq!(v.as_tensor().to_vec1::<f32>()?, vec![2.0, 2.0]);
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Shared pieces of genzoo, by what they are:
 //!
-//! - the contracts every model fulfils: what a model is ([`model`]),
+//! - the contracts every model fulfils: what a model is ([`model`]), how it trains ([`step`]),
 //!   what adversarial models share ([`gan`]), and the losses and log-densities ([`loss`]);
 //! - [`nn`]: building blocks with PyTorch's names (`nn.Sequential` numbering, masked
 //!   convolutions, seeded initialisation);
@@ -17,12 +17,15 @@ pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod nn;
+pub mod step;
 pub mod train;
 
 pub use model::{
-    ExplicitModel, GenerativeModel, ImageShape, LatentVariableModel, Likelihood, LikelihoodModel,
-    LikelihoodOptions, Loss, ModelKind, Objective, Values,
+    CodedModel, Domains, ExplicitModel, GenerativeModel, ImageShape, LatentVariableModel,
+    Likelihood, LikelihoodModel, LikelihoodOptions, Loss, ModelKind, Objective, Target, Translator,
+    Values,
 };
+pub use step::{Batch, DataSpec, Labels, Model, StepContext, Trainable};
 pub use train::checkpoint::Checkpoint;
 pub use train::optim::{Adam, AdamConfig};
 pub use train::rng::{Rng, Stream};

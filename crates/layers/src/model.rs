@@ -95,6 +95,72 @@ pub trait GenerativeModel {
     fn as_latent(&self) -> Option<&dyn LatentVariableModel> {
         None
     }
+
+    /// The model's likelihood, if it is explicit.
+    fn as_likelihood(&self) -> Option<&dyn LikelihoodModel> {
+        None
+    }
+
+    /// The model's latent codes, if it has InfoGAN-style codes that a head predicts back.
+    fn as_coded(&self) -> Option<&dyn CodedModel> {
+        None
+    }
+
+    /// The model's translations, if it maps images between domains.
+    fn as_translator(&self) -> Option<&dyn Translator> {
+        None
+    }
+}
+
+/// A model whose generator reads interpretable codes (InfoGAN): a categorical code that a head
+/// of the discriminator predicts back from images, and continuous codes.
+pub trait CodedModel {
+    /// Categories of the categorical code.
+    fn categories(&self) -> usize;
+
+    /// Continuous codes.
+    fn continuous_codes(&self) -> usize;
+
+    /// The predicted category logits `(b, categories)` of images `(b, c, h, w)` in `[0, 1]` at
+    /// the model's image shape.
+    fn category_logits(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `rows x columns` images in `[0, 1]`: category `r` on row `r`, continuous code `code`
+    /// swept over its range along the columns, one noise vector for all.
+    fn code_sweep(&self, rows: usize, columns: usize, code: usize, rng: &mut Rng)
+        -> Result<Tensor>;
+}
+
+/// The domains a translator maps between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Domains {
+    /// Two domains, A and B, each way (CycleGAN).
+    Two,
+    /// Every combination of `names.len()` binary attributes (multi-label), or one of them
+    /// (single-label), from one generator (StarGAN).
+    Attributes {
+        names: Vec<String>,
+        single_label: bool,
+    },
+}
+
+/// Where a translation goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    AToB,
+    BToA,
+    /// `(b, k)` target attribute vectors (multi-hot; one-hot for a single-label model).
+    Attributes(Tensor),
+}
+
+/// A model that maps images of one domain to another (image-to-image translation).
+pub trait Translator {
+    fn domains(&self) -> Domains;
+
+    /// Translates `x (b, c, h, w)` in `[0, 1]` to `target`, in `[0, 1]`, in inference mode.
+    /// StarGAN also needs the images' own attributes for nothing here: its generator reads only
+    /// the target.
+    fn translate(&self, x: &Tensor, target: &Target) -> Result<Tensor>;
 }
 
 /// A model with a continuous latent space it can encode to and decode from.

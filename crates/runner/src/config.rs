@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Binarization;
-use layers::gan::GanLoss;
+use layers::gan::{AdversarialSettings, GanLoss};
+use layers::train::schedule::Schedule;
+use layers::ModelKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +33,11 @@ pub struct TrainConfig {
     pub sample_count: usize,
     /// Log a JSONL line every N steps.
     pub log_every: u64,
+    /// The learning rates' schedule: "constant", or "linear" decay to zero from epoch
+    /// `decay_start` to the end (CycleGAN and StarGAN).
+    pub schedule: Schedule,
+    /// The epoch (0-based) from which a linear schedule decays.
+    pub decay_start: u64,
 }
 
 impl Default for TrainConfig {
@@ -49,15 +56,18 @@ impl Default for TrainConfig {
             checkpoint_every: 10,
             sample_count: 64,
             log_every: 10,
+            schedule: Schedule::Constant,
+            decay_start: 0,
         }
     }
 }
 
 impl TrainConfig {
-    /// The defaults of `model`'s family: GANs train as in DCGAN's paper (Adam 2e-4, beta1 0.5,
-    /// batch 64) on intensities; the rest with [`TrainConfig::default`].
+    /// The defaults of `model`'s kind: implicit models (GANs) train as in DCGAN's paper (Adam
+    /// 2e-4, beta1 0.5, batch 64) on intensities; the rest with [`TrainConfig::default`].
     pub fn defaults_for(model: &str) -> Self {
-        if crate::registry::is_adversarial(model) {
+        let implicit = crate::registry::find(model).is_ok_and(|m| m.kind == ModelKind::Implicit);
+        if implicit {
             Self {
                 epochs: 5,
                 batch_size: 64,
@@ -84,7 +94,18 @@ impl TrainConfig {
             (0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2),
             "train.beta1 and train.beta2 must be in [0, 1)"
         );
+        anyhow::ensure!(
+            self.schedule == Schedule::Constant || self.decay_start < self.epochs,
+            "train.decay_start ({}) must be below train.epochs ({}) for a linear schedule",
+            self.decay_start,
+            self.epochs
+        );
         Ok(())
+    }
+
+    /// The step from which a linear schedule decays.
+    pub fn decay_start_step(&self, steps_per_epoch: u64) -> u64 {
+        self.decay_start * steps_per_epoch
     }
 
     /// Steps the run takes in all: its epochs, cut short by `max_steps`.
@@ -167,6 +188,15 @@ impl GanConfig {
             adam.lr = self.g_lr;
         }
         adam
+    }
+
+    /// What a one-generator GAN's step reads.
+    pub fn adversarial(&self) -> AdversarialSettings {
+        AdversarialSettings {
+            loss: self.loss,
+            d_steps: self.d_steps,
+            gp_weight: self.gp_weight,
+        }
     }
 }
 
@@ -256,13 +286,6 @@ impl RunConfig {
     }
 }
 
-/// Deserialises a model's `Config` from the `[model_config]` table; unknown keys are errors.
-pub fn model_config<T: serde::de::DeserializeOwned>(table: &toml::Table, model: &str) -> Result<T> {
-    toml::Value::Table(table.clone())
-        .try_into()
-        .with_context(|| format!("invalid [model_config] for model `{model}`"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,7 +302,7 @@ mod tests {
         assert_eq!(c.model, "vae");
         assert_eq!(c.train.epochs, 3);
         assert_eq!(c.train.batch_size, 128);
-        let v: vae::Config = model_config(&c.model_config, "vae")?;
+        let v: vae::Config = crate::registry::model_config(&c.model_config, "vae")?;
         assert_eq!(v.latent_dim, 2);
         // JSON round trip as stored in checkpoints.
         assert_eq!(RunConfig::from_json(&c.to_json()?)?, c);
@@ -300,7 +323,7 @@ mod tests {
         let c = RunConfig::from_file(&p, None)?;
         let e = format!(
             "{:#}",
-            model_config::<vae::Config>(&c.model_config, "vae").unwrap_err()
+            crate::registry::model_config::<vae::Config>(&c.model_config, "vae").unwrap_err()
         );
         assert!(e.contains("unknown field `latnt_dim`"), "{e}");
         std::fs::write(&p, "model = \"vae\"\n")?;

@@ -1,19 +1,11 @@
-//! The `genzoo` runner: data, training loops, checkpoints, evaluation. It is glue: the models
-//! live in their family crates and the shared pieces in `layers`.
+//! The `genzoo` runner: glue between the command line and the models. The models live in their
+//! family crates and the shared pieces in `layers`; here are the run file ([`config`]), the
+//! models by name ([`registry`]), the one training loop ([`run`]), the data ([`data`]), what
+//! measures and draws ([`report`]) and one file per command ([`commands`]).
 
-pub mod bench;
-pub mod checkpoint;
-pub mod classifier;
+pub mod commands;
 pub mod config;
 pub mod data;
-pub mod download;
-pub mod eval;
-pub mod gan_train;
-pub mod grid;
-pub mod inspect;
-pub mod params;
-pub mod plot;
-pub mod quality;
 pub mod registry;
-pub mod sample;
-pub mod train;
+pub mod report;
+pub mod run;

@@ -1,25 +1,21 @@
-//! Every model of genzoo's mission, and how to build the ones that exist.
+//! Every model of genzoo's mission, and how to build the ones that exist: one builder kind,
+//! which returns the model as the training loop, `sample` and `eval` drive it.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_nn::VarBuilder;
-use layers::gan::AdversarialModel;
-use layers::{LikelihoodModel, ModelKind};
+use layers::gan::{AdversarialSettings, AdversarialTraining};
+use layers::step::LikelihoodTraining;
+use layers::{Model, ModelKind};
 
-use crate::config::model_config;
-
-/// How a built model is constructed from its `[model_config]` table, returning it with the
-/// resolved config (every field, defaults filled in).
-pub type LikelihoodBuilder =
-    fn(&toml::Table, VarBuilder<'static>) -> Result<(Box<dyn LikelihoodModel>, toml::Table)>;
-pub type AdversarialBuilder =
-    fn(&toml::Table, VarBuilder<'static>) -> Result<(Box<dyn AdversarialModel>, toml::Table)>;
-
-/// How a model trains: by its likelihood (or a bound), or adversarially.
-#[derive(Clone, Copy)]
-pub enum Builder {
-    Likelihood(LikelihoodBuilder),
-    Adversarial(AdversarialBuilder),
+/// What a builder reads besides the variables: the model's `[model_config]` table and the
+/// `[gan]` settings of a one-generator GAN's step.
+pub struct BuildInput<'a> {
+    pub model_config: &'a toml::Table,
+    pub adversarial: AdversarialSettings,
 }
+
+/// Builds a model, returning it with its resolved config (every field, defaults filled in).
+pub type Builder = fn(&BuildInput, VarBuilder<'static>) -> Result<(Box<dyn Model>, toml::Table)>;
 
 pub struct ModelEntry {
     pub name: &'static str,
@@ -35,6 +31,13 @@ impl ModelEntry {
     pub fn is_built(&self) -> bool {
         self.build.is_some()
     }
+}
+
+/// Deserialises a model's `Config` from the `[model_config]` table; unknown keys are errors.
+pub fn model_config<T: serde::de::DeserializeOwned>(table: &toml::Table, model: &str) -> Result<T> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .with_context(|| format!("invalid [model_config] for model `{model}`"))
 }
 
 /// Builds a model from the `[model_config]` table laid over the variant's `base` config,
@@ -57,16 +60,23 @@ where
     Ok((model, toml::Table::try_from(&cfg)?))
 }
 
-fn likelihood<M: LikelihoodModel + 'static>(
+/// A likelihood model, trained by its objective with one optimiser.
+fn likelihood<M: layers::LikelihoodModel + 'static>(
     built: Result<(M, toml::Table)>,
-) -> Result<(Box<dyn LikelihoodModel>, toml::Table)> {
-    built.map(|(m, t)| (Box::new(m) as Box<dyn LikelihoodModel>, t))
+) -> Result<(Box<dyn Model>, toml::Table)> {
+    built.map(|(m, t)| (Box::new(LikelihoodTraining(m)) as Box<dyn Model>, t))
 }
 
-fn adversarial<M: AdversarialModel + 'static>(
+/// A one-generator, one-discriminator GAN, trained by the shared adversarial step.
+fn adversarial<M: layers::gan::Adversarial + 'static>(
+    input: &BuildInput,
+    name: &'static str,
     built: Result<(M, toml::Table)>,
-) -> Result<(Box<dyn AdversarialModel>, toml::Table)> {
-    built.map(|(m, t)| (Box::new(m) as Box<dyn AdversarialModel>, t))
+) -> Result<(Box<dyn Model>, toml::Table)> {
+    built.map(|(m, t)| {
+        let model = AdversarialTraining::new(m, input.adversarial, name);
+        (Box::new(model) as Box<dyn Model>, t)
+    })
 }
 
 pub const MODELS: &[ModelEntry] = &[
@@ -75,180 +85,196 @@ pub const MODELS: &[ModelEntry] = &[
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "fully visible logistic autoregression (FVSBN)",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 pixelrnn::fvsbn::Config::default(),
                 "fvsbn",
                 pixelrnn::fvsbn::Fvsbn::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "ar-n",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "logistic autoregression on the previous N pixels (N = 28 by default)",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 pixelrnn::fvsbn::Config::ar_n(28),
                 "ar-n",
                 pixelrnn::fvsbn::Fvsbn::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "nade",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "NADE (Larochelle & Murray 2011)",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 pixelrnn::nade::Config::default(),
                 "nade",
                 pixelrnn::nade::Nade::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "pixelcnn",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelCNN with mask A / mask B convolutions",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 pixelrnn::pixelcnn::Config::default(),
                 "pixelcnn",
                 pixelrnn::pixelcnn::PixelCnn::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "row-lstm",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelRNN Row LSTM (van den Oord et al. 2016)",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 pixelrnn::pixelrnn::Config::default(),
                 "row-lstm",
                 pixelrnn::row_lstm::RowLstm::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "diagonal-bilstm",
         family: "pixelrnn",
         kind: ModelKind::Explicit,
         summary: "PixelRNN Diagonal BiLSTM (van den Oord et al. 2016)",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 pixelrnn::pixelrnn::Config::default(),
                 "diagonal-bilstm",
                 pixelrnn::diagonal_bilstm::DiagonalBiLstm::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "vae",
         family: "vae",
         kind: ModelKind::Explicit,
         summary: "VAE, pytorch/examples MLP 784-400-20 (ELBO; importance-weighted NLL)",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 vae::Config::default(),
                 "vae",
                 vae::Vae::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "conv-vae",
         family: "vae",
         kind: ModelKind::Explicit,
         summary: "convolutional VAE (ELBO; importance-weighted NLL)",
-        build: Some(Builder::Likelihood(|t, vb| {
+        build: Some(|input, vb| {
             likelihood(build_with(
-                t,
+                input.model_config,
                 vb,
                 vae::Config::conv(),
                 "conv-vae",
                 vae::Vae::new,
             ))
-        })),
+        }),
     },
     ModelEntry {
         name: "gan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
         summary: "GAN with MLP generator and discriminator (Goodfellow et al. 2014)",
-        build: Some(Builder::Adversarial(|t, vb| {
-            adversarial(build_with(
-                t,
-                vb,
-                gan_variants::gan::Config::default(),
+        build: Some(|input, vb| {
+            adversarial(
+                input,
                 "gan",
-                gan_variants::gan::Gan::new,
-            ))
-        })),
+                build_with(
+                    input.model_config,
+                    vb,
+                    gan_variants::gan::Config::default(),
+                    "gan",
+                    gan_variants::gan::Gan::new,
+                ),
+            )
+        }),
     },
     ModelEntry {
         name: "dcgan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
         summary: "DCGAN (Radford et al. 2015), pytorch/examples architecture",
-        build: Some(Builder::Adversarial(|t, vb| {
-            adversarial(build_with(
-                t,
-                vb,
-                gan_variants::dcgan::Config::default(),
+        build: Some(|input, vb| {
+            adversarial(
+                input,
                 "dcgan",
-                gan_variants::dcgan::Dcgan::new,
-            ))
-        })),
+                build_with(
+                    input.model_config,
+                    vb,
+                    gan_variants::dcgan::Config::default(),
+                    "dcgan",
+                    gan_variants::dcgan::Dcgan::new,
+                ),
+            )
+        }),
     },
     ModelEntry {
         name: "cgan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
         summary: "class-conditional GAN (Mirza & Osindero 2014), PyTorch-GAN architecture",
-        build: Some(Builder::Adversarial(|t, vb| {
-            adversarial(build_with(
-                t,
-                vb,
-                gan_variants::cgan::Config::default(),
+        build: Some(|input, vb| {
+            adversarial(
+                input,
                 "cgan",
-                gan_variants::cgan::ConditionalGan::new,
-            ))
-        })),
+                build_with(
+                    input.model_config,
+                    vb,
+                    gan_variants::cgan::Config::default(),
+                    "cgan",
+                    gan_variants::cgan::ConditionalGan::new,
+                ),
+            )
+        }),
     },
     ModelEntry {
         name: "infogan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
         summary: "InfoGAN (Chen et al. 2016), PyTorch-GAN or the paper's networks",
-        build: Some(Builder::Adversarial(|t, vb| {
-            adversarial(build_with(
-                t,
-                vb,
-                gan_variants::infogan::Config::default(),
+        build: Some(|input, vb| {
+            adversarial(
+                input,
                 "infogan",
-                gan_variants::infogan::InfoGan::new,
-            ))
-        })),
+                build_with(
+                    input.model_config,
+                    vb,
+                    gan_variants::infogan::Config::default(),
+                    "infogan",
+                    gan_variants::infogan::InfoGan::new,
+                ),
+            )
+        }),
     },
     ModelEntry {
         name: "text2image-gan",
@@ -300,7 +326,7 @@ pub fn find(name: &str) -> Result<&'static ModelEntry> {
 }
 
 /// The builder of a model that is built, or an error that says it is not built yet.
-pub fn any_builder(name: &str) -> Result<Builder> {
+pub fn builder(name: &str) -> Result<Builder> {
     let entry = find(name)?;
     match entry.build {
         Some(b) => Ok(b),
@@ -309,29 +335,6 @@ pub fn any_builder(name: &str) -> Result<Builder> {
             entry.summary
         ),
     }
-}
-
-/// The builder of a likelihood model.
-pub fn builder(name: &str) -> Result<LikelihoodBuilder> {
-    match any_builder(name)? {
-        Builder::Likelihood(b) => Ok(b),
-        Builder::Adversarial(_) => {
-            bail!("model `{name}` is an implicit model (a GAN): it has no likelihood")
-        }
-    }
-}
-
-/// The builder of a GAN.
-pub fn adversarial_builder(name: &str) -> Result<AdversarialBuilder> {
-    match any_builder(name)? {
-        Builder::Adversarial(b) => Ok(b),
-        Builder::Likelihood(_) => bail!("model `{name}` is not a GAN"),
-    }
-}
-
-/// Whether `name` is a built GAN.
-pub fn is_adversarial(name: &str) -> bool {
-    matches!(any_builder(name), Ok(Builder::Adversarial(_)))
 }
 
 #[cfg(test)]

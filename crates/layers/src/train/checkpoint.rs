@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
 /// Tensors and metadata of one safetensors file.
@@ -172,6 +172,18 @@ pub fn load_into_varmap(
         .collect();
     unused.sort();
     Ok(unused)
+}
+
+/// The variables of `varmap` whose names start with `prefix`.
+pub fn vars_with_prefix(varmap: &VarMap, prefix: &str) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("varmap lock poisoned");
+    let mut vars: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 #[cfg(test)]

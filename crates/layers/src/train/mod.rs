@@ -1,6 +1,8 @@
-//! Training state that outlives a step: the optimiser and its moments, checkpoints, the seeded
-//! random streams.
+//! Training state that outlives a step: Adam and its moments, learning-rate schedules, the
+//! generator weight average, checkpoints, the seeded random streams.
 
+pub mod average;
 pub mod checkpoint;
 pub mod optim;
 pub mod rng;
+pub mod schedule;

@@ -102,6 +102,16 @@ impl Adam {
         &self.cfg
     }
 
+    /// Zeroes the moments and the step count: a fresh optimiser over the same variables (the
+    /// Progressive GAN restarts Adam at each new resolution).
+    pub fn reset(&mut self) -> Result<()> {
+        for slot in self.slots.values_mut() {
+            slot.moments = slot.moments.zeros_like()?;
+        }
+        self.step = 0;
+        Ok(())
+    }
+
     /// Changes the learning rate for the following steps (a schedule).
     pub fn set_lr(&mut self, lr: f64) {
         self.cfg.lr = lr;

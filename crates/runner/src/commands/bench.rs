@@ -6,12 +6,13 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
-use layers::{Adam, AdamConfig, Rng};
+use candle_core::{DType, Device, Tensor};
+use layers::step::{LabelSpec, StepContext, StepProgress};
+use layers::{Batch, Labels, Model, Rng, Values};
 use serde::Serialize;
 
-use crate::checkpoint::build_model;
 use crate::config::RunConfig;
+use crate::run::checkpoint::build_model;
 
 /// A workload of BENCHMARKS.md.
 #[derive(Debug)]
@@ -27,15 +28,14 @@ pub struct Workload {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkloadKind {
-    /// One optimiser step on the model's objective.
+    /// One training step of the model's own (`Trainable::train_step`): for a likelihood model
+    /// one optimiser step on its objective, for a GAN a discriminator step on real and
+    /// detached fake images and a generator step.
     TrainStep,
     /// A whole sampling run with the model's incremental sampler.
     Sample,
     /// A whole sampling run with the reference loop (the full network per pixel).
     SampleReference,
-    /// One GAN iteration: a discriminator step on real and detached fake images, a generator
-    /// step.
-    AdversarialStep,
     /// Not built yet.
     Missing,
 }
@@ -47,7 +47,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[],
         batch: 64,
         lr: 2e-4,
-        kind: WorkloadKind::AdversarialStep,
+        kind: WorkloadKind::TrainStep,
     },
     Workload {
         name: "vae",
@@ -141,9 +141,39 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn random_binary(n: usize, device: &Device) -> Result<Tensor> {
-    let p = Tensor::full(0.5f32, (n, 1, 28, 28), device)?;
-    Ok(Rng::new(0).bernoulli(&p)?)
+/// A batch of random data as the model's spec asks: binary images for a model of binary
+/// values, uniform intensities otherwise, random labels and a random second domain.
+fn random_batch(model: &dyn Model, n: usize, device: &Device) -> Result<Batch> {
+    let spec = model.data_spec();
+    let mut rng = Rng::new(0);
+    let [c, h, w] = spec.shape;
+    let image = |rng: &mut Rng| -> Result<Tensor> {
+        let u = rng.uniform((n, c, h, w), device)?;
+        Ok(match model.values() {
+            Values::Binary => u.ge(0.5)?.to_dtype(DType::F32)?,
+            Values::Intensities => u,
+        })
+    };
+    let images = image(&mut rng)?;
+    let labels = match spec.labels {
+        LabelSpec::None => None,
+        LabelSpec::Classes(k) => {
+            let l: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
+            Some(Labels::Classes(Tensor::new(l, device)?))
+        }
+        LabelSpec::Attributes(k) => Some(Labels::Attributes(
+            rng.uniform((n, k), device)?.ge(0.5)?.to_dtype(DType::F32)?,
+        )),
+    };
+    let domain_b = match spec.two_domains {
+        true => Some(image(&mut rng)?),
+        false => None,
+    };
+    Ok(Batch {
+        images,
+        labels,
+        domain_b,
+    })
 }
 
 pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<BenchResult> {
@@ -155,30 +185,34 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
         );
     }
     let mut run = RunConfig::new(w.model);
+    run.train.lr = w.lr;
     for (k, v) in w.config {
         run.model_config
             .insert((*k).into(), toml::Value::Integer(*v));
     }
-    if w.kind == WorkloadKind::AdversarialStep {
-        return adversarial_workload(w, run, device, steps);
+    let (mut model, varmap, run) = build_model(&run, device)?;
+    if model.needs_second_order() {
+        layers::gan::enable_second_order_gradients();
     }
-    let (model, varmap, _) = build_model(&run, device)?;
+    let mut optimizers = crate::run::optimizers(model.as_ref(), &varmap, &run)?;
     reset_peak_memory();
     let (seconds, steps_run) = match w.kind {
         WorkloadKind::TrainStep => {
-            let x = random_binary(w.batch, device)?;
-            let mut opt = Adam::new(
-                &varmap,
-                AdamConfig {
-                    lr: w.lr,
-                    ..Default::default()
-                },
-            )?;
-            let mut rng = Rng::new(1);
+            let batch = random_batch(model.as_ref(), w.batch, device)?;
+            let mut step_index = 0;
             let step = || -> Result<()> {
-                let loss = model.loss(&x, &mut rng)?;
-                opt.backward_step(&loss.value)?;
+                let mut take = |_: u64| Ok(batch.clone());
+                let progress = StepProgress {
+                    step: step_index,
+                    total_steps: u64::MAX,
+                    steps_per_epoch: u64::MAX,
+                };
+                let per_step = model.batches_per_step();
+                let mut ctx =
+                    StepContext::new(progress, Rng::new(1), &mut take, per_step, &mut optimizers);
+                model.train_step(&mut ctx)?;
                 device.synchronize()?;
+                step_index += 1;
                 Ok(())
             };
             (timed(step, steps)?, steps)
@@ -194,7 +228,7 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
             images.to_device(&Device::Cpu)?;
             (start.elapsed().as_secs_f64(), 1)
         }
-        WorkloadKind::Missing | WorkloadKind::AdversarialStep => unreachable!(),
+        WorkloadKind::Missing => unreachable!(),
     };
     Ok(result(w, device, seconds, steps_run))
 }
@@ -224,26 +258,30 @@ fn result(w: &Workload, device: &Device, seconds: f64, steps: usize) -> BenchRes
     }
 }
 
-/// GAN iterations through the training loop's own step, on random images in [-1, 1].
-fn adversarial_workload(
-    w: &Workload,
-    mut run: RunConfig,
-    device: &Device,
-    steps: usize,
-) -> Result<BenchResult> {
-    run.train.lr = w.lr;
-    let (model, varmap, run) = crate::checkpoint::build_adversarial(&run, device)?;
-    let [c, h, wd] = layers::gan::Adversarial::output_shape(model.as_ref());
-    let mut nets = crate::gan_train::networks(model, varmap, &run)?;
-    reset_peak_memory();
-    let real = ((Rng::new(0).uniform((w.batch, c, h, wd), device)? * 2.0)? - 1.0)?;
-    let mut rng = Rng::new(1);
-    let step = || -> Result<()> {
-        crate::gan_train::adversarial_step(&mut nets, &run, &real, None, &mut rng)?;
-        device.synchronize()?;
-        Ok(())
+/// Runs the named workloads (all by default), printing a line each or the JSON of all.
+pub fn run(workloads: &[String], steps: usize, json: bool, device: &Device) -> Result<()> {
+    anyhow::ensure!(steps > 0, "--steps must be positive");
+    let chosen: Vec<&Workload> = if workloads.is_empty() {
+        WORKLOADS.iter().collect()
+    } else {
+        workloads.iter().map(|w| find(w)).collect::<Result<_>>()?
     };
-    Ok(result(w, device, timed(step, steps)?, steps))
+    let mut results = Vec::new();
+    for w in chosen {
+        match run_workload(w, device, steps) {
+            Ok(r) => {
+                if !json {
+                    print_line(&r);
+                }
+                results.push(r);
+            }
+            Err(e) => eprintln!("{:<22} skipped: {e:#}", w.name),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
 }
 
 fn rayon_threads() -> usize {

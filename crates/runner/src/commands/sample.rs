@@ -4,12 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
+use clap::Args;
 use layers::{Rng, Stream};
 
-use crate::checkpoint::{load_any, Loaded};
+use crate::commands::PlainWeights;
 use crate::config::RunConfig;
 use crate::data::{load_split, make_batch, Binarization, Split};
-use crate::grid::{save_image, GridOptions};
+use crate::report::grid::{save_image, GridOptions};
+use crate::run::checkpoint::load_for_sampling;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SampleMode {
@@ -29,6 +31,57 @@ pub enum SampleMode {
     Codes,
 }
 
+#[derive(Args)]
+pub struct SampleCmd {
+    checkpoint: PathBuf,
+    #[arg(short, default_value_t = 64)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Images per row of the grid.
+    #[arg(long, default_value_t = 8)]
+    nrow: usize,
+    #[arg(long, default_value_t = 2)]
+    padding: usize,
+    #[arg(long, value_enum, default_value = "sample")]
+    mode: SampleMode,
+    /// Images per interpolation or code-sweep row.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// The continuous code `--mode codes` sweeps.
+    #[arg(long, default_value_t = 0)]
+    code: usize,
+    /// Test images for reconstruct / interpolate (default: the bundled subset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    plain: PlainWeights,
+}
+
+pub fn run(cmd: SampleCmd, device: Device) -> Result<()> {
+    let n = sample(&SampleArgs {
+        plain: cmd.plain.run_config()?,
+        checkpoint: cmd.checkpoint,
+        n: cmd.n,
+        seed: cmd.seed,
+        out: cmd.out.clone(),
+        grid: GridOptions {
+            nrow: cmd.nrow,
+            padding: cmd.padding,
+            ..Default::default()
+        },
+        mode: cmd.mode,
+        steps: cmd.steps,
+        data: cmd.data,
+        code: cmd.code,
+        device,
+    })?;
+    println!("wrote {} images to {}", n, cmd.out.display());
+    Ok(())
+}
+
 pub struct SampleArgs {
     pub checkpoint: PathBuf,
     pub n: usize,
@@ -46,15 +99,14 @@ pub struct SampleArgs {
 
 pub fn sample(args: &SampleArgs) -> Result<usize> {
     anyhow::ensure!(args.n > 0, "-n must be positive");
-    let loaded = load_any(&args.checkpoint, &args.device, args.plain.as_ref())?;
-    let model = loaded.generative();
+    let loaded = load_for_sampling(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let model = loaded.model.as_ref();
     let mut rng = Rng::derive(args.seed, Stream::Sample, 0);
     let latent = || {
         model.as_latent().with_context(|| {
             format!(
                 "model `{}` has no latent space to {:?}",
-                loaded.run().model,
-                args.mode
+                loaded.run.model, args.mode
             )
         })
     };
@@ -93,19 +145,12 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
             Tensor::cat(&out, 0)?
         }
         SampleMode::Codes => {
-            let Loaded::Adversarial(a) = &loaded else {
-                anyhow::bail!(
-                    "model `{}` has no latent codes to sweep",
-                    loaded.run().model
-                );
-            };
+            let coded = model.as_coded().with_context(|| {
+                format!("model `{}` has no latent codes to sweep", loaded.run.model)
+            })?;
             let rows = args.n.div_ceil(args.steps).max(1);
-            let input = a
-                .model
-                .code_sweep(rows, args.steps, args.code, &mut rng)?
-                .with_context(|| format!("model `{}` has no latent codes to sweep", a.run.model))?;
             grid.nrow = args.steps;
-            layers::gan::to_unit_range(&a.model.generate(&input, false)?)?
+            coded.code_sweep(rows, args.steps, args.code, &mut rng)?
         }
         SampleMode::Manifold => {
             let side = (args.n as f64).sqrt().round().max(2.0) as usize;

@@ -7,7 +7,7 @@ use candle_core::Device;
 use layers::Checkpoint;
 use serde::Serialize;
 
-use crate::checkpoint::OPTIMIZER_PREFIX;
+use crate::run::checkpoint::OPTIMIZER_PREFIX;
 
 #[derive(Debug, Serialize)]
 pub struct TensorInfo {
@@ -48,6 +48,17 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         tensors,
         metadata: ck.metadata,
     })
+}
+
+/// Prints what `path` holds, or its JSON.
+pub fn run(path: &Path, json: bool) -> Result<()> {
+    let i = inspect(path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+    } else {
+        print(&i);
+    }
+    Ok(())
 }
 
 pub fn print(i: &Inspection) {

@@ -5,9 +5,9 @@ use anyhow::Result;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::checkpoint::build_model;
 use crate::config::RunConfig;
 use crate::registry;
+use crate::run::checkpoint::build_model;
 
 #[derive(Debug, Serialize)]
 pub struct ParamsRow {
@@ -69,6 +69,18 @@ pub fn params_table(side: usize) -> Result<Vec<ParamsRow>> {
         });
     }
     Ok(rows)
+}
+
+/// Prints the table for `side x side` images, or its JSON.
+pub fn run(side: usize, json: bool) -> Result<()> {
+    anyhow::ensure!(side >= 2, "--size must be at least 2");
+    let rows = params_table(side)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print(side, &rows);
+    }
+    Ok(())
 }
 
 pub fn print(side: usize, rows: &[ParamsRow]) {

@@ -1,5 +1,5 @@
 //! `genzoo classifier`: trains and evaluates the LeNet digit classifier that the sample
-//! metrics use ([`crate::quality`]). The shipped weights (`models/mnist-classifier.safetensors`)
+//! metrics use ([`crate::report::quality`]). The shipped weights (`models/mnist-classifier.safetensors`)
 //! are compiled into the binary, so `genzoo eval` needs no file.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::data::{batch_indices, batches_per_epoch, epoch_order, load_split, Dataset, Split};
 
 /// The shipped classifier's weights.
-pub const SHIPPED: &[u8] = include_bytes!("../../../models/mnist-classifier.safetensors");
+pub const SHIPPED: &[u8] = include_bytes!("../../../../models/mnist-classifier.safetensors");
 
 /// Metadata key naming what a classifier file is.
 const META_KIND: &str = "genzoo.kind";

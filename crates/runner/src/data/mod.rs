@@ -2,6 +2,9 @@
 //! folders, and the bundled MNIST subset. Images are held once in memory as bytes; batches are
 //! built from them each step, so no file is read again after loading.
 
+pub mod download;
+pub mod pipeline;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -310,10 +313,10 @@ fn from_idx_bytes(
 /// The bundled MNIST subset (8,006 training and 997 test digits; MNIST by LeCun, Cortes and
 /// Burges, CC BY-SA 3.0), compiled into the binary so that `genzoo train` needs no files.
 pub fn bundled_mnist(split: Split) -> Result<Dataset> {
-    const TRAIN_IMAGES: &[u8] = include_bytes!("../../../data/mnist/train-images-idx3-ubyte.gz");
-    const TRAIN_LABELS: &[u8] = include_bytes!("../../../data/mnist/train-labels-idx1-ubyte.gz");
-    const TEST_IMAGES: &[u8] = include_bytes!("../../../data/mnist/t10k-images-idx3-ubyte.gz");
-    const TEST_LABELS: &[u8] = include_bytes!("../../../data/mnist/t10k-labels-idx1-ubyte.gz");
+    const TRAIN_IMAGES: &[u8] = include_bytes!("../../../../data/mnist/train-images-idx3-ubyte.gz");
+    const TRAIN_LABELS: &[u8] = include_bytes!("../../../../data/mnist/train-labels-idx1-ubyte.gz");
+    const TEST_IMAGES: &[u8] = include_bytes!("../../../../data/mnist/t10k-images-idx3-ubyte.gz");
+    const TEST_LABELS: &[u8] = include_bytes!("../../../../data/mnist/t10k-labels-idx1-ubyte.gz");
     let (images, labels) = match split {
         Split::Train => (TRAIN_IMAGES, TRAIN_LABELS),
         Split::Test => (TEST_IMAGES, TEST_LABELS),

@@ -151,7 +151,7 @@ pub fn evaluate_samples(
         n >= 2,
         "--samples must be at least 2 to fit a covariance (0 skips sample metrics)"
     );
-    let net = crate::classifier::load(classifier, device)?;
+    let net = crate::report::classifier::load(classifier, device)?;
     let digits = [1, SIDE, SIDE];
     let train = load_split(data, Split::Train, digits)?;
     let test = load_split(data, Split::Test, digits)?;

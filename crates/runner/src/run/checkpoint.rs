@@ -1,5 +1,6 @@
-//! A training run's checkpoint: the model's weights under their reference names, the
-//! optimiser's moments, and the metadata that rebuilds the model (`genzoo.*` keys).
+//! A training run's checkpoint: the model's weights under their reference names, each
+//! optimiser's moments, the weight average, the model's own training state, and the metadata
+//! that rebuilds the model (`genzoo.*` keys). One builder and one loader for every model.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -7,13 +8,14 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use layers::gan::AdversarialModel;
+use layers::step::{state_under, Optimizers};
+use layers::train::average::WeightAverage;
 use layers::train::checkpoint::{load_into_varmap, varmap_tensors};
-use layers::{Adam, Checkpoint, GenerativeModel, LikelihoodModel, Values};
+use layers::{Checkpoint, Model, Values};
 
 use crate::config::RunConfig;
 use crate::data::Binarization;
-use crate::registry;
+use crate::registry::{self, BuildInput};
 
 pub const META_FORMAT: &str = "genzoo.format";
 pub const META_MODEL: &str = "genzoo.model";
@@ -25,15 +27,17 @@ pub const META_VERSION: &str = "genzoo.version";
 pub const META_OPTIMIZER_STEP: &str = "genzoo.optimizer.step";
 pub const META_EPOCH_SUMS: &str = "genzoo.epoch_sums";
 pub const FORMAT_VERSION: &str = "1";
-/// Prefix of the optimiser's tensors, kept apart from the model's reference names.
+/// Prefix of the optimisers' tensors, kept apart from the model's reference names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer";
-/// Prefix of a GAN generator's weight average.
+/// Prefix of the weight average that samples are drawn with.
 pub const AVERAGE_PREFIX: &str = "ema";
+/// Prefix of a model's own training state (an image pool).
+pub const STATE_PREFIX: &str = "state";
 
 /// Where a run stands when it is saved.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
-    /// Optimiser steps taken.
+    /// Steps taken.
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
@@ -42,16 +46,14 @@ pub struct Progress {
     pub epoch_steps: u64,
 }
 
-/// Everything a training run saves.
-pub struct TrainState<'a> {
-    pub run: &'a RunConfig,
-    pub varmap: &'a VarMap,
-    /// Each optimiser under its tensor prefix; the first is the run's main one.
-    pub optimizers: &'a [(&'a str, &'a Adam)],
-    /// Further tensors (a GAN generator's weight average).
-    pub extra: HashMap<String, Tensor>,
-    pub progress: &'a Progress,
-    pub dataset: &'a str,
+/// The tensor prefix of an optimiser's moments: `optimizer` for a likelihood model's unnamed
+/// one, `optimizer.generator` and so on for named ones.
+pub fn optimizer_prefix(name: &str) -> String {
+    if name.is_empty() {
+        OPTIMIZER_PREFIX.to_string()
+    } else {
+        format!("{OPTIMIZER_PREFIX}.{name}")
+    }
 }
 
 /// The metadata key of the step count of the optimiser saved under `prefix`.
@@ -63,17 +65,39 @@ fn optimizer_step_key(prefix: &str) -> String {
     }
 }
 
+/// Everything a training run saves.
+pub struct TrainState<'a> {
+    pub run: &'a RunConfig,
+    pub varmap: &'a VarMap,
+    pub optimizers: &'a Optimizers,
+    pub average: Option<&'a WeightAverage>,
+    /// The model's own training state ([`layers::Trainable::training_state`]).
+    pub model_state: HashMap<String, Tensor>,
+    pub progress: &'a Progress,
+    pub dataset: &'a str,
+}
+
 pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
     let mut ck = Checkpoint {
         tensors: varmap_tensors(state.varmap),
         metadata: BTreeMap::new(),
     };
-    ck.tensors.extend(state.extra.clone());
-    for (prefix, optimizer) in state.optimizers {
-        let (moments, step) = optimizer.state(prefix)?;
+    if let Some(average) = state.average {
+        for (name, _, avg) in &average.slots {
+            ck.tensors
+                .insert(format!("{AVERAGE_PREFIX}.{name}"), avg.clone());
+        }
+    }
+    for (name, t) in &state.model_state {
+        ck.tensors
+            .insert(format!("{STATE_PREFIX}.{name}"), t.clone());
+    }
+    for (name, optimizer) in &state.optimizers.groups {
+        let prefix = optimizer_prefix(name);
+        let (moments, step) = optimizer.state(&prefix)?;
         ck.tensors.extend(moments);
         ck.metadata
-            .insert(optimizer_step_key(prefix), step.to_string());
+            .insert(optimizer_step_key(&prefix), step.to_string());
     }
     let p = state.progress;
     let mut sums = p.epoch_sums.clone();
@@ -93,34 +117,20 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
     ck.save(path)
 }
 
-/// A model rebuilt from a checkpoint.
-pub struct LoadedModel {
-    pub run: RunConfig,
-    pub model: Box<dyn LikelihoodModel>,
-    pub varmap: VarMap,
-    pub checkpoint: Checkpoint,
-    pub progress: Progress,
-}
-
-fn parse_meta<T: std::str::FromStr>(ck: &Checkpoint, key: &str, path: &Path) -> Result<T> {
-    let raw = ck.require_meta(key, path)?;
-    raw.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "{}: metadata `{key}` = {raw:?} is not a number",
-            path.display()
-        )
-    })
-}
-
-/// Builds `run`'s model with fresh (seeded) weights.
+/// Builds `run`'s model with fresh (seeded) weights, returning the run config with the model's
+/// resolved `[model_config]`.
 pub fn build_model(
     run: &RunConfig,
     device: &Device,
-) -> Result<(Box<dyn LikelihoodModel>, VarMap, RunConfig)> {
+) -> Result<(Box<dyn Model>, VarMap, RunConfig)> {
     let build = registry::builder(&run.model)?;
     let varmap = VarMap::new();
     let vb = layers::nn::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
-    let (model, resolved) = build(&run.model_config, vb)?;
+    let input = BuildInput {
+        model_config: &run.model_config,
+        adversarial: run.gan.adversarial(),
+    };
+    let (model, resolved) = build(&input, vb)?;
     if model.values() == Values::Intensities && run.train.binarize != Binarization::None {
         bail!(
             "model `{}` as configured models 256 intensity levels per value, but [train] binarize = \"{}\" would feed it binary images; set binarize = \"none\"",
@@ -133,6 +143,45 @@ pub fn build_model(
     Ok((model, varmap, run))
 }
 
+/// A model rebuilt from a checkpoint.
+pub struct Loaded {
+    pub run: RunConfig,
+    pub model: Box<dyn Model>,
+    pub varmap: VarMap,
+    pub checkpoint: Checkpoint,
+    pub progress: Progress,
+}
+
+impl Loaded {
+    /// Sets every variable that has a weight average in the file to its average: the weights
+    /// samples are drawn with.
+    pub fn use_average(&self) -> Result<()> {
+        let data = self.varmap.data().lock().expect("varmap lock poisoned");
+        for (name, var) in data.iter() {
+            let key = format!("{AVERAGE_PREFIX}.{name}");
+            if let Some(avg) = self.checkpoint.tensors.get(&key) {
+                var.set(&avg.to_dtype(var.dtype())?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The model's own training state saved in the file (`state.*`, prefix removed).
+    pub fn model_state(&self) -> HashMap<String, Tensor> {
+        state_under(&self.checkpoint.tensors, &format!("{STATE_PREFIX}."))
+    }
+}
+
+fn parse_meta<T: std::str::FromStr>(ck: &Checkpoint, key: &str, path: &Path) -> Result<T> {
+    let raw = ck.require_meta(key, path)?;
+    raw.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{}: metadata `{key}` = {raw:?} is not a number",
+            path.display()
+        )
+    })
+}
+
 /// The run config a checkpoint was trained with, or `plain`'s for a weights file without
 /// genzoo metadata.
 fn checkpoint_run(
@@ -142,8 +191,12 @@ fn checkpoint_run(
 ) -> Result<RunConfig> {
     let run = match (checkpoint.meta(META_CONFIG), plain) {
         (Some(json), _) => {
-            let run = RunConfig::from_json(json)
-                .with_context(|| format!("{}: metadata `{META_CONFIG}` is not a valid run config", path.display()))?;
+            let run = RunConfig::from_json(json).with_context(|| {
+                format!(
+                    "{}: metadata `{META_CONFIG}` is not a valid run config",
+                    path.display()
+                )
+            })?;
             if let Some(other) = plain {
                 if other.model != run.model {
                     bail!(
@@ -167,15 +220,16 @@ fn checkpoint_run(
 }
 
 /// Loads a genzoo checkpoint, or a plain weights file (e.g. converted from PyTorch) when
-/// `plain` gives the run config to interpret it with.
-pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<LoadedModel> {
+/// `plain` gives the run config to interpret it with. The variables hold the trained weights;
+/// [`Loaded::use_average`] swaps in the averaged ones.
+pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
     let checkpoint = Checkpoint::load(path, device)?;
     let run = checkpoint_run(&checkpoint, path, plain)?;
     let (model, varmap, run) = build_model(&run, device)?;
     let unused = load_into_varmap(&varmap, &checkpoint.tensors, path)?;
     warn_unused(&unused, path);
     let progress = read_progress(&checkpoint, path)?;
-    Ok(LoadedModel {
+    Ok(Loaded {
         run,
         model,
         varmap,
@@ -184,12 +238,25 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
     })
 }
 
-/// Warns about tensors in a file that nothing uses (optimiser state and weight averages
-/// aside).
+/// Loads a checkpoint to sample or evaluate: with the weight average where the file has one.
+pub fn load_for_sampling(
+    path: &Path,
+    device: &Device,
+    plain: Option<&RunConfig>,
+) -> Result<Loaded> {
+    let loaded = load_model(path, device, plain)?;
+    loaded.use_average()?;
+    Ok(loaded)
+}
+
+/// Warns about tensors in a file that nothing uses (optimiser state, weight averages and
+/// training state aside).
 fn warn_unused(unused: &[String], path: &Path) {
+    let ours = [OPTIMIZER_PREFIX, AVERAGE_PREFIX, STATE_PREFIX];
     let foreign: Vec<&String> = unused
         .iter()
-        .filter(|n| !n.starts_with(OPTIMIZER_PREFIX) && !n.starts_with(AVERAGE_PREFIX))
+        .filter(|n| !ours.iter().any(|p| n.starts_with(&format!("{p}."))))
+        .filter(|n| n.as_str() != OPTIMIZER_PREFIX)
         .collect();
     if !foreign.is_empty() {
         tracing::warn!(
@@ -229,131 +296,40 @@ fn read_progress(checkpoint: &Checkpoint, path: &Path) -> Result<Progress> {
     })
 }
 
-/// Builds `run`'s GAN with fresh (seeded) weights.
-pub fn build_adversarial(
-    run: &RunConfig,
-    device: &Device,
-) -> Result<(Box<dyn AdversarialModel>, VarMap, RunConfig)> {
-    let build = registry::adversarial_builder(&run.model)?;
-    let varmap = VarMap::new();
-    let vb = layers::nn::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
-    let (model, resolved) = build(&run.model_config, vb)?;
-    let mut run = run.clone();
-    run.model_config = resolved;
-    Ok((model, varmap, run))
+/// Restores every optimiser's moments from a checkpoint.
+pub fn restore_optimizers(optimizers: &mut Optimizers, loaded: &Loaded, path: &Path) -> Result<()> {
+    for (name, optimizer) in &mut optimizers.groups {
+        let prefix = optimizer_prefix(name);
+        let key = optimizer_step_key(&prefix);
+        if loaded.checkpoint.meta(&key).is_none() {
+            bail!(
+                "{} holds weights only (no optimizer state `{prefix}`): it can be sampled and evaluated, not resumed",
+                path.display()
+            );
+        }
+        let step: u64 = parse_meta(&loaded.checkpoint, &key, path)?;
+        optimizer
+            .load_state(&prefix, &loaded.checkpoint.tensors, step)
+            .with_context(|| format!("{}: cannot restore the optimizer", path.display()))?;
+    }
+    Ok(())
 }
 
-/// A GAN rebuilt from a checkpoint.
-pub struct LoadedAdversarial {
-    pub run: RunConfig,
-    pub model: Box<dyn AdversarialModel>,
-    pub varmap: VarMap,
-    pub checkpoint: Checkpoint,
-    pub progress: Progress,
-}
-
-/// Loads a GAN checkpoint (or plain weights with `plain`). With `averaged`, the generator
-/// takes the moving average of its weights (`ema.…`) where the file has one: the weights
-/// samples are drawn with.
-pub fn load_adversarial(
-    path: &Path,
-    device: &Device,
-    plain: Option<&RunConfig>,
-    averaged: bool,
-) -> Result<LoadedAdversarial> {
-    let checkpoint = Checkpoint::load(path, device)?;
-    let run = checkpoint_run(&checkpoint, path, plain)?;
-    let (model, varmap, run) = build_adversarial(&run, device)?;
-    let unused = load_into_varmap(&varmap, &checkpoint.tensors, path)?;
-    warn_unused(&unused, path);
-    if averaged {
-        let data = varmap.data().lock().expect("varmap lock poisoned");
-        for (name, var) in data.iter() {
-            if let Some(avg) = checkpoint.tensors.get(&format!("{AVERAGE_PREFIX}.{name}")) {
-                var.set(&avg.to_dtype(var.dtype())?)?;
-            }
+/// Restores the weight average from a checkpoint.
+pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path) -> Result<()> {
+    for (name, _, avg) in &mut average.slots {
+        let key = format!("{AVERAGE_PREFIX}.{name}");
+        match loaded.checkpoint.tensors.get(&key) {
+            Some(t) => *avg = t.clone(),
+            None => bail!(
+                "{}: missing tensor `{key}` (the weight average)",
+                path.display()
+            ),
         }
     }
-    let progress = read_progress(&checkpoint, path)?;
-    Ok(LoadedAdversarial {
-        run,
-        model,
-        varmap,
-        checkpoint,
-        progress,
-    })
-}
-
-/// Any model, for sampling and evaluation.
-pub enum Loaded {
-    Likelihood(LoadedModel),
-    Adversarial(LoadedAdversarial),
-}
-
-impl Loaded {
-    pub fn generative(&self) -> &dyn GenerativeModel {
-        match self {
-            Loaded::Likelihood(l) => l.model.as_ref(),
-            Loaded::Adversarial(a) => a.model.as_ref(),
-        }
-    }
-
-    pub fn run(&self) -> &RunConfig {
-        match self {
-            Loaded::Likelihood(l) => &l.run,
-            Loaded::Adversarial(a) => &a.run,
-        }
-    }
-
-    pub fn step(&self) -> u64 {
-        match self {
-            Loaded::Likelihood(l) => l.progress.step,
-            Loaded::Adversarial(a) => a.progress.step,
-        }
-    }
-}
-
-/// Loads any checkpoint: GANs with their averaged generator weights.
-pub fn load_any(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
-    let model = match plain {
-        Some(run) => run.model.clone(),
-        None => Checkpoint::load(path, &Device::Cpu)?
-            .meta(META_MODEL)
-            .map(str::to_string)
-            .unwrap_or_default(),
-    };
-    if registry::is_adversarial(&model) {
-        Ok(Loaded::Adversarial(load_adversarial(
-            path, device, plain, true,
-        )?))
-    } else {
-        Ok(Loaded::Likelihood(load_model(path, device, plain)?))
-    }
-}
-
-/// Restores the optimiser's moments from a loaded checkpoint.
-pub fn restore_optimizer(optimizer: &mut Adam, loaded: &LoadedModel, path: &Path) -> Result<()> {
-    restore_optimizer_at(optimizer, &loaded.checkpoint, OPTIMIZER_PREFIX, path)
-}
-
-/// Restores the moments of the optimiser saved under `prefix`.
-pub fn restore_optimizer_at(
-    optimizer: &mut Adam,
-    checkpoint: &Checkpoint,
-    prefix: &str,
-    path: &Path,
-) -> Result<()> {
-    let key = optimizer_step_key(prefix);
-    if checkpoint.meta(&key).is_none() {
-        bail!(
-            "{} holds weights only (no optimizer state `{prefix}`): it can be sampled and evaluated, not resumed",
-            path.display()
-        );
-    }
-    let step: u64 = parse_meta(checkpoint, &key, path)?;
-    optimizer
-        .load_state(prefix, &checkpoint.tensors, step)
-        .with_context(|| format!("{}: cannot restore the optimizer", path.display()))
+    // One update per step.
+    average.updates = loaded.progress.step;
+    Ok(())
 }
 
 /// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state:

@@ -2,19 +2,72 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
+use clap::Args;
 use layers::loss::bits_per_dim;
 use layers::{Likelihood, LikelihoodOptions, Rng, Stream};
 use serde::Serialize;
 
-use crate::checkpoint::{load_any, Loaded, LoadedAdversarial};
+use crate::commands::PlainWeights;
 use crate::config::RunConfig;
+use crate::data::pipeline::SplitData;
 use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Binarization, Split};
-use crate::gan_train::{load_images, real_batch};
-use crate::quality::{evaluate_samples, QualityReport};
-use anyhow::Context;
+use crate::report::quality::{evaluate_samples, QualityReport};
+use crate::run::checkpoint::{load_for_sampling, Loaded};
 use layers::eval::metrics::{best_assignment, ClusterAssignment};
+use layers::step::DataSpec;
+use layers::CodedModel;
+
+#[derive(Args)]
+pub struct EvalCmd {
+    checkpoint: PathBuf,
+    /// MNIST-format IDX directory or image folder; its test split is used.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Importance samples per image for latent-variable models.
+    #[arg(long, default_value_t = 1000)]
+    k: usize,
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Only the first N test images (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+    /// Samples drawn for the sample metrics (Fréchet distance, classifier score, class
+    /// coverage; 0 skips them).
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// Digit classifier weights for the sample metrics (default: the shipped one).
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    #[command(flatten)]
+    plain: PlainWeights,
+}
+
+pub fn run(cmd: EvalCmd, device: Device) -> Result<()> {
+    let report = evaluate(&EvalArgs {
+        plain: cmd.plain.run_config()?,
+        checkpoint: cmd.checkpoint,
+        data: cmd.data,
+        importance_samples: cmd.k,
+        batch_size: cmd.batch_size,
+        limit: cmd.limit,
+        seed: cmd.seed,
+        device,
+        samples: cmd.samples,
+        classifier: cmd.classifier,
+    })?;
+    if cmd.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
 
 pub struct EvalArgs {
     pub checkpoint: PathBuf,
@@ -74,12 +127,12 @@ fn describe(name: &str) -> &str {
 pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     ensure!(args.importance_samples > 0, "--k must be positive");
-    let loaded = load_any(&args.checkpoint, &args.device, args.plain.as_ref())?;
-    let generative = loaded.generative();
+    let loaded = load_for_sampling(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let model = loaded.model.as_ref();
     let sample_quality = match args.samples {
         0 => None,
         n => Some(evaluate_samples(
-            generative,
+            model,
             n,
             args.seed,
             args.data.as_deref(),
@@ -87,32 +140,43 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
             &args.device,
         )?),
     };
-    let loaded = match loaded {
-        Loaded::Likelihood(l) => l,
-        Loaded::Adversarial(a) => {
-            ensure!(
-                sample_quality.is_some(),
-                "model `{}` is implicit (no likelihood): its evaluation is the sample metrics, so --samples must be positive",
-                a.run.model
-            );
-            let code_assignment = code_assignment(&a, args)?;
-            return Ok(EvalReport {
-                code_accuracy: code_assignment.as_ref().map(|c| c.accuracy),
-                code_assignment,
-                model: a.run.model.clone(),
-                checkpoint: args.checkpoint.display().to_string(),
-                step: a.progress.step,
-                dataset: String::new(),
-                images: 0,
-                binarization: "none".into(),
-                likelihood: None,
-                importance_samples: None,
-                metrics: Vec::new(),
-                sample_quality,
-            });
-        }
+    let mut report = EvalReport {
+        model: loaded.run.model.clone(),
+        checkpoint: args.checkpoint.display().to_string(),
+        step: loaded.progress.step,
+        dataset: String::new(),
+        images: 0,
+        binarization: "none".into(),
+        likelihood: None,
+        importance_samples: None,
+        metrics: Vec::new(),
+        sample_quality,
+        code_accuracy: None,
+        code_assignment: None,
     };
-    let model = loaded.model.as_ref();
+    if model.as_likelihood().is_some() {
+        likelihoods(&loaded, args, &mut report)?;
+    } else {
+        ensure!(
+            report.sample_quality.is_some(),
+            "model `{}` is implicit (no likelihood): its evaluation is the sample metrics, so --samples must be positive",
+            loaded.run.model
+        );
+    }
+    if let Some(coded) = model.as_coded() {
+        let assignment = code_assignment(coded, model.image_shape(), args)?;
+        report.code_accuracy = assignment.as_ref().map(|c| c.accuracy);
+        report.code_assignment = assignment;
+    }
+    Ok(report)
+}
+
+/// `-log p(x)` and the model's other per-image figures on the test digits.
+fn likelihoods(loaded: &Loaded, args: &EvalArgs, report: &mut EvalReport) -> Result<()> {
+    let model = loaded
+        .model
+        .as_likelihood()
+        .context("the model has no likelihood")?;
     let mut data = load_split(args.data.as_deref(), Split::Test, model.image_shape())?;
     if args.limit > 0 {
         data.truncate(args.limit);
@@ -146,7 +210,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         }
     }
     let dims = model.dims();
-    let metrics = sums
+    report.metrics = sums
         .into_iter()
         .map(|(name, total)| {
             let nats = total / data.len() as f64;
@@ -159,51 +223,39 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         })
         .collect();
     let likelihood = model.likelihood();
-    Ok(EvalReport {
-        model: loaded.run.model.clone(),
-        checkpoint: args.checkpoint.display().to_string(),
-        step: loaded.progress.step,
-        dataset: data.name.clone(),
-        images: data.len(),
-        binarization: format!("{binarize:?}").to_lowercase(),
-        likelihood: Some(likelihood),
-        importance_samples: (likelihood == Likelihood::ImportanceWeighted)
-            .then_some(args.importance_samples),
-        metrics,
-        sample_quality,
-        code_accuracy: None,
-        code_assignment: None,
-    })
+    report.dataset = data.name.clone();
+    report.images = data.len();
+    report.binarization = format!("{binarize:?}").to_lowercase();
+    report.likelihood = Some(likelihood);
+    report.importance_samples =
+        (likelihood == Likelihood::ImportanceWeighted).then_some(args.importance_samples);
+    Ok(())
 }
 
 /// For a model whose discriminator predicts a categorical code (InfoGAN's Q): how well that
 /// code classifies the test digits under the best one-to-one assignment of codes to digits.
 fn code_assignment(
-    model: &LoadedAdversarial,
+    coded: &dyn CodedModel,
+    shape: layers::ImageShape,
     args: &EvalArgs,
 ) -> Result<Option<ClusterAssignment>> {
-    let gan = model.model.as_ref();
-    let Some(k) = gan.categories() else {
-        return Ok(None);
-    };
-    let shape = gan.output_shape();
-    let test = load_images(args.data.as_deref(), Split::Test, shape)?;
-    let Some(labels) = &test.labels else {
+    let test = SplitData::load(args.data.as_deref(), Split::Test, &DataSpec::images(shape))?;
+    let Some(labels) = &test.data.labels else {
         return Ok(None);
     };
     let order: Vec<usize> = (0..test.len()).collect();
     let mut clusters = Vec::with_capacity(test.len());
     for b in 0..batches_per_epoch(test.len(), args.batch_size) {
         let idx = batch_indices(&order, args.batch_size, b);
-        let (x, _) = real_batch(&test, idx, shape, false, &args.device)?;
-        let verdict = gan.discriminate(&x, None, false)?;
-        let q = verdict
-            .q
-            .with_context(|| format!("model `{}` has no Q head", model.run.model))?;
-        let predicted = q.narrow(1, 0, k)?.argmax(1)?.to_vec1::<u32>()?;
+        let batch = test.batch(idx, Binarization::None, &mut Rng::new(0), &args.device)?;
+        let predicted = coded
+            .category_logits(&batch.images)?
+            .argmax(1)?
+            .to_vec1::<u32>()?;
         clusters.extend(predicted.into_iter().map(|c| c as usize));
     }
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    let k = coded.categories();
     Ok(Some(best_assignment(&clusters, &labels, k.max(10))))
 }
 
@@ -230,7 +282,7 @@ pub fn print_table(r: &EvalReport) {
     let Some(likelihood) = r.likelihood else {
         println!("likelihood  none (implicit model)");
         if let Some(q) = &r.sample_quality {
-            crate::quality::print(q);
+            crate::report::quality::print(q);
         }
         if let Some(a) = &r.code_assignment {
             print_code_assignment(a);
@@ -261,6 +313,6 @@ pub fn print_table(r: &EvalReport) {
         );
     }
     if let Some(q) = &r.sample_quality {
-        crate::quality::print(q);
+        crate::report::quality::print(q);
     }
 }

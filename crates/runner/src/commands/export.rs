@@ -1,0 +1,14 @@
+//! `genzoo export`: a checkpoint's weights and metadata without the optimizer state.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
+    let (kept, dropped) = crate::run::checkpoint::export_weights(checkpoint, out)?;
+    println!(
+        "wrote {} ({kept} tensors; {dropped} optimizer tensors left out)",
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,537 @@
+//! The one training loop of every model. The model owns its step ([`layers::Trainable`]); the
+//! loop owns the rest: batches from a seeded order, the optimisers and their learning-rate
+//! schedules, the weight average, a JSONL log of the terms the model records, a grid per epoch
+//! (drawn by the model, with the averaged weights), held-out metrics where the model has them,
+//! a loss plot, checkpoints that resume exactly, Ctrl-C, and the stops (a non-finite term, a
+//! discriminator that wins outright).
+
+pub mod checkpoint;
+pub mod dir;
+pub mod stops;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Result};
+use candle_core::Device;
+use candle_nn::VarMap;
+use indicatif::{ProgressBar, ProgressStyle};
+use layers::step::{check_groups, LrRole, Optimizers, StepContext, StepProgress};
+use layers::train::average::WeightAverage;
+use layers::train::checkpoint::vars_with_prefix;
+use layers::{Adam, Model, Rng, Stream};
+use serde_json::json;
+
+use crate::config::RunConfig;
+use crate::data::pipeline::{DataOptions, TrainData};
+use crate::report::grid::{save_image, GridOptions};
+use crate::report::plot::{plot_curves, Series};
+use checkpoint::{
+    build_model, load_model, restore_average, restore_optimizers, save_train_state, Progress,
+    TrainState,
+};
+use dir::{new_run_dir, open_run, resumed_run_dir, Logger, RunDir};
+use stops::Stops;
+
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler once per process: it only raises a flag, and the loop saves a
+/// checkpoint at the end of the current step.
+fn install_interrupt_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)) {
+            tracing::warn!("cannot install the Ctrl-C handler: {e}");
+        }
+    });
+}
+
+pub struct TrainArgs {
+    pub run: RunConfig,
+    pub data: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub device: Device,
+    /// Train-config fields given on the command line, applied over a resumed run's config.
+    pub overrides: TrainOverrides,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct TrainOverrides {
+    pub epochs: Option<u64>,
+    pub lr: Option<f64>,
+    pub max_steps: Option<u64>,
+    pub batch_size: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl TrainOverrides {
+    fn apply(&self, run: &mut RunConfig) {
+        let t = &mut run.train;
+        if let Some(v) = self.epochs {
+            t.epochs = v;
+        }
+        if let Some(v) = self.lr {
+            t.lr = v;
+        }
+        if let Some(v) = self.max_steps {
+            t.max_steps = v;
+        }
+        if let Some(v) = self.batch_size {
+            t.batch_size = v;
+        }
+        if let Some(v) = self.seed {
+            t.seed = v;
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub step: u64,
+    pub interrupted: bool,
+    pub last_checkpoint: PathBuf,
+}
+
+/// A saved run's config with the command line's overrides, which may not change what makes
+/// the continuation exact (batch size and seed).
+fn resumed_config(saved: &RunConfig, overrides: &TrainOverrides) -> Result<RunConfig> {
+    let mut run = saved.clone();
+    overrides.apply(&mut run);
+    ensure!(
+        run.train.batch_size == saved.train.batch_size && run.train.seed == saved.train.seed,
+        "--resume continues a run exactly: its batch size ({}) and seed ({}) cannot change",
+        saved.train.batch_size,
+        saved.train.seed
+    );
+    run.train.validate()?;
+    Ok(run)
+}
+
+/// What a run trains with.
+struct Session {
+    run: RunConfig,
+    model: Box<dyn Model>,
+    varmap: VarMap,
+    optimizers: Optimizers,
+    average: Option<WeightAverage>,
+    progress: Progress,
+    dir: RunDir,
+    /// The terms the progress bar and the plot show (known after the first step).
+    headline: Vec<String>,
+}
+
+/// One Adam per optimiser the model declares, each over the variables it owns, at its rate.
+pub(crate) fn optimizers(
+    model: &dyn Model,
+    varmap: &VarMap,
+    run: &RunConfig,
+) -> Result<Optimizers> {
+    let specs = model.optimizers();
+    let all = vars_with_prefix(varmap, "");
+    let names: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+    check_groups(&specs, &names).map_err(|e| anyhow::anyhow!("model `{}`: {e:#}", run.model))?;
+    let groups = specs
+        .iter()
+        .map(|spec| {
+            let vars = all.iter().filter(|(n, _)| spec.owns(n)).cloned().collect();
+            let adam = match spec.lr {
+                LrRole::Main => run.train.adam(),
+                LrRole::Generator => run.gan.generator_adam(&run.train),
+            };
+            Ok((spec.name.clone(), Adam::from_named_vars(vars, adam)?))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Optimizers { groups })
+}
+
+/// The weight average over the variables the model names, if it names any.
+fn average(model: &dyn Model, varmap: &VarMap, run: &RunConfig) -> Result<Option<WeightAverage>> {
+    let prefixes = model.averaged();
+    if prefixes.is_empty() {
+        return Ok(None);
+    }
+    let vars = prefixes
+        .iter()
+        .flat_map(|p| vars_with_prefix(varmap, p))
+        .collect();
+    Ok(Some(WeightAverage::new(vars, run.gan.ema_decay)?))
+}
+
+/// Fresh model, optimisers and average, or those of the checkpoint to resume.
+fn start(args: &TrainArgs) -> Result<Session> {
+    let Some(path) = &args.resume else {
+        let mut run = args.run.clone();
+        args.overrides.apply(&mut run);
+        run.train.validate()?;
+        run.gan.validate()?;
+        let (model, varmap, run) = build_model(&run, &args.device)?;
+        let dir = RunDir {
+            root: new_run_dir(args.out.as_deref(), &run.model)?,
+        };
+        return Ok(Session {
+            optimizers: optimizers(model.as_ref(), &varmap, &run)?,
+            average: average(model.as_ref(), &varmap, &run)?,
+            run,
+            model,
+            varmap,
+            progress: Progress::default(),
+            dir,
+            headline: Vec::new(),
+        });
+    };
+    let mut loaded = load_model(path, &args.device, None)?;
+    if loaded.run.model != args.run.model {
+        bail!(
+            "{} is a checkpoint of model `{}`, not `{}`",
+            path.display(),
+            loaded.run.model,
+            args.run.model
+        );
+    }
+    let run = resumed_config(&loaded.run, &args.overrides)?;
+    run.gan.validate()?;
+    let mut optimizers = optimizers(loaded.model.as_ref(), &loaded.varmap, &run)?;
+    restore_optimizers(&mut optimizers, &loaded, path)?;
+    let mut average = average(loaded.model.as_ref(), &loaded.varmap, &run)?;
+    if let Some(average) = &mut average {
+        restore_average(average, &loaded, path)?;
+    }
+    let state = loaded.model_state();
+    loaded.model.restore_training_state(&state)?;
+    let dir = RunDir {
+        root: resumed_run_dir(args.out.as_deref(), path)?,
+    };
+    Ok(Session {
+        run,
+        model: loaded.model,
+        varmap: loaded.varmap,
+        optimizers,
+        average,
+        progress: loaded.progress,
+        dir,
+        headline: Vec::new(),
+    })
+}
+
+/// Starts the progress bar at `step` of `total`, with the Ctrl-C flag installed.
+fn start_progress(total: u64, step: u64) -> ProgressBar {
+    install_interrupt_handler();
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(step);
+    bar
+}
+
+pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
+    let mut s = start(&args)?;
+    if s.model.needs_second_order() {
+        layers::gan::enable_second_order_gradients();
+    }
+    let spec = s.model.data_spec();
+    let t = s.run.train.clone();
+    let mut data = TrainData::load(
+        &spec,
+        &DataOptions {
+            dir: args.data.as_deref(),
+            binarize: t.binarize,
+            seed: t.seed,
+            batch_size: t.batch_size,
+            limit: t.limit,
+            held_out: s.model.has_held_out_metrics() || spec.held_out_grid,
+        },
+        &args.device,
+    )?;
+    let mut logger = open_run(&s.dir, &s.run, s.progress.step)?;
+    let batches_per_step = s.model.batches_per_step();
+    let steps_per_epoch = (data.batches_per_epoch() / batches_per_step).max(1);
+    let total_steps = t.total_steps(steps_per_epoch);
+    let decay_start = t.decay_start_step(steps_per_epoch);
+    tracing::info!(
+        "training {} on {} ({} images, {} steps/epoch) into {}",
+        s.run.model,
+        data.name(),
+        data.train.len(),
+        steps_per_epoch,
+        s.dir.root.display()
+    );
+    let base_lrs: Vec<f64> = s
+        .optimizers
+        .groups
+        .iter()
+        .map(|(_, adam)| adam.config().lr)
+        .collect();
+    let held_out_grid = match spec.held_out_grid {
+        true => data.held_out_grid(t.sample_count)?,
+        false => None,
+    };
+    let bar = start_progress(total_steps, s.progress.step);
+    let mut stops = Stops::new(&s.run, s.model.collapse_term());
+    let mut stage = s.model.stage(&progress_at(
+        s.progress.step.saturating_sub(1),
+        total_steps,
+        steps_per_epoch,
+    ));
+    let mut window = (Instant::now(), 0usize);
+    let mut interrupted = false;
+    while s.progress.step < total_steps {
+        let step = s.progress.step;
+        let epoch = step / steps_per_epoch;
+        let at = progress_at(step, total_steps, steps_per_epoch);
+        // A new stage starts its optimisers afresh (Progressive GAN at each resolution).
+        let now = s.model.stage(&at);
+        if now != stage {
+            for (_, adam) in &mut s.optimizers.groups {
+                adam.reset()?;
+            }
+            stage = now;
+        }
+        let factor = t.schedule.factor(step, total_steps, decay_start);
+        for ((_, adam), base) in s.optimizers.groups.iter_mut().zip(&base_lrs) {
+            adam.set_lr(base * factor);
+        }
+        let mut images = 0;
+        let mut take_batch = |k: u64| {
+            let batch = data.train_batch(step * batches_per_step + k)?;
+            images += batch.size()?;
+            Ok(batch)
+        };
+        let mut ctx = StepContext::new(
+            at,
+            Rng::derive(t.seed, Stream::Step, step),
+            &mut take_batch,
+            batches_per_step,
+            &mut s.optimizers,
+        );
+        s.model.train_step(&mut ctx)?;
+        let terms = ctx.into_terms();
+        stops.check(&terms, step, epoch, &s.dir.last_checkpoint())?;
+        if s.headline.is_empty() {
+            s.headline = headline_names(s.model.as_ref(), &terms);
+        }
+        if let Some(average) = &mut s.average {
+            average.update()?;
+        }
+        s.progress.step += 1;
+        s.progress.epoch_steps += 1;
+        window.1 += images;
+        for (name, v) in &terms {
+            *s.progress.epoch_sums.entry(name.clone()).or_default() += v;
+        }
+        if s.progress.step.is_multiple_of(t.log_every) || s.progress.step == total_steps {
+            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+            let speed = window.1 as f64 / secs;
+            let mut line = json!({
+                "type": "step", "step": s.progress.step, "epoch": epoch + 1,
+                "lr": t.lr * factor, "images_per_sec": speed,
+            });
+            for (name, v) in &terms {
+                line[name] = json!(v);
+            }
+            bar.set_message(format!(
+                "{} | {speed:.0} img/s",
+                headline(&s.headline, &terms)
+            ));
+            logger.write(line)?;
+            window = (Instant::now(), 0);
+        }
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, t.epochs));
+        bar.set_position(s.progress.step);
+        let end_of_epoch = s.progress.step.is_multiple_of(steps_per_epoch);
+        if end_of_epoch {
+            finish_epoch(&mut s, &data, &mut logger, &bar, held_out_grid.as_ref())?;
+            save(&s, data.name(), &s.dir.last_checkpoint())?;
+            if t.checkpoint_every > 0 && (epoch + 1).is_multiple_of(t.checkpoint_every) {
+                let p = s
+                    .dir
+                    .checkpoints()
+                    .join(format!("epoch-{:04}.safetensors", epoch + 1));
+                save(&s, data.name(), &p)?;
+            }
+        } else if s.progress.step == total_steps {
+            save(&s, data.name(), &s.dir.last_checkpoint())?;
+            if s.model.grid_when_stopping() {
+                let name = format!("step-{:07}.png", s.progress.step);
+                save_grid(&mut s, held_out_grid.as_ref(), &name)?;
+            }
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            if !end_of_epoch {
+                save(&s, data.name(), &s.dir.last_checkpoint())?;
+            }
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let last = s.dir.last_checkpoint();
+    if interrupted {
+        eprintln!(
+            "interrupted at step {}: saved {}; continue with `genzoo train {} --resume {}`",
+            s.progress.step,
+            last.display(),
+            s.run.model,
+            last.display()
+        );
+    }
+    Ok(TrainOutcome {
+        run_dir: s.dir.root.clone(),
+        step: s.progress.step,
+        interrupted,
+        last_checkpoint: last,
+    })
+}
+
+fn progress_at(step: u64, total_steps: u64, steps_per_epoch: u64) -> StepProgress {
+    StepProgress {
+        step,
+        total_steps,
+        steps_per_epoch,
+    }
+}
+
+/// The terms the model puts first, or the first it recorded: what the progress bar and the
+/// plot show.
+fn headline_names(model: &dyn Model, terms: &[(String, f64)]) -> Vec<String> {
+    let named = model.headline_terms();
+    if named.is_empty() {
+        terms.iter().take(1).map(|(n, _)| n.clone()).collect()
+    } else {
+        named
+    }
+}
+
+/// `name value` of each headline term.
+fn headline(names: &[String], terms: &[(String, f64)]) -> String {
+    terms
+        .iter()
+        .filter(|(n, _)| names.contains(n))
+        .map(|(n, v)| format!("{n} {v:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Saves the run: weights, optimisers, average, the model's training state.
+fn save(s: &Session, dataset: &str, path: &Path) -> Result<()> {
+    save_train_state(
+        &TrainState {
+            run: &s.run,
+            varmap: &s.varmap,
+            optimizers: &s.optimizers,
+            average: s.average.as_ref(),
+            model_state: s.model.training_state()?,
+            progress: &s.progress,
+            dataset,
+        },
+        path,
+    )
+}
+
+/// End of an epoch: the epoch's mean training terms and held-out metrics in the log, a grid,
+/// the loss plot.
+fn finish_epoch(
+    s: &mut Session,
+    data: &TrainData,
+    logger: &mut Logger,
+    bar: &ProgressBar,
+    held_out_grid: Option<&layers::Batch>,
+) -> Result<()> {
+    let epoch = s.progress.epoch + 1;
+    let t = &s.run.train;
+    let mut line = json!({"type": "epoch", "step": s.progress.step, "epoch": epoch});
+    let mut summary = Vec::new();
+    for (name, sum) in &s.progress.epoch_sums {
+        let mean = sum / s.progress.epoch_steps.max(1) as f64;
+        line[format!("train_{name}")] = json!(mean);
+        summary.push(format!("train {name} {mean:.3}"));
+    }
+    if s.model.has_held_out_metrics() {
+        let mut rng = Rng::derive(t.seed, Stream::Eval, epoch);
+        for (name, v) in held_out_metrics(s.model.as_ref(), data, &mut rng)? {
+            line[format!("test_{name}")] = json!(v);
+            summary.push(format!("test {name} {v:.3}"));
+        }
+    }
+    logger.write(line)?;
+    bar.println(format!(
+        "epoch {epoch}/{}: {}",
+        t.epochs,
+        summary.join(", ")
+    ));
+    s.progress.epoch_sums.clear();
+    s.progress.epoch_steps = 0;
+    s.progress.epoch = epoch;
+    save_grid(s, held_out_grid, &format!("epoch-{epoch:04}.png"))?;
+    plot_terms(&s.headline, logger, &s.run, &s.dir)
+}
+
+/// Mean of each held-out metric over the test split, weighted by batch size.
+fn held_out_metrics(
+    model: &dyn Model,
+    data: &TrainData,
+    rng: &mut Rng,
+) -> Result<BTreeMap<String, f64>> {
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    let mut count = 0usize;
+    for batch in data.held_out_batches()? {
+        let n = batch.size()?;
+        for (name, v) in model.held_out_metrics(&batch, rng)? {
+            *sums.entry(name).or_default() += v * n as f64;
+        }
+        count += n;
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(k, v)| (k, v / count.max(1) as f64))
+        .collect())
+}
+
+/// The model's grid from a fixed stream (and fixed held-out inputs), drawn with the averaged
+/// weights.
+fn save_grid(s: &mut Session, held_out: Option<&layers::Batch>, file: &str) -> Result<()> {
+    let t = &s.run.train;
+    let mut rng = Rng::derive(t.seed, Stream::Sample, 0);
+    if let Some(average) = &mut s.average {
+        average.swap()?;
+    }
+    let grid = s.model.grid(t.sample_count, &mut rng, held_out);
+    if let Some(average) = &mut s.average {
+        average.swap()?;
+    }
+    let grid = grid?;
+    let options = GridOptions {
+        nrow: grid.columns,
+        ..GridOptions::default()
+    };
+    save_image(&grid.images, &s.dir.samples().join(file), options)
+}
+
+/// Each headline term per step, and its held-out value per epoch where there is one.
+fn plot_terms(names: &[String], logger: &Logger, run: &RunConfig, dir: &RunDir) -> Result<()> {
+    let mut curves = Vec::new();
+    for name in names {
+        curves.push((format!("{name} (per step)"), logger.curve("step", name)));
+        let test = logger.curve("epoch", &format!("test_{name}"));
+        if !test.is_empty() {
+            curves.push((format!("test {name} (per epoch)"), test));
+        }
+    }
+    let series: Vec<Series> = curves
+        .iter()
+        .map(|(name, points)| Series { name, points })
+        .collect();
+    plot_curves(
+        &dir.plot(),
+        &format!("{} training", run.model),
+        "loss (per image)",
+        &series,
+    )
+}
