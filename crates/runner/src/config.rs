@@ -1,12 +1,13 @@
-//! The run configuration: which model, its own `Config` (the `[model]` table), and how to
-//! train it (the `[train]` table). Written to every run directory as `config.toml` and into
+//! The run configuration: which model, its own `Config` (the `[model_config]` table), how to
+//! train it (`[train]`, `[gan]`) and on what (`[data]`). Written to every run directory as `config.toml` and into
 //! every checkpoint as JSON, so `sample` and `eval` need nothing else.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::data::transforms::Pipeline;
 use crate::data::Binarization;
 use layers::gan::{AdversarialSettings, GanLoss};
 use layers::train::schedule::Schedule;
@@ -200,6 +201,92 @@ impl GanConfig {
     }
 }
 
+/// Where a run's images come from and what is done to them: `[data]` in a run file. Without
+/// it, a model trains on the bundled digits (or `--data`), padded to its size.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Transforms of every image, in order (`[{ pad = 2 }, "rgb"]`).
+    pub transforms: Pipeline,
+    /// Channels of an image folder's images: 1 or 3 (0: 3 if any image has colour, else 1).
+    pub channels: usize,
+    /// The side image folders are resized (shorter side) and centre-cropped to before the
+    /// transforms, as junyanz's `--load_size` (0: the model's size; larger for a random crop).
+    pub load_size: usize,
+    /// Two synthetic domains of the digits for translation models: each domain's transforms.
+    /// Domain A trains on the even-numbered training digits and B on the odd ones, so no image
+    /// meets its own translation; both are measured on every test digit.
+    pub domain_a: Option<Pipeline>,
+    pub domain_b: Option<Pipeline>,
+    /// Synthetic binary attributes of the digits (StarGAN): each drawn at random per image
+    /// (from `seed`), its transforms applied in this order when it is on.
+    pub attributes: Vec<SyntheticAttribute>,
+    /// A CelebA-style attribute file (`list_attr_celeba.txt`) naming images under `--data`
+    /// (default: `list_attr_celeba.txt` in `--data`, when `attrs` is given).
+    pub attribute_file: Option<PathBuf>,
+    /// The attribute file's columns to train on, in order (`--attrs`).
+    pub attrs: Vec<String>,
+    /// Images held out from an attribute file for testing (yunjey/stargan holds out 2,000).
+    pub test_count: usize,
+    /// Seed of the synthetic attributes and of an attribute file's split (fixed per dataset,
+    /// not per run, so every run and every evaluation sees the same data).
+    pub seed: u64,
+    /// Image folders whose decoded images would take more than this many MiB are read from
+    /// disk batch by batch, decoded on worker threads.
+    pub memory_limit_mib: usize,
+}
+
+impl DataConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.transforms.validate()?;
+        for p in [&self.domain_a, &self.domain_b].into_iter().flatten() {
+            p.validate()?;
+        }
+        anyhow::ensure!(
+            self.domain_a.is_some() == self.domain_b.is_some(),
+            "[data] domain_a and domain_b come together: one without the other names one domain"
+        );
+        for a in &self.attributes {
+            a.transforms.validate()?;
+        }
+        anyhow::ensure!(
+            self.attributes.is_empty() || self.attrs.is_empty(),
+            "[data] has both synthetic attributes and attrs of an attribute file; choose one"
+        );
+        anyhow::ensure!(
+            self.channels == 0 || self.channels == 1 || self.channels == 3,
+            "[data] channels must be 1, 3 or 0 (from the images), found {}",
+            self.channels
+        );
+        Ok(())
+    }
+
+    /// The test images an attribute file holds out.
+    pub fn held_out(&self) -> usize {
+        if self.test_count == 0 {
+            2000
+        } else {
+            self.test_count
+        }
+    }
+
+    pub fn memory_limit(&self) -> usize {
+        if self.memory_limit_mib == 0 {
+            2048
+        } else {
+            self.memory_limit_mib
+        }
+    }
+}
+
+/// One synthetic attribute: its name and what it does to an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticAttribute {
+    pub name: String,
+    pub transforms: Pipeline,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -209,6 +296,9 @@ pub struct RunConfig {
     /// Adversarial training settings (GANs only).
     #[serde(default)]
     pub gan: GanConfig,
+    /// Where the images come from and their transforms.
+    #[serde(default)]
+    pub data: DataConfig,
     /// The model's own `Config`, checked by the model's deserialiser.
     #[serde(default = "empty_table")]
     pub model_config: toml::Table,
@@ -229,6 +319,8 @@ struct RunFile {
     train: toml::Table,
     #[serde(default)]
     gan: GanConfig,
+    #[serde(default)]
+    data: DataConfig,
     #[serde(default = "empty_table")]
     model_config: toml::Table,
 }
@@ -239,6 +331,7 @@ impl RunConfig {
             model: model.to_string(),
             train: TrainConfig::defaults_for(model),
             gan: GanConfig::default(),
+            data: DataConfig::default(),
             model_config: toml::Table::new(),
         }
     }
@@ -265,10 +358,14 @@ impl RunConfig {
         let train: TrainConfig = toml::Value::Table(train)
             .try_into()
             .with_context(|| format!("invalid [train] in {}", path.display()))?;
+        file.data
+            .validate()
+            .with_context(|| format!("invalid [data] in {}", path.display()))?;
         Ok(Self {
             model,
             train,
             gan: file.gan,
+            data: file.data,
             model_config: file.model_config,
         })
     }

@@ -325,6 +325,25 @@ pub fn find(name: &str) -> Result<&'static ModelEntry> {
     Ok(entry)
 }
 
+/// A built model's config with every default filled in (the model built once on the CPU and
+/// dropped).
+pub fn default_config(name: &str) -> Result<toml::Table> {
+    let build = builder(name)?;
+    let varmap = candle_nn::VarMap::new();
+    let vb = layers::nn::init::seeded_var_builder(
+        &varmap,
+        0,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    let empty = toml::Table::new();
+    let input = BuildInput {
+        model_config: &empty,
+        adversarial: AdversarialSettings::default(),
+    };
+    Ok(build(&input, vb)?.1)
+}
+
 /// The builder of a model that is built, or an error that says it is not built yet.
 pub fn builder(name: &str) -> Result<Builder> {
     let entry = find(name)?;

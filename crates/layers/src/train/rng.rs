@@ -20,6 +20,12 @@ pub enum Stream {
     Sample = 4,
     Eval = 5,
     Binarize = 6,
+    /// The second domain's images of an unpaired two-domain batch.
+    SecondDomain = 7,
+    /// Random transforms (crops, flips) of a batch's images.
+    Augment = 8,
+    /// Synthetic attributes drawn for each image of a dataset.
+    Attributes = 9,
 }
 
 /// A seeded, portable random generator (ChaCha8).

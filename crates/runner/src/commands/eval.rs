@@ -10,8 +10,10 @@ use layers::{Likelihood, LikelihoodOptions, Rng, Stream};
 use serde::Serialize;
 
 use crate::commands::PlainWeights;
+use crate::config::DataConfig;
 use crate::config::RunConfig;
-use crate::data::pipeline::SplitData;
+use crate::data::pipeline::SplitSources;
+use crate::data::source::Label;
 use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Binarization, Split};
 use crate::report::quality::{evaluate_samples, QualityReport};
 use crate::run::checkpoint::{load_for_sampling, Loaded};
@@ -239,22 +241,34 @@ fn code_assignment(
     shape: layers::ImageShape,
     args: &EvalArgs,
 ) -> Result<Option<ClusterAssignment>> {
-    let test = SplitData::load(args.data.as_deref(), Split::Test, &DataSpec::images(shape))?;
-    let Some(labels) = &test.data.labels else {
+    let spec = DataSpec::images(shape);
+    let test = SplitSources::load(
+        &spec,
+        &DataConfig::default(),
+        args.data.as_deref(),
+        Split::Test,
+    )?;
+    let n = test.images.len();
+    let labels: Option<Vec<usize>> = (0..n)
+        .map(|i| match test.images.label(i) {
+            Label::Class(c) => Some(c as usize),
+            _ => None,
+        })
+        .collect();
+    let Some(labels) = labels else {
         return Ok(None);
     };
-    let order: Vec<usize> = (0..test.len()).collect();
-    let mut clusters = Vec::with_capacity(test.len());
-    for b in 0..batches_per_epoch(test.len(), args.batch_size) {
+    let order: Vec<usize> = (0..n).collect();
+    let mut clusters = Vec::with_capacity(n);
+    for b in 0..batches_per_epoch(n, args.batch_size) {
         let idx = batch_indices(&order, args.batch_size, b);
-        let batch = test.batch(idx, Binarization::None, &mut Rng::new(0), &args.device)?;
+        let batch = test.batch(idx, &[], Binarization::None, &args.device)?;
         let predicted = coded
             .category_logits(&batch.images)?
             .argmax(1)?
             .to_vec1::<u32>()?;
         clusters.extend(predicted.into_iter().map(|c| c as usize));
     }
-    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
     let k = coded.categories();
     Ok(Some(best_assignment(&clusters, &labels, k.max(10))))
 }

@@ -40,6 +40,11 @@ pub struct TrainCmd {
     /// Continue exactly from a checkpoint of this model.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Attributes of an attribute file to train on (StarGAN on your own images):
+    /// `--attrs Black_Hair,Blond_Hair,Brown_Hair,Male,Young` with `list_attr_celeba.txt` in
+    /// --data.
+    #[arg(long, value_delimiter = ',')]
+    attrs: Vec<String>,
 }
 
 /// The run config the command names: a run file, a model's defaults, or a checkpoint's model.
@@ -59,6 +64,14 @@ fn run_config(cmd: &TrainCmd) -> Result<RunConfig> {
         ),
     };
     registry::builder(&run.model)?;
+    let mut run = run;
+    if !cmd.attrs.is_empty() {
+        anyhow::ensure!(
+            cmd.resume.is_none(),
+            "--attrs chooses the data of a new run; a resumed run keeps its own"
+        );
+        run.data.attrs = cmd.attrs.clone();
+    }
     Ok(run)
 }
 

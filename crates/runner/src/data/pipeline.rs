@@ -1,110 +1,457 @@
-//! The batches a model trains on, built to its [`DataSpec`]: the images at its shape (digits
-//! centred on a black border for a larger model), binarized as the run says, with the labels it
-//! needs. Batch `k` of a run is a function of `(seed, k)` alone, so a resumed run sees exactly
-//! what the uninterrupted one saw.
+//! The batches a model trains on, built to its [`DataSpec`] from the run's `[data]` table and
+//! `--data`: images at its shape (digits centred on a black border for a larger model, image
+//! folders resized), through the run's transforms, binarized as the run says, with the labels
+//! it needs and, for translation models, an unpaired second domain. Batch `k` of a run is a
+//! function of `(seed, k)` alone, so a resumed run sees exactly what the uninterrupted one saw.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use layers::step::{Batch, DataSpec, LabelSpec, Labels};
 use layers::{Rng, Stream};
+use rayon::prelude::*;
 
-use crate::data::{
-    batch_indices, batches_per_epoch, is_idx_dir, load_split, make_batch, Batches, Binarization,
-    Dataset, Split,
-};
+use crate::config::DataConfig;
+use crate::data::attributes::AttributeTable;
+use crate::data::folder::{folder_source, list_images, probe_channels, Listing};
+use crate::data::source::{InMemory, Label, Source, WithAttributes};
+use crate::data::transforms::{Pipeline, Transform};
+use crate::data::{is_idx_dir, load_split, Batches, Binarization, Dataset, Split};
 
 /// Side of the digits (IDX files and the bundled subset).
-const DIGIT_SIDE: usize = 28;
+pub const DIGIT_SIDE: usize = 28;
 
-/// One split of a dataset as a model wants it.
-pub struct SplitData {
-    pub data: Dataset,
-    /// Zero rows and columns added on each side to reach the model's shape.
-    pad: (usize, usize),
+/// The digits of `dir` (or the bundled ones) when `dir` holds digits rather than images.
+fn digits(dir: Option<&Path>, split: Split) -> Result<Option<Arc<Dataset>>> {
+    if dir.is_some_and(|d| !is_idx_dir(d)) {
+        return Ok(None);
+    }
+    let d = load_split(dir, split, [1, DIGIT_SIDE, DIGIT_SIDE])?;
+    Ok(Some(Arc::new(d)))
+}
+
+/// The transforms of plain digits for a model of `shape`: the run's own, or a black border
+/// that centres them in a larger square (DCGAN's 32 x 32).
+fn digit_transforms(data: &DataConfig, shape: [usize; 3]) -> Pipeline {
+    let [_, h, w] = shape;
+    let border = h > DIGIT_SIDE && h == w && (h - DIGIT_SIDE).is_multiple_of(2);
+    if data.transforms.0.is_empty() && border {
+        Pipeline(vec![Transform::Pad((h - DIGIT_SIDE) / 2)])
+    } else {
+        data.transforms.clone()
+    }
+}
+
+/// One split's sources as the model wants them.
+pub struct SplitSources {
+    pub images: Box<dyn Source>,
+    /// The second domain of a translation model.
+    pub domain_b: Option<Box<dyn Source>>,
     labels: LabelSpec,
 }
 
-impl SplitData {
-    /// Loads `split` of `data` (default: the bundled digits) for a model of shape
-    /// `spec.shape`: digits are loaded at 28 x 28 and centred on a black border for a larger
-    /// model (DCGAN's 32 x 32), image folders are resized to the shape.
-    pub fn load(data: Option<&Path>, split: Split, spec: &DataSpec) -> Result<Self> {
-        let [c, h, w] = spec.shape;
-        let digits = data.is_none_or(is_idx_dir);
-        let (dataset, pad) = if digits && h > DIGIT_SIDE && w > DIGIT_SIDE {
-            let d = load_split(data, split, [c, DIGIT_SIDE, DIGIT_SIDE])?;
-            (d, ((h - DIGIT_SIDE) / 2, (w - DIGIT_SIDE) / 2))
+impl SplitSources {
+    /// Builds `split` for a model of `spec` from `[data]` and `--data`.
+    pub fn load(
+        spec: &DataSpec,
+        data: &DataConfig,
+        dir: Option<&Path>,
+        split: Split,
+    ) -> Result<Self> {
+        let (images, domain_b) = if spec.two_domains {
+            let (a, b) = two_domains(spec, data, dir, split)?;
+            (a, Some(b))
+        } else if let LabelSpec::Attributes(k) = spec.labels {
+            (attribute_source(spec, data, dir, split, k)?, None)
         } else {
-            (load_split(data, split, spec.shape)?, (0, 0))
+            (plain_source(spec, data, dir, split)?, None)
         };
-        if let LabelSpec::Classes(k) = spec.labels {
-            let Some(labels) = &dataset.labels else {
-                bail!(
-                    "{} has no class labels, and the model is conditioned on {k} classes",
-                    dataset.name
-                );
-            };
-            if let Some(bad) = labels.iter().find(|&&l| l as usize >= k) {
-                bail!(
-                    "{}: label {bad} is outside the model's {k} classes",
-                    dataset.name
-                );
-            }
-        }
-        if let LabelSpec::Attributes(_) = spec.labels {
-            bail!(
-                "{}: attribute labels need a [data] table that says where they come from",
-                dataset.name
+        for s in std::iter::once(&images).chain(domain_b.as_ref()) {
+            ensure!(
+                s.shape() == spec.shape,
+                "{}: images come out {:?} (c, h, w) after the [data] transforms, but the model expects {:?}",
+                s.name(),
+                s.shape(),
+                spec.shape
             );
+            ensure!(!s.is_empty(), "{}: the dataset is empty", s.name());
+        }
+        if let LabelSpec::Classes(k) = spec.labels {
+            check_classes(images.as_ref(), k)?;
         }
         Ok(Self {
-            data: dataset,
-            pad,
+            images,
+            domain_b,
             labels: spec.labels,
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    /// The batch of the images at `idx`; `rng` draws dynamic binarization.
+    /// The batch of `idx` (and `idx_b` of the second domain), with fixed random streams: for
+    /// evaluation and grids.
     pub fn batch(
         &self,
         idx: &[usize],
+        idx_b: &[usize],
         binarize: Binarization,
-        rng: &mut Rng,
         device: &Device,
     ) -> Result<Batch> {
-        let x = make_batch(&self.data, idx, binarize, rng, device)?;
-        let (ph, pw) = self.pad;
-        let images = x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
-        let labels = match (self.labels, &self.data.labels) {
-            (LabelSpec::Classes(_), Some(labels)) => {
-                let l: Vec<u32> = idx.iter().map(|&i| labels[i] as u32).collect();
-                Some(Labels::Classes(Tensor::new(l, device)?))
-            }
-            _ => None,
+        let (images, labels) = assemble(
+            self.images.as_ref(),
+            idx,
+            &mut Rng::new(0),
+            binarize,
+            &mut Rng::new(0),
+            self.labels,
+            device,
+        )?;
+        let domain_b = match &self.domain_b {
+            Some(b) => Some(
+                assemble(
+                    b.as_ref(),
+                    idx_b,
+                    &mut Rng::new(1),
+                    binarize,
+                    &mut Rng::new(1),
+                    LabelSpec::None,
+                    device,
+                )?
+                .0,
+            ),
+            None => None,
         };
         Ok(Batch {
             images,
             labels,
-            domain_b: None,
+            domain_b,
         })
+    }
+
+    /// The first `n` images of each domain.
+    pub fn first(&self, n: usize, binarize: Binarization, device: &Device) -> Result<Batch> {
+        let idx: Vec<usize> = (0..n.min(self.images.len())).collect();
+        let len_b = self.domain_b.as_ref().map_or(0, |b| b.len());
+        let idx_b: Vec<usize> = (0..n.min(len_b)).collect();
+        self.batch(&idx, &idx_b, binarize, device)
     }
 }
 
-/// A run's training images (and held-out ones, where the model reports on them or shows
-/// them in its grid).
+fn check_classes(source: &dyn Source, k: usize) -> Result<()> {
+    let Some(found) = source.classes() else {
+        bail!(
+            "{} has no class labels, and the model is conditioned on {k} classes",
+            source.name()
+        );
+    };
+    ensure!(
+        found <= k,
+        "{}: labels take {found} classes, more than the model's {k}",
+        source.name()
+    );
+    Ok(())
+}
+
+/// One domain: the digits through transforms, or an image folder.
+fn plain_source(
+    spec: &DataSpec,
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<Box<dyn Source>> {
+    if let Some(d) = digits(dir, split)? {
+        return Ok(Box::new(InMemory::new(
+            d,
+            None,
+            digit_transforms(data, spec.shape),
+        )?));
+    }
+    let dir = dir.context("an image folder needs --data")?;
+    let sub = dir.join(split.name());
+    let folder = if sub.is_dir() { sub } else { dir.to_path_buf() };
+    folder_for(list_images(&folder)?, spec, data)
+}
+
+/// An image folder at the model's size (or `[data] load_size`, for transforms that crop), in
+/// the run's channel count (or the images').
+fn folder_for(listing: Listing, spec: &DataSpec, data: &DataConfig) -> Result<Box<dyn Source>> {
+    let size = match data.load_size {
+        0 => spec.shape[1],
+        n => n,
+    };
+    let channels = match data.channels {
+        0 => spec.shape[0],
+        c => c,
+    };
+    folder_source(
+        listing,
+        size,
+        channels,
+        data.transforms.clone(),
+        data.memory_limit(),
+    )
+}
+
+/// The two domains of a translation model: synthetic transforms of the digits (A on the
+/// even-numbered training digits, B on the odd ones; every test digit in both), or junyanz's
+/// folders `trainA`, `trainB`, `testA`, `testB`.
+fn two_domains(
+    spec: &DataSpec,
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<(Box<dyn Source>, Box<dyn Source>)> {
+    if let (Some(a), Some(b)) = (&data.domain_a, &data.domain_b) {
+        let Some(d) = digits(dir, split)? else {
+            bail!(
+                "[data] domain_a and domain_b transform the digits, but --data {} is an image folder; for two folders of images leave them out and use trainA/ and trainB/",
+                dir.map_or(String::new(), |d| d.display().to_string())
+            );
+        };
+        let n = d.len();
+        let half = |parity: usize| -> Option<Vec<usize>> {
+            match split {
+                Split::Train => Some((parity..n).step_by(2).collect()),
+                Split::Test => None,
+            }
+        };
+        let a = InMemory::new(d.clone(), half(0), a.clone())?;
+        let b = InMemory::new(d, half(1), b.clone())?;
+        return Ok((Box::new(a), Box::new(b)));
+    }
+    let Some(dir) = dir.filter(|d| !is_idx_dir(d)) else {
+        bail!(
+            "a translation model needs two domains: [data] domain_a and domain_b (transforms of the digits), or --data DIR with junyanz's folders trainA/, trainB/, testA/, testB/"
+        );
+    };
+    let prefix = split.name();
+    let folder = |side: &str| -> Result<Listing> {
+        let path = dir.join(format!("{prefix}{side}"));
+        ensure!(
+            path.is_dir(),
+            "{} has no {prefix}{side}/ folder (the two-domain layout is trainA/, trainB/, testA/, testB/)",
+            dir.display()
+        );
+        list_images(&path)
+    };
+    let (a, b) = (folder("A")?, folder("B")?);
+    if data.channels == 0 {
+        let (ca, cb) = (probe_channels(&a.paths, 16)?, probe_channels(&b.paths, 16)?);
+        ensure!(
+            ca == cb,
+            "{}/{prefix}A holds {} images and {prefix}B {}: the domains differ in channels; set [data] channels = 1 or 3 to convert both",
+            dir.display(),
+            channel_word(ca),
+            channel_word(cb)
+        );
+    }
+    Ok((folder_for(a, spec, data)?, folder_for(b, spec, data)?))
+}
+
+fn channel_word(c: usize) -> &'static str {
+    if c == 3 {
+        "RGB"
+    } else {
+        "grayscale"
+    }
+}
+
+/// Images with attribute vectors: the digits with synthetic attributes drawn per image, or
+/// images named in a CelebA-style attribute file.
+fn attribute_source(
+    spec: &DataSpec,
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+    k: usize,
+) -> Result<Box<dyn Source>> {
+    let source = if !data.attributes.is_empty() {
+        synthetic_attributes(spec, data, dir, split)?
+    } else if !data.attrs.is_empty() {
+        attribute_file_source(spec, data, dir, split)?
+    } else {
+        bail!(
+            "the model is conditioned on {k} attributes: give [data] attributes (synthetic, of the digits) or --attrs NAME,... with an attribute file (list_attr_celeba.txt in --data)"
+        );
+    };
+    let names = source.attribute_names().unwrap_or_default();
+    ensure!(
+        names.len() == k,
+        "the model is built for {k} attributes but the data gives {}: {}",
+        names.len(),
+        names.join(", ")
+    );
+    Ok(source)
+}
+
+/// 0/1 per attribute per image, each a fair coin from the data's own seed.
+pub fn draw_attributes(n: usize, k: usize, seed: u64, split: Split) -> Vec<Vec<f32>> {
+    let mut rng = Rng::derive(seed, Stream::Attributes, split as u64);
+    (0..n)
+        .map(|_| (0..k).map(|_| f32::from(rng.uniform_f32() < 0.5)).collect())
+        .collect()
+}
+
+fn synthetic_attributes(
+    spec: &DataSpec,
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<Box<dyn Source>> {
+    let Some(d) = digits(dir, split)? else {
+        bail!(
+            "[data] attributes transform the digits, but --data {} is an image folder; for real attributes use --attrs with an attribute file",
+            dir.map_or(String::new(), |d| d.display().to_string())
+        );
+    };
+    let base = InMemory::new(d, None, digit_transforms(data, spec.shape))?;
+    let names: Vec<String> = data.attributes.iter().map(|a| a.name.clone()).collect();
+    let values = draw_attributes(base.len(), names.len(), data.seed, split);
+    let transforms = data
+        .attributes
+        .iter()
+        .map(|a| a.transforms.clone())
+        .collect();
+    Ok(Box::new(WithAttributes::new(
+        Box::new(base),
+        names,
+        values,
+        transforms,
+    )?))
+}
+
+/// Images named in an attribute file under `--data`, the file's rows split by a seeded shuffle
+/// into `test_count` held-out images and the rest (as yunjey/stargan splits CelebA).
+fn attribute_file_source(
+    spec: &DataSpec,
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<Box<dyn Source>> {
+    let dir = dir.context("--attrs reads an attribute file and its images from --data DIR")?;
+    let path: PathBuf = data
+        .attribute_file
+        .clone()
+        .unwrap_or_else(|| dir.join("list_attr_celeba.txt"));
+    let table = AttributeTable::read(&path)?;
+    let values = table.select(&data.attrs, &path)?;
+    let listing = list_images(dir)?;
+    let by_name: HashMap<String, PathBuf> = listing
+        .paths
+        .iter()
+        .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p.clone())))
+        .collect();
+    let mut order: Vec<usize> = (0..table.rows.len()).collect();
+    Rng::derive(data.seed, Stream::Shuffle, u64::MAX).shuffle(&mut order);
+    let held_out = data.held_out().min(order.len() / 2);
+    let chosen = match split {
+        Split::Test => &order[..held_out],
+        Split::Train => &order[held_out..],
+    };
+    let mut paths = Vec::with_capacity(chosen.len());
+    let mut rows = Vec::with_capacity(chosen.len());
+    for &i in chosen {
+        let name = &table.rows[i].0;
+        let p = by_name.get(name).with_context(|| {
+            format!(
+                "{} names image {name}, which is not under {}",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        paths.push(p.clone());
+        rows.push(values[i].clone());
+    }
+    let listing = Listing {
+        dir: dir.to_path_buf(),
+        paths,
+        labels: None,
+    };
+    let inner = folder_for(listing, spec, data)?;
+    Ok(Box::new(WithAttributes::new(
+        inner,
+        data.attrs.clone(),
+        rows,
+        Vec::new(),
+    )?))
+}
+
+/// `pixel >= 128` on values `p / 255`: the same comparison on the same f32 values.
+const THRESHOLD: f32 = 128.0 / 255.0;
+
+/// The images of `idx` as one `(b, c, h, w)` tensor (decoded and transformed in parallel, each
+/// image with its own stream drawn from `augment`), binarized in order from `binarize_rng`,
+/// with their labels when `labels` asks for them.
+fn assemble(
+    source: &dyn Source,
+    idx: &[usize],
+    augment: &mut Rng,
+    binarize: Binarization,
+    binarize_rng: &mut Rng,
+    labels: LabelSpec,
+    device: &Device,
+) -> Result<(Tensor, Option<Labels>)> {
+    let seeds: Vec<u64> = idx.iter().map(|_| augment.next_u64()).collect();
+    let images = idx
+        .par_iter()
+        .zip(&seeds)
+        .map(|(&i, &seed)| source.image(i, &mut Rng::new(seed)))
+        .collect::<Result<Vec<_>>>()?;
+    let [c, h, w] = source.shape();
+    let mut values = Vec::with_capacity(idx.len() * c * h * w);
+    for image in &images {
+        match binarize {
+            Binarization::None => values.extend_from_slice(&image.data),
+            Binarization::Threshold => {
+                values.extend(image.data.iter().map(|&x| f32::from(x >= THRESHOLD)))
+            }
+            Binarization::Dynamic => {
+                for &x in &image.data {
+                    values.push(f32::from(binarize_rng.uniform_f32() < x));
+                }
+            }
+        }
+    }
+    let tensor = Tensor::from_vec(values, (idx.len(), c, h, w), device)?;
+    let labels = match labels {
+        LabelSpec::None => None,
+        LabelSpec::Classes(_) => {
+            let classes = idx
+                .iter()
+                .map(|&i| match source.label(i) {
+                    Label::Class(c) => Ok(c),
+                    _ => bail!("{}: image {i} has no class label", source.name()),
+                })
+                .collect::<Result<Vec<u32>>>()?;
+            Some(Labels::Classes(Tensor::new(classes, device)?))
+        }
+        LabelSpec::Attributes(k) => {
+            let mut flat = Vec::with_capacity(idx.len() * k);
+            for &i in idx {
+                match source.label(i) {
+                    Label::Attributes(a) if a.len() == k => flat.extend(a),
+                    _ => bail!("{}: image {i} has no {k} attributes", source.name()),
+                }
+            }
+            Some(Labels::Attributes(Tensor::from_vec(
+                flat,
+                (idx.len(), k),
+                device,
+            )?))
+        }
+    };
+    Ok((tensor, labels))
+}
+
+/// A run's training images (and held-out ones, where the model reports on them or shows them
+/// in its grid).
 pub struct TrainData {
-    pub train: SplitData,
-    pub test: Option<SplitData>,
+    pub train: SplitSources,
+    pub test: Option<SplitSources>,
+    /// Images per epoch: the first domain's (the larger domain's for two), cut by `limit`.
+    len: usize,
+    limit: usize,
     batches: Batches,
     binarize: Binarization,
     seed: u64,
@@ -115,10 +462,11 @@ pub struct TrainData {
 /// How a run reads its data.
 pub struct DataOptions<'a> {
     pub dir: Option<&'a Path>,
+    pub config: &'a DataConfig,
     pub binarize: Binarization,
     pub seed: u64,
     pub batch_size: usize,
-    /// Use only the first N training images (0: all).
+    /// Use only the first N training images of each domain (0: all).
     pub limit: usize,
     /// Load the test split too.
     pub held_out: bool,
@@ -126,16 +474,24 @@ pub struct DataOptions<'a> {
 
 impl TrainData {
     pub fn load(spec: &DataSpec, options: &DataOptions, device: &Device) -> Result<Self> {
-        let mut train = SplitData::load(options.dir, Split::Train, spec)?;
-        if options.limit > 0 {
-            train.data.truncate(options.limit);
-        }
+        let train = SplitSources::load(spec, options.config, options.dir, Split::Train)?;
         let test = match options.held_out {
-            true => Some(SplitData::load(options.dir, Split::Test, spec)?),
+            true => Some(
+                SplitSources::load(spec, options.config, options.dir, Split::Test)
+                    .context("the model reads held-out images every epoch")?,
+            ),
             false => None,
         };
+        let limited = |n: usize| match options.limit {
+            0 => n,
+            l => n.min(l),
+        };
+        let len_b = train.domain_b.as_ref().map_or(0, |b| limited(b.len()));
+        let len = limited(train.images.len()).max(len_b);
         Ok(Self {
-            batches: Batches::new(train.len(), options.batch_size, options.seed),
+            batches: Batches::new(len, options.batch_size, options.seed),
+            len,
+            limit: options.limit,
             train,
             test,
             binarize: options.binarize,
@@ -145,20 +501,74 @@ impl TrainData {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.train.data.name
+    pub fn name(&self) -> String {
+        match &self.train.domain_b {
+            Some(b) => format!("{} | {}", self.train.images.name(), b.name()),
+            None => self.train.images.name(),
+        }
+    }
+
+    /// Images per epoch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub fn batches_per_epoch(&self) -> u64 {
         self.batches.steps_per_epoch()
     }
 
-    /// Training batch `index` of the run (0-based, counting every batch taken).
+    /// Training batch `index` of the run (0-based, counting every batch taken). With two
+    /// domains, A's images follow the epoch's order and B's are drawn at random, as junyanz's
+    /// unaligned dataset draws them.
     pub fn train_batch(&mut self, index: u64) -> Result<Batch> {
-        let idx = self.batches.at(index).to_vec();
-        let mut rng = Rng::derive(self.seed, Stream::Binarize, index);
-        self.train
-            .batch(&idx, self.binarize, &mut rng, &self.device)
+        let len_a = self.limited(self.train.images.len());
+        let idx: Vec<usize> = self.batches.at(index).iter().map(|i| i % len_a).collect();
+        let mut augment = Rng::derive(self.seed, Stream::Augment, index);
+        let mut binarize = Rng::derive(self.seed, Stream::Binarize, index);
+        let (images, labels) = assemble(
+            self.train.images.as_ref(),
+            &idx,
+            &mut augment,
+            self.binarize,
+            &mut binarize,
+            self.train.labels,
+            &self.device,
+        )?;
+        let domain_b = match &self.train.domain_b {
+            Some(b) => {
+                let len_b = self.limited(b.len());
+                let mut pick = Rng::derive(self.seed, Stream::SecondDomain, index);
+                let idx_b: Vec<usize> = idx.iter().map(|_| pick.below(len_b)).collect();
+                let (x, _) = assemble(
+                    b.as_ref(),
+                    &idx_b,
+                    &mut augment,
+                    self.binarize,
+                    &mut binarize,
+                    LabelSpec::None,
+                    &self.device,
+                )?;
+                Some(x)
+            }
+            None => None,
+        };
+        Ok(Batch {
+            images,
+            labels,
+            domain_b,
+        })
+    }
+
+    /// A domain's images in use: all, or the first `limit`.
+    fn limited(&self, n: usize) -> usize {
+        match self.limit {
+            0 => n,
+            l => n.min(l),
+        }
     }
 
     /// The held-out batches in order, binarized deterministically (`pixel >= 128`) whatever
@@ -171,26 +581,89 @@ impl TrainData {
             Binarization::None => Binarization::None,
             _ => Binarization::Threshold,
         };
-        let order: Vec<usize> = (0..test.len()).collect();
-        (0..batches_per_epoch(test.len(), self.batch_size))
-            .map(|k| {
-                let idx = batch_indices(&order, self.batch_size, k);
-                test.batch(idx, binarize, &mut Rng::new(0), &self.device)
+        let n = test.images.len();
+        (0..n)
+            .step_by(self.batch_size)
+            .map(|start| {
+                let idx: Vec<usize> = (start..(start + self.batch_size).min(n)).collect();
+                test.batch(&idx, &idx, binarize, &self.device)
             })
             .collect()
     }
 
     /// The first `n` held-out images, for a grid that shows translations of fixed inputs.
     pub fn held_out_grid(&self, n: usize) -> Result<Option<Batch>> {
-        let Some(test) = &self.test else {
-            return Ok(None);
-        };
-        let idx: Vec<usize> = (0..n.min(test.len())).collect();
-        Ok(Some(test.batch(
-            &idx,
-            Binarization::None,
-            &mut Rng::new(0),
-            &self.device,
-        )?))
+        match &self.test {
+            Some(test) => Ok(Some(test.first(n, Binarization::None, &self.device)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the data says the model's config should be: the channels of an image folder's images
+/// and the number of attributes, for a model whose config has those keys and a run file that
+/// does not set them. Returns the lines that say what was chosen.
+pub fn fit_model_to_data(
+    model_config: &mut toml::Table,
+    defaults: &toml::Table,
+    data: &DataConfig,
+    dir: Option<&Path>,
+) -> Result<Vec<String>> {
+    let mut said = Vec::new();
+    if let Some(channels) = folder_channels(data, dir)? {
+        let (c, why) = channels;
+        said.extend(set_if_free(model_config, defaults, "channels", c, &why));
+    }
+    let attributes = match (&data.attributes, &data.attrs) {
+        (a, _) if !a.is_empty() => Some(a.len()),
+        (_, a) if !a.is_empty() => Some(a.len()),
+        _ => None,
+    };
+    if let Some(k) = attributes {
+        let why = format!("[data] gives {k} attributes");
+        said.extend(set_if_free(model_config, defaults, "c_dim", k, &why));
+    }
+    Ok(said)
+}
+
+/// The channel count of `--data`'s image folder (with why), when it is a folder.
+fn folder_channels(data: &DataConfig, dir: Option<&Path>) -> Result<Option<(usize, String)>> {
+    let Some(dir) = dir.filter(|d| d.is_dir() && !is_idx_dir(d)) else {
+        return Ok(None);
+    };
+    if data.channels != 0 {
+        let why = format!("[data] channels = {}", data.channels);
+        return Ok(Some((data.channels, why)));
+    }
+    let first = ["trainA", "train"]
+        .iter()
+        .map(|s| dir.join(s))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| dir.to_path_buf());
+    let listing = list_images(&first)?;
+    let c = probe_channels(&listing.paths, 16)?;
+    let why = format!("{} holds {} images", first.display(), channel_word(c));
+    Ok(Some((c, why)))
+}
+
+/// Sets `key` to `value` when the model has the key and the run file leaves it to the default;
+/// says what it did, or that the run file's value wins.
+fn set_if_free(
+    model_config: &mut toml::Table,
+    defaults: &toml::Table,
+    key: &str,
+    value: usize,
+    why: &str,
+) -> Option<String> {
+    defaults.get(key)?;
+    match model_config.get(key).and_then(|v| v.as_integer()) {
+        Some(set) if set as usize != value => Some(format!(
+            "data: {why}, but [model_config] {key} = {set}: the images are converted to it"
+        )),
+        Some(_) => None,
+        None => {
+            model_config.insert(key.to_string(), toml::Value::Integer(value as i64));
+            Some(format!("data: {why}: [model_config] {key} = {value}"))
+        }
     }
 }

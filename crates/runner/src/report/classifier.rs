@@ -52,7 +52,7 @@ pub fn train(args: &TrainArgs, mut on_epoch: impl FnMut(&EpochReport)) -> Result
     let shape = [cfg.channels, cfg.image_size, cfg.image_size];
     let train = load_split(args.data.as_deref(), Split::Train, shape)?;
     let test = load_split(args.data.as_deref(), Split::Test, shape)?;
-    let labels = |d: &Dataset| -> Result<Vec<u8>> {
+    let labels = |d: &Dataset| -> Result<Vec<u32>> {
         d.labels
             .clone()
             .with_context(|| format!("dataset {} has no labels to train a classifier on", d.name))
@@ -80,7 +80,7 @@ pub fn train(args: &TrainArgs, mut on_epoch: impl FnMut(&EpochReport)) -> Result
         for k in 0..batches_per_epoch(train.len(), args.batch_size) {
             let idx = batch_indices(&order, args.batch_size, k);
             let x = shifted_batch(&train, idx, args.max_shift, &mut rng, &args.device)?;
-            let y: Vec<u32> = idx.iter().map(|&i| train_labels[i] as u32).collect();
+            let y: Vec<u32> = idx.iter().map(|&i| train_labels[i]).collect();
             let y = Tensor::new(y, &args.device)?;
             let loss = candle_nn::loss::cross_entropy(&net.forward(&x)?, &y)?;
             total += loss.to_scalar::<f32>()? as f64 * idx.len() as f64;
@@ -148,7 +148,7 @@ fn shifted_batch(
 }
 
 /// The share of `data` the classifier labels correctly.
-pub fn accuracy(net: &LeNet, data: &Dataset, labels: &[u8], device: &Device) -> Result<f64> {
+pub fn accuracy(net: &LeNet, data: &Dataset, labels: &[u32], device: &Device) -> Result<f64> {
     let order: Vec<usize> = (0..data.len()).collect();
     let mut hits = 0usize;
     for k in 0..batches_per_epoch(data.len(), 500) {
@@ -158,7 +158,7 @@ pub fn accuracy(net: &LeNet, data: &Dataset, labels: &[u8], device: &Device) -> 
         hits += predicted
             .iter()
             .zip(idx)
-            .filter(|(p, &i)| **p == labels[i] as u32)
+            .filter(|(p, &i)| **p == labels[i])
             .count();
     }
     Ok(hits as f64 / data.len() as f64)

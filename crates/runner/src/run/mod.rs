@@ -25,7 +25,7 @@ use layers::{Adam, Model, Rng, Stream};
 use serde_json::json;
 
 use crate::config::RunConfig;
-use crate::data::pipeline::{DataOptions, TrainData};
+use crate::data::pipeline::{fit_model_to_data, DataOptions, TrainData};
 use crate::report::grid::{save_image, GridOptions};
 use crate::report::plot::{plot_curves, Series};
 use checkpoint::{
@@ -168,6 +168,8 @@ fn start(args: &TrainArgs) -> Result<Session> {
         args.overrides.apply(&mut run);
         run.train.validate()?;
         run.gan.validate()?;
+        run.data.validate()?;
+        fit_to_data(&mut run, args.data.as_deref())?;
         let (model, varmap, run) = build_model(&run, &args.device)?;
         let dir = RunDir {
             root: new_run_dir(args.out.as_deref(), &run.model)?,
@@ -217,6 +219,21 @@ fn start(args: &TrainArgs) -> Result<Session> {
     })
 }
 
+/// Sets the model's channels and attribute count from the data where the run file leaves them
+/// open, and says so.
+fn fit_to_data(run: &mut RunConfig, dir: Option<&Path>) -> Result<()> {
+    let folder = dir.is_some_and(|d| d.is_dir() && !crate::data::is_idx_dir(d));
+    let attributes = !run.data.attributes.is_empty() || !run.data.attrs.is_empty();
+    if !folder && !attributes {
+        return Ok(());
+    }
+    let defaults = crate::registry::default_config(&run.model)?;
+    for line in fit_model_to_data(&mut run.model_config, &defaults, &run.data, dir)? {
+        tracing::info!("{line}");
+    }
+    Ok(())
+}
+
 /// Starts the progress bar at `step` of `total`, with the Ctrl-C flag installed.
 fn start_progress(total: u64, step: u64) -> ProgressBar {
     install_interrupt_handler();
@@ -242,6 +259,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         &spec,
         &DataOptions {
             dir: args.data.as_deref(),
+            config: &s.run.data,
             binarize: t.binarize,
             seed: t.seed,
             batch_size: t.batch_size,
@@ -250,6 +268,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         },
         &args.device,
     )?;
+    let dataset = data.name();
     let mut logger = open_run(&s.dir, &s.run, s.progress.step)?;
     let batches_per_step = s.model.batches_per_step();
     let steps_per_epoch = (data.batches_per_epoch() / batches_per_step).max(1);
@@ -259,7 +278,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         "training {} on {} ({} images, {} steps/epoch) into {}",
         s.run.model,
         data.name(),
-        data.train.len(),
+        data.len(),
         steps_per_epoch,
         s.dir.root.display()
     );
@@ -348,16 +367,16 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         let end_of_epoch = s.progress.step.is_multiple_of(steps_per_epoch);
         if end_of_epoch {
             finish_epoch(&mut s, &data, &mut logger, &bar, held_out_grid.as_ref())?;
-            save(&s, data.name(), &s.dir.last_checkpoint())?;
+            save(&s, &dataset, &s.dir.last_checkpoint())?;
             if t.checkpoint_every > 0 && (epoch + 1).is_multiple_of(t.checkpoint_every) {
                 let p = s
                     .dir
                     .checkpoints()
                     .join(format!("epoch-{:04}.safetensors", epoch + 1));
-                save(&s, data.name(), &p)?;
+                save(&s, &dataset, &p)?;
             }
         } else if s.progress.step == total_steps {
-            save(&s, data.name(), &s.dir.last_checkpoint())?;
+            save(&s, &dataset, &s.dir.last_checkpoint())?;
             if s.model.grid_when_stopping() {
                 let name = format!("step-{:07}.png", s.progress.step);
                 save_grid(&mut s, held_out_grid.as_ref(), &name)?;
@@ -365,7 +384,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         }
         if INTERRUPTED.load(Ordering::SeqCst) {
             if !end_of_epoch {
-                save(&s, data.name(), &s.dir.last_checkpoint())?;
+                save(&s, &dataset, &s.dir.last_checkpoint())?;
             }
             interrupted = true;
             break;

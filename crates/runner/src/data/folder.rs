@@ -1,0 +1,216 @@
+//! Image folders: every png/jpg under a directory, labelled by sub-folder as torchvision's
+//! `ImageFolder` does, resized and centre-cropped to the model's size; held in memory when they
+//! fit, else decoded from disk batch by batch.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use rayon::prelude::*;
+
+use super::source::{InMemory, Source, Streamed};
+use super::transforms::Pipeline;
+use super::Dataset;
+
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries =
+        fs::read_dir(dir).with_context(|| format!("cannot read directory {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_images(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The images of a folder (recursively, sorted) and their classes by sub-folder.
+pub struct Listing {
+    pub dir: PathBuf,
+    pub paths: Vec<PathBuf>,
+    /// Class per image, when every image sits in a sub-folder.
+    pub labels: Option<Vec<u32>>,
+}
+
+/// Lists every png/jpg under `dir`, each labelled by its first sub-folder in sorted order, as
+/// torchvision's `ImageFolder` does; an empty folder is an error naming it.
+pub fn list_images(dir: &Path) -> Result<Listing> {
+    let mut paths = Vec::new();
+    collect_images(dir, &mut paths)?;
+    paths.sort();
+    ensure!(
+        !paths.is_empty(),
+        "{}: no png or jpg images found (and no MNIST IDX files)",
+        dir.display()
+    );
+    let mut classes: Vec<String> = paths.iter().filter_map(|p| class_of(dir, p)).collect();
+    classes.sort();
+    classes.dedup();
+    let labels: Vec<u32> = paths
+        .iter()
+        .filter_map(|p| class_of(dir, p))
+        .map(|c| classes.binary_search(&c).unwrap_or(0) as u32)
+        .collect();
+    let labelled = !classes.is_empty() && labels.len() == paths.len();
+    Ok(Listing {
+        dir: dir.to_path_buf(),
+        paths,
+        labels: labelled.then_some(labels),
+    })
+}
+
+/// 3 if any of the images (up to `probe` of them, spread over the folder) has colour, else 1.
+pub fn probe_channels(paths: &[PathBuf], probe: usize) -> Result<usize> {
+    let step = (paths.len() / probe.max(1)).max(1);
+    for path in paths.iter().step_by(step) {
+        let img =
+            image::open(path).with_context(|| format!("cannot decode image {}", path.display()))?;
+        if img.color().has_color() {
+            return Ok(3);
+        }
+    }
+    Ok(1)
+}
+
+/// Decodes `paths` at `size x size` with `channels`, in parallel on the worker threads.
+pub fn decode_all(paths: &[PathBuf], size: usize, channels: usize) -> Result<Vec<u8>> {
+    let images: Vec<Vec<u8>> = paths
+        .par_iter()
+        .map(|path| {
+            let img = image::open(path)
+                .with_context(|| format!("cannot decode image {}", path.display()))?;
+            Ok(resize_center_crop(&img, size, channels))
+        })
+        .collect::<Result<_>>()?;
+    Ok(images.concat())
+}
+
+/// Loads every png/jpg under `dir` (recursively), resized so the shorter side is `size` and
+/// center-cropped to `size x size` (torchvision's `Resize(size)` + `CenterCrop(size)`), as
+/// grayscale (`channels = 1`) or RGB (`channels = 3`). Images in sub-folders are labelled by
+/// folder, in sorted order, as torchvision's `ImageFolder` does.
+pub fn load_image_folder(dir: &Path, size: usize, channels: usize) -> Result<Dataset> {
+    check_geometry(size, channels)?;
+    let listing = list_images(dir)?;
+    Ok(Dataset {
+        name: dir.display().to_string(),
+        shape: [channels, size, size],
+        pixels: decode_all(&listing.paths, size, channels)?,
+        labels: listing.labels,
+    })
+}
+
+fn check_geometry(size: usize, channels: usize) -> Result<()> {
+    ensure!(
+        channels == 1 || channels == 3,
+        "image folders load as 1 (grayscale) or 3 (RGB) channels, not {channels}"
+    );
+    ensure!(size > 0, "image size must be positive");
+    Ok(())
+}
+
+/// A folder as a source: decoded into memory when it fits in `memory_limit_mib`, else read
+/// from disk as batches are taken (decoded on the worker threads).
+pub fn folder_source(
+    listing: Listing,
+    size: usize,
+    channels: usize,
+    transforms: Pipeline,
+    memory_limit_mib: usize,
+) -> Result<Box<dyn Source>> {
+    check_geometry(size, channels)?;
+    let bytes = listing.paths.len() * channels * size * size;
+    let name = listing.dir.display().to_string();
+    if bytes > memory_limit_mib << 20 {
+        tracing::info!(
+            "{name}: {} images ({} MiB decoded) stream from disk",
+            listing.paths.len(),
+            bytes >> 20
+        );
+        return Ok(Box::new(Streamed::new(
+            name,
+            listing.paths,
+            listing.labels,
+            size,
+            channels,
+            transforms,
+        )?));
+    }
+    let data = Dataset {
+        name,
+        shape: [channels, size, size],
+        pixels: decode_all(&listing.paths, size, channels)?,
+        labels: listing.labels,
+    };
+    Ok(Box::new(InMemory::new(Arc::new(data), None, transforms)?))
+}
+
+fn class_of(root: &Path, path: &Path) -> Option<String> {
+    let parent = path.parent()?;
+    (parent != root).then(|| {
+        parent
+            .strip_prefix(root)
+            .ok()?
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+    })?
+}
+
+/// `(c, size, size)` bytes, channel-major.
+pub fn resize_center_crop(img: &image::DynamicImage, size: usize, channels: usize) -> Vec<u8> {
+    let (w, h) = (img.width() as f64, img.height() as f64);
+    let scale = size as f64 / w.min(h);
+    let nw = ((w * scale).round() as u32).max(size as u32);
+    let nh = ((h * scale).round() as u32).max(size as u32);
+    let resized = img.resize_exact(nw, nh, image::imageops::FilterType::Triangle);
+    let left = (nw - size as u32) / 2;
+    let top = (nh - size as u32) / 2;
+    let cropped = resized.crop_imm(left, top, size as u32, size as u32);
+    if channels == 1 {
+        cropped.to_luma8().into_raw()
+    } else {
+        let rgb = cropped.to_rgb8();
+        let mut planar = vec![0u8; 3 * size * size];
+        for (i, px) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                planar[c * size * size + i] = px.0[c];
+            }
+        }
+        planar
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_folder_resizes_crops_and_labels_by_folder() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        for (class, shade) in [("cats", 10u8), ("dogs", 200u8)] {
+            fs::create_dir(dir.path().join(class))?;
+            let img = image::RgbImage::from_pixel(40, 20, image::Rgb([shade, shade, shade]));
+            img.save(dir.path().join(class).join("a.png"))?;
+        }
+        let data = load_image_folder(dir.path(), 8, 3)?;
+        assert_eq!(data.len(), 2);
+        assert_eq!(data.shape, [3, 8, 8]);
+        assert_eq!(data.labels, Some(vec![0, 1]));
+        assert!(data.image(0).iter().all(|&p| p == 10));
+        assert!(data.image(1).iter().all(|&p| p == 200));
+        let gray = load_image_folder(dir.path(), 4, 1)?;
+        assert_eq!(gray.image_size(), 16);
+        Ok(())
+    }
+}
