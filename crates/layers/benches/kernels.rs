@@ -6,8 +6,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
 use layers::kernels::activation::{bias_activation, bias_activation_reference, Activation};
 use layers::kernels::conv::{candle_conv2d, conv2d, conv_transpose2d, ConvSpec};
+use layers::kernels::instance_norm::{InstanceNorm, EPS};
 use layers::kernels::linear::Linear;
 use layers::kernels::ops::{exclusive_cumsum, skew_rows, skew_rows_reference};
+use layers::kernels::pad::{reflection_pad2d, reflection_pad2d_reference};
 use layers::kernels::recurrence::{lstm_scan, lstm_scan_reference};
 use layers::kernels::sigmoid_scan::{sigmoid_scan_readout, sigmoid_scan_readout_reference};
 use layers::Rng;
@@ -152,9 +154,49 @@ fn fused_layers(c: &mut Criterion) {
     });
 }
 
+fn instance_norm_and_padding(c: &mut Criterion) {
+    // StarGAN's affine instance norm at its bottleneck and at a 32 x 32 stage, batch 8.
+    for (dims, seed) in [([8, 128, 8, 8], 19), ([8, 32, 32, 32], 21)] {
+        let x = normal(&dims, seed);
+        let weight = (normal(&[dims[1]], seed + 1) + 1.0).unwrap();
+        let bias = normal(&[dims[1]], seed + 2);
+        let norm = |w: &Tensor| {
+            InstanceNorm::new(dims[1], Some((w.clone(), bias.clone())), None, EPS).unwrap()
+        };
+        let name = format!(
+            "instance_norm {}x{}x{}x{}",
+            dims[0], dims[1], dims[2], dims[3]
+        );
+        c.bench_function(&format!("{name} fwd+bwd / genzoo"), |b| {
+            b.iter(|| forward_backward(&|x, w| norm(w).forward_t(x, true), &x, &weight))
+        });
+        c.bench_function(&format!("{name} fwd+bwd / candle ops"), |b| {
+            b.iter(|| forward_backward(&|x, w| norm(w).forward_reference(x, true), &x, &weight))
+        });
+    }
+    // CycleGAN's residual-block padding at 256 pixels: (1, 256, 64, 64), pad 1. Forward and
+    // backward include the harness's square, sum and Candle's backward of them (most of the
+    // time at this size), so the forward is timed alone too.
+    let maps = normal(&[1, 256, 64, 64], 24);
+    let one = normal(&[1], 25);
+    c.bench_function("reflection_pad2d 1x256x64x64 p1 fwd / genzoo", |b| {
+        b.iter(|| reflection_pad2d(&maps, 1).unwrap())
+    });
+    c.bench_function("reflection_pad2d 1x256x64x64 p1 fwd / candle ops", |b| {
+        b.iter(|| reflection_pad2d_reference(&maps, 1).unwrap())
+    });
+    c.bench_function("reflection_pad2d 1x256x64x64 p1 fwd+bwd / genzoo", |b| {
+        b.iter(|| forward_backward(&|x, _| reflection_pad2d(x, 1), &maps, &one))
+    });
+    c.bench_function(
+        "reflection_pad2d 1x256x64x64 p1 fwd+bwd / candle ops",
+        |b| b.iter(|| forward_backward(&|x, _| reflection_pad2d_reference(x, 1), &maps, &one)),
+    );
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default().sample_size(10);
-    targets = convolutions, recurrences, nade_scan, fused_layers
+    targets = convolutions, recurrences, nade_scan, fused_layers, instance_norm_and_padding
 }
 criterion_main!(kernels);

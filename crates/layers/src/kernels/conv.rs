@@ -609,6 +609,21 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
 /// `(b, c_out, (h - 1) s - 2p + kh, ..)`. On the CPU it is `conv2d`'s input-gradient pass
 /// (gemm and col2im) with both gradients; elsewhere Candle's op.
 pub fn conv_transpose2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+    conv_transpose2d_padded(x, kernel, spec, (0, 0))
+}
+
+/// [`conv_transpose2d`] with PyTorch's `output_padding` `(op_h, op_w)`: the output is
+/// `(h - 1) s - 2p + kh + op_h` high (likewise wide), which makes a stride-2 layer exactly
+/// double its input (CycleGAN's `ConvTranspose2d(k=3, s=2, p=1, output_padding=1)`). The
+/// extra rows and columns are positions of the adjoint convolution's input that its
+/// stride never reaches from the last output, so they only receive what the kernel puts
+/// there (zeros when `op > p`). As in PyTorch, each `op` must be below its stride.
+pub fn conv_transpose2d_padded(
+    x: &Tensor,
+    kernel: &Tensor,
+    spec: ConvSpec,
+    output_padding: (usize, usize),
+) -> Result<Tensor> {
     let (b, c_in, h, w) = x.dims4()?;
     let (k_in, c_out, kh, kw) = kernel.dims4()?;
     if k_in != c_in {
@@ -616,9 +631,19 @@ pub fn conv_transpose2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<T
     }
     let (sh, sw) = spec.stride;
     let (ph, pw) = spec.padding;
+    let (oph, opw) = output_padding;
+    if h == 0 || w == 0 || sh == 0 || sw == 0 {
+        candle_core::bail!("conv_transpose2d: input {h}x{w} and stride {sh},{sw} must be positive");
+    }
+    if oph >= sh || opw >= sw {
+        candle_core::bail!(
+            "conv_transpose2d: output padding {oph},{opw} must be smaller than the stride \
+             {sh},{sw}"
+        );
+    }
     let (Some(ho), Some(wo)) = (
-        ((h - 1) * sh + kh).checked_sub(2 * ph),
-        ((w - 1) * sw + kw).checked_sub(2 * pw),
+        ((h - 1) * sh + kh + oph).checked_sub(2 * ph),
+        ((w - 1) * sw + kw + opw).checked_sub(2 * pw),
     ) else {
         candle_core::bail!(
             "conv_transpose2d: padding {ph},{pw} too large for {h}x{w} with kernel {kh}x{kw}"
@@ -628,18 +653,27 @@ pub fn conv_transpose2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<T
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && x.dtype() == kernel.dtype();
     if !fast {
-        if sh != sw || ph != pw {
-            candle_core::bail!("Candle's conv_transpose2d needs equal strides and paddings");
+        if sh != sw || ph != pw || oph != opw {
+            candle_core::bail!(
+                "Candle's conv_transpose2d needs equal strides, paddings and output paddings"
+            );
         }
-        return x.conv_transpose2d(kernel, ph, 0, sh, 1);
+        return x.conv_transpose2d(kernel, ph, oph, sh, 1);
     }
+    // The input-gradient pass of a convolution over a (ho, wo) input: with op < s, that
+    // convolution's output is (h, w) again.
     let pass = ConvPass {
         pass: Pass::InputGrad,
         x_dims: [b, c_out, ho, wo],
         k_dims: [c_in, c_out, kh, kw],
         spec,
     };
-    Geometry::new(&pass.x_dims, &pass.k_dims, spec)?;
+    let g = Geometry::new(&pass.x_dims, &pass.k_dims, spec)?;
+    if (g.ho, g.wo) != (h, w) {
+        candle_core::bail!(
+            "conv_transpose2d: output {ho}x{wo} does not convolve back to the input's {h}x{w}"
+        );
+    }
     apply(Pass::InputGrad, x, kernel, &pass)
 }
 
@@ -907,6 +941,150 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Output padding against Candle's `conv_transpose2d(.., output_padding, ..)` in values
+    /// and both gradients (f32, so the CPU kernel's path is the one used by models), and
+    /// against central differences in f64: CycleGAN's k3 s2 p1 op1 layer, op > p (a zero last
+    /// row), odd sizes, stride 3.
+    #[test]
+    fn output_padding_matches_candle_and_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, (xd, kd, s, p, op)) in [
+            ([2, 3, 4, 4], [3, 2, 3, 3], 2, 1, 1),
+            ([1, 2, 3, 5], [2, 3, 4, 4], 2, 1, 1),
+            ([2, 2, 3, 3], [2, 2, 3, 3], 2, 0, 1),
+            ([1, 3, 4, 3], [3, 2, 3, 3], 3, 1, 2),
+            ([2, 4, 1, 1], [4, 2, 2, 2], 2, 0, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let spec = ConvSpec {
+                stride: (s, s),
+                padding: (p, p),
+            };
+            let mut rng = Rng::new(70 + i as u64);
+            let x = Var::from_tensor(&rng.normal(xd.to_vec(), &dev)?)?;
+            let k = Var::from_tensor(&rng.normal(kd.to_vec(), &dev)?)?;
+            let ours = conv_transpose2d_padded(x.as_tensor(), k.as_tensor(), spec, (op, op))?;
+            let theirs = x.as_tensor().conv_transpose2d(k.as_tensor(), p, op, s, 1)?;
+            let (h, w) = (xd[2], xd[3]);
+            let want = [
+                xd[0],
+                kd[1],
+                (h - 1) * s - 2 * p + kd[2] + op,
+                (w - 1) * s - 2 * p + kd[3] + op,
+            ];
+            assert_eq!(ours.dims(), want, "case {i}");
+            assert_eq!(theirs.dims(), want, "case {i}");
+            assert!(max_diff(&ours, &theirs) < 1e-5, "case {i} forward");
+            let weights = rng.normal(ours.dims().to_vec(), &dev)?;
+            let g1 = (&ours * &weights)?.sum_all()?.backward()?;
+            let g2 = (&theirs * &weights)?.sum_all()?.backward()?;
+            for (name, v) in [("input", &x), ("kernel", &k)] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-4, "case {i}: {name} gradient differs by {d}");
+            }
+            // Central differences in f64 through the same pass.
+            let (x0, k0) = (
+                x.as_tensor().to_dtype(DType::F64)?,
+                k.as_tensor().to_dtype(DType::F64)?,
+            );
+            let weights = weights.to_dtype(DType::F64)?;
+            let f = |x: &Tensor, k: &Tensor| -> Result<f64> {
+                (conv_transpose2d_padded(x, k, spec, (op, op))? * &weights)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            let (xv, kv) = (Var::from_tensor(&x0)?, Var::from_tensor(&k0)?);
+            let grads = (conv_transpose2d_padded(xv.as_tensor(), kv.as_tensor(), spec, (op, op))?
+                * &weights)?
+                .sum_all()?
+                .backward()?;
+            for (which, var) in [(0, &xv), (1, &kv)] {
+                let g = grads.get(var).unwrap().flatten_all()?.to_vec1::<f64>()?;
+                let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+                for j in (0..base.len()).step_by((base.len() / 5).max(1)) {
+                    let at = |d: f64| -> Result<f64> {
+                        let mut v = base.clone();
+                        v[j] += d;
+                        let t = Tensor::from_vec(v, var.dims(), &dev)?;
+                        if which == 0 {
+                            f(&t, &k0)
+                        } else {
+                            f(&x0, &t)
+                        }
+                    };
+                    let fd = (at(1e-6)? - at(-1e-6)?) / 2e-6;
+                    assert!(
+                        (fd - g[j]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "case {i} arg {which} entry {j}: {fd} vs {}",
+                        g[j]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Numbers from torch 2.15: `F.conv_transpose2d` of [[1, 2], [3, 4]] with the kernel
+    /// 1..9 (3x3), stride 2, output padding 1, padding 1 and 0 (its last row and column zero).
+    #[test]
+    fn output_padding_matches_pytorch_on_a_small_case() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &dev)?;
+        let k = Tensor::arange(1f32, 10., &dev)?.reshape((1, 1, 3, 3))?;
+        let run = |p: usize| -> Result<Vec<Vec<f32>>> {
+            let spec = ConvSpec {
+                stride: (2, 2),
+                padding: (p, p),
+            };
+            conv_transpose2d_padded(&x, &k, spec, (1, 1))?
+                .squeeze(0)?
+                .squeeze(0)?
+                .to_vec2()
+        };
+        assert_eq!(
+            run(1)?,
+            [
+                [5., 14., 10., 12.],
+                [14., 36., 24., 30.],
+                [15., 34., 20., 24.],
+                [24., 55., 32., 36.]
+            ]
+        );
+        assert_eq!(
+            run(0)?,
+            [
+                [1., 2., 5., 4., 6., 0.],
+                [4., 5., 14., 10., 12., 0.],
+                [10., 14., 36., 24., 30., 0.],
+                [12., 15., 34., 20., 24., 0.],
+                [21., 24., 55., 32., 36., 0.],
+                [0., 0., 0., 0., 0., 0.]
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn output_padding_not_below_the_stride_is_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 3, 3), DType::F32, &dev)?;
+        let k = Tensor::zeros((2, 1, 3, 3), DType::F32, &dev)?;
+        let spec = ConvSpec {
+            stride: (2, 2),
+            padding: (1, 1),
+        };
+        let e = conv_transpose2d_padded(&x, &k, spec, (2, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("output padding 2,1 must be smaller than the stride 2,2"),
+            "{e}"
+        );
         Ok(())
     }
 }

@@ -4,9 +4,11 @@
 
 pub mod activation;
 pub mod conv;
+pub mod instance_norm;
 pub mod linear;
 pub mod norm;
 pub mod ops;
+pub mod pad;
 pub mod recurrence;
 pub mod sigmoid_scan;
 pub mod simd;

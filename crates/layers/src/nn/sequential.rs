@@ -8,8 +8,10 @@ use candle_nn::{Init, ModuleT, VarBuilder};
 use crate::kernels::activation::{bias_activation, Activation};
 use crate::kernels::linear::Linear;
 
-use crate::kernels::conv::{conv2d, conv_transpose2d, ConvSpec};
+use crate::kernels::conv::{conv2d, conv_transpose2d, conv_transpose2d_padded, ConvSpec};
+use crate::kernels::instance_norm::{InstanceNorm, EPS};
 use crate::kernels::norm::BatchNorm;
+use crate::kernels::pad::reflection_pad2d;
 
 pub enum Layer {
     Linear(Linear),
@@ -17,7 +19,20 @@ pub enum Layer {
     Conv(Tensor, Option<Tensor>, ConvSpec),
     /// Transposed convolution with kernel `(in, out, kh, kw)`, no bias.
     ConvTranspose(Tensor, ConvSpec),
+    /// Transposed convolution with kernel `(in, out, kh, kw)`, optional bias and PyTorch's
+    /// `output_padding` (CycleGAN's upsampling layers).
+    ConvTransposeWith {
+        kernel: Tensor,
+        bias: Option<Tensor>,
+        spec: ConvSpec,
+        output_padding: (usize, usize),
+    },
     BatchNorm(BatchNorm),
+    /// `nn.InstanceNorm2d`: instance statistics in training mode, running ones (if tracked)
+    /// in evaluation mode.
+    InstanceNorm(InstanceNorm),
+    /// `nn.ReflectionPad2d(p)`: no weights, but it takes an index.
+    ReflectionPad(usize),
     LeakyRelu(f64),
     Relu,
     Tanh,
@@ -45,7 +60,12 @@ impl Layer {
                 bias_activation(&conv2d(x, k, *spec)?, bias.as_ref(), Activation::Identity)
             }
             Layer::ConvTranspose(k, spec) => conv_transpose2d(x, k, *spec),
+            Layer::ConvTransposeWith { .. } => {
+                self.conv_transpose_activated(x, Activation::Identity)
+            }
             Layer::BatchNorm(n) => n.forward_t(x, train),
+            Layer::InstanceNorm(n) => n.forward_t(x, train),
+            Layer::ReflectionPad(p) => reflection_pad2d(x, *p),
             Layer::LeakyRelu(_) | Layer::Relu => {
                 bias_activation(x, None, self.activation().unwrap_or(Activation::Identity))
             }
@@ -56,6 +76,22 @@ impl Layer {
                 x.upsample_nearest2d(2 * h, 2 * w)
             }
         }
+    }
+
+    /// A [`Layer::ConvTransposeWith`] and the activation after it: the bias and the
+    /// activation as one fused op over the convolution's output.
+    fn conv_transpose_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let Layer::ConvTransposeWith {
+            kernel,
+            bias,
+            spec,
+            output_padding,
+        } = self
+        else {
+            candle_core::bail!("conv_transpose_activated: not a ConvTransposeWith layer")
+        };
+        let y = conv_transpose2d_padded(x, kernel, *spec, *output_padding)?;
+        bias_activation(&y, bias.as_ref(), act)
     }
 }
 
@@ -130,6 +166,71 @@ impl<'a> Sequential<'a> {
         Ok(self)
     }
 
+    /// `nn.ConvTranspose2d(i, o, k, stride, padding, output_padding, bias)` with the given
+    /// weight init (PyTorch's default when None). PyTorch's fan-in of a transposed
+    /// convolution's weight `(i, o, k, k)` is `o * k * k` (its dim 1 times the kernel area),
+    /// for the default weight init and for the bias's `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+    pub fn conv_transpose_with(
+        mut self,
+        (i, o, k): (usize, usize, usize),
+        spec: ConvSpec,
+        output_padding: (usize, usize),
+        bias: bool,
+        init: Option<Init>,
+    ) -> Result<Self> {
+        let vb = self.next();
+        let default = crate::nn::init::torch_uniform(o * k * k);
+        let kernel = vb.get_with_hints((i, o, k, k), "weight", init.unwrap_or(default))?;
+        let bias = if bias {
+            Some(vb.get_with_hints(o, "bias", default)?)
+        } else {
+            None
+        };
+        self.layers.push(Layer::ConvTransposeWith {
+            kernel,
+            bias,
+            spec,
+            output_padding,
+        });
+        Ok(self)
+    }
+
+    /// `nn.InstanceNorm2d(channels, eps=1e-5, momentum=0.1, affine, track_running_stats)`:
+    /// `weight` (ones) and `bias` (zeros) when affine, `running_mean` (zeros) and
+    /// `running_var` (ones) when tracked, under the layer's index.
+    pub fn instance_norm(
+        mut self,
+        channels: usize,
+        affine: bool,
+        track_running_stats: bool,
+    ) -> Result<Self> {
+        let vb = self.next();
+        let pair = |a: (&str, f64), b: (&str, f64)| -> Result<(Tensor, Tensor)> {
+            Ok((
+                vb.get_with_hints(channels, a.0, Init::Const(a.1))?,
+                vb.get_with_hints(channels, b.0, Init::Const(b.1))?,
+            ))
+        };
+        let weights = if affine {
+            Some(pair(("weight", 1.0), ("bias", 0.0))?)
+        } else {
+            None
+        };
+        let running = if track_running_stats {
+            Some(pair(("running_mean", 0.0), ("running_var", 1.0))?)
+        } else {
+            None
+        };
+        let norm = InstanceNorm::new(channels, weights, running, EPS)?;
+        self.layers.push(Layer::InstanceNorm(norm));
+        Ok(self)
+    }
+
+    /// `nn.ReflectionPad2d(p)` (no weights; it takes the next index).
+    pub fn reflection_pad(self, p: usize) -> Self {
+        self.push(Layer::ReflectionPad(p))
+    }
+
     /// `nn.BatchNorm1d/2d(channels, eps)`; `weight_init` None keeps PyTorch's ones.
     pub fn batch_norm(
         mut self,
@@ -163,8 +264,8 @@ impl<'a> Sequential<'a> {
 pub struct Stack(pub Vec<Layer>);
 
 impl Stack {
-    /// Runs the layers in order; a linear layer or a convolution with a bias followed by an
-    /// activation runs as one fused op.
+    /// Runs the layers in order; a linear layer or a (transposed) convolution with a bias
+    /// followed by an activation runs as one fused op.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         let mut i = 0;
@@ -175,6 +276,9 @@ impl Stack {
                 (Layer::Conv(k, Some(b), spec), Some(act)) => {
                     Some(bias_activation(&conv2d(&h, k, *spec)?, Some(b), act)?)
                 }
+                (layer @ Layer::ConvTransposeWith { bias: Some(_), .. }, Some(act)) => {
+                    Some(layer.conv_transpose_activated(&h, act)?)
+                }
                 _ => None,
             };
             (h, i) = match fused {
@@ -183,5 +287,124 @@ impl Stack {
             };
         }
         Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::init::seeded_var_builder;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// A CycleGAN-like stack: pad, 7x7 convolution, affine tracked instance norm, ReLU,
+    /// upsampling transposed convolution with bias and output padding, plain instance norm,
+    /// LeakyReLU.
+    fn cyclegan_like(varmap: &VarMap) -> Result<Stack> {
+        let vb = seeded_var_builder(varmap, 5, DType::F32, &Device::Cpu);
+        let up = ConvSpec {
+            stride: (2, 2),
+            padding: (1, 1),
+        };
+        Ok(Sequential::new(vb)
+            .reflection_pad(3)
+            .conv((3, 4, 7), ConvSpec::default(), true, None)?
+            .instance_norm(4, true, true)?
+            .push(Layer::Relu)
+            .conv_transpose_with((4, 2, 3), up, (1, 1), true, None)?
+            .instance_norm(2, false, false)?
+            .push(Layer::LeakyRelu(0.2))
+            .build())
+    }
+
+    fn values(varmap: &VarMap, name: &str) -> Vec<f32> {
+        let data = varmap.data().lock().unwrap();
+        data[name]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// Variables under PyTorch's `nn.Sequential` indices with PyTorch's initial values; the
+    /// pad and the untracked, non-affine norm have none.
+    #[test]
+    fn new_layers_take_pytorchs_indices_names_and_init() -> Result<()> {
+        let varmap = VarMap::new();
+        let stack = cyclegan_like(&varmap)?;
+        let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        let want = [
+            "1.bias",
+            "1.weight",
+            "2.bias",
+            "2.running_mean",
+            "2.running_var",
+            "2.weight",
+            "4.bias",
+            "4.weight",
+        ];
+        assert_eq!(names, want);
+        assert_eq!(values(&varmap, "2.weight"), [1.0; 4]);
+        assert_eq!(values(&varmap, "2.bias"), [0.0; 4]);
+        assert_eq!(values(&varmap, "2.running_mean"), [0.0; 4]);
+        assert_eq!(values(&varmap, "2.running_var"), [1.0; 4]);
+        // ConvTranspose2d(4, 2, 3): fan-in 2 * 3 * 3 for weight and bias.
+        let bound = 1.0 / 18f32.sqrt();
+        for name in ["4.weight", "4.bias"] {
+            let v = values(&varmap, name);
+            assert!(v.iter().all(|v| v.abs() <= bound), "{name}");
+            assert!(v.iter().any(|v| v.abs() > bound / 2.0), "{name}");
+        }
+        let x = crate::Rng::new(6).normal((2, 3, 8, 8), &Device::Cpu)?;
+        assert_eq!(stack.forward(&x, true)?.dims(), [2, 2, 16, 16]);
+        Ok(())
+    }
+
+    /// The transposed convolution's bias and the LeakyReLU after it, fused by
+    /// `Stack::forward`, give the same bits as the layers one by one.
+    #[test]
+    fn fused_transposed_convolution_equals_its_layers_one_by_one() -> Result<()> {
+        let varmap = VarMap::new();
+        let stack = cyclegan_like(&varmap)?;
+        let x = crate::Rng::new(7).normal((2, 3, 8, 8), &Device::Cpu)?;
+        let mut h = x.clone();
+        for layer in &stack.0 {
+            h = layer.forward(&h, false)?;
+        }
+        let fused = stack.forward(&x, false)?;
+        let d = (fused - h)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert_eq!(d, 0.0);
+        Ok(())
+    }
+
+    /// Training mode updates the instance norm's running statistics and evaluation uses
+    /// them without changing them.
+    #[test]
+    fn stack_passes_the_mode_to_instance_norm() -> Result<()> {
+        let varmap = VarMap::new();
+        let stack = cyclegan_like(&varmap)?;
+        let x = crate::Rng::new(8).normal((2, 3, 8, 8), &Device::Cpu)?;
+        let eval_before = stack.forward(&x, false)?;
+        assert_eq!(values(&varmap, "2.running_var"), [1.0; 4]);
+        stack.forward(&x, true)?;
+        let after = values(&varmap, "2.running_var");
+        assert!(after.iter().all(|&v| v != 1.0), "{after:?}");
+        let eval_after = stack.forward(&x, false)?;
+        assert_eq!(values(&varmap, "2.running_var"), after);
+        let d = (eval_after - eval_before)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(
+            d > 1e-3,
+            "evaluation must read the updated running statistics"
+        );
+        Ok(())
     }
 }
