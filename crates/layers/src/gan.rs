@@ -59,6 +59,26 @@ pub fn generator_loss(loss: GanLoss, fake: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// junyanz's `GANLoss(gan_mode)(prediction, target_is_real)`: the loss of a discriminator's
+/// outputs (any shape, a PatchGAN's map) against the all-real or all-fake target, the mean over
+/// every output. `lsgan`: `(D - t)^2`; `vanilla` (minimax and non-saturating alike):
+/// binary cross-entropy with logits; `wgangp`: `-D` for real, `D` for fake. CycleGAN's
+/// generator is scored as real, its discriminator halves the sum of both terms.
+pub fn target_loss(loss: GanLoss, prediction: &Tensor, real: bool) -> Result<Tensor> {
+    let p = prediction.flatten_all()?;
+    match (loss, real) {
+        (GanLoss::Lsgan, true) => (p - 1.0)?.sqr()?.mean_all(),
+        (GanLoss::Lsgan, false) => p.sqr()?.mean_all(),
+        // -log s(p) = softplus(-p); -log(1 - s(p)) = softplus(p).
+        (GanLoss::Minimax | GanLoss::NonSaturating, true) => softplus(&p.neg()?)?.mean_all(),
+        (GanLoss::Minimax | GanLoss::NonSaturating, false) => softplus(&p)?.mean_all(),
+        (GanLoss::Hinge, true) => (1.0 - p)?.relu()?.mean_all(),
+        (GanLoss::Hinge, false) => (p + 1.0)?.relu()?.mean_all(),
+        (GanLoss::WganGp, true) => p.mean_all()?.neg(),
+        (GanLoss::WganGp, false) => p.mean_all(),
+    }
+}
+
 /// `mean_b (|grad_x D(x_hat_b)|_2 - 1)^2` at `x_hat = alpha real + (1 - alpha) fake`, with
 /// `alpha (b)` uniform in [0, 1). Differentiable with respect to D's parameters, which needs
 /// Candle's second-order gradients: call [`enable_second_order_gradients`] before the first

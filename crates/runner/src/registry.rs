@@ -79,6 +79,13 @@ fn adversarial<M: layers::gan::Adversarial + 'static>(
     })
 }
 
+/// A model that owns its training step (translation models).
+fn owned<M: Model + 'static>(
+    built: Result<(M, toml::Table)>,
+) -> Result<(Box<dyn Model>, toml::Table)> {
+    built.map(|(m, t)| (Box::new(m) as Box<dyn Model>, t))
+}
+
 pub const MODELS: &[ModelEntry] = &[
     ModelEntry {
         name: "fvsbn",
@@ -294,15 +301,31 @@ pub const MODELS: &[ModelEntry] = &[
         name: "cyclegan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
-        summary: "CycleGAN (Zhu et al. 2017)",
-        build: None,
+        summary: "CycleGAN (Zhu et al. 2017), junyanz/pytorch-CycleGAN-and-pix2pix networks",
+        build: Some(|input, vb| {
+            owned(build_with(
+                input.model_config,
+                vb,
+                gan_variants::cyclegan::Config::default(),
+                "cyclegan",
+                gan_variants::cyclegan::CycleGan::new,
+            ))
+        }),
     },
     ModelEntry {
         name: "stargan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
-        summary: "StarGAN (Choi et al. 2018)",
-        build: None,
+        summary: "StarGAN (Choi et al. 2018), yunjey/stargan networks",
+        build: Some(|input, vb| {
+            owned(build_with(
+                input.model_config,
+                vb,
+                gan_variants::stargan::Config::default(),
+                "stargan",
+                gan_variants::stargan::StarGan::new,
+            ))
+        }),
     },
     ModelEntry {
         name: "progan",
@@ -373,6 +396,7 @@ mod tests {
             "{e}"
         );
         let e = builder("progan").err().unwrap().to_string();
+        assert!(builder("cyclegan").is_ok() && builder("stargan").is_ok());
         assert!(e.contains("not built yet"), "{e}");
     }
 }

@@ -24,6 +24,7 @@
 //! gradients and other devices or dtypes take Candle's composition
 //! ([`InstanceNorm::forward_reference`]), which they differentiate.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, Var};
@@ -46,6 +47,10 @@ pub struct InstanceNorm {
     /// `(running_mean, running_var)` when `track_running_stats`.
     running: Option<(Var, Var)>,
     eps: f64,
+    /// While set, training-mode passes leave the running statistics alone: a StarGAN
+    /// translates with instance statistics, as yunjey's `test()` does (the model is never put
+    /// in evaluation mode), without changing the buffers a checkpoint saves.
+    frozen: AtomicBool,
 }
 
 /// `(samples, channels, values per plane)` of a checked input.
@@ -91,6 +96,7 @@ impl InstanceNorm {
             affine,
             running,
             eps,
+            frozen: AtomicBool::new(false),
         })
     }
 
@@ -254,10 +260,18 @@ impl InstanceNorm {
     }
 
     /// `running = (1 - m) running + m batch`, in the buffers' dtype.
+    /// Freezes (or thaws) the running statistics: see the field `frozen`.
+    pub fn freeze_running(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+
     fn update_running(&self, batch_mean: &Tensor, batch_var: &Tensor) -> Result<()> {
         let Some((running_mean, running_var)) = &self.running else {
             return Ok(());
         };
+        if self.frozen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let blend = |running: &Var, batch: &Tensor| -> Result<()> {
             let batch = batch.to_dtype(running.dtype())?;
             running.set(&((running.as_tensor() * (1.0 - MOMENTUM))? + (batch * MOMENTUM)?)?)

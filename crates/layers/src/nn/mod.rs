@@ -3,3 +3,4 @@
 pub mod init;
 pub mod masked;
 pub mod sequential;
+pub mod translation;

@@ -41,6 +41,9 @@ pub enum Layer {
     /// Passes its input through: a reference layer left out (dropout, which Candle's CPU backend
     /// cannot seed) that still takes its index.
     Identity,
+    /// `x + block(x)`: a residual block (CycleGAN's `ResnetBlock`, StarGAN's
+    /// `ResidualBlock`), its layers under one name (`conv_block`, `main`).
+    Residual(Stack),
 }
 
 impl Layer {
@@ -71,6 +74,7 @@ impl Layer {
             }
             Layer::Tanh => x.tanh(),
             Layer::Identity => Ok(x.clone()),
+            Layer::Residual(block) => x + block.forward(x, train)?,
             Layer::Upsample2 => {
                 let (_, _, h, w) = x.dims4()?;
                 x.upsample_nearest2d(2 * h, 2 * w)
@@ -101,6 +105,8 @@ pub struct Sequential<'a> {
     vb: VarBuilder<'a>,
     pub layers: Vec<Layer>,
     name: Option<String>,
+    /// The init of every later convolution's bias (None: PyTorch's default uniform).
+    bias_init: Option<Init>,
 }
 
 impl<'a> Sequential<'a> {
@@ -109,7 +115,15 @@ impl<'a> Sequential<'a> {
             vb,
             layers: Vec::new(),
             name: None,
+            bias_init: None,
         }
+    }
+
+    /// Initialises the biases of the convolutions added from now on with `init` (junyanz's
+    /// `init_weights` sets them to zero).
+    pub fn bias_init(mut self, init: Init) -> Self {
+        self.bias_init = Some(init);
+        self
     }
 
     /// The next layer's weights live under `name` instead of its index.
@@ -146,7 +160,7 @@ impl<'a> Sequential<'a> {
         let default = crate::nn::init::torch_uniform(i * k * k);
         let w = vb.get_with_hints((o, i, k, k), "weight", init.unwrap_or(default))?;
         let b = if bias {
-            Some(vb.get_with_hints(o, "bias", default)?)
+            Some(vb.get_with_hints(o, "bias", self.bias_init.unwrap_or(default))?)
         } else {
             None
         };
@@ -182,7 +196,7 @@ impl<'a> Sequential<'a> {
         let default = crate::nn::init::torch_uniform(o * k * k);
         let kernel = vb.get_with_hints((i, o, k, k), "weight", init.unwrap_or(default))?;
         let bias = if bias {
-            Some(vb.get_with_hints(o, "bias", default)?)
+            Some(vb.get_with_hints(o, "bias", self.bias_init.unwrap_or(default))?)
         } else {
             None
         };
@@ -231,6 +245,21 @@ impl<'a> Sequential<'a> {
         self.push(Layer::ReflectionPad(p))
     }
 
+    /// A residual block `x + block(x)` at the next index, its layers built by `block` under
+    /// `name` (`model.10.conv_block.1.weight`).
+    pub fn residual(
+        mut self,
+        name: &str,
+        block: impl FnOnce(Sequential<'a>) -> Result<Sequential<'a>>,
+    ) -> Result<Self> {
+        let vb = self.next().pp(name);
+        let mut inner = Sequential::new(vb);
+        inner.bias_init = self.bias_init;
+        let inner = block(inner)?.build();
+        self.layers.push(Layer::Residual(inner));
+        Ok(self)
+    }
+
     /// `nn.BatchNorm1d/2d(channels, eps)`; `weight_init` None keeps PyTorch's ones.
     pub fn batch_norm(
         mut self,
@@ -264,6 +293,18 @@ impl<'a> Sequential<'a> {
 pub struct Stack(pub Vec<Layer>);
 
 impl Stack {
+    /// Freezes (or thaws) the running statistics of every instance norm, residual blocks
+    /// included (see [`InstanceNorm::freeze_running`]).
+    pub fn freeze_instance_statistics(&self, frozen: bool) {
+        for layer in &self.0 {
+            match layer {
+                Layer::InstanceNorm(n) => n.freeze_running(frozen),
+                Layer::Residual(block) => block.freeze_instance_statistics(frozen),
+                _ => {}
+            }
+        }
+    }
+
     /// Runs the layers in order; a linear layer or a (transposed) convolution with a bias
     /// followed by an activation runs as one fused op.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {

@@ -4,5 +4,6 @@
 pub mod average;
 pub mod checkpoint;
 pub mod optim;
+pub mod pool;
 pub mod rng;
 pub mod schedule;

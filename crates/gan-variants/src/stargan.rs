@@ -1,0 +1,531 @@
+//! StarGAN (Choi et al. 2018, "StarGAN: Unified Generative Adversarial Networks for
+//! Multi-Domain Image-to-Image Translation") as yunjey/stargan trains it (`model.py`,
+//! `solver.py`): one generator translates an image `x` to any target domain `c` (attribute
+//! vectors, the domain tiled over the image and concatenated to it), one critic both judges
+//! realism `D_src` and classifies domains `D_cls`.
+//!
+//! - critic (every iteration): `L_D = -D_src(x) + D_src(G(x, c)) + lambda_cls L_cls(D_cls(x), c')
+//!   + lambda_gp (|grad D_src(x_hat)|_2 - 1)^2`, the WGAN-GP penalty at random interpolates
+//!   `x_hat` of real and translated images, `c'` the images' own domains;
+//! - generator (every `n_critic`-th iteration): `L_G = -D_src(G(x, c)) + lambda_cls
+//!   L_cls(D_cls(G(x, c)), c) + lambda_rec |x - G(G(x, c), c')|_1`;
+//! - `L_cls`: binary cross-entropy summed over the attributes and averaged over the batch
+//!   (multi-label, CelebA), or cross-entropy over domains (single-label, RaFD); targets `c` are
+//!   the batch's own labels in a random order.
+//!
+//! Variables `generator.main.N` and `discriminator.{main.N, conv1, conv2}`: the keys of
+//! yunjey's `200000-G.ckpt` / `-D.ckpt` under the solver's attribute names. The generator's
+//! instance norms keep running statistics as yunjey's do, but translate with each image's own
+//! statistics, as his `test()` does (the model is never switched to evaluation mode).
+
+use std::collections::BTreeSet;
+
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use layers::gan::{gradient_penalty, to_tanh_range, to_unit_range};
+use layers::loss::bce_with_logits_per_image;
+use layers::nn::sequential::Stack;
+use layers::nn::translation::{stargan_discriminator, stargan_generator, StarGanCritic};
+use layers::step::{
+    Batch, DataSpec, Grid, LabelSpec, Labels, LrRole, OptimizerSpec, StepContext, Trainable,
+};
+use layers::{Domains, GenerativeModel, ImageShape, ModelKind, Rng, Target, Translator, Values};
+use serde::{Deserialize, Serialize};
+
+/// How domains are labelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelMode {
+    /// Independent binary attributes (CelebA): every combination is a domain.
+    MultiLabel,
+    /// One domain per image (RaFD's expressions): integer classes.
+    SingleLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Image side (128 for CelebA), a multiple of `2^d_repeat_num`.
+    pub image_size: usize,
+    pub channels: usize,
+    /// Attributes (multi-label) or domains (single-label).
+    pub c_dim: usize,
+    /// Their names, for grids and reports (set from the data).
+    pub attributes: Vec<String>,
+    pub mode: LabelMode,
+    pub g_conv_dim: usize,
+    pub d_conv_dim: usize,
+    /// Residual blocks of the generator.
+    pub g_repeat_num: usize,
+    /// Stride-2 layers of the critic.
+    pub d_repeat_num: usize,
+    pub lambda_cls: f64,
+    pub lambda_rec: f64,
+    pub lambda_gp: f64,
+    /// Critic iterations per generator step.
+    pub n_critic: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            image_size: 128,
+            channels: 3,
+            c_dim: 5,
+            attributes: Vec::new(),
+            mode: LabelMode::MultiLabel,
+            g_conv_dim: 64,
+            d_conv_dim: 64,
+            g_repeat_num: 6,
+            d_repeat_num: 6,
+            lambda_cls: 1.0,
+            lambda_rec: 10.0,
+            lambda_gp: 10.0,
+            n_critic: 5,
+        }
+    }
+}
+
+pub struct StarGan {
+    cfg: Config,
+    generator: Stack,
+    critic: StarGanCritic,
+}
+
+/// yunjey's `d_loss_real`, `d_loss_fake`, `d_loss_cls`, `d_loss_gp` and their weighted sum.
+pub struct CriticTerms {
+    pub real: Tensor,
+    pub fake: Tensor,
+    pub cls: Tensor,
+    pub gp: Tensor,
+    pub total: Tensor,
+}
+
+/// yunjey's `g_loss_fake`, `g_loss_rec`, `g_loss_cls` and their weighted sum.
+pub struct GeneratorTerms {
+    pub fake: Tensor,
+    pub rec: Tensor,
+    pub cls: Tensor,
+    pub total: Tensor,
+}
+
+/// The critic's two outputs.
+pub struct Critique {
+    /// `(b, 1, h', w')` critic values per patch.
+    pub src: Tensor,
+    /// `(b, c_dim)` domain logits.
+    pub cls: Tensor,
+}
+
+impl StarGan {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        if cfg.c_dim == 0 {
+            candle_core::bail!("StarGAN needs at least one attribute (c_dim = 0)");
+        }
+        if !cfg.attributes.is_empty() && cfg.attributes.len() != cfg.c_dim {
+            candle_core::bail!(
+                "StarGAN: {} attribute names for c_dim = {}",
+                cfg.attributes.len(),
+                cfg.c_dim
+            );
+        }
+        if cfg.n_critic == 0 {
+            candle_core::bail!("StarGAN n_critic must be positive");
+        }
+        let dims = (cfg.channels, cfg.c_dim);
+        Ok(Self {
+            cfg: cfg.clone(),
+            generator: stargan_generator(
+                vb.pp("generator"),
+                dims,
+                cfg.g_conv_dim,
+                cfg.g_repeat_num,
+            )?,
+            critic: stargan_discriminator(
+                vb.pp("discriminator"),
+                dims,
+                cfg.image_size,
+                cfg.d_conv_dim,
+                cfg.d_repeat_num,
+            )?,
+        })
+    }
+
+    /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
+    pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = x.dims4()?;
+        let c = c
+            .reshape((b, self.cfg.c_dim, 1, 1))?
+            .broadcast_as((b, self.cfg.c_dim, h, w))?;
+        let input = Tensor::cat(&[x, &c.contiguous()?], 1)?;
+        self.generator.forward(&input, true)
+    }
+
+    /// `D(x)`: critic values per patch and domain logits.
+    pub fn critique(&self, x: &Tensor) -> Result<Critique> {
+        let h = self.critic.main.forward(x, true)?;
+        let src = self.critic.src.forward(&h, true)?;
+        let cls = self.critic.cls.forward(&h, true)?.flatten_from(1)?;
+        Ok(Critique { src, cls })
+    }
+
+    /// yunjey's `classification_loss`: BCE summed over attributes, averaged over the batch
+    /// (multi-label), or cross-entropy against the domain index (single-label, `c` one-hot).
+    pub fn classification_loss(&self, logits: &Tensor, c: &Tensor) -> Result<Tensor> {
+        match self.cfg.mode {
+            LabelMode::MultiLabel => {
+                bce_with_logits_per_image(logits, c)?.sum_all()? / logits.dim(0)? as f64
+            }
+            LabelMode::SingleLabel => {
+                let target = c.argmax(D::Minus1)?.to_dtype(DType::U32)?;
+                candle_nn::loss::cross_entropy(logits, &target)
+            }
+        }
+    }
+
+    /// The batch's domains as the generator reads them: attribute vectors, or one-hot classes.
+    fn domains_of(&self, batch: &Batch) -> Result<Tensor> {
+        match (&batch.labels, self.cfg.mode) {
+            (Some(Labels::Attributes(a)), LabelMode::MultiLabel) => Ok(a.clone()),
+            (Some(Labels::Classes(c)), LabelMode::SingleLabel) => {
+                let k = self.cfg.c_dim;
+                let ids = c.to_vec1::<u32>()?;
+                let mut one_hot = vec![0f32; ids.len() * k];
+                for (i, &id) in ids.iter().enumerate() {
+                    if id as usize >= k {
+                        candle_core::bail!(
+                            "StarGAN: domain {id} of an image is outside c_dim = {k}"
+                        );
+                    }
+                    one_hot[i * k + id as usize] = 1.0;
+                }
+                Tensor::from_vec(one_hot, (ids.len(), k), c.device())
+            }
+            _ => candle_core::bail!(
+                "StarGAN ({:?}) needs {} in every batch",
+                self.cfg.mode,
+                match self.cfg.mode {
+                    LabelMode::MultiLabel => "attribute vectors",
+                    LabelMode::SingleLabel => "class labels",
+                }
+            ),
+        }
+    }
+
+    /// The critic's step: real images with their own domains, translations to `c_trg`
+    /// (detached), the gradient penalty at interpolates drawn from `alpha (b)`.
+    pub fn critic_terms(
+        &self,
+        x_real: &Tensor,
+        c_org: &Tensor,
+        c_trg: &Tensor,
+        alpha: &Tensor,
+    ) -> Result<CriticTerms> {
+        let cfg = &self.cfg;
+        let real = self.critique(x_real)?;
+        let d_real = real.src.mean_all()?.neg()?;
+        let d_cls = self.classification_loss(&real.cls, c_org)?;
+        let x_fake = self.generate(x_real, c_trg)?.detach();
+        let d_fake = self.critique(&x_fake)?.src.mean_all()?;
+        let critic = |x: &Tensor| Ok(self.critique(x)?.src);
+        let d_gp = gradient_penalty(&critic, x_real, &x_fake, alpha)?;
+        let total =
+            (((&d_real + &d_fake)? + (&d_cls * cfg.lambda_cls)?)? + (&d_gp * cfg.lambda_gp)?)?;
+        Ok(CriticTerms {
+            real: d_real,
+            fake: d_fake,
+            cls: d_cls,
+            gp: d_gp,
+            total,
+        })
+    }
+
+    /// The generator's step: translate to `c_trg`, fool the critic and its classifier, and
+    /// come back to `c_org`.
+    pub fn generator_terms(
+        &self,
+        x_real: &Tensor,
+        c_org: &Tensor,
+        c_trg: &Tensor,
+    ) -> Result<GeneratorTerms> {
+        let cfg = &self.cfg;
+        let x_fake = self.generate(x_real, c_trg)?;
+        let fake = self.critique(&x_fake)?;
+        let g_fake = fake.src.mean_all()?.neg()?;
+        let g_cls = self.classification_loss(&fake.cls, c_trg)?;
+        let x_reconst = self.generate(&x_fake, c_org)?;
+        let g_rec = (x_real - x_reconst)?.abs()?.mean_all()?;
+        let total = ((&g_fake + (&g_rec * cfg.lambda_rec)?)? + (&g_cls * cfg.lambda_cls)?)?;
+        Ok(GeneratorTerms {
+            fake: g_fake,
+            rec: g_rec,
+            cls: g_cls,
+            total,
+        })
+    }
+
+    /// The attribute names, or `attr0`, `attr1`, ... when the data gave none.
+    fn names(&self) -> Vec<String> {
+        if self.cfg.attributes.is_empty() {
+            (0..self.cfg.c_dim).map(|i| format!("attr{i}")).collect()
+        } else {
+            self.cfg.attributes.clone()
+        }
+    }
+
+    /// Translations of `x` (in [0, 1]) to each of `targets` rows: `(b * t, c, h, w)`, image by
+    /// image (each image followed by its translations).
+    fn translations(&self, x: &Tensor, targets: &[Vec<f32>]) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let mut per_target = Vec::with_capacity(targets.len());
+        for t in targets {
+            let c = Tensor::new(t.as_slice(), x.device())?
+                .unsqueeze(0)?
+                .broadcast_as((b, t.len()))?
+                .contiguous()?;
+            per_target.push(self.translate(x, &Target::Attributes(c))?);
+        }
+        // (t, b, ...) -> (b, t, ...)
+        let stacked = Tensor::stack(&per_target, 1)?;
+        let (_, _, c, h, w) = stacked.dims5()?;
+        stacked.reshape((b * targets.len(), c, h, w))
+    }
+
+    /// Every domain: the `2^k` attribute combinations (multi-label) or the `k` one-hot domains.
+    pub fn all_domains(&self) -> Vec<Vec<f32>> {
+        let k = self.cfg.c_dim;
+        match self.cfg.mode {
+            LabelMode::MultiLabel => (0..1usize << k.min(10))
+                .map(|m| {
+                    (0..k)
+                        .map(|i| f32::from(u8::from(m >> i & 1 == 1)))
+                        .collect()
+                })
+                .collect(),
+            LabelMode::SingleLabel => (0..k)
+                .map(|d| (0..k).map(|i| f32::from(u8::from(i == d))).collect())
+                .collect(),
+        }
+    }
+}
+
+impl Trainable for StarGan {
+    fn data_spec(&self) -> DataSpec {
+        let labels = match self.cfg.mode {
+            LabelMode::MultiLabel => LabelSpec::Attributes(self.cfg.c_dim),
+            LabelMode::SingleLabel => LabelSpec::Classes(self.cfg.c_dim),
+        };
+        DataSpec {
+            labels,
+            held_out_grid: true,
+            ..DataSpec::images(self.image_shape())
+        }
+    }
+
+    fn optimizers(&self) -> Vec<OptimizerSpec> {
+        vec![
+            OptimizerSpec::new("generator", &["generator."], LrRole::Generator),
+            OptimizerSpec::new("discriminator", &["discriminator."], LrRole::Main),
+        ]
+    }
+
+    /// One iteration of yunjey's `Solver.train`: a critic step on this iteration's batch, and
+    /// a generator step on the same batch every `n_critic`-th iteration.
+    fn train_step(&mut self, ctx: &mut StepContext) -> Result<()> {
+        let batch = ctx.batch()?;
+        let x_real = to_tanh_range(&batch.images)?;
+        let c_org = self.domains_of(&batch)?;
+        let b = x_real.dim(0)?;
+        let mut order: Vec<u32> = (0..b as u32).collect();
+        ctx.rng.shuffle(&mut order);
+        let c_trg = c_org.index_select(&Tensor::new(order, x_real.device())?, 0)?;
+        let alpha = ctx.rng.uniform(b, x_real.device())?;
+        let d = self.critic_terms(&x_real, &c_org, &c_trg, &alpha)?;
+        ctx.minimize("discriminator", &d.total)?;
+        for (name, t) in [
+            ("d_loss_real", &d.real),
+            ("d_loss_fake", &d.fake),
+            ("d_loss_cls", &d.cls),
+            ("d_loss_gp", &d.gp),
+            ("d_loss", &d.total),
+        ] {
+            ctx.record(name, t)?;
+        }
+        if (ctx.progress.step + 1).is_multiple_of(self.cfg.n_critic) {
+            let g = self.generator_terms(&x_real, &c_org, &c_trg)?;
+            ctx.minimize("generator", &g.total)?;
+            for (name, t) in [
+                ("g_loss_fake", &g.fake),
+                ("g_loss_rec", &g.rec),
+                ("g_loss_cls", &g.cls),
+                ("g_loss", &g.total),
+            ] {
+                ctx.record(name, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn needs_second_order(&self) -> bool {
+        true
+    }
+
+    fn headline_terms(&self) -> Vec<String> {
+        ["d_loss", "g_loss", "d_loss_cls", "g_loss_rec"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// Each held-out image beside its translation with each attribute flipped (yunjey's
+    /// debugging grid; single-label: into each domain).
+    fn grid(&self, count: usize, _rng: &mut Rng, held_out: Option<&Batch>) -> Result<Grid> {
+        let Some(batch) = held_out else {
+            candle_core::bail!("StarGAN's grid shows held-out images, and none were given");
+        };
+        let n = count.clamp(1, 8).min(batch.size()?);
+        let x = batch.images.narrow(0, 0, n)?;
+        let own = self.domains_of(&Batch {
+            images: x.clone(),
+            labels: batch.labels.as_ref().map(|l| match l {
+                Labels::Attributes(a) => Labels::Attributes(a.narrow(0, 0, n).unwrap_or(a.clone())),
+                Labels::Classes(c) => Labels::Classes(c.narrow(0, 0, n).unwrap_or(c.clone())),
+            }),
+            domain_b: None,
+        })?;
+        let own = own.to_vec2::<f32>()?;
+        let k = self.cfg.c_dim;
+        let mut rows = Vec::with_capacity(n);
+        for (i, c) in own.iter().enumerate() {
+            let xi = x.narrow(0, i, 1)?;
+            let targets: Vec<Vec<f32>> = (0..k)
+                .map(|a| match self.cfg.mode {
+                    LabelMode::MultiLabel => {
+                        let mut t = c.clone();
+                        t[a] = 1.0 - t[a];
+                        t
+                    }
+                    LabelMode::SingleLabel => (0..k).map(|j| f32::from(u8::from(j == a))).collect(),
+                })
+                .collect();
+            rows.push(xi.clone());
+            rows.push(self.translations(&xi, &targets)?);
+        }
+        Ok(Grid {
+            images: Tensor::cat(&rows, 0)?,
+            columns: k + 1,
+        })
+    }
+}
+
+impl GenerativeModel for StarGan {
+    fn image_shape(&self) -> ImageShape {
+        let s = self.cfg.image_size;
+        [self.cfg.channels, s, s]
+    }
+
+    fn kind(&self) -> ModelKind {
+        ModelKind::Implicit
+    }
+
+    fn values(&self) -> Values {
+        Values::Intensities
+    }
+
+    fn sample(&self, _n: usize, _rng: &mut Rng) -> Result<Tensor> {
+        candle_core::bail!(
+            "StarGAN translates images rather than drawing them: use `genzoo sample CKPT --mode domains`"
+        )
+    }
+
+    fn as_translator(&self) -> Option<&dyn Translator> {
+        Some(self)
+    }
+}
+
+impl Translator for StarGan {
+    fn domains(&self) -> Domains {
+        Domains::Attributes {
+            names: self.names(),
+            single_label: self.cfg.mode == LabelMode::SingleLabel,
+        }
+    }
+
+    /// `G(x, c)` with each image's own instance statistics, the running ones left as they are.
+    fn translate(&self, x: &Tensor, target: &Target) -> Result<Tensor> {
+        let Target::Attributes(c) = target else {
+            candle_core::bail!("StarGAN translates to attribute vectors, not between two domains");
+        };
+        let (b, k) = c.dims2()?;
+        if k != self.cfg.c_dim || b != x.dim(0)? {
+            candle_core::bail!(
+                "StarGAN: targets {:?} for {} images of a model of {} attributes",
+                c.dims(),
+                x.dim(0)?,
+                self.cfg.c_dim
+            );
+        }
+        self.generator.freeze_instance_statistics(true);
+        let y = self.generate(&to_tanh_range(x)?, c);
+        self.generator.freeze_instance_statistics(false);
+        to_unit_range(&y?)
+    }
+}
+
+/// The distinct domains of `c (b, k)` rows.
+pub fn distinct_domains(c: &Tensor) -> Result<BTreeSet<Vec<u32>>> {
+    Ok(c.to_vec2::<f32>()?
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v.to_bits()).collect())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    fn small() -> Result<(StarGan, VarMap)> {
+        let varmap = VarMap::new();
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let cfg = Config {
+            image_size: 16,
+            c_dim: 3,
+            g_conv_dim: 4,
+            d_conv_dim: 4,
+            g_repeat_num: 1,
+            d_repeat_num: 3,
+            ..Config::default()
+        };
+        Ok((StarGan::new(&cfg, vb)?, varmap))
+    }
+
+    #[test]
+    fn translation_keeps_the_running_statistics_and_domains_are_all_combinations() -> Result<()> {
+        let (m, varmap) = small()?;
+        let x = Rng::new(0).uniform((2, 3, 16, 16), &Device::Cpu)?;
+        let key = "generator.main.1.running_mean";
+        let before = varmap.data().lock().unwrap()[key]
+            .as_tensor()
+            .to_vec1::<f32>()?;
+        let c = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        let y = m.translate(&x, &Target::Attributes(c.clone()))?;
+        assert_eq!(y.dims(), &[2, 3, 16, 16]);
+        let after = varmap.data().lock().unwrap()[key]
+            .as_tensor()
+            .to_vec1::<f32>()?;
+        assert_eq!(before, after, "translation moved the running statistics");
+        // A training-mode forward does move them.
+        m.generate(&to_tanh_range(&x)?, &c)?;
+        let trained = varmap.data().lock().unwrap()[key]
+            .as_tensor()
+            .to_vec1::<f32>()?;
+        assert_ne!(before, trained);
+        let all = m.all_domains();
+        assert_eq!(all.len(), 8);
+        assert_eq!(all[5], vec![1.0, 0.0, 1.0]);
+        let wrong = Tensor::new(&[[1f32, 0.]], &Device::Cpu)?;
+        assert!(m.translate(&x, &Target::Attributes(wrong)).is_err());
+        Ok(())
+    }
+}

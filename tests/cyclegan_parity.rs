@@ -1,0 +1,256 @@
+//! CycleGAN against junyanz/pytorch-CycleGAN-and-pix2pix: the ResnetGenerators and PatchGANs
+//! (small widths, 16 x 16 one-channel images) with the weights torch initialised, loaded by
+//! their reference names; the forward pass, every loss term of `backward_G` and `backward_D_A`
+//! / `backward_D_B`, the gradient of every parameter, and the weights after one whole
+//! `optimize_parameters` (both Adam steps), each to 1e-5. Fixtures from
+//! `scripts/make_translation_fixtures.py` (pools of size 0, so the iteration is deterministic).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use gan_variants::cyclegan::{Config, CycleGan};
+use layers::gan::{to_unit_range, GanLoss};
+use layers::step::{Optimizers, StepContext, StepProgress, Trainable};
+use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
+use layers::{Adam, AdamConfig, Batch, Checkpoint, Rng};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cyclegan.safetensors")
+}
+
+/// The tensors saved under `tag.` with the tag removed.
+fn tagged(ck: &Checkpoint, tag: &str) -> HashMap<String, Tensor> {
+    ck.tensors
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{tag}."))?.to_string(), v.clone())))
+        .collect()
+}
+
+fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
+    assert_eq!(got.dims(), want.dims(), "{name}: shape");
+    let diff = (got - want)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert!(diff <= tol, "{name}: differs by {diff} (tolerance {tol})");
+    Ok(())
+}
+
+fn max_abs(t: &Tensor) -> Result<f32> {
+    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+/// Gradients to 1e-5 relative to their largest entry (float32 sums in another order differ
+/// by a few parts in a million: the cycle terms weigh 10 and make gradients of order 10).
+fn assert_gradient_close(name: &str, got: &Tensor, want: &Tensor) -> Result<()> {
+    assert_close(
+        &format!("grad {name}"),
+        got,
+        want,
+        1e-5 * max_abs(want)?.max(1.0),
+    )
+}
+
+/// One Adam step's result against the reference, element by element. Where the reference
+/// gradient is rounding noise (below 2e-5 of its largest entry, or of 1: a bias or a constant
+/// input channel that an instance norm cancels), Adam's first step moves the weight by the
+/// learning rate times the sign of that noise on either side, so there it must only have
+/// moved by at most the learning rate; everywhere else it must match to 1e-5.
+fn assert_step_close(
+    name: &str,
+    ours: &Tensor,
+    want: &Tensor,
+    before: &Tensor,
+    grad: &Tensor,
+    lr: f64,
+) -> Result<usize> {
+    let threshold = 2e-5 * max_abs(grad)?.max(1.0) as f64;
+    let noise = grad.abs()?.lt(threshold)?.to_dtype(DType::F32)?;
+    let signal = (1.0 - &noise)?;
+    let off = max_abs(&((ours - want)? * &signal)?)?;
+    assert!(
+        off <= 1e-5,
+        "{name} after one step: differs by {off} where the gradient is not noise"
+    );
+    let moved = max_abs(&((ours - before)? * &noise)?)?;
+    assert!(
+        moved as f64 <= lr * 1.001,
+        "{name}: a noise element moved {moved}"
+    );
+    Ok(noise.sum_all()?.to_scalar::<f32>()? as usize)
+}
+
+fn model(ck: &Checkpoint) -> Result<(CycleGan, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+    let cfg = Config {
+        image_size: 16,
+        channels: 1,
+        ngf: 4,
+        ndf: 8,
+        n_blocks: 2,
+        n_layers_d: 2,
+        gan_loss: GanLoss::Lsgan,
+        lambda_a: 10.0,
+        lambda_b: 10.0,
+        lambda_identity: 0.5,
+        pool_size: 0,
+    };
+    let m = CycleGan::new(&cfg, vb)?;
+    let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture())?;
+    assert!(
+        unused.is_empty(),
+        "reference tensors the model lacks: {unused:?}"
+    );
+    Ok((m, varmap))
+}
+
+/// The fixture's inputs (uniform in [-1, 1]) as a batch of images in [0, 1].
+fn batch(ck: &Checkpoint) -> Result<Batch> {
+    Ok(Batch {
+        images: to_unit_range(&ck.tensors["real_A"])?,
+        labels: None,
+        domain_b: Some(to_unit_range(&ck.tensors["real_B"])?),
+    })
+}
+
+#[test]
+fn forward_losses_and_gradients_match_junyanz() -> Result<()> {
+    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let (m, varmap) = model(&ck)?;
+    let t = |name: &str| ck.tensors[name].clone();
+    let f = m.forward(&batch(&ck)?)?;
+    for (name, got) in [
+        ("real_A", &f.real_a),
+        ("fake_B", &f.fake_b),
+        ("rec_A", &f.rec_a),
+        ("fake_A", &f.fake_a),
+        ("rec_B", &f.rec_b),
+    ] {
+        assert_close(name, got, &t(name), 1e-5)?;
+    }
+    let g = m.generator_terms(&f)?;
+    let (idt_a, idt_b) = g
+        .idt
+        .as_ref()
+        .expect("identity terms at lambda_identity 0.5");
+    for (name, got) in [
+        ("loss_idt_A", idt_a),
+        ("loss_idt_B", idt_b),
+        ("loss_G_A", &g.g_a),
+        ("loss_G_B", &g.g_b),
+        ("loss_cycle_A", &g.cycle_a),
+        ("loss_cycle_B", &g.cycle_b),
+        ("loss_G", &g.total),
+    ] {
+        assert_close(name, &got.reshape(1)?, &t(name), 1e-5)?;
+    }
+    // Gradients of the generators from loss_G (junyanz freezes D for this pass).
+    let grads = g.total.backward()?;
+    let want = tagged(&ck, "grad");
+    let mut compared = 0;
+    for (name, var) in vars_with_prefix(&varmap, "netG_") {
+        let got = grads
+            .get(var.as_tensor())
+            .expect("every generator weight has a gradient");
+        assert_gradient_close(&name, got, &want[&name])?;
+        compared += 1;
+    }
+    // The discriminators' losses on the same (detached) fakes, and their gradients.
+    let d_a = m.d_a_loss(&f.real_b, &f.fake_b)?;
+    let d_b = m.d_b_loss(&f.real_a, &f.fake_a)?;
+    assert_close("loss_D_A", &d_a.reshape(1)?, &t("loss_D_A"), 1e-5)?;
+    assert_close("loss_D_B", &d_b.reshape(1)?, &t("loss_D_B"), 1e-5)?;
+    let grads = (d_a + d_b)?.backward()?;
+    for (name, var) in vars_with_prefix(&varmap, "netD_") {
+        let got = grads
+            .get(var.as_tensor())
+            .expect("every critic weight has a gradient");
+        assert_gradient_close(&name, got, &want[&name])?;
+        compared += 1;
+    }
+    assert_eq!(compared, want.len(), "a gradient per parameter");
+    Ok(())
+}
+
+#[test]
+fn one_optimize_parameters_matches_junyanz() -> Result<()> {
+    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let (mut m, varmap) = model(&ck)?;
+    let adam = AdamConfig {
+        lr: 2e-4,
+        beta1: 0.5,
+        ..AdamConfig::default()
+    };
+    let group = |prefixes: &[&str]| -> Result<Adam> {
+        let vars = prefixes
+            .iter()
+            .flat_map(|p| vars_with_prefix(&varmap, p))
+            .collect();
+        Ok(Adam::from_named_vars(vars, adam)?)
+    };
+    let mut optimizers = Optimizers {
+        groups: vec![
+            ("generator".into(), group(&["netG_A.", "netG_B."])?),
+            ("discriminator".into(), group(&["netD_A.", "netD_B."])?),
+        ],
+    };
+    // The model's own step, as the training loop runs it.
+    let b = batch(&ck)?;
+    let mut take = |_: u64| Ok(b.clone());
+    let progress = StepProgress {
+        step: 0,
+        total_steps: 1,
+        steps_per_epoch: 1,
+    };
+    let mut ctx = StepContext::new(progress, Rng::new(0), &mut take, 1, &mut optimizers);
+    m.train_step(&mut ctx)?;
+    let terms: HashMap<String, f64> = ctx.into_terms().into_iter().collect();
+    for (ours, theirs) in [
+        ("d_a", "loss_D_A"),
+        ("d_b", "loss_D_B"),
+        ("g_loss", "loss_G"),
+    ] {
+        let want = ck.tensors[theirs].to_vec1::<f32>()?[0] as f64;
+        assert!(
+            (terms[ours] - want).abs() < 1e-5,
+            "{ours}: {} vs {want}",
+            terms[ours]
+        );
+    }
+    let (after, before, grads) = (
+        tagged(&ck, "after"),
+        tagged(&ck, "before"),
+        tagged(&ck, "grad"),
+    );
+    let ours = varmap_tensors(&varmap);
+    assert_eq!(ours.len(), after.len(), "same tensors on both sides");
+    let mut noise = HashMap::new();
+    for (name, want) in &after {
+        let n = assert_step_close(name, &ours[name], want, &before[name], &grads[name], 2e-4)?;
+        noise.insert(name.clone(), n);
+    }
+    // The gradient is all noise for the biases that an instance norm cancels (every
+    // convolution of the generators but the last), and for none of the output layer's.
+    for g in ["netG_A", "netG_B"] {
+        for layer in [
+            "1",
+            "4",
+            "7",
+            "10.conv_block.1",
+            "11.conv_block.5",
+            "12",
+            "15",
+        ] {
+            let name = format!("{g}.model.{layer}.bias");
+            let size = before[&name].elem_count();
+            assert_eq!(noise[&name], size, "{name}: an instance norm cancels it");
+        }
+        assert_eq!(noise[&format!("{g}.model.19.bias")], 0);
+    }
+    Ok(())
+}

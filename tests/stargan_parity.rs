@@ -1,0 +1,258 @@
+//! StarGAN against yunjey/stargan: the Generator and Discriminator (small widths, 16 x 16 RGB,
+//! three attributes) with the weights torch initialised, loaded by their reference names; the
+//! critic's step (outputs, the four loss terms, the gradient penalty) and the generator's step
+//! (translation, reconstruction, the three loss terms), the gradient of every parameter, and
+//! the weights and running statistics after one critic and one generator Adam step, each to
+//! 1e-5; the single-label (RaFD) classification loss on the same outputs. Fixtures from
+//! `scripts/make_translation_fixtures.py`. Its own test binary: the gradient penalty switches
+//! Candle's second-order gradients on for the process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use gan_variants::stargan::{Config, LabelMode, StarGan};
+use layers::gan::{enable_second_order_gradients, to_unit_range};
+use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
+use layers::{Adam, AdamConfig, Checkpoint, Target, Translator};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/stargan.safetensors")
+}
+
+fn tagged(ck: &Checkpoint, tag: &str) -> HashMap<String, Tensor> {
+    ck.tensors
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{tag}."))?.to_string(), v.clone())))
+        .collect()
+}
+
+fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
+    assert_eq!(got.dims(), want.dims(), "{name}: shape");
+    let diff = (got - want)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert!(diff <= tol, "{name}: differs by {diff} (tolerance {tol})");
+    Ok(())
+}
+
+fn max_abs(t: &Tensor) -> Result<f32> {
+    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+/// Gradients to 1e-5 relative to their largest entry (float32 sums in another order differ
+/// by a few parts in a million).
+fn assert_gradient_close(name: &str, got: &Tensor, want: &Tensor) -> Result<()> {
+    assert_close(
+        &format!("grad {name}"),
+        got,
+        want,
+        1e-5 * max_abs(want)?.max(1.0),
+    )
+}
+
+/// One Adam step's result against the reference, element by element. Where the reference
+/// gradient is rounding noise (below 2e-5 of its largest entry, or of 1: a bias or a constant
+/// input channel that an instance norm cancels), Adam's first step moves the weight by the
+/// learning rate times the sign of that noise on either side, so there it must only have
+/// moved by at most the learning rate; everywhere else it must match to 1e-5.
+fn assert_step_close(
+    name: &str,
+    ours: &Tensor,
+    want: &Tensor,
+    before: &Tensor,
+    grad: &Tensor,
+    lr: f64,
+) -> Result<usize> {
+    let threshold = 2e-5 * max_abs(grad)?.max(1.0) as f64;
+    let noise = grad.abs()?.lt(threshold)?.to_dtype(DType::F32)?;
+    let signal = (1.0 - &noise)?;
+    let off = max_abs(&((ours - want)? * &signal)?)?;
+    assert!(
+        off <= 1e-5,
+        "{name} after one step: differs by {off} where the gradient is not noise"
+    );
+    let moved = max_abs(&((ours - before)? * &noise)?)?;
+    assert!(
+        moved as f64 <= lr * 1.001,
+        "{name}: a noise element moved {moved}"
+    );
+    Ok(noise.sum_all()?.to_scalar::<f32>()? as usize)
+}
+
+fn model(ck: &Checkpoint, mode: LabelMode) -> Result<(StarGan, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+    let cfg = Config {
+        image_size: 16,
+        channels: 3,
+        c_dim: 3,
+        mode,
+        g_conv_dim: 4,
+        d_conv_dim: 8,
+        g_repeat_num: 2,
+        d_repeat_num: 3,
+        ..Config::default()
+    };
+    let m = StarGan::new(&cfg, vb)?;
+    let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture())?;
+    assert!(
+        unused.is_empty(),
+        "reference tensors the model lacks: {unused:?}"
+    );
+    Ok((m, varmap))
+}
+
+fn scalar(name: &str, got: &Tensor, ck: &Checkpoint) -> Result<()> {
+    assert_close(name, &got.reshape(1)?, &ck.tensors[name], 1e-5)
+}
+
+#[test]
+fn one_iteration_matches_yunjey() -> Result<()> {
+    enable_second_order_gradients();
+    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let (m, varmap) = model(&ck, LabelMode::MultiLabel)?;
+    let t = |name: &str| ck.tensors[name].clone();
+    let (x_real, c_org, c_trg) = (t("x_real"), t("label_org"), t("label_trg"));
+    let alpha = t("alpha").flatten_all()?;
+    let want_grads = tagged(&ck, "grad");
+    let adam = AdamConfig {
+        lr: 1e-4,
+        beta1: 0.5,
+        beta2: 0.999,
+        ..AdamConfig::default()
+    };
+
+    // The critic: its outputs on real images and translations, each loss term, its gradients.
+    let real = m.critique(&x_real)?;
+    assert_close("d_out_src_real", &real.src, &t("d_out_src_real"), 1e-5)?;
+    assert_close("d_out_cls_real", &real.cls, &t("d_out_cls_real"), 1e-5)?;
+    let d = m.critic_terms(&x_real, &c_org, &c_trg, &alpha)?;
+    for (name, got) in [
+        ("d_loss_real", &d.real),
+        ("d_loss_fake", &d.fake),
+        ("d_loss_cls", &d.cls),
+        ("d_loss_gp", &d.gp),
+        ("d_loss", &d.total),
+    ] {
+        scalar(name, got, &ck)?;
+    }
+    let grads = d.total.backward()?;
+    let mut critic = Adam::from_named_vars(vars_with_prefix(&varmap, "discriminator."), adam)?;
+    for (name, var) in vars_with_prefix(&varmap, "discriminator.") {
+        let got = grads
+            .get(var.as_tensor())
+            .expect("every critic weight has a gradient");
+        assert_gradient_close(&name, got, &want_grads[&name])?;
+    }
+    critic.step(&grads)?;
+
+    // The generator, after the critic's step.
+    let x_fake = m.generate(&x_real, &c_trg)?;
+    assert_close("g_x_fake", &x_fake, &t("g_x_fake"), 1e-5)?;
+    let g = m.generator_terms(&x_real, &c_org, &c_trg)?;
+    for (name, got) in [
+        ("g_loss_fake", &g.fake),
+        ("g_loss_rec", &g.rec),
+        ("g_loss_cls", &g.cls),
+        ("g_loss", &g.total),
+    ] {
+        scalar(name, got, &ck)?;
+    }
+    let grads = g.total.backward()?;
+    let params: Vec<_> = vars_with_prefix(&varmap, "generator.")
+        .into_iter()
+        .filter(|(n, _)| !n.contains("running_"))
+        .collect();
+    for (name, var) in &params {
+        let got = grads
+            .get(var.as_tensor())
+            .expect("every generator weight has a gradient");
+        assert_gradient_close(name, got, &want_grads[name])?;
+    }
+    let mut generator = Adam::from_named_vars(params, adam)?;
+    generator.step(&grads)?;
+    // The weights after the iteration. The running statistics are checked on a model that ran
+    // exactly yunjey's three training passes of G (the next test): `generate` above was a
+    // fourth here.
+    let (after, before) = (tagged(&ck, "after"), tagged(&ck, "before"));
+    let ours = varmap_tensors(&varmap);
+    for (name, want) in after.iter().filter(|(n, _)| !n.contains("running_")) {
+        assert_step_close(
+            name,
+            &ours[name],
+            want,
+            &before[name],
+            &want_grads[name],
+            1e-4,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn running_statistics_follow_three_training_passes() -> Result<()> {
+    enable_second_order_gradients();
+    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let (m, varmap) = model(&ck, LabelMode::MultiLabel)?;
+    let t = |name: &str| ck.tensors[name].clone();
+    let (x_real, c_org, c_trg) = (t("x_real"), t("label_org"), t("label_trg"));
+    let alpha = t("alpha").flatten_all()?;
+    // yunjey's three training passes of G: the critic's translation, then the generator
+    // step's translation and reconstruction (after the critic's step, which moves D only).
+    let d = m.critic_terms(&x_real, &c_org, &c_trg, &alpha)?;
+    let mut critic = Adam::from_named_vars(
+        vars_with_prefix(&varmap, "discriminator."),
+        AdamConfig {
+            lr: 1e-4,
+            beta1: 0.5,
+            ..AdamConfig::default()
+        },
+    )?;
+    critic.backward_step(&d.total)?;
+    m.generator_terms(&x_real, &c_org, &c_trg)?;
+    let after = tagged(&ck, "after");
+    let ours = varmap_tensors(&varmap);
+    let mut compared = 0;
+    for (name, want) in after.iter().filter(|(n, _)| n.contains("running_")) {
+        assert_close(name, &ours[name], want, 1e-5)?;
+        compared += 1;
+    }
+    assert!(compared >= 14, "{compared} running statistics compared");
+    // Translation leaves them alone.
+    let before = varmap_tensors(&varmap);
+    m.translate(&to_unit_range(&x_real)?, &Target::Attributes(c_trg))?;
+    for (name, t) in varmap_tensors(&varmap) {
+        assert_close(
+            &format!("{name} after translating"),
+            &t,
+            &before[&name],
+            0.0,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn single_label_classification_matches_yunjey() -> Result<()> {
+    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let (m, _) = model(&ck, LabelMode::SingleLabel)?;
+    let one_hot = |labels: &Tensor| -> Result<Tensor> {
+        let ids: Vec<f32> = labels.to_vec1()?;
+        let mut v = vec![0f32; ids.len() * 3];
+        for (i, id) in ids.iter().enumerate() {
+            v[i * 3 + *id as usize] = 1.0;
+        }
+        Ok(Tensor::from_vec(v, (ids.len(), 3), &Device::Cpu)?)
+    };
+    let t = |name: &str| ck.tensors[name].clone();
+    let d = m.classification_loss(&t("d_out_cls_real"), &one_hot(&t("ce.label_org"))?)?;
+    assert_close("ce.d_loss_cls", &d.reshape(1)?, &t("ce.d_loss_cls"), 1e-5)?;
+    let g = m.classification_loss(&t("g_out_cls"), &one_hot(&t("ce.label_trg"))?)?;
+    assert_close("ce.g_loss_cls", &g.reshape(1)?, &t("ce.g_loss_cls"), 1e-5)?;
+    Ok(())
+}
