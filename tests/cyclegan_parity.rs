@@ -191,7 +191,7 @@ fn one_optimize_parameters_matches_junyanz() -> Result<()> {
             .iter()
             .flat_map(|p| vars_with_prefix(&varmap, p))
             .collect();
-        Ok(Adam::from_named_vars(vars, adam)?)
+        Adam::from_named_vars(vars, adam)
     };
     let mut optimizers = Optimizers {
         groups: vec![
