@@ -18,8 +18,6 @@
 //! instance norms keep running statistics as yunjey's do, but translate with each image's own
 //! statistics, as his `test()` does (the model is never switched to evaluation mode).
 
-use std::collections::BTreeSet;
-
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use layers::gan::{gradient_penalty, to_tanh_range, to_unit_range};
@@ -290,23 +288,6 @@ impl StarGan {
         let (_, _, c, h, w) = stacked.dims5()?;
         stacked.reshape((b * targets.len(), c, h, w))
     }
-
-    /// Every domain: the `2^k` attribute combinations (multi-label) or the `k` one-hot domains.
-    pub fn all_domains(&self) -> Vec<Vec<f32>> {
-        let k = self.cfg.c_dim;
-        match self.cfg.mode {
-            LabelMode::MultiLabel => (0..1usize << k.min(10))
-                .map(|m| {
-                    (0..k)
-                        .map(|i| f32::from(u8::from(m >> i & 1 == 1)))
-                        .collect()
-                })
-                .collect(),
-            LabelMode::SingleLabel => (0..k)
-                .map(|d| (0..k).map(|i| f32::from(u8::from(i == d))).collect())
-                .collect(),
-        }
-    }
 }
 
 impl Trainable for StarGan {
@@ -471,14 +452,6 @@ impl Translator for StarGan {
     }
 }
 
-/// The distinct domains of `c (b, k)` rows.
-pub fn distinct_domains(c: &Tensor) -> Result<BTreeSet<Vec<u32>>> {
-    Ok(c.to_vec2::<f32>()?
-        .into_iter()
-        .map(|r| r.into_iter().map(|v| v.to_bits()).collect())
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,7 +494,7 @@ mod tests {
             .as_tensor()
             .to_vec1::<f32>()?;
         assert_ne!(before, trained);
-        let all = m.all_domains();
+        let all = m.domains().all();
         assert_eq!(all.len(), 8);
         assert_eq!(all[5], vec![1.0, 0.0, 1.0]);
         let wrong = Tensor::new(&[[1f32, 0.]], &Device::Cpu)?;

@@ -144,6 +144,38 @@ pub enum Domains {
     },
 }
 
+impl Domains {
+    /// Every domain as a target vector: the `2^k` attribute combinations (multi-label, `k` up
+    /// to 16), the `k` one-hot domains (single-label), none for two domains.
+    pub fn all(&self) -> Vec<Vec<f32>> {
+        match self {
+            Domains::Two => Vec::new(),
+            Domains::Attributes {
+                names,
+                single_label: false,
+            } => {
+                let k = names.len().min(16);
+                (0..1usize << k)
+                    .map(|m| {
+                        (0..k)
+                            .map(|i| f32::from(u8::from(m >> i & 1 == 1)))
+                            .collect()
+                    })
+                    .collect()
+            }
+            Domains::Attributes {
+                names,
+                single_label: true,
+            } => {
+                let k = names.len();
+                (0..k)
+                    .map(|d| (0..k).map(|i| f32::from(u8::from(i == d))).collect())
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Where a translation goes.
 #[derive(Debug, Clone)]
 pub enum Target {

@@ -1,13 +1,25 @@
 //! `genzoo classifier`: train or check the digit classifier behind the sample metrics.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Subcommand;
 
+use crate::config::RunConfig;
 use crate::data::{load_split, Split};
 use crate::report::classifier;
+
+/// The run config of a run file, or of the checkpoint a run saved.
+fn run_of(path: &Path) -> Result<RunConfig> {
+    if path.extension().is_some_and(|e| e == "toml") {
+        return RunConfig::from_file(path, None);
+    }
+    let ck = layers::Checkpoint::load(path, &Device::Cpu)?;
+    let json = ck.require_meta(crate::run::checkpoint::META_CONFIG, path)?;
+    RunConfig::from_json(json)
+        .with_context(|| format!("{}: not a valid run config", path.display()))
+}
 
 #[derive(Subcommand)]
 pub enum ClassifierCmd {
@@ -26,8 +38,18 @@ pub enum ClassifierCmd {
         /// Random translation of training images by up to this many pixels.
         #[arg(long, default_value_t = 2)]
         max_shift: usize,
-        #[arg(long, default_value = "models/mnist-classifier.safetensors")]
-        out: PathBuf,
+        /// Train an attribute classifier on the data of `--config` (a run file or a
+        /// checkpoint) instead of the digit classifier: what `genzoo eval` reads to say whether
+        /// a multi-domain translation shows the attributes asked for.
+        #[arg(long, requires = "config")]
+        attributes: bool,
+        /// The run (file or checkpoint) whose data an attribute classifier learns.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to write the weights (default: models/mnist-classifier.safetensors, or
+        /// NAME-attributes.safetensors beside the run file).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Test accuracy of a classifier file (default: the shipped one).
     Eval {
@@ -45,9 +67,49 @@ pub fn run(cmd: ClassifierCmd, device: Device) -> Result<()> {
             batch_size,
             lr,
             seed,
+            attributes: true,
+            config: Some(config),
+            out,
+            ..
+        } => {
+            let run = run_of(&config)?;
+            let out = out.unwrap_or_else(|| crate::report::attributes::beside(&config));
+            let args = crate::report::attributes::TrainArgs {
+                run,
+                data,
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                out: out.clone(),
+                device,
+            };
+            crate::report::attributes::train(&args, |r| {
+                let each: Vec<String> = r
+                    .test_accuracy
+                    .iter()
+                    .map(|a| format!("{:.2}%", 100.0 * a))
+                    .collect();
+                println!(
+                    "epoch {:>3}  train loss {:.4}  test accuracy per attribute {}",
+                    r.epoch,
+                    r.train_loss,
+                    each.join(" ")
+                )
+            })?;
+            println!("wrote {}", out.display());
+        }
+        ClassifierCmd::Train {
+            data,
+            epochs,
+            batch_size,
+            lr,
+            seed,
             max_shift,
             out,
+            ..
         } => {
+            let out = out.unwrap_or_else(|| PathBuf::from("models/mnist-classifier.safetensors"));
             let args = classifier::TrainArgs {
                 data,
                 epochs,

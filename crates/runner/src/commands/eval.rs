@@ -16,6 +16,7 @@ use crate::data::pipeline::SplitSources;
 use crate::data::source::Label;
 use crate::data::{batch_indices, batches_per_epoch, load_split, make_batch, Binarization, Split};
 use crate::report::quality::{evaluate_samples, QualityReport};
+use crate::report::translation::{TranslationArgs, TranslationReport};
 use crate::run::checkpoint::{load_for_sampling, Loaded};
 use layers::eval::metrics::{best_assignment, ClusterAssignment};
 use layers::step::DataSpec;
@@ -46,6 +47,10 @@ pub struct EvalCmd {
     /// Digit classifier weights for the sample metrics (default: the shipped one).
     #[arg(long)]
     classifier: Option<PathBuf>,
+    /// Attribute classifier for a multi-domain translation model (default: NAME-attributes.safetensors
+    /// beside the checkpoint; `genzoo classifier train --attributes` makes one).
+    #[arg(long)]
+    attribute_classifier: Option<PathBuf>,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -62,6 +67,7 @@ pub fn run(cmd: EvalCmd, device: Device) -> Result<()> {
         device,
         samples: cmd.samples,
         classifier: cmd.classifier,
+        attribute_classifier: cmd.attribute_classifier,
     })?;
     if cmd.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -86,6 +92,8 @@ pub struct EvalArgs {
     pub samples: usize,
     /// Classifier weights for the sample metrics (default: the shipped one).
     pub classifier: Option<PathBuf>,
+    /// Attribute classifier for multi-domain translation models.
+    pub attribute_classifier: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +122,8 @@ pub struct EvalReport {
     pub code_accuracy: Option<f64>,
     /// InfoGAN: which digit each category was matched to, and what it holds.
     pub code_assignment: Option<ClusterAssignment>,
+    /// Translation models: errors against the true translations, digits kept, attributes.
+    pub translation: Option<TranslationReport>,
 }
 
 fn describe(name: &str) -> &str {
@@ -131,6 +141,9 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     ensure!(args.importance_samples > 0, "--k must be positive");
     let loaded = load_for_sampling(&args.checkpoint, &args.device, args.plain.as_ref())?;
     let model = loaded.model.as_ref();
+    if model.as_translator().is_some() {
+        return translation(&loaded, args);
+    }
     let sample_quality = match args.samples {
         0 => None,
         n => Some(evaluate_samples(
@@ -155,6 +168,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         sample_quality,
         code_accuracy: None,
         code_assignment: None,
+        translation: None,
     };
     if model.as_likelihood().is_some() {
         likelihoods(&loaded, args, &mut report)?;
@@ -171,6 +185,38 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         report.code_assignment = assignment;
     }
     Ok(report)
+}
+
+/// A translation model's figures on the test images of its data.
+fn translation(loaded: &Loaded, args: &EvalArgs) -> Result<EvalReport> {
+    let report = crate::report::translation::evaluate(
+        loaded.model.as_ref(),
+        &TranslationArgs {
+            run: &loaded.run,
+            checkpoint: &args.checkpoint,
+            data: args.data.as_deref(),
+            limit: args.limit,
+            batch_size: args.batch_size,
+            classifier: args.classifier.as_deref(),
+            attribute_classifier: args.attribute_classifier.clone(),
+            device: &args.device,
+        },
+    )?;
+    Ok(EvalReport {
+        model: loaded.run.model.clone(),
+        checkpoint: args.checkpoint.display().to_string(),
+        step: loaded.progress.step,
+        dataset: String::new(),
+        images: report.images,
+        binarization: "none".into(),
+        likelihood: None,
+        importance_samples: None,
+        metrics: Vec::new(),
+        sample_quality: None,
+        code_accuracy: None,
+        code_assignment: None,
+        translation: Some(report),
+    })
 }
 
 /// `-log p(x)` and the model's other per-image figures on the test digits.
@@ -293,6 +339,10 @@ fn print_code_assignment(a: &ClusterAssignment) {
 pub fn print_table(r: &EvalReport) {
     println!("model       {} (step {})", r.model, r.step);
     println!("checkpoint  {}", r.checkpoint);
+    if let Some(t) = &r.translation {
+        crate::report::translation::print(t);
+        return;
+    }
     let Some(likelihood) = r.likelihood else {
         println!("likelihood  none (implicit model)");
         if let Some(q) = &r.sample_quality {

@@ -9,9 +9,14 @@ use layers::{Rng, Stream};
 
 use crate::commands::PlainWeights;
 use crate::config::RunConfig;
+use crate::data::folder::{folder_source, list_images};
+use crate::data::pipeline::SplitSources;
+use crate::data::transforms::{Image, Pipeline};
 use crate::data::{load_split, make_batch, Binarization, Split};
 use crate::report::grid::{save_image, GridOptions};
-use crate::run::checkpoint::load_for_sampling;
+use crate::report::translation::tensor_of;
+use crate::run::checkpoint::{load_for_sampling, Loaded};
+use layers::{Batch, Domains, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SampleMode {
@@ -29,6 +34,9 @@ pub enum SampleMode {
     /// For a model with latent codes (InfoGAN): the categorical code fixed per row, continuous
     /// code `--code` swept along the columns (`--steps` of them).
     Codes,
+    /// For a multi-domain translation model (StarGAN): each input beside its translation into
+    /// every domain.
+    Domains,
 }
 
 #[derive(Args)]
@@ -53,9 +61,19 @@ pub struct SampleCmd {
     /// The continuous code `--mode codes` sweeps.
     #[arg(long, default_value_t = 0)]
     code: usize,
-    /// Test images for reconstruct / interpolate (default: the bundled subset).
+    /// Test images for reconstruct / interpolate / translations (default: the bundled subset).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// For a two-domain translation model (CycleGAN): a2b or b2a; rows of inputs, their
+    /// translations and their reconstructions.
+    #[arg(long)]
+    translate: Option<String>,
+    /// Images to translate: a folder of png/jpg (default: the test images of the model's data).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// How many test images to translate.
+    #[arg(long, default_value_t = 8)]
+    from_test: usize,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -76,6 +94,9 @@ pub fn run(cmd: SampleCmd, device: Device) -> Result<()> {
         steps: cmd.steps,
         data: cmd.data,
         code: cmd.code,
+        translate: cmd.translate,
+        input: cmd.input,
+        from_test: cmd.from_test,
         device,
     })?;
     println!("wrote {} images to {}", n, cmd.out.display());
@@ -93,6 +114,12 @@ pub struct SampleArgs {
     pub data: Option<PathBuf>,
     /// The continuous code that `codes` sweeps.
     pub code: usize,
+    /// A two-domain translation's direction (`a2b`, `b2a`).
+    pub translate: Option<String>,
+    /// A folder of images to translate.
+    pub input: Option<PathBuf>,
+    /// Test images to translate.
+    pub from_test: usize,
     pub device: Device,
     pub plain: Option<RunConfig>,
 }
@@ -101,6 +128,11 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
     anyhow::ensure!(args.n > 0, "-n must be positive");
     let loaded = load_for_sampling(&args.checkpoint, &args.device, args.plain.as_ref())?;
     let model = loaded.model.as_ref();
+    if let Some((images, nrow)) = translations(&loaded, args)? {
+        let grid = GridOptions { nrow, ..args.grid };
+        save_image(&images, &args.out, grid)?;
+        return Ok(images.dim(0)?);
+    }
     let mut rng = Rng::derive(args.seed, Stream::Sample, 0);
     let latent = || {
         model.as_latent().with_context(|| {
@@ -152,6 +184,7 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
             grid.nrow = args.steps;
             coded.code_sweep(rows, args.steps, args.code, &mut rng)?
         }
+        SampleMode::Domains => anyhow::bail!("only translation models draw domains"),
         SampleMode::Manifold => {
             let side = (args.n as f64).sqrt().round().max(2.0) as usize;
             grid.nrow = side;
@@ -160,4 +193,87 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
     };
     save_image(&images, &args.out, grid)?;
     Ok(images.dim(0)?)
+}
+
+/// The two directions of a two-domain model.
+fn direction(name: &str) -> Result<(Target, Target, bool)> {
+    match name {
+        "a2b" => Ok((Target::AToB, Target::BToA, true)),
+        "b2a" => Ok((Target::BToA, Target::AToB, false)),
+        other => anyhow::bail!("unknown translation direction `{other}`: expected a2b or b2a"),
+    }
+}
+
+/// The images to translate: `--input`'s folder, or the first `--from-test` test images of the
+/// model's data (domain A's, or B's for `b2a`), at the model's shape.
+fn translation_inputs(loaded: &Loaded, args: &SampleArgs, from_b: bool) -> Result<Batch> {
+    let spec = loaded.model.data_spec();
+    let device = &args.device;
+    if let Some(dir) = &args.input {
+        let [c, s, _] = spec.shape;
+        let listing = list_images(dir)?;
+        let source = folder_source(listing, s, c, Pipeline::default(), 256)?;
+        let n = source.len().min(args.from_test.max(1));
+        let idx: Vec<usize> = (0..n).collect();
+        let images: Vec<Image> = idx
+            .iter()
+            .map(|&i| source.image(i, &mut Rng::new(0)))
+            .collect::<Result<_>>()?;
+        return Ok(Batch::images(tensor_of(&images, device)?));
+    }
+    let sources = SplitSources::load(&spec, &loaded.run.data, args.data.as_deref(), Split::Test)?;
+    let batch = sources.first(args.from_test.max(1), Binarization::None, device)?;
+    Ok(match (from_b, batch.domain_b.clone()) {
+        (true, Some(b)) => Batch::images(b),
+        _ => batch,
+    })
+}
+
+/// A translation model's grid: `--translate` rows (inputs, translations, reconstructions) or
+/// `--mode domains` rows (each input and its translation into every domain). None for other
+/// models (and an error when a translation was asked of one).
+fn translations(loaded: &Loaded, args: &SampleArgs) -> Result<Option<(Tensor, usize)>> {
+    let name = &loaded.run.model;
+    let Some(t) = loaded.model.as_translator() else {
+        if args.translate.is_some() || args.mode == SampleMode::Domains {
+            anyhow::bail!(
+                "{} is a checkpoint of model `{name}`, which does not translate images (--translate is for cyclegan, --mode domains for stargan)",
+                args.checkpoint.display()
+            );
+        }
+        return Ok(None);
+    };
+    match t.domains() {
+        Domains::Two => {
+            anyhow::ensure!(
+                args.mode == SampleMode::Sample,
+                "model `{name}` translates between two domains: use --translate a2b or b2a, not --mode {:?}",
+                args.mode
+            );
+            let (forward, back, a2b) = direction(args.translate.as_deref().unwrap_or("a2b"))?;
+            let x = translation_inputs(loaded, args, !a2b)?.images;
+            let y = t.translate(&x, &forward)?;
+            let z = t.translate(&y, &back)?;
+            let n = x.dim(0)?;
+            Ok(Some((Tensor::cat(&[&x, &y, &z], 0)?, n)))
+        }
+        Domains::Attributes { .. } => {
+            anyhow::ensure!(
+                args.translate.is_none(),
+                "model `{name}` translates to attribute domains: use --mode domains, not --translate"
+            );
+            let x = translation_inputs(loaded, args, false)?.images;
+            let domains = t.domains().all();
+            let mut rows = Vec::new();
+            for i in 0..x.dim(0)? {
+                let xi = x.narrow(0, i, 1)?;
+                rows.push(xi.clone());
+                for d in &domains {
+                    let c = Tensor::new(d.as_slice(), &args.device)?.unsqueeze(0)?;
+                    rows.push(t.translate(&xi, &Target::Attributes(c))?);
+                }
+            }
+            Ok(Some((Tensor::cat(&rows, 0)?, domains.len() + 1)))
+        }
+    }
 }

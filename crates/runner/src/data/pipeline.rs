@@ -202,22 +202,7 @@ fn two_domains(
     dir: Option<&Path>,
     split: Split,
 ) -> Result<(Box<dyn Source>, Box<dyn Source>)> {
-    if let (Some(a), Some(b)) = (&data.domain_a, &data.domain_b) {
-        let Some(d) = digits(dir, split)? else {
-            bail!(
-                "[data] domain_a and domain_b transform the digits, but --data {} is an image folder; for two folders of images leave them out and use trainA/ and trainB/",
-                dir.map_or(String::new(), |d| d.display().to_string())
-            );
-        };
-        let n = d.len();
-        let half = |parity: usize| -> Option<Vec<usize>> {
-            match split {
-                Split::Train => Some((parity..n).step_by(2).collect()),
-                Split::Test => None,
-            }
-        };
-        let a = InMemory::new(d.clone(), half(0), a.clone())?;
-        let b = InMemory::new(d, half(1), b.clone())?;
+    if let Some((a, b)) = synthetic_domains(data, dir, split)? {
         return Ok((Box::new(a), Box::new(b)));
     }
     let Some(dir) = dir.filter(|d| !is_idx_dir(d)) else {
@@ -249,6 +234,33 @@ fn two_domains(
     Ok((folder_for(a, spec, data)?, folder_for(b, spec, data)?))
 }
 
+/// The two synthetic domains of `[data]` (transforms of the digits), if it defines them.
+pub fn synthetic_domains(
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<Option<(InMemory, InMemory)>> {
+    let (Some(a), Some(b)) = (&data.domain_a, &data.domain_b) else {
+        return Ok(None);
+    };
+    let Some(d) = digits(dir, split)? else {
+        bail!(
+            "[data] domain_a and domain_b transform the digits, but --data {} is an image folder; for two folders of images leave them out and use trainA/ and trainB/",
+            dir.map_or(String::new(), |d| d.display().to_string())
+        );
+    };
+    let n = d.len();
+    let half = |parity: usize| -> Option<Vec<usize>> {
+        match split {
+            Split::Train => Some((parity..n).step_by(2).collect()),
+            Split::Test => None,
+        }
+    };
+    let a = InMemory::new(d.clone(), half(0), a.clone())?;
+    let b = InMemory::new(d, half(1), b.clone())?;
+    Ok(Some((a, b)))
+}
+
 fn channel_word(c: usize) -> &'static str {
     if c == 3 {
         "RGB"
@@ -266,8 +278,8 @@ fn attribute_source(
     split: Split,
     k: usize,
 ) -> Result<Box<dyn Source>> {
-    let source = if !data.attributes.is_empty() {
-        synthetic_attributes(spec, data, dir, split)?
+    let source: Box<dyn Source> = if !data.attributes.is_empty() {
+        Box::new(synthetic_attributes(spec, data, dir, split)?)
     } else if !data.attrs.is_empty() {
         attribute_file_source(spec, data, dir, split)?
     } else {
@@ -293,12 +305,13 @@ pub fn draw_attributes(n: usize, k: usize, seed: u64, split: Split) -> Vec<Vec<f
         .collect()
 }
 
-fn synthetic_attributes(
+/// The digits with the synthetic attributes of `[data]`, each drawn per image.
+pub fn synthetic_attributes(
     spec: &DataSpec,
     data: &DataConfig,
     dir: Option<&Path>,
     split: Split,
-) -> Result<Box<dyn Source>> {
+) -> Result<WithAttributes> {
     let Some(d) = digits(dir, split)? else {
         bail!(
             "[data] attributes transform the digits, but --data {} is an image folder; for real attributes use --attrs with an attribute file",
@@ -313,12 +326,7 @@ fn synthetic_attributes(
         .iter()
         .map(|a| a.transforms.clone())
         .collect();
-    Ok(Box::new(WithAttributes::new(
-        Box::new(base),
-        names,
-        values,
-        transforms,
-    )?))
+    WithAttributes::new(Box::new(base), names, values, transforms)
 }
 
 /// Images named in an attribute file under `--data`, the file's rows split by a seeded shuffle
@@ -614,14 +622,28 @@ pub fn fit_model_to_data(
         let (c, why) = channels;
         said.extend(set_if_free(model_config, defaults, "channels", c, &why));
     }
-    let attributes = match (&data.attributes, &data.attrs) {
-        (a, _) if !a.is_empty() => Some(a.len()),
-        (_, a) if !a.is_empty() => Some(a.len()),
-        _ => None,
+    let names: Vec<String> = match (&data.attributes, &data.attrs) {
+        (a, _) if !a.is_empty() => a.iter().map(|a| a.name.clone()).collect(),
+        (_, a) => a.clone(),
     };
-    if let Some(k) = attributes {
-        let why = format!("[data] gives {k} attributes");
-        said.extend(set_if_free(model_config, defaults, "c_dim", k, &why));
+    if !names.is_empty() {
+        let why = format!("[data] gives {} attributes", names.len());
+        said.extend(set_if_free(
+            model_config,
+            defaults,
+            "c_dim",
+            names.len(),
+            &why,
+        ));
+        // The names go with them, for grids and reports.
+        let listed = model_config
+            .get("attributes")
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| !a.is_empty());
+        if defaults.contains_key("attributes") && !listed {
+            let list = names.iter().cloned().map(toml::Value::String).collect();
+            model_config.insert("attributes".into(), toml::Value::Array(list));
+        }
     }
     Ok(said)
 }

@@ -84,7 +84,10 @@ pub enum Transform {
     Rotate(i32),
     /// Each channel scaled by its factor (`[1, 0.35, 0.35]` tints white strokes red); a
     /// one-channel image becomes RGB first.
-    Tint([f32; 3]),
+    Tint([f64; 3]),
+    /// The grey image a tint by these factors came from, by least squares over the channels
+    /// (the inverse of `tint`).
+    Untint([f64; 3]),
 }
 
 impl Transform {
@@ -98,9 +101,9 @@ impl Transform {
             Transform::Resize(n) | Transform::CenterCrop(n) | Transform::RandomCrop(n) => {
                 ensure!(*n > 0, "{self:?}: the size must be positive")
             }
-            Transform::Tint(f) => ensure!(
+            Transform::Tint(f) | Transform::Untint(f) => ensure!(
                 f.iter().all(|v| v.is_finite() && *v >= 0.0) && f.iter().any(|v| *v > 0.0),
-                "tint = {f:?}: the factors must be non-negative and not all zero"
+                "{self:?}: the factors must be non-negative and not all zero"
             ),
             _ => {}
         }
@@ -139,6 +142,10 @@ impl Transform {
             Transform::Tint(_) => {
                 ensure!(c == 1 || c == 3, "tint needs 1 or 3 channels, found {c}");
                 [3, h, w]
+            }
+            Transform::Untint(_) => {
+                ensure!(c == 3, "untint reads 3 channels, found {c}");
+                [1, h, w]
             }
             _ => [c, h, w],
         })
@@ -190,7 +197,14 @@ impl Transform {
                     1 => Transform::Rgb.apply(image, rng)?,
                     _ => image.clone(),
                 };
-                Image::from_fn(shape, |c, y, x| rgb.at(c, y, x) * f[c])
+                Image::from_fn(shape, |c, y, x| rgb.at(c, y, x) * f[c] as f32)
+            }
+            Transform::Untint(f) => {
+                let norm: f64 = f.iter().map(|v| v * v).sum();
+                Image::from_fn(shape, |_, y, x| {
+                    let dot: f64 = (0..3).map(|c| image.at(c, y, x) as f64 * f[c]).sum();
+                    (dot / norm).clamp(0.0, 1.0) as f32
+                })
             }
         })
     }
@@ -201,7 +215,8 @@ impl Transform {
         Some(match self {
             Transform::Invert => Transform::Invert,
             Transform::Rotate(deg) => Transform::Rotate(-deg),
-            Transform::Rgb | Transform::Tint(_) => Transform::Grey,
+            Transform::Rgb => Transform::Grey,
+            Transform::Tint(f) => Transform::Untint(*f),
             _ => return None,
         })
     }
@@ -339,6 +354,13 @@ mod tests {
         let red = Transform::Tint([1.0, 0.5, 0.0]).apply(&img, &mut rng)?;
         assert_eq!(red.at(1, 1, 1), 0.5 * img.at(0, 1, 1));
         assert_eq!(red.at(2, 1, 1), 0.0);
+        let back = Transform::Tint([1.0, 0.5, 0.0])
+            .inverse()
+            .unwrap()
+            .apply(&red, &mut rng)?;
+        for (a, b) in back.data.iter().zip(&img.data) {
+            assert!((a - b).abs() < 1e-6);
+        }
         let inv = Transform::Invert.apply(&img, &mut rng)?;
         assert_eq!(inv.at(0, 0, 1), 1.0 - img.at(0, 0, 1));
         assert!(Transform::Rgb.output_shape([3, 2, 2]).is_err());

@@ -41,9 +41,45 @@ pub struct Progress {
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
-    /// Per-metric sums over the current epoch so far, and the number of steps summed.
+    /// Per-term sums over the current epoch so far, and the number of steps summed.
     pub epoch_sums: BTreeMap<String, f64>,
     pub epoch_steps: u64,
+    /// Per-term counts where a term was not recorded every step (StarGAN's generator terms);
+    /// the others count `epoch_steps`.
+    pub epoch_counts: BTreeMap<String, u64>,
+}
+
+impl Progress {
+    /// Adds one step's terms to the epoch's sums.
+    pub fn add_terms(&mut self, terms: &[(String, f64)]) {
+        self.epoch_steps += 1;
+        for (name, v) in terms {
+            *self.epoch_sums.entry(name.clone()).or_default() += v;
+            *self.epoch_counts.entry(name.clone()).or_default() += 1;
+        }
+    }
+
+    /// Each term's mean over the steps that recorded it this epoch.
+    pub fn epoch_means(&self) -> Vec<(String, f64)> {
+        self.epoch_sums
+            .iter()
+            .map(|(name, sum)| {
+                let n = self
+                    .epoch_counts
+                    .get(name)
+                    .copied()
+                    .unwrap_or(self.epoch_steps);
+                (name.clone(), sum / n.max(1) as f64)
+            })
+            .collect()
+    }
+
+    /// Starts the next epoch's sums.
+    pub fn clear_epoch(&mut self) {
+        self.epoch_sums.clear();
+        self.epoch_counts.clear();
+        self.epoch_steps = 0;
+    }
 }
 
 /// The tensor prefix of an optimiser's moments: `optimizer` for a likelihood model's unnamed
@@ -102,6 +138,11 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
     let p = state.progress;
     let mut sums = p.epoch_sums.clone();
     sums.insert("__steps".into(), p.epoch_steps as f64);
+    for (name, n) in &p.epoch_counts {
+        if *n != p.epoch_steps {
+            sums.insert(format!("__count.{name}"), *n as f64);
+        }
+    }
     for (k, v) in [
         (META_FORMAT, FORMAT_VERSION.to_string()),
         (META_MODEL, state.run.model.clone()),
@@ -288,11 +329,26 @@ fn read_progress(checkpoint: &Checkpoint, path: &Path) -> Result<Progress> {
         None => BTreeMap::new(),
     };
     let epoch_steps = sums.remove("__steps").unwrap_or(0.0) as u64;
+    let counted: Vec<String> = sums
+        .keys()
+        .filter(|k| k.starts_with("__count."))
+        .cloned()
+        .collect();
+    let mut epoch_counts: BTreeMap<String, u64> = sums
+        .keys()
+        .filter(|k| !k.starts_with("__"))
+        .map(|k| (k.clone(), epoch_steps))
+        .collect();
+    for key in counted {
+        let n = sums.remove(&key).unwrap_or(0.0) as u64;
+        epoch_counts.insert(key["__count.".len()..].to_string(), n);
+    }
     Ok(Progress {
         step: parse_meta(checkpoint, META_STEP, path)?,
         epoch: parse_meta(checkpoint, META_EPOCH, path)?,
         epoch_sums: sums,
         epoch_steps,
+        epoch_counts,
     })
 }
 

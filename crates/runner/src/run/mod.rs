@@ -221,7 +221,7 @@ fn start(args: &TrainArgs) -> Result<Session> {
 
 /// Sets the model's channels and attribute count from the data where the run file leaves them
 /// open, and says so.
-fn fit_to_data(run: &mut RunConfig, dir: Option<&Path>) -> Result<()> {
+pub(crate) fn fit_to_data(run: &mut RunConfig, dir: Option<&Path>) -> Result<()> {
     let folder = dir.is_some_and(|d| d.is_dir() && !crate::data::is_idx_dir(d));
     let attributes = !run.data.attributes.is_empty() || !run.data.attrs.is_empty();
     if !folder && !attributes {
@@ -340,11 +340,8 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             average.update()?;
         }
         s.progress.step += 1;
-        s.progress.epoch_steps += 1;
+        s.progress.add_terms(&terms);
         window.1 += images;
-        for (name, v) in &terms {
-            *s.progress.epoch_sums.entry(name.clone()).or_default() += v;
-        }
         if s.progress.step.is_multiple_of(t.log_every) || s.progress.step == total_steps {
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
             let speed = window.1 as f64 / secs;
@@ -467,8 +464,7 @@ fn finish_epoch(
     let t = &s.run.train;
     let mut line = json!({"type": "epoch", "step": s.progress.step, "epoch": epoch});
     let mut summary = Vec::new();
-    for (name, sum) in &s.progress.epoch_sums {
-        let mean = sum / s.progress.epoch_steps.max(1) as f64;
+    for (name, mean) in s.progress.epoch_means() {
         line[format!("train_{name}")] = json!(mean);
         summary.push(format!("train {name} {mean:.3}"));
     }
@@ -485,8 +481,7 @@ fn finish_epoch(
         t.epochs,
         summary.join(", ")
     ));
-    s.progress.epoch_sums.clear();
-    s.progress.epoch_steps = 0;
+    s.progress.clear_epoch();
     s.progress.epoch = epoch;
     save_grid(s, held_out_grid, &format!("epoch-{epoch:04}.png"))?;
     plot_terms(&s.headline, logger, &s.run, &s.dir)
