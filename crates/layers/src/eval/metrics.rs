@@ -41,24 +41,75 @@ impl Gaussian {
     }
 }
 
+/// The eigendecomposition of a symmetric matrix, or an error. nalgebra's QR iteration can
+/// fail to converge, or return non-finite eigenvalues, on rank-deficient covariances
+/// (nalgebra issue #379; seen as a Fréchet distance of -inf on features of noise images, in
+/// one build and not another): then the singular value decomposition, which for a symmetric
+/// PSD matrix gives the same spectrum, takes over.
+fn symmetric_spectrum(m: &DMatrix<f64>) -> Result<(DVector<f64>, DMatrix<f64>)> {
+    let finite = |v: &DVector<f64>| v.iter().all(|x| x.is_finite());
+    if let Some(eig) = SymmetricEigen::try_new(m.clone(), f64::EPSILON, 100_000) {
+        if finite(&eig.eigenvalues) && eig.eigenvectors.iter().all(|x| x.is_finite()) {
+            return Ok((eig.eigenvalues, eig.eigenvectors));
+        }
+    }
+    let svd = nalgebra::SVD::try_new(m.clone(), true, false, f64::EPSILON, 100_000)
+        .filter(|s| finite(&s.singular_values))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the covariance of the features has no finite eigendecomposition ({}x{})",
+                m.nrows(),
+                m.ncols()
+            )
+        })?;
+    let u = svd.u.expect("asked for U");
+    Ok((svd.singular_values, u))
+}
+
 /// The symmetric positive semi-definite square root through the eigendecomposition
 /// (eigenvalues below zero from rounding are clamped to zero).
-fn psd_sqrt(m: &DMatrix<f64>) -> DMatrix<f64> {
-    let eig = SymmetricEigen::new(m.clone());
-    let roots = eig.eigenvalues.map(|v| v.max(0.0).sqrt());
-    &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+fn psd_sqrt(m: &DMatrix<f64>) -> Result<DMatrix<f64>> {
+    let (values, vectors) = symmetric_spectrum(m)?;
+    let roots = values.map(|v| v.max(0.0).sqrt());
+    Ok(&vectors * DMatrix::from_diagonal(&roots) * vectors.transpose())
 }
 
 /// The Fréchet distance between two Gaussians. `Tr (S_a S_b)^{1/2}` is computed as
-/// `Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}`, whose argument is symmetric PSD (same eigenvalues).
-pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> f64 {
-    let root_a = psd_sqrt(&a.covariance);
-    let inner = &root_a * &b.covariance * &root_a;
+/// `Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}`, whose argument is symmetric PSD (same eigenvalues),
+/// over the features `S_a` varies in: a feature of zero variance in `S_a` (a ReLU unit that no
+/// image reaches) is a zero row and column of `S_a^{1/2}`, so leaving it out of the product is
+/// exact, and the eigenproblem is no longer rank-deficient there. An input or a result that is
+/// not finite is an error, never a figure.
+pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> Result<f64> {
+    let dim = a.mean.len();
+    ensure!(
+        b.mean.len() == dim && a.covariance.nrows() == dim && b.covariance.nrows() == dim,
+        "Fréchet distance between Gaussians of {} and {} features",
+        dim,
+        b.mean.len()
+    );
+    let finite = |m: &DMatrix<f64>| m.iter().all(|x| x.is_finite());
+    ensure!(
+        finite(&a.covariance)
+            && finite(&b.covariance)
+            && a.mean.iter().chain(b.mean.iter()).all(|x| x.is_finite()),
+        "the features hold non-finite values: no Fréchet distance"
+    );
+    let varied: Vec<usize> = (0..dim).filter(|&j| a.covariance[(j, j)] > 0.0).collect();
+    let sa = a.covariance.select_rows(&varied).select_columns(&varied);
+    let sb = b.covariance.select_rows(&varied).select_columns(&varied);
+    let root_a = psd_sqrt(&sa)?;
+    let inner = &root_a * &sb * &root_a;
     let inner = (&inner + inner.transpose()) * 0.5;
-    let eig = SymmetricEigen::new(inner);
-    let trace_sqrt: f64 = eig.eigenvalues.iter().map(|v| v.max(0.0).sqrt()).sum();
+    let (values, _) = symmetric_spectrum(&inner)?;
+    let trace_sqrt: f64 = values.iter().map(|v| v.max(0.0).sqrt()).sum();
     let diff = &a.mean - &b.mean;
-    diff.dot(&diff) + a.covariance.trace() + b.covariance.trace() - 2.0 * trace_sqrt
+    let fd = diff.dot(&diff) + a.covariance.trace() + b.covariance.trace() - 2.0 * trace_sqrt;
+    ensure!(
+        fd.is_finite(),
+        "the Fréchet distance came out {fd}: the features' covariance is degenerate"
+    );
+    Ok(fd)
 }
 
 /// `exp(E_x KL(p(y|x) || p(y)))` from class probabilities, one row per image.
@@ -202,16 +253,71 @@ mod tests {
             covariance: DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 9.0])),
         };
         let want = 9.0 + (2.0f64 - 1.0).powi(2) + (1.0f64 - 3.0).powi(2);
-        assert!((frechet_distance(&a, &b) - want).abs() < 1e-9);
-        assert!(frechet_distance(&a, &a).abs() < 1e-9);
+        assert!((frechet_distance(&a, &b)? - want).abs() < 1e-9);
+        assert!(frechet_distance(&a, &a)?.abs() < 1e-9);
         // A full covariance against itself rotated stays symmetric in its arguments.
         let rows = gaussian_rows(500, 6, 0.0, 1.0, 1);
         let other = gaussian_rows(500, 6, 0.5, 2.0, 2);
         let (ga, gb) = (Gaussian::fit(&rows)?, Gaussian::fit(&other)?);
-        let (ab, ba) = (frechet_distance(&ga, &gb), frechet_distance(&gb, &ga));
+        let (ab, ba) = (frechet_distance(&ga, &gb)?, frechet_distance(&gb, &ga)?);
         assert!((ab - ba).abs() < 1e-6 * ab, "{ab} vs {ba}");
         // Expected: 6 * 0.5^2 + 6 * (2 - 1)^2 = 7.5, up to sampling noise.
         assert!((ab - 7.5).abs() < 1.0, "{ab}");
+        Ok(())
+    }
+
+    /// The case behind the -inf that `genzoo eval` once printed for a nearly untrained GAN:
+    /// 100 sample features of which 78 of 128 never vary (ReLU units no noise image reaches)
+    /// against the test digits' features. numpy (`np.linalg.eigvals(S_a @ S_b)` on the same
+    /// values, float64) gives 29.30964076040437.
+    #[test]
+    fn frechet_distance_of_rank_deficient_features_matches_numpy() -> Result<()> {
+        let table = |n: usize, f: &dyn Fn(usize, usize) -> f32| -> Vec<Vec<f32>> {
+            (0..n)
+                .map(|i| (0..128).map(|j| f(i, j)).collect())
+                .collect()
+        };
+        let samples = table(100, &|i, j| {
+            if j < 50 {
+                ((i * 7919 + j * 104729) % 1000) as f32 / 1000.0
+            } else {
+                0.0
+            }
+        });
+        let test = table(300, &|i, j| {
+            ((i * 31 + j * 17 + i * j) % 997) as f32 / 997.0
+        });
+        let (a, b) = (Gaussian::fit(&samples)?, Gaussian::fit(&test)?);
+        let fd = frechet_distance(&a, &b)?;
+        assert!((fd - 29.30964076040437).abs() < 1e-6 * 29.3, "{fd}");
+        // The other way round the zero columns sit in S_b, where no split applies.
+        let fd_ba = frechet_distance(&b, &a)?;
+        assert!((fd_ba - fd).abs() < 1e-6 * fd, "{fd_ba} vs {fd}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_non_finite_distance_is_an_error_not_a_figure() -> Result<()> {
+        let mut rows = gaussian_rows(50, 4, 0.0, 1.0, 3);
+        rows[7][2] = f32::INFINITY;
+        let bad = Gaussian::fit(&rows)?;
+        let good = Gaussian::fit(&gaussian_rows(50, 4, 0.0, 1.0, 4))?;
+        let e = frechet_distance(&bad, &good).unwrap_err().to_string();
+        assert!(e.contains("non-finite"), "{e}");
+        let huge = Gaussian {
+            mean: DVector::from_vec(vec![f64::MAX, 0.0]),
+            covariance: DMatrix::identity(2, 2),
+        };
+        let e = frechet_distance(
+            &huge,
+            &Gaussian {
+                mean: DVector::from_vec(vec![-f64::MAX, 0.0]),
+                covariance: DMatrix::identity(2, 2),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("came out inf"), "{e}");
         Ok(())
     }
 

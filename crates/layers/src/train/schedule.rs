@@ -17,8 +17,9 @@ pub enum Schedule {
 
 impl Schedule {
     /// The factor on the base rate at `step` (0-based) of `total` steps, decaying from
-    /// `decay_start` (a step) on. At the last step of a linear decay the factor is
-    /// `1 / (total - decay_start)`, so no step runs at rate zero.
+    /// `decay_start` (a step) on as junyanz's `1 - (n + 1) / (n_decay + 1)` does per epoch:
+    /// the first decayed step already runs below the base rate and the last at
+    /// `1 / (total - decay_start + 1)`, so no step runs at rate zero.
     pub fn factor(self, step: u64, total: u64, decay_start: u64) -> f64 {
         match self {
             Schedule::Constant => 1.0,
@@ -27,7 +28,7 @@ impl Schedule {
                     return 1.0;
                 }
                 let span = (total - decay_start) as f64;
-                1.0 - (step - decay_start) as f64 / span
+                1.0 - (step - decay_start + 1) as f64 / (span + 1.0)
             }
         }
     }
@@ -42,9 +43,9 @@ mod tests {
         let s = Schedule::Linear;
         assert_eq!(s.factor(0, 10, 6), 1.0);
         assert_eq!(s.factor(5, 10, 6), 1.0);
-        assert_eq!(s.factor(6, 10, 6), 1.0);
-        assert_eq!(s.factor(7, 10, 6), 0.75);
-        assert_eq!(s.factor(9, 10, 6), 0.25);
+        assert_eq!(s.factor(6, 10, 6), 0.8);
+        assert_eq!(s.factor(7, 10, 6), 0.6);
+        assert!((s.factor(9, 10, 6) - 0.2).abs() < 1e-12);
         assert_eq!(Schedule::Constant.factor(9, 10, 6), 1.0);
         // A decay that starts at or after the end never decays.
         assert_eq!(s.factor(9, 10, 10), 1.0);

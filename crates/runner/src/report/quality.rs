@@ -83,7 +83,7 @@ pub fn measure(
     let predicted = predictions(&described.probs);
     Ok(SampleQuality {
         images: predicted.len(),
-        frechet_distance: frechet_distance(&Gaussian::fit(&described.features)?, reference),
+        frechet_distance: frechet_distance(&Gaussian::fit(&described.features)?, reference)?,
         classifier_score: classifier_score(&described.probs),
         coverage: class_coverage(&predicted, classes),
         conditional_accuracy: wanted.map(|w| accuracy(&predicted, w)),
