@@ -14,6 +14,7 @@
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::ops::differentiable_twice;
 use crate::loss::softplus;
 use crate::model::{CodedModel, GenerativeModel};
 use crate::step::{
@@ -82,7 +83,8 @@ pub fn target_loss(loss: GanLoss, prediction: &Tensor, real: bool) -> Result<Ten
 /// `mean_b (|grad_x D(x_hat_b)|_2 - 1)^2` at `x_hat = alpha real + (1 - alpha) fake`, with
 /// `alpha (b)` uniform in [0, 1). Differentiable with respect to D's parameters, which needs
 /// Candle's second-order gradients: call [`enable_second_order_gradients`] before the first
-/// backward pass of the thread.
+/// backward pass of the thread. The critic's pass at `x_hat` and its gradient are recorded in a
+/// [`differentiable_twice`] scope (Candle's ops); the rest of the step keeps the fused kernels.
 pub fn gradient_penalty(
     critic: &dyn Fn(&Tensor) -> Result<Tensor>,
     real: &Tensor,
@@ -95,13 +97,15 @@ pub fn gradient_penalty(
     let alpha = alpha.reshape(shape)?;
     let mixed = (real.broadcast_mul(&alpha)? + fake.broadcast_mul(&(1.0 - &alpha)?)?)?;
     let input = Var::from_tensor(&mixed.detach())?;
-    let out = critic(input.as_tensor())?.sum_all()?;
-    let grads = out.backward()?;
-    let grad = grads
-        .get(input.as_tensor())
-        .ok_or_else(|| candle_core::Error::Msg("the critic ignores its input".into()))?;
-    let norm = (grad.flatten_from(1)?.sqr()?.sum(1)? + 1e-12)?.sqrt()?; // (b)
-    (norm - 1.0)?.sqr()?.mean_all()
+    differentiable_twice(|| {
+        let out = critic(input.as_tensor())?.sum_all()?;
+        let grads = out.backward()?;
+        let grad = grads
+            .get(input.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("the critic ignores its input".into()))?;
+        let norm = (grad.flatten_from(1)?.sqr()?.sum(1)? + 1e-12)?.sqrt()?; // (b)
+        (norm - 1.0)?.sqr()?.mean_all()
+    })
 }
 
 /// Candle detaches gradients unless `CANDLE_GRAD_DO_NOT_DETACH` is set before a thread's

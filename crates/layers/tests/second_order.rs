@@ -1,7 +1,7 @@
 //! Second-order gradients (WGAN-GP's penalty) against finite differences. Their own test
 //! binary: `enable_second_order_gradients` sets `CANDLE_GRAD_DO_NOT_DETACH` for the whole
-//! process, which turns genzoo's fused first-order kernels off, and the unit tests that compare
-//! those kernels with Candle's ops must see them on.
+//! process, which changes how Candle keeps every gradient. The fused first-order kernels stay
+//! on outside the penalty's `differentiable_twice` scope (last test).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use layers::gan::{enable_second_order_gradients, gradient_penalty};
@@ -191,4 +191,59 @@ fn reflection_pad_second_order_gradients_match_finite_differences() -> Result<()
         g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
     };
     assert_penalty_gradients(&penalty, &[kernel], &["kernel"], 7)
+}
+
+/// The penalty in f32 with the fused kernels on outside its scope (the critic's pass on real
+/// images fused, the pass at the interpolates and its gradient recorded with Candle's ops)
+/// gives the gradient that the all-composed f64 computation gives.
+#[test]
+fn a_fused_step_around_the_penalty_differentiates_like_candles_ops() -> Result<()> {
+    use layers::kernels::activation::{bias_activation, Activation};
+    use layers::kernels::ops::fused_cpu_f32;
+    enable_second_order_gradients();
+    let dev = Device::Cpu;
+    let probe = Tensor::zeros(1, DType::F32, &dev)?;
+    assert!(
+        fused_cpu_f32(&[&probe]),
+        "second-order gradients must not switch the fused kernels off outside the penalty"
+    );
+    let mut rng = Rng::new(6);
+    let (b, d, h) = (6, 5, 7);
+    let real = rng.normal((b, d), &dev)?;
+    let fake = rng.normal((b, d), &dev)?;
+    let alpha = rng.uniform(b, &dev)?;
+    let w1 = rng.normal((d, h), &dev)?;
+    let b1 = rng.normal(h, &dev)?;
+    let w2 = rng.normal((h, 1), &dev)?;
+    let gradient = |dtype: DType| -> Result<Vec<f64>> {
+        let cast = |t: &Tensor| t.to_dtype(dtype);
+        let w1 = Var::from_tensor(&cast(&w1)?)?;
+        let (b1, w2) = (cast(&b1)?, cast(&w2)?);
+        let critic = |x: &Tensor| -> Result<Tensor> {
+            let hidden = bias_activation(
+                &x.matmul(w1.as_tensor())?,
+                Some(&b1),
+                Activation::LeakyRelu(0.2),
+            )?;
+            hidden.matmul(&w2)
+        };
+        let (real, fake, alpha) = (cast(&real)?, cast(&fake)?, cast(&alpha)?);
+        let gp = gradient_penalty(&critic, &real, &fake, &alpha)?;
+        let loss = (critic(&real)?.mean_all()? + (gp * 10.0)?)?;
+        let grads = loss.backward()?;
+        grads
+            .get(w1.as_tensor())
+            .expect("the loss depends on w1")
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()
+    };
+    let (fused, composed) = (gradient(DType::F32)?, gradient(DType::F64)?);
+    for (i, (a, c)) in fused.iter().zip(&composed).enumerate() {
+        assert!(
+            (a - c).abs() < 1e-4 * (1.0 + c.abs()),
+            "w1[{i}]: f32 with fused kernels {a}, f64 composed {c}"
+        );
+    }
+    Ok(())
 }

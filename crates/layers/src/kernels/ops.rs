@@ -46,25 +46,46 @@ impl<'a> CpuValues<'a> {
     }
 }
 
-/// Whether genzoo's fused CPU kernels serve these tensors: f32 on the CPU, first-order
-/// gradients only. Candle reads `CANDLE_GRAD_DO_NOT_DETACH` to keep gradients differentiable
-/// (second order, WGAN-GP's penalty), which the fused backward passes are not; then, and on
-/// other devices and dtypes, callers use Candle's ops.
+thread_local! {
+    /// Depth of [`differentiable_twice`] scopes on this thread.
+    static TWICE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with genzoo's fused kernels off on this thread, so that every op it records is one
+/// whose gradient can itself be differentiated: the critic's pass at WGAN-GP's interpolates and
+/// the gradient taken from it. Everything outside (the generator, the critic's passes on real
+/// and generated images) keeps the fused kernels, whose backward passes are first-order only.
+/// The gradient of the penalty that the outer backward pass computes runs through these
+/// recorded ops, never through a fused backward.
+pub fn differentiable_twice<R>(f: impl FnOnce() -> R) -> R {
+    struct Scope;
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            TWICE.with(|d| d.set(d.get() - 1));
+        }
+    }
+    TWICE.with(|d| d.set(d.get() + 1));
+    let _scope = Scope;
+    f()
+}
+
+/// Whether genzoo's fused CPU kernels serve these tensors: f32 on the CPU, outside a
+/// [`differentiable_twice`] scope; elsewhere callers use Candle's ops.
 pub fn fused_cpu_f32(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-        && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none()
+        && TWICE.with(|d| d.get() == 0)
 }
 
-/// For tests comparing a fused kernel with Candle's ops: fails if the fused path is off in
-/// this process (so the comparison would be Candle's ops against themselves).
+/// For tests comparing a fused kernel with Candle's ops: fails if the fused path is off (so
+/// the comparison would be Candle's ops against themselves).
 #[cfg(test)]
 pub(crate) fn assert_fused_path_on() {
     let probe = Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu).unwrap();
     assert!(
         fused_cpu_f32(&[&probe]),
-        "CANDLE_GRAD_DO_NOT_DETACH is set: the fused kernels are off in this test process"
+        "inside a differentiable_twice scope: the fused kernels are off"
     );
 }
 
