@@ -1,4 +1,4 @@
-"""The workloads of BENCHMARKS.md in PyTorch, printing the JSON `genzoo bench --json` prints, so
+"""The workloads of docs/BENCHMARKS.md in PyTorch, printing the JSON `genzoo bench --json` prints, so
 the two can be compared side by side on one machine (scripts/bench_compare.py alternates them).
 
     .venv/bin/python scripts/bench_pytorch.py [WORKLOAD ...] [--steps 10] [--threads 2]

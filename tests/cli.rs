@@ -110,8 +110,13 @@ fn list_names_every_model_with_its_kind_and_status() {
     assert!(vae.contains("explicit") && vae.contains("built"), "{vae}");
     let gan = out.lines().find(|l| l.starts_with("dcgan")).unwrap();
     assert!(gan.contains("implicit") && gan.contains("built"), "{gan}");
-    let later = out.lines().find(|l| l.starts_with("stargan")).unwrap();
+    let later = out.lines().find(|l| l.starts_with("progan")).unwrap();
     assert!(later.contains("not built yet"), "{later}");
+    let translation = out.lines().find(|l| l.starts_with("cyclegan")).unwrap();
+    assert!(
+        translation.contains("built") && !translation.contains("not built"),
+        "{translation}"
+    );
     let json: Value = serde_json::from_str(&stdout(&ok(run(&["list", "--json"])))).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 17);
 }
@@ -790,6 +795,20 @@ fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
         step_losses_of(&part, "g_loss"),
         step_losses_of(&full, "g_loss")
     );
+    // Everything a GAN saves comes out the same: both networks, both optimisers' moments and
+    // the generator's weight average that samples are drawn with.
+    let resumed = weights(&ck);
+    assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
+    for prefix in [
+        "ema.generator.",
+        "optimizer.generator.",
+        "optimizer.discriminator.",
+    ] {
+        assert!(
+            resumed.iter().any(|(k, _)| k.starts_with(prefix)),
+            "{prefix}"
+        );
+    }
     // Sampling and evaluation by samples.
     let png = tmp.path().join("gan.png");
     ok(run(&["sample", s(&ck), "-n", "8", "--out", s(&png)]));

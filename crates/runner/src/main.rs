@@ -70,7 +70,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time the workloads of BENCHMARKS.md (all by default): images/s, ms/step, peak memory.
+    /// Time the workloads of docs/BENCHMARKS.md (all by default): images/s, ms/step, peak memory.
     Bench {
         workloads: Vec<String>,
         /// Timed steps per training workload (after 2 warm-up steps).

@@ -1,5 +1,7 @@
-//! `genzoo bench`: the workloads of BENCHMARKS.md on any device. Each training workload is one
-//! full optimiser step on random binary data of the stated shape: 2 warm-up steps, then the
+//! `genzoo bench`: the workloads of docs/BENCHMARKS.md on any device. Each training workload is one
+//! full step of the model's own (`Trainable::train_step`; StarGAN's five critic iterations) on
+//! random data of the stated shape (binary for models of binary pixels, uniform intensities for
+//! GANs, random labels and second domain where the model reads them): 2 warm-up steps, then the
 //! mean of N steps; sampling workloads time a whole run. Reported: images/s, ms/step, and the
 //! peak resident memory while the workload ran (Linux).
 
@@ -14,7 +16,7 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::run::checkpoint::build_model;
 
-/// A workload of BENCHMARKS.md.
+/// A workload of docs/BENCHMARKS.md.
 #[derive(Debug)]
 pub struct Workload {
     pub name: &'static str,

@@ -61,6 +61,9 @@ impl SplitSources {
         dir: Option<&Path>,
         split: Split,
     ) -> Result<Self> {
+        if let Some(d) = dir {
+            ensure!(d.exists(), "data directory {} does not exist", d.display());
+        }
         let (images, domain_b) = if spec.two_domains {
             let (a, b) = two_domains(spec, data, dir, split)?;
             (a, Some(b))
