@@ -2,58 +2,17 @@
 //! the loss goes down, resume is exact, checkpoints survive kills, Ctrl-C saves, and every bad
 //! input is a clear error.
 
+#[path = "common/cli.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use common::{fails_with, genzoo, ok, png_size, run, s, stderr, stdout, weights};
 use layers::Checkpoint;
 use serde_json::Value;
-
-fn genzoo() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_genzoo"));
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    genzoo().args(args).output().expect("genzoo runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn ok(o: Output) -> Output {
-    assert!(
-        o.status.success(),
-        "genzoo failed:\n{}\n{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    o
-}
-
-/// Runs a command that must fail cleanly: non-zero exit, no panic, and `needles` in stderr.
-#[track_caller]
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let o = run(args);
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{args:?} should fail with 1:\n{err}"
-    );
-    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
-    }
-}
 
 fn log_lines(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("log.jsonl"))
@@ -61,10 +20,6 @@ fn log_lines(dir: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A small but real run: `limit` training digits, `epochs` epochs, a line per step.
@@ -170,17 +125,6 @@ fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
         .filter(|v| v["type"] == "step")
         .map(|v| (v["step"].as_u64().unwrap(), v["neg_elbo"].as_f64().unwrap()))
         .collect()
-}
-
-fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
-    let mut w: Vec<(String, Vec<f32>)> = ck
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
 }
 
 #[test]
@@ -319,11 +263,6 @@ fn tiny_checkpoint(dir: &Path, extra_model_config: &str) -> PathBuf {
     std::fs::write(&cfg, format!("model = \"vae\"\n[train]\nlimit = 2048\nepochs = 1\nsample_count = 4\n[model_config]\n{extra_model_config}")).unwrap();
     ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
     out.join("checkpoints/last.safetensors")
-}
-
-fn png_size(p: &Path) -> (u32, u32) {
-    let img = image::open(p).unwrap();
-    (img.width(), img.height())
 }
 
 #[test]

@@ -5,84 +5,20 @@
 //! `optimize_parameters` (both Adam steps), each to 1e-5. Fixtures from
 //! `scripts/make_translation_fixtures.py` (pools of size 0, so the iteration is deterministic).
 
+#[path = "common/parity.rs"]
+mod parity;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use gan_variants::cyclegan::{Config, CycleGan};
 use layers::gan::{to_unit_range, GanLoss};
 use layers::step::{Optimizers, StepContext, StepProgress, Trainable};
 use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
 use layers::{Adam, AdamConfig, Batch, Checkpoint, Rng};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cyclegan.safetensors")
-}
-
-/// The tensors saved under `tag.` with the tag removed.
-fn tagged(ck: &Checkpoint, tag: &str) -> HashMap<String, Tensor> {
-    ck.tensors
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{tag}."))?.to_string(), v.clone())))
-        .collect()
-}
-
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let diff = (got - want)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    assert!(diff <= tol, "{name}: differs by {diff} (tolerance {tol})");
-    Ok(())
-}
-
-fn max_abs(t: &Tensor) -> Result<f32> {
-    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-}
-
-/// Gradients to 1e-5 relative to their largest entry (float32 sums in another order differ
-/// by a few parts in a million: the cycle terms weigh 10 and make gradients of order 10).
-fn assert_gradient_close(name: &str, got: &Tensor, want: &Tensor) -> Result<()> {
-    assert_close(
-        &format!("grad {name}"),
-        got,
-        want,
-        1e-5 * max_abs(want)?.max(1.0),
-    )
-}
-
-/// One Adam step's result against the reference, element by element. Where the reference
-/// gradient is rounding noise (below 2e-5 of its largest entry, or of 1: a bias or a constant
-/// input channel that an instance norm cancels), Adam's first step moves the weight by the
-/// learning rate times the sign of that noise on either side, so there it must only have
-/// moved by at most the learning rate; everywhere else it must match to 1e-5.
-fn assert_step_close(
-    name: &str,
-    ours: &Tensor,
-    want: &Tensor,
-    before: &Tensor,
-    grad: &Tensor,
-    lr: f64,
-) -> Result<usize> {
-    let threshold = 2e-5 * max_abs(grad)?.max(1.0) as f64;
-    let noise = grad.abs()?.lt(threshold)?.to_dtype(DType::F32)?;
-    let signal = (1.0 - &noise)?;
-    let off = max_abs(&((ours - want)? * &signal)?)?;
-    assert!(
-        off <= 1e-5,
-        "{name} after one step: differs by {off} where the gradient is not noise"
-    );
-    let moved = max_abs(&((ours - before)? * &noise)?)?;
-    assert!(
-        moved as f64 <= lr * 1.001,
-        "{name}: a noise element moved {moved}"
-    );
-    Ok(noise.sum_all()?.to_scalar::<f32>()? as usize)
-}
+use parity::{assert_close, assert_gradient_close, assert_step_close, fixture, tagged};
 
 fn model(ck: &Checkpoint) -> Result<(CycleGan, VarMap)> {
     let varmap = VarMap::new();
@@ -101,7 +37,7 @@ fn model(ck: &Checkpoint) -> Result<(CycleGan, VarMap)> {
         pool_size: 0,
     };
     let m = CycleGan::new(&cfg, vb)?;
-    let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture())?;
+    let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture("cyclegan"))?;
     assert!(
         unused.is_empty(),
         "reference tensors the model lacks: {unused:?}"
@@ -120,7 +56,7 @@ fn batch(ck: &Checkpoint) -> Result<Batch> {
 
 #[test]
 fn forward_losses_and_gradients_match_junyanz() -> Result<()> {
-    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let ck = Checkpoint::load(&fixture("cyclegan"), &Device::Cpu)?;
     let (m, varmap) = model(&ck)?;
     let t = |name: &str| ck.tensors[name].clone();
     let f = m.forward(&batch(&ck)?)?;
@@ -179,7 +115,7 @@ fn forward_losses_and_gradients_match_junyanz() -> Result<()> {
 
 #[test]
 fn one_optimize_parameters_matches_junyanz() -> Result<()> {
-    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let ck = Checkpoint::load(&fixture("cyclegan"), &Device::Cpu)?;
     let (mut m, varmap) = model(&ck)?;
     let adam = AdamConfig {
         lr: 2e-4,

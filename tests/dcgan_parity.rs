@@ -5,44 +5,22 @@
 //! which every weight and BatchNorm buffer must match. Fixtures from
 //! `scripts/make_dcgan_fixtures.py`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+#[path = "common/parity.rs"]
+mod parity;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use gan_variants::dcgan::{Config, Dcgan};
 use layers::gan::{discriminator_loss, generator_loss, Adversarial, GanLoss, GeneratorInput};
 use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
 use layers::{Adam, AdamConfig, Checkpoint};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dcgan.safetensors")
-}
-
-/// The tensors saved under `tag.` with the tag removed.
-fn tagged(ck: &Checkpoint, tag: &str) -> HashMap<String, Tensor> {
-    ck.tensors
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{tag}."))?.to_string(), v.clone())))
-        .collect()
-}
-
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let diff = (got - want)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    assert!(diff <= tol, "{name}: differs by {diff} (tolerance {tol})");
-    Ok(())
-}
+use parity::{assert_close, fixture, tagged};
 
 #[test]
 fn one_training_iteration_matches_pytorch_examples() -> Result<()> {
     let dev = Device::Cpu;
-    let ck = Checkpoint::load(&fixture(), &dev)?;
+    let ck = Checkpoint::load(&fixture("dcgan"), &dev)?;
     let varmap = VarMap::new();
     let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &dev);
     let cfg = Config {
@@ -54,7 +32,7 @@ fn one_training_iteration_matches_pytorch_examples() -> Result<()> {
     };
     let model = Dcgan::new(&cfg, vb)?;
     let before = tagged(&ck, "before");
-    let unused = load_into_varmap(&varmap, &before, &fixture())?;
+    let unused = load_into_varmap(&varmap, &before, &fixture("dcgan"))?;
     assert!(
         unused.is_empty(),
         "reference tensors the model lacks: {unused:?}"

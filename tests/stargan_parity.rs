@@ -7,8 +7,8 @@
 //! `scripts/make_translation_fixtures.py`. Its own test binary: the gradient penalty switches
 //! Candle's second-order gradients on for the process.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+#[path = "common/parity.rs"]
+mod parity;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -17,72 +17,7 @@ use gan_variants::stargan::{Config, LabelMode, StarGan};
 use layers::gan::{enable_second_order_gradients, to_unit_range};
 use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
 use layers::{Adam, AdamConfig, Checkpoint, Target, Translator};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/stargan.safetensors")
-}
-
-fn tagged(ck: &Checkpoint, tag: &str) -> HashMap<String, Tensor> {
-    ck.tensors
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{tag}."))?.to_string(), v.clone())))
-        .collect()
-}
-
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let diff = (got - want)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    assert!(diff <= tol, "{name}: differs by {diff} (tolerance {tol})");
-    Ok(())
-}
-
-fn max_abs(t: &Tensor) -> Result<f32> {
-    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-}
-
-/// Gradients to 1e-5 relative to their largest entry (float32 sums in another order differ
-/// by a few parts in a million).
-fn assert_gradient_close(name: &str, got: &Tensor, want: &Tensor) -> Result<()> {
-    assert_close(
-        &format!("grad {name}"),
-        got,
-        want,
-        1e-5 * max_abs(want)?.max(1.0),
-    )
-}
-
-/// One Adam step's result against the reference, element by element. Where the reference
-/// gradient is rounding noise (below 2e-5 of its largest entry, or of 1: a bias or a constant
-/// input channel that an instance norm cancels), Adam's first step moves the weight by the
-/// learning rate times the sign of that noise on either side, so there it must only have
-/// moved by at most the learning rate; everywhere else it must match to 1e-5.
-fn assert_step_close(
-    name: &str,
-    ours: &Tensor,
-    want: &Tensor,
-    before: &Tensor,
-    grad: &Tensor,
-    lr: f64,
-) -> Result<usize> {
-    let threshold = 2e-5 * max_abs(grad)?.max(1.0) as f64;
-    let noise = grad.abs()?.lt(threshold)?.to_dtype(DType::F32)?;
-    let signal = (1.0 - &noise)?;
-    let off = max_abs(&((ours - want)? * &signal)?)?;
-    assert!(
-        off <= 1e-5,
-        "{name} after one step: differs by {off} where the gradient is not noise"
-    );
-    let moved = max_abs(&((ours - before)? * &noise)?)?;
-    assert!(
-        moved as f64 <= lr * 1.001,
-        "{name}: a noise element moved {moved}"
-    );
-    Ok(noise.sum_all()?.to_scalar::<f32>()? as usize)
-}
+use parity::{assert_close, assert_gradient_close, assert_step_close, fixture, tagged};
 
 fn model(ck: &Checkpoint, mode: LabelMode) -> Result<(StarGan, VarMap)> {
     let varmap = VarMap::new();
@@ -99,12 +34,31 @@ fn model(ck: &Checkpoint, mode: LabelMode) -> Result<(StarGan, VarMap)> {
         ..Config::default()
     };
     let m = StarGan::new(&cfg, vb)?;
-    let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture())?;
+    let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture("stargan"))?;
     assert!(
         unused.is_empty(),
         "reference tensors the model lacks: {unused:?}"
     );
     Ok((m, varmap))
+}
+
+/// The fixture's batch: images, their attributes, the permuted targets, the interpolation
+/// weights of the penalty.
+struct Inputs {
+    x_real: Tensor,
+    c_org: Tensor,
+    c_trg: Tensor,
+    alpha: Tensor,
+}
+
+fn inputs(ck: &Checkpoint) -> Result<Inputs> {
+    let t = |name: &str| ck.tensors[name].clone();
+    Ok(Inputs {
+        x_real: t("x_real"),
+        c_org: t("label_org"),
+        c_trg: t("label_trg"),
+        alpha: t("alpha").flatten_all()?,
+    })
 }
 
 fn scalar(name: &str, got: &Tensor, ck: &Checkpoint) -> Result<()> {
@@ -114,11 +68,15 @@ fn scalar(name: &str, got: &Tensor, ck: &Checkpoint) -> Result<()> {
 #[test]
 fn one_iteration_matches_yunjey() -> Result<()> {
     enable_second_order_gradients();
-    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let ck = Checkpoint::load(&fixture("stargan"), &Device::Cpu)?;
     let (m, varmap) = model(&ck, LabelMode::MultiLabel)?;
     let t = |name: &str| ck.tensors[name].clone();
-    let (x_real, c_org, c_trg) = (t("x_real"), t("label_org"), t("label_trg"));
-    let alpha = t("alpha").flatten_all()?;
+    let Inputs {
+        x_real,
+        c_org,
+        c_trg,
+        alpha,
+    } = inputs(&ck)?;
     let want_grads = tagged(&ck, "grad");
     let adam = AdamConfig {
         lr: 1e-4,
@@ -197,11 +155,14 @@ fn one_iteration_matches_yunjey() -> Result<()> {
 #[test]
 fn running_statistics_follow_three_training_passes() -> Result<()> {
     enable_second_order_gradients();
-    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let ck = Checkpoint::load(&fixture("stargan"), &Device::Cpu)?;
     let (m, varmap) = model(&ck, LabelMode::MultiLabel)?;
-    let t = |name: &str| ck.tensors[name].clone();
-    let (x_real, c_org, c_trg) = (t("x_real"), t("label_org"), t("label_trg"));
-    let alpha = t("alpha").flatten_all()?;
+    let Inputs {
+        x_real,
+        c_org,
+        c_trg,
+        alpha,
+    } = inputs(&ck)?;
     // yunjey's three training passes of G: the critic's translation, then the generator
     // step's translation and reconstruction (after the critic's step, which moves D only).
     let d = m.critic_terms(&x_real, &c_org, &c_trg, &alpha)?;
@@ -239,7 +200,7 @@ fn running_statistics_follow_three_training_passes() -> Result<()> {
 
 #[test]
 fn single_label_classification_matches_yunjey() -> Result<()> {
-    let ck = Checkpoint::load(&fixture(), &Device::Cpu)?;
+    let ck = Checkpoint::load(&fixture("stargan"), &Device::Cpu)?;
     let (m, _) = model(&ck, LabelMode::SingleLabel)?;
     let one_hot = |labels: &Tensor| -> Result<Tensor> {
         let ids: Vec<f32> = labels.to_vec1()?;

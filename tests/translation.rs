@@ -4,60 +4,14 @@
 //! folders, attribute files and image folders load, and every bad input is a clear error that
 //! leaves nothing behind. Also the WGAN-GP run end to end.
 
+#[path = "common/cli.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use candle_core::Device;
-use layers::Checkpoint;
+use common::{fails_with, ok, png_size, run, s, stderr, stdout, weights};
 use serde_json::Value;
-
-fn genzoo() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_genzoo"));
-    c.env("RUST_LOG", "info");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    genzoo().args(args).output().expect("genzoo runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn ok(o: Output) -> Output {
-    assert!(
-        o.status.success(),
-        "genzoo failed:\n{}\n{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    o
-}
-
-#[track_caller]
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let o = run(args);
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{args:?} should fail with 1:\n{err}"
-    );
-    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn log_lines(dir: &Path, kind: &str) -> Vec<Value> {
     std::fs::read_to_string(dir.join("log.jsonl"))
@@ -70,22 +24,6 @@ fn log_lines(dir: &Path, kind: &str) -> Vec<Value> {
             v
         })
         .collect()
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
-    let mut w: Vec<(String, Vec<f32>)> = ck
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
-}
-
-fn png_size(p: &Path) -> (u32, u32) {
-    let img = image::open(p).unwrap();
-    (img.width(), img.height())
 }
 
 fn json(o: Output) -> Value {
@@ -137,7 +75,7 @@ fn cyclegan_trains_resumes_exactly_evaluates_and_samples() {
         (2 + 4 * 30, 2 + 6 * 30)
     );
     let last = full.join("checkpoints/last.safetensors");
-    let saved = tensors(&last);
+    let saved = weights(&last);
     assert!(saved
         .iter()
         .any(|(k, v)| k == "state.pool_a" && v.len() == 5 * 784));
@@ -158,7 +96,7 @@ fn cyclegan_trains_resumes_exactly_evaluates_and_samples() {
     assert_eq!(log_lines(&part, "step"), steps, "resumed steps differ");
     assert_eq!(log_lines(&part, "epoch"), log_lines(&full, "epoch"));
     assert_eq!(
-        tensors(&ck),
+        weights(&ck),
         saved,
         "weights, moments or pools differ after resuming"
     );

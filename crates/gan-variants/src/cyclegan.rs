@@ -26,7 +26,7 @@ use layers::nn::sequential::Stack;
 use layers::nn::translation::{patch_discriminator, resnet_generator};
 use layers::step::{Batch, DataSpec, Grid, LrRole, OptimizerSpec, StepContext, Trainable};
 use layers::train::pool::ImagePool;
-use layers::{Domains, GenerativeModel, ImageShape, ModelKind, Rng, Target, Translator, Values};
+use layers::{Domains, Rng, Target, Translator};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,10 +244,11 @@ impl CycleGan {
 
 impl Trainable for CycleGan {
     fn data_spec(&self) -> DataSpec {
+        let s = self.cfg.image_size;
         DataSpec {
             two_domains: true,
             held_out_grid: true,
-            ..DataSpec::images(self.image_shape())
+            ..DataSpec::images([self.cfg.channels, s, s])
         }
     }
 
@@ -338,30 +339,10 @@ impl Trainable for CycleGan {
     }
 }
 
-impl GenerativeModel for CycleGan {
-    fn image_shape(&self) -> ImageShape {
-        let s = self.cfg.image_size;
-        [self.cfg.channels, s, s]
-    }
-
-    fn kind(&self) -> ModelKind {
-        ModelKind::Implicit
-    }
-
-    fn values(&self) -> Values {
-        Values::Intensities
-    }
-
-    fn sample(&self, _n: usize, _rng: &mut Rng) -> Result<Tensor> {
-        candle_core::bail!(
-            "CycleGAN translates images rather than drawing them: use `genzoo sample CKPT --translate a2b` (or b2a)"
-        )
-    }
-
-    fn as_translator(&self) -> Option<&dyn Translator> {
-        Some(self)
-    }
-}
+layers::translation_model!(
+    CycleGan,
+    "use `genzoo sample CKPT --translate a2b` (or b2a)"
+);
 
 impl Translator for CycleGan {
     fn domains(&self) -> Domains {
@@ -386,6 +367,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
+    use layers::GenerativeModel;
 
     #[test]
     fn shapes_names_and_bad_configs() -> Result<()> {

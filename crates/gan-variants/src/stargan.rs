@@ -27,7 +27,7 @@ use layers::nn::translation::{stargan_discriminator, stargan_generator, StarGanC
 use layers::step::{
     Batch, DataSpec, Grid, LabelSpec, Labels, LrRole, OptimizerSpec, StepContext, Trainable,
 };
-use layers::{Domains, GenerativeModel, ImageShape, ModelKind, Rng, Target, Translator, Values};
+use layers::{Domains, Rng, Target, Translator};
 use serde::{Deserialize, Serialize};
 
 /// How domains are labelled.
@@ -296,10 +296,11 @@ impl Trainable for StarGan {
             LabelMode::MultiLabel => LabelSpec::Attributes(self.cfg.c_dim),
             LabelMode::SingleLabel => LabelSpec::Classes(self.cfg.c_dim),
         };
+        let s = self.cfg.image_size;
         DataSpec {
             labels,
             held_out_grid: true,
-            ..DataSpec::images(self.image_shape())
+            ..DataSpec::images([self.cfg.channels, s, s])
         }
     }
 
@@ -398,30 +399,7 @@ impl Trainable for StarGan {
     }
 }
 
-impl GenerativeModel for StarGan {
-    fn image_shape(&self) -> ImageShape {
-        let s = self.cfg.image_size;
-        [self.cfg.channels, s, s]
-    }
-
-    fn kind(&self) -> ModelKind {
-        ModelKind::Implicit
-    }
-
-    fn values(&self) -> Values {
-        Values::Intensities
-    }
-
-    fn sample(&self, _n: usize, _rng: &mut Rng) -> Result<Tensor> {
-        candle_core::bail!(
-            "StarGAN translates images rather than drawing them: use `genzoo sample CKPT --mode domains`"
-        )
-    }
-
-    fn as_translator(&self) -> Option<&dyn Translator> {
-        Some(self)
-    }
-}
+layers::translation_model!(StarGan, "use `genzoo sample CKPT --mode domains`");
 
 impl Translator for StarGan {
     fn domains(&self) -> Domains {

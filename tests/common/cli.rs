@@ -1,0 +1,75 @@
+//! What the end-to-end tests share: running the `genzoo` binary and reading what it wrote.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use layers::Checkpoint;
+
+/// The binary under test, logging at info level (what a user sees).
+pub fn genzoo() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_genzoo"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    genzoo().args(args).output().expect("genzoo runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+pub fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "genzoo failed:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// Runs a command that must fail cleanly: non-zero exit, no panic, and `needles` in stderr.
+#[track_caller]
+pub fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = run(args);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{args:?} should fail with 1:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
+    }
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every tensor of a safetensors file, sorted by name.
+pub fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
+    let mut w: Vec<(String, Vec<f32>)> = ck
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+pub fn png_size(p: &Path) -> (u32, u32) {
+    let img = image::open(p).unwrap();
+    (img.width(), img.height())
+}

@@ -1,0 +1,75 @@
+//! What the parity tests share: the fixtures torch wrote, the tensors under a tag, and the
+//! comparisons (values, gradients relative to their scale, one Adam step element by element).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use layers::Checkpoint;
+
+/// `tests/fixtures/{name}.safetensors`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/{name}.safetensors"))
+}
+
+/// The tensors saved under `tag.` with the tag removed.
+pub fn tagged(ck: &Checkpoint, tag: &str) -> HashMap<String, Tensor> {
+    ck.tensors
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{tag}."))?.to_string(), v.clone())))
+        .collect()
+}
+
+pub fn max_abs(t: &Tensor) -> Result<f32> {
+    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
+    assert_eq!(got.dims(), want.dims(), "{name}: shape");
+    let diff = max_abs(&(got - want)?)?;
+    assert!(diff <= tol, "{name}: differs by {diff} (tolerance {tol})");
+    Ok(())
+}
+
+/// Gradients to 1e-5 relative to their largest entry (float32 sums in another order differ
+/// by a few parts in a million).
+pub fn assert_gradient_close(name: &str, got: &Tensor, want: &Tensor) -> Result<()> {
+    assert_close(
+        &format!("grad {name}"),
+        got,
+        want,
+        1e-5 * max_abs(want)?.max(1.0),
+    )
+}
+
+/// One Adam step's result against the reference, element by element. Where the reference
+/// gradient is rounding noise (below 2e-5 of its largest entry, or of 1: a bias or a constant
+/// input channel that an instance norm cancels), Adam's first step moves the weight by the
+/// learning rate times the sign of that noise on either side, so there it must only have
+/// moved by at most the learning rate; everywhere else it must match to 1e-5. Returns how many
+/// elements were noise.
+pub fn assert_step_close(
+    name: &str,
+    ours: &Tensor,
+    want: &Tensor,
+    before: &Tensor,
+    grad: &Tensor,
+    lr: f64,
+) -> Result<usize> {
+    let threshold = 2e-5 * max_abs(grad)?.max(1.0) as f64;
+    let noise = grad.abs()?.lt(threshold)?.to_dtype(DType::F32)?;
+    let signal = (1.0 - &noise)?;
+    let off = max_abs(&((ours - want)? * &signal)?)?;
+    assert!(
+        off <= 1e-5,
+        "{name} after one step: differs by {off} where the gradient is not noise"
+    );
+    let moved = max_abs(&((ours - before)? * &noise)?)?;
+    assert!(
+        moved as f64 <= lr * 1.001,
+        "{name}: a noise element moved {moved}"
+    );
+    Ok(noise.sum_all()?.to_scalar::<f32>()? as usize)
+}
