@@ -55,6 +55,9 @@ pub struct Config {
     pub d_conv_dim: usize,
     /// Residual blocks of the generator.
     pub g_repeat_num: usize,
+    /// Stride-2 down (and up) samplings of the generator: yunjey's 2. A third widens what each
+    /// output sees, which a rotation of the whole image needs.
+    pub g_down_num: usize,
     /// Stride-2 layers of the critic.
     pub d_repeat_num: usize,
     pub lambda_cls: f64,
@@ -75,6 +78,7 @@ impl Default for Config {
             g_conv_dim: 64,
             d_conv_dim: 64,
             g_repeat_num: 6,
+            g_down_num: 2,
             d_repeat_num: 6,
             lambda_cls: 1.0,
             lambda_rec: 10.0,
@@ -130,6 +134,14 @@ impl StarGan {
         if cfg.n_critic == 0 {
             candle_core::bail!("StarGAN n_critic must be positive");
         }
+        if cfg.g_down_num == 0 || !cfg.image_size.is_multiple_of(1 << cfg.g_down_num) {
+            candle_core::bail!(
+                "StarGAN's generator halves image_size {} {} times: it must be a multiple of 2^{}",
+                cfg.image_size,
+                cfg.g_down_num,
+                cfg.g_down_num
+            );
+        }
         let dims = (cfg.channels, cfg.c_dim);
         Ok(Self {
             cfg: cfg.clone(),
@@ -137,7 +149,7 @@ impl StarGan {
                 vb.pp("generator"),
                 dims,
                 cfg.g_conv_dim,
-                cfg.g_repeat_num,
+                (cfg.g_down_num, cfg.g_repeat_num),
             )?,
             critic: stargan_discriminator(
                 vb.pp("discriminator"),

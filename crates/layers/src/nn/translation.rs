@@ -112,22 +112,22 @@ pub fn patch_discriminator(
 }
 
 /// yunjey's StarGAN `Generator(conv_dim, c_dim, repeat_num)` as a stack over the image with
-/// its target domain tiled and concatenated (`3 + c_dim` channels): c7s1-conv_dim, two stride-2
-/// 4x4 convolutions, `repeat_num` residual blocks, two stride-2 4x4 transposed convolutions,
-/// c7s1-`channels` and tanh; every convolution bias-free, each followed by an affine instance
-/// norm that keeps running statistics.
+/// its target domain tiled and concatenated (`3 + c_dim` channels): c7s1-conv_dim, `down`
+/// stride-2 4x4 convolutions (yunjey's two), `repeat_num` residual blocks, as many stride-2 4x4
+/// transposed convolutions, c7s1-`channels` and tanh; every convolution bias-free, each followed
+/// by an affine instance norm that keeps running statistics.
 pub fn stargan_generator(
     vb: VarBuilder,
     (channels, c_dim): (usize, usize),
     conv_dim: usize,
-    repeat_num: usize,
+    (down, repeat_num): (usize, usize),
 ) -> Result<Stack> {
     let mut g = Sequential::new(vb.pp("main"))
         .conv((channels + c_dim, conv_dim, 7), spec(1, 3), false, None)?
         .instance_norm(conv_dim, true, true)?
         .push(Layer::Relu);
     let mut ch = conv_dim;
-    for _ in 0..2 {
+    for _ in 0..down {
         g = g
             .conv((ch, 2 * ch, 4), spec(2, 1), false, None)?
             .instance_norm(2 * ch, true, true)?
@@ -143,7 +143,7 @@ pub fn stargan_generator(
                 .instance_norm(ch, true, true)
         })?;
     }
-    for _ in 0..2 {
+    for _ in 0..down {
         g = g
             .conv_transpose_with((ch, ch / 2, 4), spec(2, 1), (0, 0), false, None)?
             .instance_norm(ch / 2, true, true)?
@@ -249,7 +249,7 @@ mod tests {
     fn stargan_networks_take_the_reference_keys_and_shapes() -> Result<()> {
         let varmap = VarMap::new();
         let vb = crate::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
-        let g = stargan_generator(vb.pp("generator"), (3, 5), 8, 6)?;
+        let g = stargan_generator(vb.pp("generator"), (3, 5), 8, (2, 6))?;
         let d = stargan_discriminator(vb.pp("discriminator"), (3, 5), 128, 8, 6)?;
         let n = names(&varmap);
         for key in [
