@@ -213,4 +213,42 @@ mod tests {
         assert_eq!(gray.image_size(), 16);
         Ok(())
     }
+
+    /// A folder over the memory limit is read from disk as it is taken and gives the images,
+    /// labels and channels the in-memory one gives; the channel probe sees colour.
+    #[test]
+    fn a_streamed_folder_yields_what_memory_holds() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        for (i, class) in ["a", "b", "c"].iter().enumerate() {
+            fs::create_dir(dir.path().join(class))?;
+            for j in 0..3u32 {
+                let img = image::RgbImage::from_fn(24, 18, |x, y| {
+                    image::Rgb([(x * 9 + j) as u8, (y * 11) as u8, (40 * i) as u8])
+                });
+                img.save(dir.path().join(class).join(format!("{j}.png")))?;
+            }
+        }
+        let listing = || list_images(dir.path());
+        assert_eq!(probe_channels(&listing()?.paths, 4)?, 3);
+        let flip = Pipeline(vec![crate::data::transforms::Transform::Flip]);
+        let memory = folder_source(listing()?, 8, 3, flip.clone(), 64)?;
+        let streamed = folder_source(listing()?, 8, 3, flip, 0)?;
+        assert_eq!((memory.len(), streamed.len()), (9, 9));
+        assert_eq!(memory.shape(), streamed.shape());
+        assert_eq!(streamed.classes(), Some(3));
+        for i in 0..9 {
+            let (mut r1, mut r2) = (layers::Rng::new(i as u64), layers::Rng::new(i as u64));
+            assert_eq!(
+                memory.image(i, &mut r1)?,
+                streamed.image(i, &mut r2)?,
+                "image {i}"
+            );
+            assert_eq!(memory.label(i), streamed.label(i));
+        }
+        let grey = dir.path().join("grey");
+        fs::create_dir(&grey)?;
+        image::GrayImage::from_pixel(5, 5, image::Luma([7])).save(grey.join("g.png"))?;
+        assert_eq!(probe_channels(&list_images(&grey)?.paths, 4)?, 1);
+        Ok(())
+    }
 }

@@ -692,3 +692,106 @@ fn set_if_free(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::transforms::Transform;
+
+    fn inverted() -> DataConfig {
+        DataConfig {
+            domain_a: Some(Pipeline::default()),
+            domain_b: Some(Pipeline(vec![Transform::Invert])),
+            ..DataConfig::default()
+        }
+    }
+
+    #[test]
+    fn synthetic_domains_split_the_training_digits_and_pair_the_test_ones() -> Result<()> {
+        let (a, b) = synthetic_domains(&inverted(), None, Split::Train)?.expect("two domains");
+        assert_eq!((a.len(), b.len()), (4003, 4003));
+        let mut rng = Rng::new(0);
+        // B's first image is the second digit, inverted: no digit is in both halves.
+        let digits = load_split(None, Split::Train, [1, 28, 28])?;
+        let second = crate::data::transforms::Image::from_bytes([1, 28, 28], digits.image(1))?;
+        let b0 = b.image(0, &mut rng)?;
+        assert!(b0
+            .data
+            .iter()
+            .zip(&second.data)
+            .all(|(x, y)| (x - (1.0 - y)).abs() < 1e-6));
+        assert_eq!(b.label(0), Label::Class(digits.labels.as_ref().unwrap()[1]));
+        // The test split pairs every digit with its own translation.
+        let (a, b) = synthetic_domains(&inverted(), None, Split::Test)?.expect("two domains");
+        assert_eq!((a.len(), b.len()), (997, 997));
+        let (x, y) = (a.image(5, &mut rng)?, b.image(5, &mut rng)?);
+        assert!(x
+            .data
+            .iter()
+            .zip(&y.data)
+            .all(|(p, q)| (p + q - 1.0).abs() < 1e-6));
+        Ok(())
+    }
+
+    #[test]
+    fn two_domain_batches_are_a_function_of_their_index() -> Result<()> {
+        let spec = DataSpec {
+            two_domains: true,
+            ..DataSpec::images([1, 28, 28])
+        };
+        let config = inverted();
+        let options = DataOptions {
+            dir: None,
+            config: &config,
+            binarize: Binarization::None,
+            seed: 3,
+            batch_size: 4,
+            limit: 40,
+            held_out: false,
+        };
+        let mut data = TrainData::load(&spec, &options, &Device::Cpu)?;
+        assert_eq!(data.batches_per_epoch(), 10);
+        let first = data.train_batch(7)?;
+        let _ = data.train_batch(23)?;
+        let again = data.train_batch(7)?;
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&first.images), values(&again.images));
+        let b = first.domain_b.as_ref().expect("a second domain");
+        assert_eq!(values(b), values(again.domain_b.as_ref().unwrap()));
+        // B's images are drawn apart from A's order: another step, other B images.
+        let other = data.train_batch(8)?;
+        assert_ne!(values(b), values(other.domain_b.as_ref().unwrap()));
+        Ok(())
+    }
+
+    #[test]
+    fn synthetic_attributes_are_fixed_per_dataset_and_transform_when_on() -> Result<()> {
+        let config = DataConfig {
+            transforms: Pipeline(vec![Transform::Pad(2), Transform::Rgb]),
+            attributes: vec![crate::config::SyntheticAttribute {
+                name: "inverted".into(),
+                transforms: Pipeline(vec![Transform::Invert]),
+            }],
+            ..DataConfig::default()
+        };
+        let spec = DataSpec {
+            labels: LabelSpec::Attributes(1),
+            ..DataSpec::images([3, 32, 32])
+        };
+        let source = synthetic_attributes(&spec, &config, None, Split::Test)?;
+        let again = synthetic_attributes(&spec, &config, None, Split::Test)?;
+        assert_eq!(source.values, again.values);
+        let on = source.values.iter().filter(|v| v[0] > 0.5).count();
+        assert!((400..600).contains(&on), "{on} of 997 inverted");
+        let mut rng = Rng::new(0);
+        let plain = source.image_as(0, &[0.0], &mut rng)?;
+        let flipped = source.image_as(0, &[1.0], &mut rng)?;
+        assert_eq!(plain.shape, [3, 32, 32]);
+        assert!(plain
+            .data
+            .iter()
+            .zip(&flipped.data)
+            .all(|(p, q)| (p + q - 1.0).abs() < 1e-6));
+        Ok(())
+    }
+}
