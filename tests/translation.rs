@@ -171,6 +171,22 @@ fn cyclegan_trains_resumes_exactly_evaluates_and_samples() {
         &["sample", s(&last), "--mode", "domains", "--out", s(&png)],
         &["translates between two domains", "--translate"],
     );
+    // A shipped file: weights only (no optimiser moments, no pools), and it still translates.
+    let shipped = tmp.path().join("cyclegan.safetensors");
+    ok(run(&["export", s(&last), s(&shipped)]));
+    let names: Vec<String> = weights(&shipped).into_iter().map(|(k, _)| k).collect();
+    assert!(names
+        .iter()
+        .all(|k| !k.starts_with("state.") && !k.starts_with("optimizer.")));
+    assert!(names.iter().any(|k| k.starts_with("netG_B.model.")));
+    ok(run(&[
+        "sample",
+        s(&shipped),
+        "--translate",
+        "a2b",
+        "--out",
+        s(&png),
+    ]));
     // Images of a folder, resized to the model's side.
     let input = tmp.path().join("input");
     std::fs::create_dir(&input).unwrap();

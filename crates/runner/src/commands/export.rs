@@ -1,4 +1,4 @@
-//! `genzoo export`: a checkpoint's weights and metadata without the optimizer state.
+//! `genzoo export`: a checkpoint's weights and metadata without the optimizer or training state.
 
 use std::path::Path;
 
@@ -7,7 +7,7 @@ use anyhow::Result;
 pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
     let (kept, dropped) = crate::run::checkpoint::export_weights(checkpoint, out)?;
     println!(
-        "wrote {} ({kept} tensors; {dropped} optimizer tensors left out)",
+        "wrote {} ({kept} tensors; {dropped} optimizer and training-state tensors left out)",
         out.display()
     );
     Ok(())

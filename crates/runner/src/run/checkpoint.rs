@@ -388,14 +388,16 @@ pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path
     Ok(())
 }
 
-/// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state:
-/// a file to share or ship, which `sample` and `eval` read like the checkpoint.
+/// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state or
+/// the model's training state (an image pool): a file to share or ship, which `sample` and
+/// `eval` read like the checkpoint (the weight average stays: samples are drawn with it).
 pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
     let mut ck = Checkpoint::load(src, &Device::Cpu)?;
     ck.require_meta(META_MODEL, src)?;
     let before = ck.tensors.len();
+    let dropped = [OPTIMIZER_PREFIX, STATE_PREFIX].map(|p| format!("{p}."));
     ck.tensors
-        .retain(|name, _| !name.starts_with(&format!("{OPTIMIZER_PREFIX}.")));
+        .retain(|name, _| !dropped.iter().any(|p| name.starts_with(p.as_str())));
     ck.metadata
         .retain(|k, _| !(k.starts_with("genzoo.optimizer") && k.ends_with("step")));
     ck.metadata.remove(META_EPOCH_SUMS);
