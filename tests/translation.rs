@@ -521,3 +521,53 @@ fn wgan_gp_trains_past_the_collapse_window() {
         .unwrap()
         .is_finite());
 }
+
+/// `genzoo train dcgan --data FOLDER_OF_RGB_IMAGES` used to train a grayscale model without a
+/// word: the channels now come from the images, and the log says so; a run file that sets
+/// them wins, and the images are converted.
+#[test]
+fn an_image_folder_gives_its_channels_and_the_log_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    std::fs::create_dir(&data).unwrap();
+    for i in 0..8u8 {
+        rgb_png(&data.join(format!("{i}.png")), 30 * i);
+    }
+    let out = tmp.path().join("rgb");
+    let o = ok(run(&[
+        "train",
+        "dcgan",
+        "--data",
+        s(&data),
+        "--max-steps",
+        "1",
+        "--out",
+        s(&out),
+    ]));
+    let err = stderr(&o);
+    assert!(
+        err.contains("holds RGB images: [model_config] channels = 3"),
+        "{err}"
+    );
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("channels = 3"), "{config}");
+    let cfg = tmp.path().join("grey.toml");
+    std::fs::write(&cfg, "model = \"dcgan\"\n[model_config]\nchannels = 1\n").unwrap();
+    let out = tmp.path().join("grey");
+    let o = ok(run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--data",
+        s(&data),
+        "--max-steps",
+        "1",
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        stderr(&o).contains("channels = 1: the images are converted"),
+        "{}",
+        stderr(&o)
+    );
+}
