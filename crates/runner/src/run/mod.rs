@@ -549,3 +549,81 @@ fn plot_terms(names: &[String], logger: &Logger, run: &RunConfig, dir: &RunDir) 
         &series,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The variables an optimiser steps, by name.
+    fn stepped(adam: &Adam) -> Vec<String> {
+        adam.state("x")
+            .expect("moments of the optimiser's own variables")
+            .0
+            .into_keys()
+            .filter_map(|k| k.strip_prefix("x.exp_avg.").map(str::to_string))
+            .collect()
+    }
+
+    /// InfoGAN's paper network: Q's head steps with G (at G's rate), D's trunk without it;
+    /// PyTorch-GAN's: each network's variables with its own optimiser. The weight average
+    /// covers the generator alone.
+    #[test]
+    fn an_auxiliary_head_steps_with_the_generator() -> Result<()> {
+        for (network, size, head_with_g) in [("paper", 28, true), ("pytorch-gan", 32, false)] {
+            let mut run = RunConfig::new("infogan");
+            run.gan.g_lr = 1e-3;
+            run.model_config =
+                toml::from_str(&format!("network = \"{network}\"\nimage_size = {size}"))?;
+            let (model, varmap, run) = build_model(&run, &Device::Cpu)?;
+            let groups = optimizers(model.as_ref(), &varmap, &run)?.groups;
+            let names: Vec<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["generator", "discriminator"]);
+            let (g, d) = (stepped(&groups[0].1), stepped(&groups[1].1));
+            let q_head = |n: &String| n.starts_with("discriminator.q_head.");
+            assert_eq!(g.iter().any(q_head), head_with_g, "{network}: {g:?}");
+            assert!(!d.iter().any(q_head), "{network}: {d:?}");
+            // G steps the generator and, for the paper's network, Q's head: nothing else.
+            assert!(
+                g.iter().all(|n| n.starts_with("generator.") || q_head(n)),
+                "{network}: {g:?}"
+            );
+            assert!(g.iter().any(|n| n.starts_with("generator.")));
+            assert!(d.iter().all(|n| n.starts_with("discriminator.")), "{d:?}");
+            assert_eq!(groups[0].1.config().lr, 1e-3);
+            assert_eq!(groups[1].1.config().lr, run.train.lr);
+            let average = average(model.as_ref(), &varmap, &run)?.expect("a GAN averages G");
+            assert!(average
+                .slots
+                .iter()
+                .all(|(n, _, _)| n.starts_with("generator.")));
+        }
+        Ok(())
+    }
+
+    /// A likelihood model has one optimiser over everything, saved as `optimizer`, and no
+    /// average; a translation model names its own groups.
+    #[test]
+    fn optimizers_follow_what_the_model_declares() -> Result<()> {
+        let (model, varmap, run) = build_model(&RunConfig::new("vae"), &Device::Cpu)?;
+        let groups = optimizers(model.as_ref(), &varmap, &run)?.groups;
+        assert_eq!(groups.len(), 1);
+        assert_eq!(checkpoint::optimizer_prefix(&groups[0].0), "optimizer");
+        assert_eq!(
+            stepped(&groups[0].1).len(),
+            vars_with_prefix(&varmap, "").len()
+        );
+        assert!(average(model.as_ref(), &varmap, &run)?.is_none());
+        let mut run = RunConfig::new("cyclegan");
+        run.model_config =
+            toml::from_str("image_size = 16\nngf = 2\nndf = 2\nn_blocks = 1\nn_layers_d = 1")?;
+        let (model, varmap, run) = build_model(&run, &Device::Cpu)?;
+        let groups = optimizers(model.as_ref(), &varmap, &run)?.groups;
+        let g = stepped(&groups[0].1);
+        assert!(
+            g.iter().any(|n| n.starts_with("netG_A."))
+                && g.iter().any(|n| n.starts_with("netG_B."))
+        );
+        assert!(stepped(&groups[1].1).iter().all(|n| n.starts_with("netD_")));
+        Ok(())
+    }
+}
