@@ -504,7 +504,10 @@ fn wgan_gp_trains_past_the_collapse_window() {
     .unwrap();
     let short = file
         .replace("epochs = 50", "epochs = 1")
-        .replace("log_every = 20", "limit = 320\nlog_every = 1")
+        .replace(
+            "log_every = 20",
+            "limit = 320\nlog_every = 1\nsample_count = 0",
+        )
         .replace("[gan]", "[gan]\ncollapse_steps = 3");
     std::fs::write(&cfg, short).unwrap();
     let out = tmp.path().join("run");

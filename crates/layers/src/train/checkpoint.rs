@@ -258,19 +258,30 @@ mod tests {
         let path = dir.path().join("ck.safetensors");
         sample()?.save(&path)?;
         let before = fs::read(&path)?;
-        // A checkpoint whose tensor cannot be serialised (not on CPU is impossible here), so
-        // instead make the rename fail: the target is now a non-empty directory.
-        let blocked = dir.path().join("blocked");
+        // The next save of the same file fails on the way: its temporary file cannot be created
+        // (a directory stands there). A writer that wrote `path` in place would succeed and
+        // overwrite it; this one must fail and leave the previous checkpoint as it was.
+        let blocked = temporary_path(&path);
         fs::create_dir(&blocked)?;
         fs::write(blocked.join("x"), b"x")?;
-        assert!(sample()?.save(&blocked).is_err());
+        let mut other = sample()?;
+        other.metadata.insert("genzoo.step".into(), "2".into());
+        assert!(other.save(&path).is_err());
         assert_eq!(fs::read(&path)?, before);
-        // And the failed attempt left no temporary file.
+        fs::remove_dir_all(&blocked)?;
+        // A failed rename (the target is a non-empty directory) leaves no temporary file.
+        let target = dir.path().join("target");
+        fs::create_dir(&target)?;
+        fs::write(target.join("x"), b"x")?;
+        assert!(sample()?.save(&target).is_err());
         let leftovers: Vec<_> = fs::read_dir(dir.path())?
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        // And a save that succeeds replaces the file.
+        other.save(&path)?;
+        assert_ne!(fs::read(&path)?, before);
         Ok(())
     }
 

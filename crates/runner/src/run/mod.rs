@@ -512,6 +512,10 @@ fn held_out_metrics(
 /// weights.
 fn save_grid(s: &mut Session, held_out: Option<&layers::Batch>, file: &str) -> Result<()> {
     let t = &s.run.train;
+    if t.sample_count == 0 {
+        // `sample_count = 0`: no grids.
+        return Ok(());
+    }
     let mut rng = Rng::derive(t.seed, Stream::Sample, 0);
     if let Some(average) = &mut s.average {
         average.swap()?;
