@@ -227,13 +227,22 @@ fn a_kill_at_any_moment_leaves_a_loadable_checkpoint() {
     }
 }
 
+/// Starts `cfg` in the background and sends SIGINT once its first checkpoint exists; returns
+/// the step the run says it stopped at (it must exit with 130 and say how to resume).
 #[cfg(unix)]
-#[test]
-fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
-    let child = start_long_run(&out);
-    std::thread::sleep(Duration::from_millis(200));
+fn interrupt(cfg: &Path, out: &Path) -> u64 {
+    let child = genzoo()
+        .args(["train", "--config", s(cfg), "--out", s(out)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("checkpoints/last.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(60));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -242,18 +251,85 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "{err}");
-    assert!(
-        err.contains("interrupted at step") && err.contains("--resume"),
-        "{err}"
-    );
     assert!(!err.contains("panicked"));
-    let ck = Checkpoint::load(&out.join("checkpoints/last.safetensors"), &Device::Cpu).unwrap();
-    let last_logged = step_losses(&out).last().unwrap().0;
-    assert_eq!(
-        ck.meta("genzoo.step").unwrap(),
-        last_logged.to_string(),
-        "the checkpoint is of the last step"
-    );
+    assert!(err.contains("--resume"), "{err}");
+    let at = err
+        .split("interrupted at step ")
+        .nth(1)
+        .expect("the step is named");
+    at.split(':').next().unwrap().parse().unwrap()
+}
+
+/// Ctrl-C in the middle of an epoch saves that very step (not only the epoch's end), and
+/// resuming from it gives, bit for bit, the checkpoint of a run never interrupted: the
+/// weights, every optimiser moment and, for the GAN, the weight average.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 16 steps per epoch, so most steps are not an epoch's last.
+    for model in ["vae", "gan"] {
+        let cfg = tmp.path().join(format!("{model}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("model = \"{model}\"\n[train]\nlimit = 64\nbatch_size = 4\nepochs = 100000\nlog_every = 1\nsample_count = 4\nbinarize = \"none\"\n"),
+        )
+        .unwrap();
+        let (mut stopped, mut out) = (0, tmp.path().to_path_buf());
+        for attempt in 0..4 {
+            out = tmp.path().join(format!("{model}-{attempt}"));
+            stopped = interrupt(&cfg, &out);
+            if !stopped.is_multiple_of(16) {
+                break;
+            }
+        }
+        assert!(
+            !stopped.is_multiple_of(16),
+            "{model}: every attempt stopped at an epoch's end"
+        );
+        let ck = out.join("checkpoints/last.safetensors");
+        let meta = Checkpoint::load(&ck, &Device::Cpu).unwrap();
+        assert_eq!(
+            meta.meta("genzoo.step").unwrap(),
+            stopped.to_string(),
+            "{model}"
+        );
+        let logged: Vec<u64> = log_lines(&out)
+            .iter()
+            .filter(|v| v["type"] == "step")
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            logged.last(),
+            Some(&stopped),
+            "{model}: the log ends at the saved step"
+        );
+        // Resume to a few steps further; a run never interrupted stops at the same step.
+        let target = (stopped + 5).to_string();
+        ok(run(&["train", "--resume", s(&ck), "--max-steps", &target]));
+        let whole = tmp.path().join(format!("{model}-whole"));
+        ok(run(&[
+            "train",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&whole),
+            "--max-steps",
+            &target,
+        ]));
+        let (resumed, uninterrupted) = (
+            weights(&ck),
+            weights(&whole.join("checkpoints/last.safetensors")),
+        );
+        assert_eq!(
+            resumed, uninterrupted,
+            "{model}: resumed after Ctrl-C differs"
+        );
+        assert!(
+            resumed.iter().any(|(k, _)| k.starts_with("optimizer")),
+            "{model}"
+        );
+    }
 }
 
 /// A trained tiny model shared by the sampling, evaluation and bad-input tests.
