@@ -352,6 +352,23 @@ fn two_domain_folders_load_and_their_faults_are_named() {
         stderr(&o)
     );
     let last = out.join("checkpoints/last.safetensors");
+    // Without testA/ and testB/ the grids show training images.
+    let train_only = tmp.path().join("train-only");
+    for side in ["trainA", "trainB"] {
+        std::fs::create_dir_all(train_only.join(side)).unwrap();
+        rgb_png(&train_only.join(side).join("a.png"), 70);
+    }
+    let out2 = tmp.path().join("run2");
+    ok(run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--data",
+        s(&train_only),
+        "--out",
+        s(&out2),
+    ]));
+    assert!(out2.join("samples/epoch-0001.png").exists());
     // No ground truth for folders: the cycle error only.
     let r = json(run(&["eval", s(&last), "--json", "--data", s(&data)]));
     let row = &r["translation"]["rows"][0];

@@ -479,19 +479,27 @@ pub struct DataOptions<'a> {
     pub batch_size: usize,
     /// Use only the first N training images of each domain (0: all).
     pub limit: usize,
-    /// Load the test split too.
+    /// Load the test split too: the model reports on it every epoch.
     pub held_out: bool,
+    /// The model's grid shows held-out images: the test split where there is one, else the
+    /// first training images (a folder of two domains without testA/ and testB/).
+    pub held_out_grid: bool,
 }
 
 impl TrainData {
     pub fn load(spec: &DataSpec, options: &DataOptions, device: &Device) -> Result<Self> {
         let train = SplitSources::load(spec, options.config, options.dir, Split::Train)?;
-        let test = match options.held_out {
-            true => Some(
-                SplitSources::load(spec, options.config, options.dir, Split::Test)
-                    .context("the model reads held-out images every epoch")?,
-            ),
-            false => None,
+        let load_test = || SplitSources::load(spec, options.config, options.dir, Split::Test);
+        let test = match (options.held_out, options.held_out_grid) {
+            (true, _) => Some(load_test().context("the model reads held-out images every epoch")?),
+            (false, true) => load_test()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "no test images for the grids ({e:#}): they show training images"
+                    )
+                })
+                .ok(),
+            (false, false) => None,
         };
         let limited = |n: usize| match options.limit {
             0 => n,
@@ -602,12 +610,11 @@ impl TrainData {
             .collect()
     }
 
-    /// The first `n` held-out images, for a grid that shows translations of fixed inputs.
-    pub fn held_out_grid(&self, n: usize) -> Result<Option<Batch>> {
-        match &self.test {
-            Some(test) => Ok(Some(test.first(n, Binarization::None, &self.device)?)),
-            None => Ok(None),
-        }
+    /// The first `n` held-out images (training images where there are none), for a grid that
+    /// shows translations of fixed inputs.
+    pub fn held_out_grid(&self, n: usize) -> Result<Batch> {
+        let split = self.test.as_ref().unwrap_or(&self.train);
+        split.first(n, Binarization::None, &self.device)
     }
 }
 
@@ -748,6 +755,7 @@ mod tests {
             batch_size: 4,
             limit: 40,
             held_out: false,
+            held_out_grid: false,
         };
         let mut data = TrainData::load(&spec, &options, &Device::Cpu)?;
         assert_eq!(data.batches_per_epoch(), 10);

@@ -264,7 +264,8 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             seed: t.seed,
             batch_size: t.batch_size,
             limit: t.limit,
-            held_out: s.model.has_held_out_metrics() || spec.held_out_grid,
+            held_out: s.model.has_held_out_metrics(),
+            held_out_grid: spec.held_out_grid,
         },
         &args.device,
     )?;
@@ -289,7 +290,7 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         .map(|(_, adam)| adam.config().lr)
         .collect();
     let held_out_grid = match spec.held_out_grid {
-        true => data.held_out_grid(t.sample_count)?,
+        true => Some(data.held_out_grid(t.sample_count)?),
         false => None,
     };
     let bar = start_progress(total_steps, s.progress.step);
