@@ -35,6 +35,7 @@ fn model(ck: &Checkpoint) -> Result<(CycleGan, VarMap)> {
         lambda_b: 10.0,
         lambda_identity: 0.5,
         pool_size: 0,
+        coordinates: false,
     };
     let m = CycleGan::new(&cfg, vb)?;
     let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture("cyclegan"))?;

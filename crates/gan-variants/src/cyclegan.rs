@@ -23,7 +23,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::gan::{target_loss, to_tanh_range, to_unit_range, GanLoss};
 use layers::nn::sequential::Stack;
-use layers::nn::translation::{patch_discriminator, resnet_generator};
+use layers::nn::translation::{patch_discriminator, resnet_generator, with_coordinates};
 use layers::step::{Batch, DataSpec, Grid, LrRole, OptimizerSpec, StepContext, Trainable};
 use layers::train::pool::ImagePool;
 use layers::{Domains, Rng, Target, Translator};
@@ -55,6 +55,10 @@ pub struct Config {
     pub lambda_identity: f64,
     /// Generated images each discriminator's pool keeps (`--pool_size`; 0: none).
     pub pool_size: usize,
+    /// Two coordinate channels added to each generator's input (CoordConv; not in junyanz's
+    /// networks, whose weights load only without it): what a map that moves pixels by where
+    /// they are, such as a rotation, needs.
+    pub coordinates: bool,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             lambda_b: 10.0,
             lambda_identity: 0.5,
             pool_size: 50,
+            coordinates: false,
         }
     }
 }
@@ -143,10 +148,11 @@ impl CycleGan {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let c = cfg.channels;
+        let input = c + if cfg.coordinates { 2 } else { 0 };
         Ok(Self {
             cfg: cfg.clone(),
-            g_a: resnet_generator(vb.pp("netG_A"), (c, c), cfg.ngf, cfg.n_blocks)?,
-            g_b: resnet_generator(vb.pp("netG_B"), (c, c), cfg.ngf, cfg.n_blocks)?,
+            g_a: resnet_generator(vb.pp("netG_A"), (input, c), cfg.ngf, cfg.n_blocks)?,
+            g_b: resnet_generator(vb.pp("netG_B"), (input, c), cfg.ngf, cfg.n_blocks)?,
             d_a: patch_discriminator(vb.pp("netD_A"), c, cfg.ndf, cfg.n_layers_d)?,
             d_b: patch_discriminator(vb.pp("netD_B"), c, cfg.ndf, cfg.n_layers_d)?,
             pool_a: ImagePool::new(cfg.pool_size),
@@ -156,12 +162,21 @@ impl CycleGan {
 
     /// `G_A` on images in [-1, 1].
     pub fn g_a(&self, x: &Tensor) -> Result<Tensor> {
-        self.g_a.forward(x, true)
+        self.generate(&self.g_a, x)
     }
 
     /// `G_B` on images in [-1, 1].
     pub fn g_b(&self, x: &Tensor) -> Result<Tensor> {
-        self.g_b.forward(x, true)
+        self.generate(&self.g_b, x)
+    }
+
+    /// A generator on images in [-1, 1] (with their coordinates, if the config says so).
+    /// Instance statistics without running ones: the same in training and inference.
+    fn generate(&self, g: &Stack, x: &Tensor) -> Result<Tensor> {
+        match self.cfg.coordinates {
+            true => g.forward(&with_coordinates(x)?, true),
+            false => g.forward(x, true),
+        }
     }
 
     pub fn d_a(&self, x: &Tensor) -> Result<Tensor> {
@@ -357,8 +372,7 @@ impl Translator for CycleGan {
                 candle_core::bail!("CycleGAN translates between two domains, not to attributes")
             }
         };
-        // Instance statistics without running ones: the same in training and inference.
-        to_unit_range(&g.forward(&to_tanh_range(x)?, false)?)
+        to_unit_range(&self.generate(g, &to_tanh_range(x)?)?)
     }
 }
 
@@ -427,6 +441,22 @@ mod tests {
             let e = CycleGan::new(&bad, vb).err().unwrap().to_string();
             assert!(e.contains(needle), "{e}");
         }
+        // With coordinates the generators read two more channels.
+        let varmap = VarMap::new();
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let with = CycleGan::new(
+            &Config {
+                coordinates: true,
+                ..cfg.clone()
+            },
+            vb,
+        )?;
+        assert_eq!(with.translate(&x, &Target::BToA)?.dims(), &[2, 1, 28, 28]);
+        let w = varmap.data().lock().unwrap()["netG_A.model.1.weight"]
+            .as_tensor()
+            .dims()
+            .to_vec();
+        assert_eq!(w, [4, 3, 7, 7]);
         assert!(m
             .sample(1, &mut Rng::new(0))
             .unwrap_err()

@@ -23,7 +23,9 @@ use candle_nn::VarBuilder;
 use layers::gan::{gradient_penalty, to_tanh_range, to_unit_range};
 use layers::loss::bce_with_logits_per_image;
 use layers::nn::sequential::Stack;
-use layers::nn::translation::{stargan_discriminator, stargan_generator, StarGanCritic};
+use layers::nn::translation::{
+    stargan_discriminator, stargan_generator, with_coordinates, StarGanCritic,
+};
 use layers::step::{
     Batch, DataSpec, Grid, LabelSpec, Labels, LrRole, OptimizerSpec, StepContext, Trainable,
 };
@@ -55,9 +57,12 @@ pub struct Config {
     pub d_conv_dim: usize,
     /// Residual blocks of the generator.
     pub g_repeat_num: usize,
-    /// Stride-2 down (and up) samplings of the generator: yunjey's 2. A third widens what each
-    /// output sees, which a rotation of the whole image needs.
+    /// Stride-2 down (and up) samplings of the generator: yunjey's 2.
     pub g_down_num: usize,
+    /// Two coordinate channels added to the generator's input (CoordConv; not in yunjey's
+    /// networks, whose weights load only without it): what a map that moves pixels by where
+    /// they are, such as a rotation, needs.
+    pub coordinates: bool,
     /// Stride-2 layers of the critic.
     pub d_repeat_num: usize,
     pub lambda_cls: f64,
@@ -79,6 +84,7 @@ impl Default for Config {
             d_conv_dim: 64,
             g_repeat_num: 6,
             g_down_num: 2,
+            coordinates: false,
             d_repeat_num: 6,
             lambda_cls: 1.0,
             lambda_rec: 10.0,
@@ -143,11 +149,12 @@ impl StarGan {
             );
         }
         let dims = (cfg.channels, cfg.c_dim);
+        let g_extra = if cfg.coordinates { 2 } else { 0 };
         Ok(Self {
             cfg: cfg.clone(),
             generator: stargan_generator(
                 vb.pp("generator"),
-                dims,
+                (cfg.channels, cfg.c_dim + g_extra),
                 cfg.g_conv_dim,
                 (cfg.g_down_num, cfg.g_repeat_num),
             )?,
@@ -167,7 +174,10 @@ impl StarGan {
         let c = c
             .reshape((b, self.cfg.c_dim, 1, 1))?
             .broadcast_as((b, self.cfg.c_dim, h, w))?;
-        let input = Tensor::cat(&[x, &c.contiguous()?], 1)?;
+        let mut input = Tensor::cat(&[x, &c.contiguous()?], 1)?;
+        if self.cfg.coordinates {
+            input = with_coordinates(&input)?;
+        }
         self.generator.forward(&input, true)
     }
 

@@ -10,11 +10,42 @@
 //!   `main.K.main.{0,1,3,4}`; bias-free, affine instance norm with running statistics,
 //!   PyTorch's default init) and the `Discriminator` (`main.N`, `conv1`, `conv2`).
 
-use candle_core::Result;
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::kernels::conv::ConvSpec;
 use crate::nn::sequential::{Layer, Sequential, Stack};
+
+/// `x (b, c, h, w)` with two more channels holding each pixel's column and row, from -1 to 1:
+/// CoordConv (Liu et al. 2018, "An Intriguing Failing of Convolutional Neural Networks and the
+/// CoordConv Solution"). A convolution sees the same weights everywhere, so a map that sends a
+/// pixel somewhere that depends on where it is (a quarter turn) is out of its reach unless the
+/// input says where each pixel is.
+pub fn with_coordinates(x: &Tensor) -> Result<Tensor> {
+    let (b, _, h, w) = x.dims4()?;
+    let ramp = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                if n > 1 {
+                    2.0 * i as f32 / (n - 1) as f32 - 1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let dev = x.device();
+    let cols = Tensor::new(ramp(w), dev)?
+        .reshape((1, 1, 1, w))?
+        .broadcast_as((b, 1, h, w))?;
+    let rows = Tensor::new(ramp(h), dev)?
+        .reshape((1, 1, h, 1))?
+        .broadcast_as((b, 1, h, w))?;
+    Tensor::cat(
+        &[x, &cols.to_dtype(x.dtype())?, &rows.to_dtype(x.dtype())?],
+        1,
+    )
+}
 
 /// junyanz's `init_type = normal`, `init_gain = 0.02`.
 const NORMAL_002: Option<Init> = Some(Init::Randn {
@@ -242,6 +273,18 @@ mod tests {
         assert_eq!(g.forward(&x, true)?.dims(), &[2, 1, 32, 32]);
         // 32 -> 16 -> 8 -> 4 -> 3 (stride 1) -> 2: one logit per patch.
         assert_eq!(d.forward(&x, true)?.dims(), &[2, 1, 2, 2]);
+        Ok(())
+    }
+
+    #[test]
+    fn coordinates_are_two_ramps_from_minus_one_to_one() -> Result<()> {
+        let x = Tensor::zeros((2, 1, 3, 5), DType::F32, &Device::Cpu)?;
+        let y = with_coordinates(&x)?;
+        assert_eq!(y.dims(), &[2, 3, 3, 5]);
+        let cols = y.narrow(1, 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(&cols[..5], &[-1.0, -0.5, 0.0, 0.5, 1.0]);
+        let rows = y.narrow(1, 2, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!((rows[0], rows[5], rows[14]), (-1.0, 0.0, 1.0));
         Ok(())
     }
 
