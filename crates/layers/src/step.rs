@@ -478,6 +478,43 @@ pub fn required_state<'t>(
         .with_context(|| format!("the checkpoint lacks training state `state.{key}`"))
 }
 
+/// Implements `GenerativeModel` for a translation model `$t` (a `Translator` and a
+/// `Trainable`): an implicit model of 8-bit intensities at its data's shape that translates
+/// rather than draws, `sample` answering with `$how` (what to run instead).
+#[macro_export]
+macro_rules! translation_model {
+    ($t:ty, $how:expr) => {
+        impl $crate::GenerativeModel for $t {
+            fn image_shape(&self) -> $crate::ImageShape {
+                $crate::step::Trainable::data_spec(self).shape
+            }
+
+            fn kind(&self) -> $crate::ModelKind {
+                $crate::ModelKind::Implicit
+            }
+
+            fn values(&self) -> $crate::Values {
+                $crate::Values::Intensities
+            }
+
+            fn sample(
+                &self,
+                _n: usize,
+                _rng: &mut $crate::Rng,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                candle_core::bail!(
+                    "this model translates images rather than drawing them: {}",
+                    $how
+                )
+            }
+
+            fn as_translator(&self) -> Option<&dyn $crate::Translator> {
+                Some(self)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
