@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{bail, ensure};
 use candle_core::{DType, Result, Tensor};
 
 use crate::model::{CodedModel, GenerativeModel, LatentVariableModel, LikelihoodModel, Translator};
@@ -53,14 +53,6 @@ impl Batch {
         match &self.labels {
             Some(Labels::Classes(t)) => Ok(t),
             _ => candle_core::bail!("{model} needs class labels, and the batch has none"),
-        }
-    }
-
-    /// `(b, k)` 0/1 attribute vectors, or an error naming what the model needed.
-    pub fn attributes(&self, model: &str) -> Result<&Tensor> {
-        match &self.labels {
-            Some(Labels::Attributes(t)) => Ok(t),
-            _ => candle_core::bail!("{model} needs attribute vectors, and the batch has none"),
         }
     }
 
@@ -466,16 +458,6 @@ pub fn check_groups(specs: &[OptimizerSpec], names: &[String]) -> anyhow::Result
         }
     }
     Ok(())
-}
-
-/// A state tensor the model saved, or an error naming it.
-pub fn required_state<'t>(
-    state: &'t HashMap<String, Tensor>,
-    key: &str,
-) -> anyhow::Result<&'t Tensor> {
-    state
-        .get(key)
-        .with_context(|| format!("the checkpoint lacks training state `state.{key}`"))
 }
 
 /// Implements `GenerativeModel` for a translation model `$t` (a `Translator` and a

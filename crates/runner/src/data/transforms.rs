@@ -33,6 +33,7 @@ impl Image {
         Self::new(shape, bytes.iter().map(|&p| p as f32 / 255.0).collect())
     }
 
+    #[cfg(test)]
     fn plane(&self, c: usize) -> &[f32] {
         let [_, h, w] = self.shape;
         &self.data[c * h * w..(c + 1) * h * w]
@@ -304,11 +305,6 @@ impl Pipeline {
     }
 }
 
-/// The plane of channel `c` (for tests and metrics).
-pub fn plane(image: &Image, c: usize) -> &[f32] {
-    image.plane(c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,7 +346,7 @@ mod tests {
         assert_eq!(Transform::CenterCrop(2).apply(&padded, &mut rng)?, img);
         let rgb = Transform::Rgb.apply(&img, &mut rng)?;
         assert_eq!(rgb.shape, [3, 2, 2]);
-        assert_eq!(plane(&rgb, 2), img.data.as_slice());
+        assert_eq!(rgb.plane(2), img.data.as_slice());
         let red = Transform::Tint([1.0, 0.5, 0.0]).apply(&img, &mut rng)?;
         assert_eq!(red.at(1, 1, 1), 0.5 * img.at(0, 1, 1));
         assert_eq!(red.at(2, 1, 1), 0.0);
