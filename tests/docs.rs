@@ -73,12 +73,17 @@ fn every_cited_file_exists() {
             }
         }
     }
-    assert!(missing.is_empty(), "documents cite missing files:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "documents cite missing files:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
 fn the_checks_see_links_and_paths() {
-    let text = "see [cards](models/x.md#a), [web](https://a.b/c), `crates/a/b.rs`, `models/NAME.toml`";
+    let text =
+        "see [cards](models/x.md#a), [web](https://a.b/c), `crates/a/b.rs`, `models/NAME.toml`";
     assert_eq!(links(text), ["models/x.md"]);
     assert_eq!(quoted_paths(text), ["crates/a/b.rs"]);
 }

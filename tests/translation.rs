@@ -281,6 +281,9 @@ fn stargan_trains_and_reports_attributes_of_every_domain() {
     ] {
         assert!(overall[key].is_f64(), "{key}: {overall}");
     }
+    let split = r["translation"]["digit_kept_by_change"].as_array().unwrap();
+    assert_eq!(split.len(), 3);
+    assert_eq!(split[1]["attribute"], "rotated");
     let rows = r["translation"]["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["target"].as_str().unwrap()).collect();
     assert_eq!(names[0], "none");

@@ -57,6 +57,35 @@ pub struct TranslationReport {
     pub overall: Option<TranslationRow>,
     /// The attribute classifier read, or why none was.
     pub attribute_classifier: Option<String>,
+    /// Multi-domain models: per attribute, the digit kept where the translation changes it
+    /// and where it keeps it (which attribute's change loses the digit).
+    pub digit_kept_by_change: Vec<KeptByChange>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptByChange {
+    pub attribute: String,
+    pub changed: f64,
+    pub same: f64,
+}
+
+/// Digits kept / translations, where an attribute changes and where it stays.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeptSplit {
+    changed: (usize, usize),
+    same: (usize, usize),
+}
+
+impl KeptSplit {
+    fn add(&mut self, changed: bool, kept: bool) {
+        let side = if changed {
+            &mut self.changed
+        } else {
+            &mut self.same
+        };
+        side.0 += usize::from(kept);
+        side.1 += 1;
+    }
 }
 
 pub struct TranslationArgs<'a> {
@@ -244,6 +273,7 @@ fn two_domains(
         rows,
         overall: None,
         attribute_classifier: None,
+        digit_kept_by_change: Vec::new(),
     })
 }
 
@@ -300,6 +330,7 @@ fn attribute_domains(
     let domains = t.domains().all();
     let mut rows = Vec::new();
     let mut overall = Tally::default();
+    let mut by_change = vec![KeptSplit::default(); k];
     for target in &domains {
         let mut tally = Tally::default();
         // The transforms that made a digit into this domain, undone.
@@ -338,11 +369,14 @@ fn attribute_domains(
             if let Some(undo) = &undo {
                 let read = digits_read(net, &y, undo, args.device)?;
                 tally.digits = true;
-                tally.kept += idx
-                    .iter()
-                    .zip(&read)
-                    .filter(|(&i, &r)| digit_of(base.as_ref(), i) == Some(r))
-                    .count();
+                for (&i, &r) in idx.iter().zip(&read) {
+                    let kept = digit_of(base.as_ref(), i) == Some(r);
+                    tally.kept += usize::from(kept);
+                    for (a, split) in by_change.iter_mut().enumerate() {
+                        let changed = (source.values[i][a] > 0.5) != (target[a] > 0.5);
+                        split.add(changed, kept);
+                    }
+                }
             }
             if let Some(c) = &classifier {
                 tally.classified = true;
@@ -374,6 +408,16 @@ fn attribute_domains(
         overall.add(&tally);
         rows.push(tally.row(label));
     }
+    let digit_kept_by_change = names
+        .iter()
+        .zip(&by_change)
+        .filter(|(_, split)| split.changed.1 + split.same.1 > 0)
+        .map(|(name, split)| KeptByChange {
+            attribute: name.clone(),
+            changed: split.changed.0 as f64 / split.changed.1.max(1) as f64,
+            same: split.same.0 as f64 / split.same.1.max(1) as f64,
+        })
+        .collect();
     Ok(TranslationReport {
         images: n,
         ground_truth: true,
@@ -381,6 +425,7 @@ fn attribute_domains(
         rows,
         overall: Some(overall.row("all domains".into())),
         attribute_classifier: Some(note),
+        digit_kept_by_change,
     })
 }
 
@@ -424,6 +469,21 @@ pub fn print(r: &TranslationReport) {
                 .collect();
             println!("attributes right, each: {}", each.join(", "));
         }
+    }
+    if !r.digit_kept_by_change.is_empty() {
+        let each: Vec<String> = r
+            .digit_kept_by_change
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} {:.1}% where it changes, {:.1}% where it stays",
+                    k.attribute,
+                    100.0 * k.changed,
+                    100.0 * k.same
+                )
+            })
+            .collect();
+        println!("digit kept: {}", each.join("; "));
     }
     if let Some(note) = &r.attribute_classifier {
         println!("attribute classifier: {note}");
