@@ -46,7 +46,8 @@ fn keep_freed_memory_mapped() {
     propagate_version = true
 )]
 struct Cli {
-    /// cpu, cuda, cuda:N, metal or auto.
+    /// cpu, cuda, cuda:N, metal or auto: where train, sample, eval, bench and classifier
+    /// compute (inspect, params, export, list and download read files on the CPU).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     /// More log output (-v: debug).
