@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
 use crate::kernels::ops::cpu_slice;
+use crate::kernels::reduce;
 use rayon::prelude::*;
 
 /// Stride and zero padding per axis `(vertical, horizontal)`.
@@ -446,27 +447,16 @@ fn weight_grad<T: Element>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
         }
         dw
     };
-    if per_group_threads(groups) {
-        let threads = rayon::current_num_threads();
-        let chunk = groups.div_ceil(threads);
-        (0..threads)
-            .into_par_iter()
-            .map(|t| {
-                accumulate(
-                    Parallelism::None,
-                    (t * chunk).min(groups)..((t + 1) * chunk).min(groups),
-                )
-            })
-            .reduce(
-                || vec![T::default(); size],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(p, q)| *p += q);
-                    a
-                },
-            )
-    } else {
-        accumulate(gemm_threads(groups), 0..groups)
-    }
+    // Groups split into parts by their count alone, each part summed on its own and the parts
+    // added in order: the same bits on any number of threads.
+    let per_part = reduce::items_per_part(groups);
+    let parts = groups.div_ceil(per_part);
+    let par = gemm_threads(parts);
+    let partials: Vec<Vec<T>> = (0..parts)
+        .into_par_iter()
+        .map(|p| accumulate(par, p * per_part..((p + 1) * per_part).min(groups)))
+        .collect();
+    reduce::sum_in_order(partials, size)
 }
 
 /// Which pass a [`ConvPass`] computes; its two inputs are:

@@ -10,5 +10,6 @@ pub mod norm;
 pub mod ops;
 pub mod pad;
 pub mod recurrence;
+mod reduce;
 pub mod sigmoid_scan;
 pub mod simd;

@@ -21,6 +21,7 @@ use gemm::Parallelism;
 
 use crate::kernels::conv::matmul;
 use crate::kernels::ops::cpu_slice;
+use crate::kernels::reduce;
 use crate::kernels::simd;
 use rayon::prelude::*;
 
@@ -321,30 +322,31 @@ impl CustomOp2 for LstmScan {
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let (per_input, per_state) = (slices * gates * len, slices * 2 * self.hidden * len);
         let mut dxg = vec![0f32; xg.len()];
-        let dkernel = dxg
-            .par_chunks_mut(per_input)
+        // Images split into parts by the batch size alone, each part summing its own kernel
+        // gradient, and the parts added in order: the same bits on any number of threads.
+        let per_part = reduce::items_per_part(b);
+        let partials: Vec<Vec<f32>> = dxg
+            .par_chunks_mut(per_part * per_input)
             .enumerate()
-            .map(|(k, dxg)| {
+            .map(|(p, dxg)| {
                 let mut dkernel = vec![0f32; w.len()];
-                self.backward_one(
-                    &xg[k * per_input..][..per_input],
-                    &w,
-                    &states[k * per_state..][..per_state],
-                    &grad[k * per_state..][..per_state],
-                    dxg,
-                    &mut dkernel,
-                    slices,
-                    len,
-                );
+                for (j, dxg) in dxg.chunks_mut(per_input).enumerate() {
+                    let k = p * per_part + j;
+                    self.backward_one(
+                        &xg[k * per_input..][..per_input],
+                        &w,
+                        &states[k * per_state..][..per_state],
+                        &grad[k * per_state..][..per_state],
+                        dxg,
+                        &mut dkernel,
+                        slices,
+                        len,
+                    );
+                }
                 dkernel
             })
-            .reduce(
-                || vec![0f32; w.len()],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+            .collect();
+        let dkernel = reduce::sum_in_order(partials, w.len());
         let device = input_gates.device();
         Ok((
             Some(Tensor::from_vec(dxg, (b, slices, gates, len), device)?),

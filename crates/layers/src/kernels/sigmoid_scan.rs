@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::ops::{cpu_slice, exclusive_cumsum, fused_cpu_f32, CpuValues};
+use crate::kernels::reduce;
 use crate::kernels::simd;
 
 /// `x` `(batch, D)`, `u` `(D, H)`, `v` `(D, H)` -> `(batch, D)`.
@@ -126,9 +127,9 @@ impl CustomOp3 for SigmoidScan {
         let gv = values.get(3, "sigmoid-scan output gradient")?;
 
         let mut dx = vec![0f32; batch * d];
-        // Images split into one run per thread; each run sums its own du and dv.
-        let runs = rayon::current_num_threads().clamp(1, batch.max(1));
-        let per_run = batch.div_ceil(runs).max(1);
+        // Images split into runs by the batch size alone; each run sums its own du and dv, and
+        // the runs add up in order (the same bits on any number of threads).
+        let per_run = reduce::items_per_part(batch);
         let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(per_run * d)
             .enumerate()
@@ -162,7 +163,10 @@ impl CustomOp3 for SigmoidScan {
             })
             .collect();
         let (du, dv): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
-        let (du, dv) = (sum_all(du, d * h), sum_all(dv, d * h));
+        let (du, dv) = (
+            reduce::sum_in_order(du, d * h),
+            reduce::sum_in_order(dv, d * h),
+        );
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (batch, d), device)?),
@@ -170,23 +174,6 @@ impl CustomOp3 for SigmoidScan {
             Some(Tensor::from_vec(dv, (d, h), device)?),
         ))
     }
-}
-
-/// The elementwise sum of the threads' gradient sums, in parallel over chunks of the result.
-fn sum_all(mut parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    const CHUNK: usize = 1 << 14;
-    let Some(mut total) = parts.pop() else {
-        return vec![0f32; len];
-    };
-    total
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, total)| {
-            for part in &parts {
-                simd::axpy(total, 1.0, &part[c * CHUNK..]);
-            }
-        });
-    total
 }
 
 #[cfg(test)]
