@@ -340,6 +340,21 @@ mod tests {
         }
     }
 
+    /// CI runs the kernel tests again under `GENZOO_SIMD=baseline` and `GENZOO_SIMD=avx2`: this
+    /// fails if the variable did not take (a typo, or the cap ignored), so those runs really
+    /// exercise the narrower code.
+    #[test]
+    fn the_level_follows_genzoo_simd() {
+        let want = match std::env::var("GENZOO_SIMD").ok().as_deref() {
+            None => detect(),
+            Some("baseline") => Level::Baseline,
+            Some("avx2") if detect() == Level::Avx512 => Level::Avx2,
+            Some("avx2") => detect(),
+            Some(other) => panic!("GENZOO_SIMD={other}: not baseline or avx2"),
+        };
+        assert_eq!(level(), want);
+    }
+
     #[test]
     fn exp_is_within_a_few_ulp_with_and_without_fma() {
         check_exp::<false>();
