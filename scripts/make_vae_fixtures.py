@@ -1,8 +1,18 @@
-"""Writes tests/fixtures/vae_mlp.safetensors: the pytorch/examples VAE's weights (reference
-names), inputs, and its outputs, for genzoo's parity test (tests/vae_parity.rs).
+"""Writes tests/fixtures/vae_mlp.safetensors: the pytorch/examples VAE (hidden width 32 instead
+of 400, to keep the file small; the test builds genzoo's VAE at the same width) with its
+weights under the reference names, inputs, outputs, and three Adam steps with the gradient of
+every parameter at the first, for genzoo's parity test (tests/vae_parity.rs).
 
     python3 -m venv .venv && .venv/bin/pip install torch numpy safetensors
     .venv/bin/python scripts/make_vae_fixtures.py
+
+Names: fc1.weight ... fc4.bias (the initial weights); input.x (8 binarized test digits, flat),
+input.eps, input.z; output.mu, output.logvar, output.logits_z, output.reconstruction,
+output.kl, output.examples_loss; per Adam step k = 1, 2, 3 step<k>.eps and step<k>.loss (the
+summed negative ELBO); step1.grad.<name>; after_adam.<name> after the third step. Later
+steps' gradients are left out: they are taken at weights that already differ from genzoo's by
+float32 rounding, which the summed loss amplifies to about 1e-5 of the gradient (the losses and
+the weights after the third step check those steps).
 """
 import os
 
@@ -12,8 +22,11 @@ from torch.nn import functional as F
 
 from common import ROOT, VAE, binarize, load_mnist
 
+HIDDEN, STEPS = 32, 3
+
+torch.set_num_threads(1)
 torch.manual_seed(20261125)
-model = VAE()
+model = VAE(hidden=HIDDEN)
 images, _ = load_mnist("test")
 x = binarize(images[:8])  # (8, 784) real digits, pixel >= 128
 eps = torch.randn(8, 20)
@@ -38,17 +51,26 @@ with torch.no_grad():
         F.binary_cross_entropy(recon_x, x, reduction="sum") + kl.sum()
     ).reshape(1)
 
-# Three Adam steps (lr 1e-3, as pytorch/examples trains) on the summed negative ELBO.
+# Adam steps (lr 1e-3, as pytorch/examples trains) on the summed negative ELBO, a fresh noise
+# draw each step.
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-for _ in range(3):
+for k in range(1, STEPS + 1):
+    step_eps = torch.randn(8, 20)
     opt.zero_grad()
-    rec, kl = model.elbo_terms(x, eps)
-    (rec.sum() + kl.sum()).backward()
+    rec, kl = model.elbo_terms(x, step_eps)
+    loss = rec.sum() + kl.sum()
+    loss.backward()
+    tensors[f"step{k}.eps"] = step_eps
+    tensors[f"step{k}.loss"] = loss.detach().reshape(1)
+    if k == 1:
+        for name, p in model.named_parameters():
+            tensors[f"step{k}.grad.{name}"] = p.grad.detach().clone()
     opt.step()
 for k, v in model.state_dict().items():
     tensors[f"after_adam.{k}"] = v.detach().clone().contiguous()
 
 out = os.path.join(ROOT, "tests", "fixtures", "vae_mlp.safetensors")
 os.makedirs(os.path.dirname(out), exist_ok=True)
-save_file(tensors, out, metadata={"torch": torch.__version__, "script": "scripts/make_vae_fixtures.py"})
-print(f"wrote {out} ({len(tensors)} tensors)")
+save_file(tensors, out, metadata={"torch": torch.__version__, "script": "scripts/make_vae_fixtures.py",
+                                  "hidden": str(HIDDEN)})
+print(f"wrote {out} ({len(tensors)} tensors, {os.path.getsize(out) / 1024:.0f} KiB)")

@@ -73,3 +73,53 @@ pub fn assert_step_close(
     );
     Ok(noise.sum_all()?.to_scalar::<f32>()? as usize)
 }
+
+/// The largest difference each kind of comparison (outputs, losses, gradients, weights) has
+/// seen, for a test to print (`--nocapture`): how far inside its tolerance a parity test sits.
+#[derive(Debug, Default)]
+pub struct Tally(std::collections::BTreeMap<&'static str, f32>);
+
+impl Tally {
+    /// [`assert_close`], remembering the difference under `kind`.
+    pub fn close(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        got: &Tensor,
+        want: &Tensor,
+        tol: f32,
+    ) -> Result<()> {
+        assert_close(name, got, want, tol)?;
+        self.note(kind, max_abs(&(got - want)?)?);
+        Ok(())
+    }
+
+    /// A gradient to `rel` of its own largest entry: stricter than [`assert_gradient_close`]
+    /// where gradients are small (a GAN generator's are 1e-5 to 1e-3, which an absolute 1e-5
+    /// would barely test).
+    pub fn gradient(&mut self, name: &str, got: &Tensor, want: &Tensor, rel: f32) -> Result<()> {
+        let tol = rel * max_abs(want)?;
+        self.gradient_to(name, got, want, tol)
+    }
+
+    /// A gradient to `tol`, remembering the difference relative to its largest entry.
+    pub fn gradient_to(&mut self, name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
+        assert_close(&format!("grad {name}"), got, want, tol)?;
+        let (diff, scale) = (max_abs(&(got - want)?)?, max_abs(want)?);
+        if scale > 0.0 {
+            self.note("gradients (relative to their largest entry)", diff / scale);
+        }
+        Ok(())
+    }
+
+    pub fn note(&mut self, kind: &'static str, diff: f32) {
+        let worst = self.0.entry(kind).or_insert(0.0);
+        *worst = worst.max(diff);
+    }
+
+    pub fn print(&self, test: &str) {
+        for (kind, diff) in &self.0 {
+            eprintln!("{test}: {kind}: max difference {diff:e}");
+        }
+    }
+}
