@@ -178,17 +178,59 @@ mod tests {
         assert_leaks(&m)
     }
 
+    /// The pixels (raster order: one channel) whose output does not depend on exactly the
+    /// `window` pixels just before it (fewer at the start), and on nothing else.
+    fn outside_window(m: &Fvsbn, window: usize) -> Result<Vec<usize>> {
+        // With all-one inputs every visible weight contributes to the gradient.
+        let ones = Tensor::ones((1, 1, 6, 6), DType::F32, &Device::Cpu)?;
+        let every: Vec<usize> = (0..36).collect();
+        let wrong = crate::ar::dependencies(m, &ones, &every)?
+            .into_iter()
+            .filter(|d| {
+                let seen = d.position.min(window);
+                let earliest = (seen > 0).then(|| d.position - seen);
+                !d.leaks.is_empty() || d.past != seen || d.earliest_past != earliest
+            })
+            .map(|d| d.position)
+            .collect();
+        Ok(wrong)
+    }
+
+    fn with_mask(mut m: Fvsbn, mask: Vec<f32>) -> Result<Fvsbn> {
+        m.mask = Tensor::from_vec(mask, (36, 36), &Device::Cpu)?;
+        Ok(m)
+    }
+
     #[test]
     fn ar_n_sees_exactly_its_window() -> Result<()> {
-        let m = small(3)?;
-        let ones = Tensor::ones((1, 1, 6, 6), DType::F32, &Device::Cpu)?;
-        // With all-one inputs every visible weight contributes: pixel 10 sees 7, 8, 9.
-        let d = crate::ar::dependencies(&m, &ones, &[10])?;
-        assert_eq!(d[0].past, 3);
-        assert!(d[0].leaks.is_empty());
+        assert_eq!(outside_window(&small(3)?, 3)?, Vec::<usize>::new());
         // n(n-1)/2 + n for FVSBN; for AR-3, 0 + 1 + 2 + 3 * 33 weights plus 36 biases.
         assert_eq!(small(0)?.effective_parameters().unwrap(), 36 * 35 / 2 + 36);
-        assert_eq!(m.effective_parameters().unwrap(), 3 + 3 * 33 + 36);
+        assert_eq!(small(3)?.effective_parameters().unwrap(), 3 + 3 * 33 + 36);
+        Ok(())
+    }
+
+    /// Negative controls: masks that see no pixel at or after their own but not AR-3's window,
+    /// each of which the window check must catch.
+    #[test]
+    fn the_window_check_catches_a_wider_an_unbounded_and_a_shifted_window() -> Result<()> {
+        let order = generation_order([1, 6, 6]);
+        let wider = visibility(&order, 4);
+        let unbounded = visibility(&order, 0);
+        // Pixels i-4 .. i-2: three of them, as many as AR-3 sees, but not the latest three.
+        let shifted: Vec<f32> = wider
+            .iter()
+            .zip(visibility(&order, 1))
+            .map(|(w, latest)| w - latest)
+            .collect();
+        for (name, mask) in [
+            ("wider", wider),
+            ("unbounded", unbounded),
+            ("shifted", shifted),
+        ] {
+            let m = with_mask(small(3)?, mask)?;
+            assert!(!outside_window(&m, 3)?.is_empty(), "{name} went unnoticed");
+        }
         Ok(())
     }
 

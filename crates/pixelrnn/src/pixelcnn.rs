@@ -209,6 +209,30 @@ mod tests {
         assert_learns_colour_dependence(&model, &varmap, 400)
     }
 
+    /// Negative control for the colour checks: mask B in the first layer lets each colour see
+    /// its own value at its pixel. The gradient check must catch it, and so must the colour
+    /// NLL's floor: trained, the leaky model copies red and goes far below red's entropy.
+    #[test]
+    fn the_colour_checks_catch_a_model_that_sees_its_own_colour() -> Result<()> {
+        let cfg = Config {
+            image_size: 4,
+            hidden: 24,
+            first_kernel: 3,
+            ..softmax(3)
+        };
+        let (model, varmap) = build(&cfg)?;
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
+        let leaky = model.with_leaky_first_layer(vb)?;
+        assert_leaks(&leaky)?;
+        let (_, after) = train_on_synthetic_rgb(&leaky, &varmap, 200)?;
+        let floor = FLOOR * red_entropy(&leaky);
+        assert!(
+            after < floor,
+            "NLL {after:.2} stayed above {floor:.2}: the floor would miss the leak"
+        );
+        Ok(())
+    }
+
     #[test]
     fn the_check_catches_mask_b_in_the_first_layer() -> Result<()> {
         let (model, varmap) = build(&cfg(1))?;
