@@ -8,7 +8,8 @@ every parameter at the first, for genzoo's parity test (tests/vae_parity.rs).
 
 Names: fc1.weight ... fc4.bias (the initial weights); input.x (8 binarized test digits, flat),
 input.eps, input.z; output.mu, output.logvar, output.logits_z, output.reconstruction,
-output.kl, output.examples_loss; per Adam step k = 1, 2, 3 step<k>.eps and step<k>.loss (the
+output.kl, output.examples_loss, output.iw_nll_first10 (the initial weights' NLL of the first
+10 test digits, k = 5000); per Adam step k = 1, 2, 3 step<k>.eps and step<k>.loss (the
 summed negative ELBO); step1.grad.<name>; after_adam.<name> after the third step. Later
 steps' gradients are left out: they are taken at weights that already differ from genzoo's by
 float32 rounding, which the summed loss amplifies to about 1e-5 of the gradient (the losses and
@@ -68,6 +69,16 @@ for k in range(1, STEPS + 1):
     opt.step()
 for k, v in model.state_dict().items():
     tensors[f"after_adam.{k}"] = v.detach().clone().contiguous()
+
+# The initial weights' importance-weighted NLL of the first 10 test digits (k = 5000, float64),
+# drawn last so the tensors above stay as they were: `genzoo eval` of these plain weights must
+# land within Monte Carlo noise of it (about 0.05 nats at k = 1000; other initialisations of
+# the same network land 1.5 to 3 nats away).
+initial = VAE(hidden=HIDDEN).double()
+initial.load_state_dict({k: tensors[k].double() for k in initial.state_dict()})
+with torch.no_grad():
+    first10 = binarize(images[:10]).double()
+    tensors["output.iw_nll_first10"] = -initial.iw_log_prob(first10, 5000).mean().float().reshape(1)
 
 out = os.path.join(ROOT, "tests", "fixtures", "vae_mlp.safetensors")
 os.makedirs(os.path.dirname(out), exist_ok=True)
