@@ -120,11 +120,6 @@ class InfoDiscriminator(infogan_ref.Discriminator):
         return logit, torch.cat([q_cat, q_code], 1)
 
 
-# genzoo's names where they differ from the reference's: cgan.rs builds the discriminator without
-# the dropout layers, so its linear layers take indices 4 and 6 where cgan.py's are 5 and 8.
-CGAN_RENAMES = {"discriminator.model.5.": "discriminator.model.4.", "discriminator.model.8.": "discriminator.model.6."}
-
-
 def genzoo_name(name, renames):
     for old, new in renames.items():
         if name.startswith(old):
@@ -265,7 +260,7 @@ def specs():
     gan = dict(G=MlpGenerator(100), D=GanDiscriminator(), loss="non-saturating", lr=(2e-4, 2e-4), classes=0,
                head=None, renames={}, steps=3, reference="PyTorch-GAN implementations/gan/gan.py")
     cgan = dict(G=MlpGenerator(100, 10), D=CganDiscriminator(10), loss="lsgan", lr=(2e-4, 2e-4), classes=10,
-                head=None, renames=CGAN_RENAMES, steps=3, reference="PyTorch-GAN implementations/cgan/cgan.py")
+                head=None, renames={}, steps=3, reference="PyTorch-GAN implementations/cgan/cgan.py")
     # PyTorch's default initialisation, not the reference's weights_init (N(0, 0.02)): with those
     # small weights D's features of 4 digits barely differ, its BatchNorm over the batch cancels
     # nearly all of each gradient, and torch's own float32 gradients are good to only 4e-5 of

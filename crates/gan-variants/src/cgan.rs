@@ -5,7 +5,8 @@
 //! - G: `[embed(y) (10), z (100)]` -> the GAN's MLP ([`crate::gan::mlp_generator`]) -> 784, tanh;
 //! - D: `[image (784), embed(y) (10)]` -> 512 -> 512 -> 512 -> 1, LeakyReLU 0.2 (the script's
 //!   dropout 0.4 after the second and third layers is left out: Candle's CPU dropout is not
-//!   seeded, and genzoo runs are reproducible).
+//!   seeded, and genzoo runs are reproducible; an identity layer holds each dropout's index, so
+//!   the linear layers are `model.0`, `.2`, `.5`, `.8` as in the script's checkpoints).
 //!
 //! Parameters `generator.label_emb.weight`, `generator.model.{i}`,
 //! `discriminator.label_embedding.weight`, `discriminator.model.{i}`.
@@ -75,8 +76,10 @@ impl ConditionalGan {
             .linear(pixels + cfg.classes, 512)?
             .push(Layer::LeakyRelu(0.2))
             .linear(512, 512)?
+            .push(Layer::Identity) // the script's Dropout(0.4): its index keeps the names
             .push(Layer::LeakyRelu(0.2))
             .linear(512, 512)?
+            .push(Layer::Identity)
             .push(Layer::LeakyRelu(0.2))
             .linear(512, 1)?
             .build();
@@ -178,7 +181,7 @@ mod tests {
         for n in [
             "generator.label_emb.weight",
             "discriminator.label_embedding.weight",
-            "discriminator.model.6.weight",
+            "discriminator.model.8.weight",
         ] {
             assert!(names.contains_key(n), "{n}");
         }
