@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use layers::train::checkpoint::{load_into_varmap, vars_with_prefix};
 use layers::{Checkpoint, Objective, Rng};
-use parity::{assert_close, assert_gradient_close, fixture, max_abs, tagged};
+use parity::{assert_close, assert_gradients_close, fixture, gradient_pairs, max_abs, tagged};
 use pixelrnn::ar::{Autoregressive, Output};
 use pixelrnn::diagonal_bilstm::DiagonalBiLstm;
 use pixelrnn::fvsbn::{self, Fvsbn};
@@ -66,13 +66,7 @@ where
     let want = tagged(&ck, &format!("{prefix}.grad"));
     let vars = vars_with_prefix(&varmap, "");
     assert_eq!(vars.len(), want.len(), "{prefix}: a gradient per parameter");
-    for (name, var) in vars {
-        let got = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("{prefix}: no gradient for {name}"));
-        assert_gradient_close(&format!("{prefix} {name}"), got, &want[&name])?;
-    }
-    Ok(())
+    assert_gradients_close(&gradient_pairs(&grads, &vars, &want))
 }
 
 fn pixelcnn_config(image_size: usize, output: Output) -> pixelcnn::Config {

@@ -18,7 +18,9 @@ use layers::gan::{to_unit_range, GanLoss};
 use layers::step::{Optimizers, StepContext, StepProgress, Trainable};
 use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
 use layers::{Adam, AdamConfig, Batch, Checkpoint, Rng};
-use parity::{assert_close, assert_gradient_close, assert_step_close, fixture, tagged};
+use parity::{
+    assert_close, assert_gradients_close, assert_step_close, fixture, gradient_pairs, tagged,
+};
 
 fn model(ck: &Checkpoint) -> Result<(CycleGan, VarMap)> {
     let varmap = VarMap::new();
@@ -89,28 +91,21 @@ fn forward_losses_and_gradients_match_junyanz() -> Result<()> {
     // Gradients of the generators from loss_G (junyanz freezes D for this pass).
     let grads = g.total.backward()?;
     let want = tagged(&ck, "grad");
-    let mut compared = 0;
-    for (name, var) in vars_with_prefix(&varmap, "netG_") {
-        let got = grads
-            .get(var.as_tensor())
-            .expect("every generator weight has a gradient");
-        assert_gradient_close(&name, got, &want[&name])?;
-        compared += 1;
-    }
+    let generators = gradient_pairs(&grads, &vars_with_prefix(&varmap, "netG_"), &want);
+    assert_gradients_close(&generators)?;
     // The discriminators' losses on the same (detached) fakes, and their gradients.
     let d_a = m.d_a_loss(&f.real_b, &f.fake_b)?;
     let d_b = m.d_b_loss(&f.real_a, &f.fake_a)?;
     assert_close("loss_D_A", &d_a.reshape(1)?, &t("loss_D_A"), 1e-5)?;
     assert_close("loss_D_B", &d_b.reshape(1)?, &t("loss_D_B"), 1e-5)?;
     let grads = (d_a + d_b)?.backward()?;
-    for (name, var) in vars_with_prefix(&varmap, "netD_") {
-        let got = grads
-            .get(var.as_tensor())
-            .expect("every critic weight has a gradient");
-        assert_gradient_close(&name, got, &want[&name])?;
-        compared += 1;
-    }
-    assert_eq!(compared, want.len(), "a gradient per parameter");
+    let critics = gradient_pairs(&grads, &vars_with_prefix(&varmap, "netD_"), &want);
+    assert_gradients_close(&critics)?;
+    assert_eq!(
+        generators.len() + critics.len(),
+        want.len(),
+        "a gradient per parameter"
+    );
     Ok(())
 }
 
