@@ -197,15 +197,19 @@ mod tests {
         assert_autoregressive(&build(&softmax(3))?.0)
     }
 
-    #[test]
-    fn softmax_outputs_learn_green_and_blue_from_red() -> Result<()> {
-        let cfg = Config {
+    /// RGB, 256-way, 4 x 4: small enough to train on the synthetic colour task in seconds.
+    fn colour_test_config() -> Config {
+        Config {
             image_size: 4,
             hidden: 24,
             first_kernel: 3,
             ..softmax(3)
-        };
-        let (model, varmap) = build(&cfg)?;
+        }
+    }
+
+    #[test]
+    fn softmax_outputs_learn_green_and_blue_from_red() -> Result<()> {
+        let (model, varmap) = build(&colour_test_config())?;
         assert_learns_colour_dependence(&model, &varmap, 400)
     }
 
@@ -214,13 +218,7 @@ mod tests {
     /// NLL's floor: trained, the leaky model copies red and goes far below red's entropy.
     #[test]
     fn the_colour_checks_catch_a_model_that_sees_its_own_colour() -> Result<()> {
-        let cfg = Config {
-            image_size: 4,
-            hidden: 24,
-            first_kernel: 3,
-            ..softmax(3)
-        };
-        let (model, varmap) = build(&cfg)?;
+        let (model, varmap) = build(&colour_test_config())?;
         let vb = layers::nn::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
         let leaky = model.with_leaky_first_layer(vb)?;
         assert_leaks(&leaky)?;
