@@ -3,7 +3,10 @@
 budget, both measured by the exact test NLL on the 997 bundled test digits (pixel >= 128).
 
     cargo build --release
-    .venv/bin/python scripts/compare_ar.py [fvsbn ar-n nade pixelcnn] [--out runs/compare-ar]
+    .venv/bin/python scripts/compare_ar.py [MODEL ...] [--out runs/compare-ar]
+
+MODEL: fvsbn, ar-n, nade, pixelcnn, row-lstm, diagonal-bilstm (default: all six, the README's
+figures).
 """
 import argparse
 import json
@@ -14,7 +17,8 @@ import tomllib
 from common import GENZOO, ROOT, genzoo_eval, last_json_line, run
 
 parser = argparse.ArgumentParser()
-parser.add_argument("models", nargs="*", default=["fvsbn", "ar-n", "nade", "pixelcnn"])
+parser.add_argument("models", nargs="*",
+                    default=["fvsbn", "ar-n", "nade", "pixelcnn", "row-lstm", "diagonal-bilstm"])
 parser.add_argument("--out", default=os.path.join(ROOT, "runs", "compare-ar"))
 args = parser.parse_args()
 

@@ -646,7 +646,9 @@ fn plain_weights_with_reference_names_load_by_model_name() {
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let nll = r["metrics"][0]["nats"].as_f64().unwrap();
     let ck = Checkpoint::load(&fixture, &Device::Cpu).unwrap();
-    let torch = ck.tensors["output.iw_nll_first10"].to_vec1::<f32>().unwrap()[0] as f64;
+    let torch = ck.tensors["output.iw_nll_first10"]
+        .to_vec1::<f32>()
+        .unwrap()[0] as f64;
     assert!(
         (nll - torch).abs() < 0.15,
         "genzoo {nll:.3} nats, torch {torch:.3} with the same weights"
