@@ -211,7 +211,10 @@ fn start_long_run(out: &Path) -> std::process::Child {
 #[test]
 fn a_kill_at_any_moment_leaves_the_last_whole_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, delay_ms) in [0u64, 17, 37, 61, 113, 173, 251, 331].into_iter().enumerate() {
+    for (i, delay_ms) in [0u64, 17, 37, 61, 113, 173, 251, 331]
+        .into_iter()
+        .enumerate()
+    {
         let out = tmp.path().join(format!("k{i}"));
         let mut child = start_long_run(&out);
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -486,6 +489,32 @@ fn bad_inputs_are_clear_errors_that_change_nothing() {
     let out = t.join("x");
 
     fails_with(&["train", "vea"], &["unknown model `vea`", "vae"]);
+    // Sizes that cannot fit are refused before anything is allocated.
+    let png = t.join("big.png");
+    fails_with(
+        &["sample", s(&ck), "-n", "1000000000", "--out", s(&png)],
+        &["-n 1000000000", "at most 1024 images"],
+    );
+    assert!(!png.exists());
+    // A Candle error prints its message alone, even with RUST_BACKTRACE set (`-v` shows the
+    // backtrace Candle attaches then).
+    let manifold = |verbose: bool| {
+        let mut c = genzoo();
+        c.env("RUST_BACKTRACE", "1");
+        if verbose {
+            c.arg("-v");
+        }
+        let o = c
+            .args(["sample", s(&ck), "--mode", "manifold", "--out", s(&png)])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        stderr(&o)
+    };
+    let plain = manifold(false);
+    assert!(plain.contains("needs a 2-D latent space"), "{plain}");
+    assert_eq!(plain.trim().lines().count(), 1, "{plain}");
+    assert!(manifold(true).lines().count() > 3, "-v shows the backtrace");
     fails_with(&["train", "progan", "--out", s(&out)], &["not built yet"]);
     fails_with(&["train"], &["name a model"]);
 

@@ -154,11 +154,41 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    let verbose = cli.verbose > 0;
     match layers::device::run_on_compute_threads(|| run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_message(&e, verbose));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error chain as one line. Candle attaches a backtrace to its errors whenever
+/// RUST_BACKTRACE is set (30 lines under a one-line message); `-v` shows it, and otherwise only
+/// the messages are printed.
+fn error_message(e: &anyhow::Error, verbose: bool) -> String {
+    if verbose {
+        return format!("{e:#}");
+    }
+    e.chain()
+        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
+            Some(c) => candle_message(c),
+            None => cause.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        candle_core::Error::WithPath { inner, path } => {
+            format!("{}: {}", path.display(), candle_message(inner))
+        }
+        other => other.to_string(),
     }
 }

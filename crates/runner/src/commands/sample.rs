@@ -124,8 +124,23 @@ pub struct SampleArgs {
     pub plain: Option<RunConfig>,
 }
 
+/// The most images one grid holds (32 x 32 of them). A model draws a grid's images in one
+/// batch, and some models' activations cost megabytes per image (a PixelCNN layer: 0.4 MB), so
+/// a size beyond this is refused before anything is allocated rather than run out of memory.
+const MAX_GRID_IMAGES: usize = 1024;
+
 pub fn sample(args: &SampleArgs) -> Result<usize> {
     anyhow::ensure!(args.n > 0, "-n must be positive");
+    for (flag, value) in [
+        ("-n", args.n),
+        ("--steps", args.steps),
+        ("--from-test", args.from_test),
+    ] {
+        anyhow::ensure!(
+            value <= MAX_GRID_IMAGES,
+            "{flag} {value}: a grid holds at most {MAX_GRID_IMAGES} images (for statistics over more samples, `genzoo eval` draws them in batches)"
+        );
+    }
     let loaded = load_for_sampling(&args.checkpoint, &args.device, args.plain.as_ref())?;
     let model = loaded.model.as_ref();
     if let Some((images, nrow)) = translations(&loaded, args)? {
