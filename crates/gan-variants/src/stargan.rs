@@ -9,6 +9,10 @@
 //!   `x_hat` of real and translated images, `c'` the images' own domains;
 //! - generator (every `n_critic`-th iteration): `L_G = -D_src(G(x, c)) + lambda_cls
 //!   L_cls(D_cls(G(x, c)), c) + lambda_rec |x - G(G(x, c), c')|_1`;
+//! - optionally (`lambda_id > 0`, not in yunjey's StarGAN): `+ lambda_id |x - G(x, c')|_1`,
+//!   CycleGAN's identity term: the translation into the image's own domain is the image. Without
+//!   it nothing asks a translation to leave alone what its target does not change, only that the
+//!   input can be recovered from it;
 //! - `L_cls`: binary cross-entropy summed over the attributes and averaged over the batch
 //!   (multi-label, CelebA), or cross-entropy over domains (single-label, RaFD); targets `c` are
 //!   the batch's own labels in a random order.
@@ -68,6 +72,8 @@ pub struct Config {
     pub lambda_cls: f64,
     pub lambda_rec: f64,
     pub lambda_gp: f64,
+    /// Weight of the identity term `|x - G(x, c')|_1` (0: yunjey's objective, without it).
+    pub lambda_id: f64,
     /// Critic iterations per generator step.
     pub n_critic: u64,
 }
@@ -89,6 +95,7 @@ impl Default for Config {
             lambda_cls: 1.0,
             lambda_rec: 10.0,
             lambda_gp: 10.0,
+            lambda_id: 0.0,
             n_critic: 5,
         }
     }
@@ -109,11 +116,13 @@ pub struct CriticTerms {
     pub total: Tensor,
 }
 
-/// yunjey's `g_loss_fake`, `g_loss_rec`, `g_loss_cls` and their weighted sum.
+/// yunjey's `g_loss_fake`, `g_loss_rec`, `g_loss_cls`, the identity term when it is on, and
+/// their weighted sum.
 pub struct GeneratorTerms {
     pub fake: Tensor,
     pub rec: Tensor,
     pub cls: Tensor,
+    pub id: Option<Tensor>,
     pub total: Tensor,
 }
 
@@ -129,6 +138,9 @@ impl StarGan {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         if cfg.c_dim == 0 {
             candle_core::bail!("StarGAN needs at least one attribute (c_dim = 0)");
+        }
+        if cfg.lambda_id < 0.0 {
+            candle_core::bail!("lambda_id must be 0 or more (found {})", cfg.lambda_id);
         }
         if !cfg.attributes.is_empty() && cfg.attributes.len() != cfg.c_dim {
             candle_core::bail!(
@@ -275,11 +287,21 @@ impl StarGan {
         let g_cls = self.classification_loss(&fake.cls, c_trg)?;
         let x_reconst = self.generate(&x_fake, c_org)?;
         let g_rec = (x_real - x_reconst)?.abs()?.mean_all()?;
-        let total = ((&g_fake + (&g_rec * cfg.lambda_rec)?)? + (&g_cls * cfg.lambda_cls)?)?;
+        let mut total = ((&g_fake + (&g_rec * cfg.lambda_rec)?)? + (&g_cls * cfg.lambda_cls)?)?;
+        let g_id = if cfg.lambda_id > 0.0 {
+            let g_id = (x_real - self.generate(x_real, c_org)?)?
+                .abs()?
+                .mean_all()?;
+            total = (total + (&g_id * cfg.lambda_id)?)?;
+            Some(g_id)
+        } else {
+            None
+        };
         Ok(GeneratorTerms {
             fake: g_fake,
             rec: g_rec,
             cls: g_cls,
+            id: g_id,
             total,
         })
     }
@@ -365,6 +387,9 @@ impl Trainable for StarGan {
                 ("g_loss", &g.total),
             ] {
                 ctx.record(name, t)?;
+            }
+            if let Some(id) = &g.id {
+                ctx.record("g_loss_id", id)?;
             }
         }
         Ok(())
@@ -459,6 +484,10 @@ mod tests {
     use candle_nn::VarMap;
 
     fn small() -> Result<(StarGan, VarMap)> {
+        small_with(0.0)
+    }
+
+    fn small_with(lambda_id: f64) -> Result<(StarGan, VarMap)> {
         let varmap = VarMap::new();
         let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
         let cfg = Config {
@@ -468,9 +497,34 @@ mod tests {
             d_conv_dim: 4,
             g_repeat_num: 1,
             d_repeat_num: 3,
+            lambda_id,
             ..Config::default()
         };
         Ok((StarGan::new(&cfg, vb)?, varmap))
+    }
+
+    /// The identity term is `|x - G(x, c_own)|_1`, added with its weight, and absent at 0
+    /// (yunjey's objective, which the parity test checks).
+    #[test]
+    fn the_identity_term_adds_the_translation_into_the_own_domain() -> Result<()> {
+        let x = to_tanh_range(&Rng::new(1).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
+        let own = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        let target = Tensor::new(&[[0f32, 1., 0.], [1., 0., 1.]], &Device::Cpu)?;
+        let (plain, _) = small_with(0.0)?;
+        let (with_id, _) = small_with(2.5)?;
+        let g0 = plain.generator_terms(&x, &own, &target)?;
+        assert!(g0.id.is_none());
+        let g1 = with_id.generator_terms(&x, &own, &target)?;
+        let id = g1.id.expect("the identity term").to_scalar::<f32>()?;
+        let want = (&x - with_id.generate(&x, &own)?)?
+            .abs()?
+            .mean_all()?
+            .to_scalar::<f32>()?;
+        assert!((id - want).abs() < 1e-6, "{id} vs {want}");
+        let added = g1.total.to_scalar::<f32>()? - g0.total.to_scalar::<f32>()?;
+        assert!((added - 2.5 * id).abs() < 1e-4, "{added} vs {}", 2.5 * id);
+        assert!(small_with(-1.0).is_err());
+        Ok(())
     }
 
     #[test]
