@@ -452,11 +452,9 @@ fn weight_grad<T: Element>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     let per_part = reduce::items_per_part(groups);
     let parts = groups.div_ceil(per_part);
     let par = gemm_threads(parts);
-    let partials: Vec<Vec<T>> = (0..parts)
-        .into_par_iter()
-        .map(|p| accumulate(par, p * per_part..((p + 1) * per_part).min(groups)))
-        .collect();
-    reduce::sum_in_order(partials, size)
+    reduce::sum_parts_in_order((0..parts).collect(), size, |p| {
+        accumulate(par, p * per_part..((p + 1) * per_part).min(groups))
+    })
 }
 
 /// Which pass a [`ConvPass`] computes; its two inputs are:

@@ -325,28 +325,24 @@ impl CustomOp2 for LstmScan {
         // Images split into parts by the batch size alone, each part summing its own kernel
         // gradient, and the parts added in order: the same bits on any number of threads.
         let per_part = reduce::items_per_part(b);
-        let partials: Vec<Vec<f32>> = dxg
-            .par_chunks_mut(per_part * per_input)
-            .enumerate()
-            .map(|(p, dxg)| {
-                let mut dkernel = vec![0f32; w.len()];
-                for (j, dxg) in dxg.chunks_mut(per_input).enumerate() {
-                    let k = p * per_part + j;
-                    self.backward_one(
-                        &xg[k * per_input..][..per_input],
-                        &w,
-                        &states[k * per_state..][..per_state],
-                        &grad[k * per_state..][..per_state],
-                        dxg,
-                        &mut dkernel,
-                        slices,
-                        len,
-                    );
-                }
-                dkernel
-            })
-            .collect();
-        let dkernel = reduce::sum_in_order(partials, w.len());
+        let parts: Vec<_> = dxg.chunks_mut(per_part * per_input).enumerate().collect();
+        let dkernel = reduce::sum_parts_in_order(parts, w.len(), |(p, dxg)| {
+            let mut dkernel = vec![0f32; w.len()];
+            for (j, dxg) in dxg.chunks_mut(per_input).enumerate() {
+                let k = p * per_part + j;
+                self.backward_one(
+                    &xg[k * per_input..][..per_input],
+                    &w,
+                    &states[k * per_state..][..per_state],
+                    &grad[k * per_state..][..per_state],
+                    dxg,
+                    &mut dkernel,
+                    slices,
+                    len,
+                );
+            }
+            dkernel
+        });
         let device = input_gates.device();
         Ok((
             Some(Tensor::from_vec(dxg, (b, slices, gates, len), device)?),

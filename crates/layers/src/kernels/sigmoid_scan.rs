@@ -130,43 +130,37 @@ impl CustomOp3 for SigmoidScan {
         // Images split into runs by the batch size alone; each run sums its own du and dv, and
         // the runs add up in order (the same bits on any number of threads).
         let per_run = reduce::items_per_part(batch);
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(per_run * d)
-            .enumerate()
-            .map(|(r, dx)| {
-                let mut du = vec![0f32; d * h];
-                let mut dv = vec![0f32; d * h];
-                let mut hidden = vec![0f32; d * h];
-                let mut scratch = Scratch::new(h);
-                let mut carry = vec![0f32; h];
-                for (k, dx) in dx.chunks_mut(d).enumerate() {
-                    let n = r * per_run + k;
-                    let (x, g) = (&xv[n * d..(n + 1) * d], &gv[n * d..(n + 1) * d]);
-                    scratch.hidden_states(x, uv, |j, row| {
-                        hidden[j * h..(j + 1) * h].copy_from_slice(row)
-                    });
-                    carry.fill(0.0);
-                    for j in (0..d).rev() {
-                        let row = j * h..(j + 1) * h;
-                        let hj = &hidden[row.clone()];
-                        if g[j] != 0.0 {
-                            simd::axpy(&mut dv[row.clone()], g[j], hj);
-                            simd::sigmoid_grad_accumulate(&mut carry, g[j], &vv[row.clone()], hj);
-                        }
-                        if x[j] != 0.0 {
-                            simd::axpy(&mut du[row.clone()], x[j], &carry);
-                        }
-                        dx[j] = simd::dot(&uv[row], &carry);
+        // Each run's sums are one buffer: du's values, then dv's.
+        let runs: Vec<_> = dx.chunks_mut(per_run * d).enumerate().collect();
+        let mut du = reduce::sum_parts_in_order(runs, 2 * d * h, |(r, dx)| {
+            let mut sums = vec![0f32; 2 * d * h];
+            let (du, dv) = sums.split_at_mut(d * h);
+            let mut hidden = vec![0f32; d * h];
+            let mut scratch = Scratch::new(h);
+            let mut carry = vec![0f32; h];
+            for (k, dx) in dx.chunks_mut(d).enumerate() {
+                let n = r * per_run + k;
+                let (x, g) = (&xv[n * d..(n + 1) * d], &gv[n * d..(n + 1) * d]);
+                scratch.hidden_states(x, uv, |j, row| {
+                    hidden[j * h..(j + 1) * h].copy_from_slice(row)
+                });
+                carry.fill(0.0);
+                for j in (0..d).rev() {
+                    let row = j * h..(j + 1) * h;
+                    let hj = &hidden[row.clone()];
+                    if g[j] != 0.0 {
+                        simd::axpy(&mut dv[row.clone()], g[j], hj);
+                        simd::sigmoid_grad_accumulate(&mut carry, g[j], &vv[row.clone()], hj);
                     }
+                    if x[j] != 0.0 {
+                        simd::axpy(&mut du[row.clone()], x[j], &carry);
+                    }
+                    dx[j] = simd::dot(&uv[row], &carry);
                 }
-                (du, dv)
-            })
-            .collect();
-        let (du, dv): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
-        let (du, dv) = (
-            reduce::sum_in_order(du, d * h),
-            reduce::sum_in_order(dv, d * h),
-        );
+            }
+            sums
+        });
+        let dv = du.split_off(d * h);
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (batch, d), device)?),
