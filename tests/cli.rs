@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use common::{fails_with, genzoo, ok, png_size, run, s, stderr, stdout, weights};
+use common::{fails_with, genzoo, ok, png_size, run, run_file, s, stderr, stdout, weights};
 use layers::Checkpoint;
 use serde_json::Value;
 
@@ -24,12 +24,7 @@ fn log_lines(dir: &Path) -> Vec<Value> {
 
 /// A small but real run: `limit` training digits, `epochs` epochs, a line per step.
 fn train_small(out: &Path, extra: &[&str]) -> Output {
-    let cfg = out.with_extension("toml");
-    std::fs::write(
-        &cfg,
-        "model = \"vae\"\n[train]\nlimit = 640\nbatch_size = 64\nlog_every = 1\nsample_count = 16\n",
-    )
-    .unwrap();
+    let cfg = run_file(out.with_extension("toml"), "model = \"vae\"\n[train]\nlimit = 640\nbatch_size = 64\nlog_every = 1\nsample_count = 16\n");
     let mut args = vec!["train", "--config", s(&cfg), "--out", s(out)];
     args.extend_from_slice(extra);
     run(&args)
@@ -186,9 +181,8 @@ fn same_seed_same_losses_and_resume_continues_exactly() {
 
 /// Starts a long run in the background, waiting until its first checkpoint exists.
 fn start_long_run(out: &Path) -> std::process::Child {
-    let cfg = out.with_extension("toml");
     // One step per epoch, so a checkpoint is written at every step.
-    std::fs::write(&cfg, "model = \"vae\"\n[train]\nlimit = 64\nbatch_size = 64\nepochs = 100000\nlog_every = 1\nsample_count = 4\n").unwrap();
+    let cfg = run_file(out.with_extension("toml"), "model = \"vae\"\n[train]\nlimit = 64\nbatch_size = 64\nepochs = 100000\nlog_every = 1\nsample_count = 4\n");
     let child = genzoo()
         .args(["train", "--config", s(&cfg), "--out", s(out)])
         .stdout(Stdio::null())
@@ -286,12 +280,7 @@ fn ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     // 16 steps per epoch, so most steps are not an epoch's last.
     for model in ["vae", "gan"] {
-        let cfg = tmp.path().join(format!("{model}.toml"));
-        std::fs::write(
-            &cfg,
-            format!("model = \"{model}\"\n[train]\nlimit = 64\nbatch_size = 4\nepochs = 100000\nlog_every = 1\nsample_count = 4\nbinarize = \"none\"\n"),
-        )
-        .unwrap();
+        let cfg = run_file(tmp.path().join(format!("{model}.toml")), format!("model = \"{model}\"\n[train]\nlimit = 64\nbatch_size = 4\nepochs = 100000\nlog_every = 1\nsample_count = 4\nbinarize = \"none\"\n"));
         let (mut stopped, mut out) = (0, tmp.path().to_path_buf());
         for attempt in 0..4 {
             out = tmp.path().join(format!("{model}-{attempt}"));
@@ -352,8 +341,7 @@ fn ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_run() {
 /// A trained tiny model shared by the sampling, evaluation and bad-input tests.
 fn tiny_checkpoint(dir: &Path, extra_model_config: &str) -> PathBuf {
     let out = dir.join("tiny");
-    let cfg = dir.join("tiny.toml");
-    std::fs::write(&cfg, format!("model = \"vae\"\n[train]\nlimit = 2048\nepochs = 1\nsample_count = 4\n[model_config]\n{extra_model_config}")).unwrap();
+    let cfg = run_file(dir.join("tiny.toml"), format!("model = \"vae\"\n[train]\nlimit = 2048\nepochs = 1\nsample_count = 4\n[model_config]\n{extra_model_config}"));
     ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
     out.join("checkpoints/last.safetensors")
 }
@@ -518,8 +506,7 @@ fn bad_inputs_are_clear_errors_that_change_nothing() {
     fails_with(&["train", "progan", "--out", s(&out)], &["not built yet"]);
     fails_with(&["train"], &["name a model"]);
 
-    let cfg = t.join("bad.toml");
-    std::fs::write(&cfg, "model = \"vae\"\n[train]\nepoks = 3\n").unwrap();
+    let cfg = run_file(t.join("bad.toml"), "model = \"vae\"\n[train]\nepoks = 3\n");
     fails_with(
         &["train", "--config", s(&cfg)],
         &["bad.toml", "unknown field `epoks`"],
@@ -658,8 +645,10 @@ fn plain_weights_with_reference_names_load_by_model_name() {
     // The PyTorch fixture holds the reference weights (and other tensors, which are ignored).
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vae_mlp.safetensors");
-    let cfg = tmp.path().join("vae32.toml");
-    std::fs::write(&cfg, "model = \"vae\"\n[model_config]\nhidden_dim = 32\n").unwrap();
+    let cfg = run_file(
+        tmp.path().join("vae32.toml"),
+        "model = \"vae\"\n[model_config]\nhidden_dim = 32\n",
+    );
     let png = tmp.path().join("p.png");
     ok(run(&[
         "sample",
@@ -702,12 +691,10 @@ fn plain_weights_with_reference_names_load_by_model_name() {
 fn the_conv_vae_trains_and_evaluates() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("conv");
-    let cfg = tmp.path().join("conv.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = run_file(
+        tmp.path().join("conv.toml"),
         "model = \"conv-vae\"\n[train]\nlimit = 1024\nepochs = 2\nsample_count = 4\n",
-    )
-    .unwrap();
+    );
     ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
     let epochs: Vec<Value> = log_lines(&out)
         .into_iter()
@@ -741,12 +728,10 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let softmax = "hidden = 8\nlayers = 1\nhead_hidden = 8\noutput = \"softmax\"\n";
     // A softmax model fed binary images is refused, naming the fix.
-    let cfg = tmp.path().join("softmax-threshold.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = run_file(
+        tmp.path().join("softmax-threshold.toml"),
         format!("model = \"pixelcnn\"\n[model_config]\n{softmax}"),
-    )
-    .unwrap();
+    );
     let out = tmp.path().join("refused");
     fails_with(
         &["train", "--config", s(&cfg), "--out", s(&out)],
@@ -771,8 +756,7 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
         ("row-lstm-256", "row-lstm", "none", softmax),
     ] {
         let out = tmp.path().join(name);
-        let cfg = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(&cfg, format!("model = \"{model}\"\n[train]\nlimit = 512\nbatch_size = 64\nepochs = 2\nsample_count = 4\nbinarize = \"{binarize}\"\n[model_config]\n{extra}")).unwrap();
+        let cfg = run_file(tmp.path().join(format!("{name}.toml")), format!("model = \"{model}\"\n[train]\nlimit = 512\nbatch_size = 64\nepochs = 2\nsample_count = 4\nbinarize = \"{binarize}\"\n[model_config]\n{extra}"));
         ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
         let epochs: Vec<Value> = log_lines(&out)
             .into_iter()
@@ -836,12 +820,7 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
 #[test]
 fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("gan.toml");
-    std::fs::write(
-        &cfg,
-        "model = \"gan\"\n[train]\nlimit = 256\nbatch_size = 32\nepochs = 2\nlog_every = 1\nsample_count = 16\n[gan]\nloss = \"hinge\"\n",
-    )
-    .unwrap();
+    let cfg = run_file(tmp.path().join("gan.toml"), "model = \"gan\"\n[train]\nlimit = 256\nbatch_size = 32\nepochs = 2\nlog_every = 1\nsample_count = 16\n[gan]\nloss = \"hinge\"\n");
     let full = tmp.path().join("full");
     ok(run(&["train", "--config", s(&cfg), "--out", s(&full)]));
     let steps = step_losses_of(&full, "d_loss");
@@ -908,12 +887,7 @@ fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
         &["implicit", "--samples"],
     );
     // A discriminator loss below 100 counts as collapsed here: the run stops at step 3.
-    let collapse = tmp.path().join("collapse.toml");
-    std::fs::write(
-        &collapse,
-        "model = \"gan\"\n[train]\nlimit = 256\nbatch_size = 32\n[gan]\ncollapse_loss = 100.0\ncollapse_steps = 3\n",
-    )
-    .unwrap();
+    let collapse = run_file(tmp.path().join("collapse.toml"), "model = \"gan\"\n[train]\nlimit = 256\nbatch_size = 32\n[gan]\ncollapse_loss = 100.0\ncollapse_steps = 3\n");
     fails_with(
         &[
             "train",
@@ -944,12 +918,7 @@ fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
 fn conditional_and_info_gans_report_their_own_figures() {
     let tmp = tempfile::tempdir().unwrap();
     for model in ["cgan", "infogan"] {
-        let cfg = tmp.path().join(format!("{model}.toml"));
-        std::fs::write(
-            &cfg,
-            format!("model = \"{model}\"\n[train]\nlimit = 64\nbatch_size = 16\nepochs = 1\nsample_count = 20\n"),
-        )
-        .unwrap();
+        let cfg = run_file(tmp.path().join(format!("{model}.toml")), format!("model = \"{model}\"\n[train]\nlimit = 64\nbatch_size = 16\nepochs = 1\nsample_count = 20\n"));
         let out = tmp.path().join(model);
         ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
         let grid = out.join("samples/epoch-0001.png");

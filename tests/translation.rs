@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{fails_with, ok, png_size, run, s, stderr, stdout, weights};
+use common::{fails_with, ok, png_size, run, run_file, s, stderr, stdout, weights};
 use serde_json::Value;
 
 fn log_lines(dir: &Path, kind: &str) -> Vec<Value> {
@@ -33,14 +33,9 @@ fn json(o: Output) -> Value {
 /// A tiny CycleGAN between the digits and `domain_b`, with a pool small enough to fill and
 /// swap within the run and a schedule that decays from the second epoch.
 fn cyclegan_config(dir: &Path, domain_b: &str) -> PathBuf {
-    let cfg = dir.join("cyclegan.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = run_file(dir.join("cyclegan.toml"), format!(
             "model = \"cyclegan\"\n[train]\nlimit = 48\nbatch_size = 6\nepochs = 2\nlog_every = 1\nsample_count = 4\nschedule = \"linear\"\ndecay_start = 1\n[data]\ndomain_a = []\ndomain_b = {domain_b}\n[model_config]\nimage_size = 28\nchannels = 1\nngf = 4\nndf = 4\nn_blocks = 1\nn_layers_d = 2\nlambda_identity = 0.0\npool_size = 5\n"
-        ),
-    )
-    .unwrap();
+        ));
     cfg
 }
 
@@ -209,12 +204,7 @@ fn cyclegan_trains_resumes_exactly_evaluates_and_samples() {
 #[test]
 fn stargan_trains_and_reports_attributes_of_every_domain() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("stargan.toml");
-    std::fs::write(
-        &cfg,
-        "model = \"stargan\"\n[train]\nlimit = 24\nbatch_size = 8\nepochs = 1\nlog_every = 1\nsample_count = 2\n[data]\ntransforms = [{ pad = 2 }, \"rgb\"]\n[[data.attributes]]\nname = \"inverted\"\ntransforms = [\"invert\"]\n[[data.attributes]]\nname = \"rotated\"\ntransforms = [{ rotate = 90 }]\n[[data.attributes]]\nname = \"red\"\ntransforms = [{ tint = [1.0, 0.3, 0.3] }]\n[model_config]\nimage_size = 32\nchannels = 3\ng_conv_dim = 4\nd_conv_dim = 4\ng_repeat_num = 1\nd_repeat_num = 4\nn_critic = 2\n",
-    )
-    .unwrap();
+    let cfg = run_file(tmp.path().join("stargan.toml"), "model = \"stargan\"\n[train]\nlimit = 24\nbatch_size = 8\nepochs = 1\nlog_every = 1\nsample_count = 2\n[data]\ntransforms = [{ pad = 2 }, \"rgb\"]\n[[data.attributes]]\nname = \"inverted\"\ntransforms = [\"invert\"]\n[[data.attributes]]\nname = \"rotated\"\ntransforms = [{ rotate = 90 }]\n[[data.attributes]]\nname = \"red\"\ntransforms = [{ tint = [1.0, 0.3, 0.3] }]\n[model_config]\nimage_size = 32\nchannels = 3\ng_conv_dim = 4\nd_conv_dim = 4\ng_repeat_num = 1\nd_repeat_num = 4\nn_critic = 2\n");
     let out = tmp.path().join("run");
     let o = ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
     assert!(
@@ -333,12 +323,7 @@ fn two_domain_folders_load_and_their_faults_are_named() {
             rgb_png(&data.join(side).join(format!("{i}.png")), 40 * i);
         }
     }
-    let cfg = tmp.path().join("cg.toml");
-    std::fs::write(
-        &cfg,
-        "model = \"cyclegan\"\n[train]\nbatch_size = 2\nepochs = 1\nsample_count = 2\n[model_config]\nimage_size = 16\nngf = 4\nndf = 4\nn_blocks = 1\nn_layers_d = 1\n",
-    )
-    .unwrap();
+    let cfg = run_file(tmp.path().join("cg.toml"), "model = \"cyclegan\"\n[train]\nbatch_size = 2\nepochs = 1\nsample_count = 2\n[model_config]\nimage_size = 16\nngf = 4\nndf = 4\nn_blocks = 1\nn_layers_d = 1\n");
     let out = tmp.path().join("run");
     let o = ok(run(&[
         "train",
@@ -464,12 +449,7 @@ fn attribute_files_train_stargan_and_their_faults_are_named() {
         ));
     }
     std::fs::write(data.join("list_attr_celeba.txt"), lines.join("\n")).unwrap();
-    let cfg = tmp.path().join("sg.toml");
-    std::fs::write(
-        &cfg,
-        "model = \"stargan\"\n[train]\nbatch_size = 2\nepochs = 1\nlog_every = 1\nsample_count = 2\n[data]\ntest_count = 2\n[model_config]\nimage_size = 16\ng_conv_dim = 4\nd_conv_dim = 4\ng_repeat_num = 1\nd_repeat_num = 3\n",
-    )
-    .unwrap();
+    let cfg = run_file(tmp.path().join("sg.toml"), "model = \"stargan\"\n[train]\nbatch_size = 2\nepochs = 1\nlog_every = 1\nsample_count = 2\n[data]\ntest_count = 2\n[model_config]\nimage_size = 16\ng_conv_dim = 4\nd_conv_dim = 4\ng_repeat_num = 1\nd_repeat_num = 3\n");
     let out = tmp.path().join("run");
     let args = |attrs: &str, out: &Path| -> Vec<String> {
         [
@@ -574,8 +554,10 @@ fn an_image_folder_gives_its_channels_and_the_log_says_so() {
     );
     let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(config.contains("channels = 3"), "{config}");
-    let cfg = tmp.path().join("grey.toml");
-    std::fs::write(&cfg, "model = \"dcgan\"\n[model_config]\nchannels = 1\n").unwrap();
+    let cfg = run_file(
+        tmp.path().join("grey.toml"),
+        "model = \"dcgan\"\n[model_config]\nchannels = 1\n",
+    );
     let out = tmp.path().join("grey");
     let o = ok(run(&[
         "train",

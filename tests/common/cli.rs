@@ -1,7 +1,7 @@
 //! What the end-to-end tests share: running the `genzoo` binary and reading what it wrote.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::Device;
@@ -51,6 +51,12 @@ pub fn fails_with(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
     }
+}
+
+/// Writes a run file's text to `path` and returns the path.
+pub fn run_file(path: PathBuf, text: impl AsRef<str>) -> PathBuf {
+    std::fs::write(&path, text.as_ref()).unwrap();
+    path
 }
 
 pub fn s(p: &Path) -> &str {

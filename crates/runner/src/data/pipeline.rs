@@ -705,6 +705,14 @@ mod tests {
     use super::*;
     use crate::data::transforms::Transform;
 
+    /// Whether `a` is `1 - b`, pixel by pixel.
+    fn negatives(a: &crate::data::transforms::Image, b: &crate::data::transforms::Image) -> bool {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .all(|(p, q)| (p + q - 1.0).abs() < 1e-6)
+    }
+
     fn inverted() -> DataConfig {
         DataConfig {
             domain_a: Some(Pipeline::default()),
@@ -722,21 +730,13 @@ mod tests {
         let digits = load_split(None, Split::Train, [1, 28, 28])?;
         let second = crate::data::transforms::Image::from_bytes([1, 28, 28], digits.image(1))?;
         let b0 = b.image(0, &mut rng)?;
-        assert!(b0
-            .data
-            .iter()
-            .zip(&second.data)
-            .all(|(x, y)| (x - (1.0 - y)).abs() < 1e-6));
+        assert!(negatives(&b0, &second));
         assert_eq!(b.label(0), Label::Class(digits.labels.as_ref().unwrap()[1]));
         // The test split pairs every digit with its own translation.
         let (a, b) = synthetic_domains(&inverted(), None, Split::Test)?.expect("two domains");
         assert_eq!((a.len(), b.len()), (997, 997));
         let (x, y) = (a.image(5, &mut rng)?, b.image(5, &mut rng)?);
-        assert!(x
-            .data
-            .iter()
-            .zip(&y.data)
-            .all(|(p, q)| (p + q - 1.0).abs() < 1e-6));
+        assert!(negatives(&x, &y));
         Ok(())
     }
 
@@ -795,11 +795,7 @@ mod tests {
         let plain = source.image_as(0, &[0.0], &mut rng)?;
         let flipped = source.image_as(0, &[1.0], &mut rng)?;
         assert_eq!(plain.shape, [3, 32, 32]);
-        assert!(plain
-            .data
-            .iter()
-            .zip(&flipped.data)
-            .all(|(p, q)| (p + q - 1.0).abs() < 1e-6));
+        assert!(negatives(&plain, &flipped));
         Ok(())
     }
 }
