@@ -120,13 +120,6 @@ class InfoDiscriminator(infogan_ref.Discriminator):
         return logit, torch.cat([q_cat, q_code], 1)
 
 
-def genzoo_name(name, renames):
-    for old, new in renames.items():
-        if name.startswith(old):
-            return new + name[len(old):]
-    return name
-
-
 # The [gan] losses of genzoo (layers::gan), on logits.
 def d_loss_of(loss, real, fake):
     if loss == "lsgan":  # cgan.py's (MSE(real, 1) + MSE(fake, 0)) / 2
@@ -167,7 +160,7 @@ def unit_uniform(name, n):
     return (z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24) * np.float32(2) - np.float32(1)
 
 
-def formula_weights(nets, renames, t):
+def formula_weights(nets, t):
     """Replaces every floating-point parameter and buffer by `shift + scale * u`, u from
     `unit_uniform` of its genzoo name, shift and scale the mean and sqrt(3) x the standard
     deviation of the reference's own initialisation (a constant where that has one value)."""
@@ -176,7 +169,7 @@ def formula_weights(nets, renames, t):
             for k, v in net.state_dict().items():
                 if not v.dtype.is_floating_point:
                     continue
-                name = genzoo_name(f"{prefix}.{k}", renames)
+                name = f"{prefix}.{k}"
                 x = v.double()
                 shift = np.float32(x.mean().item())
                 scale = np.float32(x.std().item() * 3 ** 0.5) if v.numel() > 1 else np.float32(0)
@@ -221,12 +214,11 @@ class Factors:
         return None
 
 
-def save_gradients(t, tag, params, grads, factors, renames):
+def save_gradients(t, tag, params, grads, factors):
     """The gradient of every parameter of an optimiser under `tag.`, as itself or as its factors."""
     for (name, module, key, p), grad in zip(params, grads):
         assert grad is not None, f"{name}: no gradient"
         f = factors.of(module) if key == "weight" else None
-        name = genzoo_name(name, renames)
         if f is not None and f[0].numel() + f[1].numel() < p.numel():
             left, right = f
             rebuilt = (left.double().T @ right.double()).view(p.shape)
@@ -258,9 +250,9 @@ def specs():
     """Each model as genzoo's run file trains it: networks, [gan] loss, learning rates (D, G), and
     how many training steps stay within float32 rounding of torch's."""
     gan = dict(G=MlpGenerator(100), D=GanDiscriminator(), loss="non-saturating", lr=(2e-4, 2e-4), classes=0,
-               head=None, renames={}, steps=3, reference="PyTorch-GAN implementations/gan/gan.py")
+               head=None, steps=3, reference="PyTorch-GAN implementations/gan/gan.py")
     cgan = dict(G=MlpGenerator(100, 10), D=CganDiscriminator(10), loss="lsgan", lr=(2e-4, 2e-4), classes=10,
-                head=None, renames={}, steps=3, reference="PyTorch-GAN implementations/cgan/cgan.py")
+                head=None, steps=3, reference="PyTorch-GAN implementations/cgan/cgan.py")
     # PyTorch's default initialisation, not the reference's weights_init (N(0, 0.02)): with those
     # small weights D's features of 4 digits barely differ, its BatchNorm over the batch cancels
     # nearly all of each gradient, and torch's own float32 gradients are good to only 4e-5 of
@@ -269,7 +261,7 @@ def specs():
     # (an update of lr g / (|g| + 1e-8) swings by up to lr for a change of 1e-8 in g) into
     # outputs that differ by 1e-3, and by the third into different images.
     infogan = dict(G=infogan_ref.Generator(), D=InfoDiscriminator(), loss="non-saturating", lr=(2e-4, 1e-3),
-                   classes=0, head="discriminator.q_head.", renames={}, steps=1,
+                   classes=0, head="discriminator.q_head.", steps=1,
                    reference="scripts/train_infogan_reference.py (Chen et al. 2016, table 1)")
     return {"gan": gan, "cgan": cgan, "infogan": infogan}
 
@@ -360,10 +352,10 @@ def first_step(m, t):
     exact_out, exact = first_passes(Model(dict(m.spec, **nets)), t, torch.float64)
 
     def record(optimizer, params, grads):
-        save_gradients(t, f"grad.{optimizer}", params, grads, m.factors, m.spec["renames"])
+        save_gradients(t, f"grad.{optimizer}", params, grads, m.factors)
         for (name, *_), g, g64 in zip(params, grads, exact[optimizer]):
             scale, err = g64.abs().max(), (g.double() - g64).abs().max()
-            t[f"grad_exact.{optimizer}.{genzoo_name(name, m.spec['renames'])}"] = torch.stack([scale, err]).float()
+            t[f"grad_exact.{optimizer}.{name}"] = torch.stack([scale, err]).float()
 
     out, _ = first_passes(m, t, torch.float32, record)
     t.update({f"first.{k}": v for k, v in out.items()})
@@ -406,8 +398,7 @@ def train(m, t):
         opt_g.zero_grad()
         g_loss.backward()
         if k == 1 and spec["steps"] > 1:
-            save_gradients(t, "step1.grad.generator", m.g_params, [p.grad for *_, p in m.g_params], m.factors,
-                           spec["renames"])
+            save_gradients(t, "step1.grad.generator", m.g_params, [p.grad for *_, p in m.g_params], m.factors)
         opt_g.step()
         t.update({f"{tag}.d_loss": d_loss, f"{tag}.g_loss": g_loss, f"{tag}.d_real": real_logits.mean(),
                   f"{tag}.d_fake": fake_logits.mean()})
@@ -429,7 +420,7 @@ def after(m, t):
 
 def build(name, spec):
     t = {}
-    formula_weights({"generator": spec["G"], "discriminator": spec["D"]}, spec["renames"], t)
+    formula_weights({"generator": spec["G"], "discriminator": spec["D"]}, t)
     draw_steps(spec, t)
     m = Model(spec)
     # The first step's passes move BatchNorm's running statistics: training starts afresh.
