@@ -60,8 +60,10 @@ fn list_names_every_model_with_its_kind_and_status() {
     assert!(vae.contains("explicit") && vae.contains("built"), "{vae}");
     let gan = out.lines().find(|l| l.starts_with("dcgan")).unwrap();
     assert!(gan.contains("implicit") && gan.contains("built"), "{gan}");
-    let later = out.lines().find(|l| l.starts_with("progan")).unwrap();
+    let later = out.lines().find(|l| l.starts_with("puzzle-gan")).unwrap();
     assert!(later.contains("not built yet"), "{later}");
+    let grown = out.lines().find(|l| l.starts_with("progan")).unwrap();
+    assert!(grown.contains("built") && !grown.contains("not built"), "{grown}");
     let translation = out.lines().find(|l| l.starts_with("cyclegan")).unwrap();
     assert!(
         translation.contains("built") && !translation.contains("not built"),

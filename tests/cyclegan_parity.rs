@@ -138,6 +138,7 @@ fn one_optimize_parameters_matches_junyanz() -> Result<()> {
         step: 0,
         total_steps: 1,
         steps_per_epoch: 1,
+        images_per_step: b.size()? as u64,
     };
     let mut ctx = StepContext::new(progress, Rng::new(0), &mut take, 1, &mut optimizers);
     m.train_step(&mut ctx)?;

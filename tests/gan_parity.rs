@@ -523,6 +523,7 @@ fn train<M: Adversarial>(
             step: k as u64 - 1,
             total_steps: steps as u64,
             steps_per_epoch: steps as u64,
+            images_per_step: b.size()? as u64,
         };
         let mut ctx = StepContext::new(progress, Rng::new(0), &mut take, 1, &mut optimizers);
         gan.train_step(&mut ctx)?;

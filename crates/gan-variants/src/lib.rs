@@ -1,13 +1,14 @@
 //! Implicit models, trained adversarially. One-generator GANs implement
 //! `layers::gan::Adversarial` and train through its shared step: the GAN ([`gan`]), DCGAN
 //! ([`dcgan`]), the conditional GAN ([`cgan`]) and InfoGAN ([`infogan`]). Translation models own
-//! their step (`layers::Trainable`): CycleGAN ([`cyclegan`]) and StarGAN ([`stargan`]). The
-//! text-to-image GAN, Puzzle-GAN and Progressive GAN are listed by `genzoo list` and not built
-//! yet.
+//! their step (`layers::Trainable`): CycleGAN ([`cyclegan`]), StarGAN ([`stargan`]) and the
+//! Progressive GAN ([`progan`]), which grows. The text-to-image GAN and Puzzle-GAN are listed by
+//! `genzoo list` and not built yet.
 
 pub mod cgan;
 pub mod cyclegan;
 pub mod dcgan;
 pub mod gan;
 pub mod infogan;
+pub mod progan;
 pub mod stargan;

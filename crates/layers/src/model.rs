@@ -91,6 +91,20 @@ pub trait GenerativeModel {
         candle_core::bail!("this model is not class-conditional")
     }
 
+    /// Real images as the model currently draws them, so metrics compare like with like (a
+    /// Progressive GAN part-way through its growth: at its stage's resolution, brought back to
+    /// the full side as its samples are); the images themselves for every other model.
+    fn as_generated(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    /// One row of `n` samples per resolution the model has grown through, each row from the
+    /// same latents (a Progressive GAN's stages).
+    fn sample_stages(&self, n: usize, _rng: &mut Rng) -> Result<Tensor> {
+        let _ = n;
+        candle_core::bail!("this model does not grow in stages (a Progressive GAN does)")
+    }
+
     /// The model's latent space, if it has an encoder and a decoder.
     fn as_latent(&self) -> Option<&dyn LatentVariableModel> {
         None

@@ -171,6 +171,16 @@ pub struct StepProgress {
     /// Steps the run takes in all.
     pub total_steps: u64,
     pub steps_per_epoch: u64,
+    /// Training images one step consumes (its batches' sizes): the phases of a Progressive GAN
+    /// are counted in images.
+    pub images_per_step: u64,
+}
+
+impl StepProgress {
+    /// Training images shown before this step.
+    pub fn images(&self) -> u64 {
+        self.step * self.images_per_step
+    }
 }
 
 /// What a model's step works with: its batches, its optimisers, its random numbers and the

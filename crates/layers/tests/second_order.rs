@@ -8,6 +8,7 @@ use layers::gan::{enable_second_order_gradients, gradient_penalty};
 use layers::kernels::conv::{conv2d, ConvSpec};
 use layers::kernels::instance_norm::{InstanceNorm, EPS};
 use layers::kernels::pad::reflection_pad2d;
+use layers::nn::resample;
 use layers::Rng;
 
 /// A gradient penalty through the convolution: d/dk |grad_x sum(conv(x, k)^2)|^2 against
@@ -193,9 +194,9 @@ fn reflection_pad_second_order_gradients_match_finite_differences() -> Result<()
     assert_penalty_gradients(&penalty, &[kernel], &["kernel"], 7)
 }
 
-/// The penalty in f32 with the fused kernels on outside its scope (the critic's pass on real
-/// images fused, the pass at the interpolates and its gradient recorded with Candle's ops)
-/// gives the gradient that the all-composed f64 computation gives.
+/// The penalty in f32 on the fused kernels (outside its scope the first-order ones; inside it
+/// the convolution and the bias and activation whose backward passes are recorded ops) gives
+/// the gradients, of the weight and of the bias, that Candle's composed ops give in f64.
 #[test]
 fn a_fused_step_around_the_penalty_differentiates_like_candles_ops() -> Result<()> {
     use layers::kernels::activation::{bias_activation, Activation};
@@ -218,11 +219,12 @@ fn a_fused_step_around_the_penalty_differentiates_like_candles_ops() -> Result<(
     let gradient = |dtype: DType| -> Result<Vec<f64>> {
         let cast = |t: &Tensor| t.to_dtype(dtype);
         let w1 = Var::from_tensor(&cast(&w1)?)?;
-        let (b1, w2) = (cast(&b1)?, cast(&w2)?);
+        let b1 = Var::from_tensor(&cast(&b1)?)?;
+        let w2 = cast(&w2)?;
         let critic = |x: &Tensor| -> Result<Tensor> {
             let hidden = bias_activation(
                 &x.matmul(w1.as_tensor())?,
-                Some(&b1),
+                Some(b1.as_tensor()),
                 Activation::LeakyRelu(0.2),
             )?;
             hidden.matmul(&w2)
@@ -231,18 +233,61 @@ fn a_fused_step_around_the_penalty_differentiates_like_candles_ops() -> Result<(
         let gp = gradient_penalty(&critic, &real, &fake, &alpha)?;
         let loss = (critic(&real)?.mean_all()? + (gp * 10.0)?)?;
         let grads = loss.backward()?;
-        grads
-            .get(w1.as_tensor())
-            .expect("the loss depends on w1")
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()
+        let mut values = Vec::new();
+        for v in [&w1, &b1] {
+            let g = grads
+                .get(v.as_tensor())
+                .expect("the loss depends on w1 and b1");
+            values.extend(g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+        }
+        Ok(values)
     };
     let (fused, composed) = (gradient(DType::F32)?, gradient(DType::F64)?);
     for (i, (a, c)) in fused.iter().zip(&composed).enumerate() {
         assert!(
             (a - c).abs() < 1e-4 * (1.0 + c.abs()),
-            "w1[{i}]: f32 with fused kernels {a}, f64 composed {c}"
+            "w1 and b1 [{i}]: f32 with fused kernels {a}, f64 composed {c}"
+        );
+    }
+    Ok(())
+}
+
+/// Second order: the gradient of `|grad_x sum(p * up(down(x)) * x)|^2` with respect to x,
+/// against central differences (what WGAN-GP's penalty takes through D's pools).
+#[test]
+fn resampling_second_order_gradients_match_finite_differences() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(9);
+    let x0 = rng.normal((1, 2, 4, 4), &dev)?;
+    let p = rng.normal((1, 2, 4, 4), &dev)?;
+    let penalty = |x: &Var| -> Result<Tensor> {
+        let f = ((resample::upscale2d(&resample::downscale2d(x.as_tensor())?)? * x.as_tensor())?
+            * &p)?
+            .sum_all()?;
+        let g = f.backward()?;
+        g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
+    };
+    enable_second_order_gradients();
+    let x = Var::from_tensor(&x0)?;
+    let grads = penalty(&x)?.backward()?;
+    let analytic = grads
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let values = x0.flatten_all()?.to_vec1::<f32>()?;
+    for i in [0, 5, 17, 31] {
+        let at = |delta: f32| -> Result<f32> {
+            let mut v = values.clone();
+            v[i] += delta;
+            let x = Var::from_tensor(&Tensor::from_vec(v, x0.shape(), &dev)?)?;
+            penalty(&x)?.to_scalar::<f32>()
+        };
+        let numeric = (at(1e-2)? - at(-1e-2)?) / 2e-2;
+        assert!(
+            (numeric - analytic[i]).abs() < 1e-2 * numeric.abs().max(1.0),
+            "{i}: {numeric} vs {}",
+            analytic[i]
         );
     }
     Ok(())

@@ -331,8 +331,16 @@ pub const MODELS: &[ModelEntry] = &[
         name: "progan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
-        summary: "Progressive GAN (Karras et al. 2018)",
-        build: None,
+        summary: "Progressive GAN (Karras et al. 2018), pytorch_GAN_zoo's PGAN networks",
+        build: Some(|input, vb| {
+            owned(build_with(
+                input.model_config,
+                vb,
+                gan_variants::progan::Config::default(),
+                "progan",
+                gan_variants::progan::ProGan::new,
+            ))
+        }),
     },
 ];
 
@@ -395,8 +403,8 @@ mod tests {
             e.contains("unknown model `vea`") && e.contains("vae"),
             "{e}"
         );
-        let e = builder("progan").err().unwrap().to_string();
-        assert!(builder("cyclegan").is_ok() && builder("stargan").is_ok());
+        let e = builder("puzzle-gan").err().unwrap().to_string();
+        assert!(builder("cyclegan").is_ok() && builder("progan").is_ok());
         assert!(e.contains("not built yet"), "{e}");
     }
 }

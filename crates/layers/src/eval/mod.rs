@@ -4,3 +4,4 @@
 pub mod classifier;
 pub mod metrics;
 pub mod stats;
+pub mod swd;

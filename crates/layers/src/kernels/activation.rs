@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::ops::{cpu_slice, fused_cpu_f32, twice_differentiable_cpu_f32, CpuValues};
 
 /// The activation after a linear map or a convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,14 +75,16 @@ pub fn bias_activation(x: &Tensor, bias: Option<&Tensor>, act: Activation) -> Re
         }
     }
     let tensors: Vec<&Tensor> = std::iter::once(x).chain(bias).collect();
-    if !fused_cpu_f32(&tensors) {
+    let twice = twice_differentiable_cpu_f32(&tensors);
+    if !fused_cpu_f32(&tensors) && !twice {
         return bias_activation_reference(x, bias, act);
     }
     let x = x.contiguous()?;
+    let op = BiasActivation { act, twice };
     match bias {
-        Some(b) => x.apply_op2(&b.contiguous()?, BiasActivation { act }),
+        Some(b) => x.apply_op2(&b.contiguous()?, op),
         None if act == Activation::Identity => Ok(x),
-        None => x.apply_op1(BiasActivation { act }),
+        None => x.apply_op1(op),
     }
 }
 
@@ -105,6 +107,84 @@ pub fn bias_activation_reference(
 
 struct BiasActivation {
     act: Activation,
+    /// Inside a `differentiable_twice` scope (WGAN-GP's penalty): the backward pass is made of
+    /// recorded ops ([`ActivationGrad`] and a sum), so it can be differentiated again.
+    twice: bool,
+}
+
+/// `g act'(y)`: the activation's backward pass as an op of its own. It is linear in `g` and
+/// `act'` is piecewise constant, so its own backward pass is the same op on the incoming
+/// gradient, and nothing flows to `y`: gradients of any order stay on the fused path.
+struct ActivationGrad {
+    act: Activation,
+}
+
+impl CustomOp2 for ActivationGrad {
+    fn name(&self) -> &'static str {
+        "activation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        g_layout: &Layout,
+        y: &CpuStorage,
+        y_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gv = cpu_slice::<f32>(g, g_layout, "activation output gradient")?;
+        let yv = cpu_slice::<f32>(y, y_layout, "activation output")?;
+        if gv.len() != yv.len() {
+            candle_core::bail!(
+                "activation-grad: gradient {:?} for output {:?}",
+                g_layout.shape(),
+                y_layout.shape()
+            );
+        }
+        let act = self.act;
+        let mut dx = vec![0f32; gv.len()];
+        dx.par_chunks_mut(1 << 14)
+            .zip(gv.par_chunks(1 << 14).zip(yv.par_chunks(1 << 14)))
+            .for_each(|(d, (g, y))| {
+                for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
+                    *d = g * act.derivative_at_output(y);
+                }
+            });
+        Ok((CpuStorage::F32(dx), g_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _g: &Tensor,
+        y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let again = grad
+            .contiguous()?
+            .apply_op2(y, ActivationGrad { act: self.act })?;
+        Ok((Some(again), None))
+    }
+}
+
+/// `dx = g act'(y)` and `db[c] = sum of dx over all but dimension 1`, as recorded ops.
+fn backward_recorded(
+    act: Activation,
+    y: &Tensor,
+    grad: &Tensor,
+    with_bias: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    // `y` detached: nothing flows to it, and Candle's backward pass expects a gradient for
+    // every recorded node on the way to a variable.
+    let dx = grad
+        .contiguous()?
+        .apply_op2(&y.detach(), ActivationGrad { act })?;
+    let db = with_bias
+        .then(|| {
+            let per_channel = dx.transpose(0, 1)?.flatten_from(1)?; // (c, n * space)
+            per_channel.sum(1)
+        })
+        .transpose()?;
+    Ok((dx, db))
 }
 
 /// Planes per parallel task: at least ~16K values, so a `(batch, features)` input (planes of
@@ -145,6 +225,9 @@ impl BiasActivation {
         grad: &Tensor,
         with_bias: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        if self.twice {
+            return backward_recorded(self.act, y, grad, with_bias);
+        }
         let grad = grad.contiguous()?;
         let values = CpuValues::new("bias_activation", &[y, &grad]);
         let yv = values.get(0, "activation output")?;

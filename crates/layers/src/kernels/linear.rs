@@ -10,9 +10,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use gemm::Parallelism;
 
-use crate::kernels::activation::Activation;
+use crate::kernels::activation::{bias_activation, Activation};
 use crate::kernels::conv::matmul;
-use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::ops::{cpu_slice, fused_cpu_f32, twice_differentiable_cpu_f32, CpuValues};
 
 /// `nn.Linear(in, out)` with PyTorch's parameter names `weight` and `bias`.
 #[derive(Debug, Clone)]
@@ -54,6 +54,13 @@ impl Linear {
                 };
                 x.contiguous()?
                     .apply_op3(&self.weight.contiguous()?, bias, op)
+            }
+            // Inside WGAN-GP's penalty: Candle's product (differentiable again) and the bias
+            // and activation whose backward pass is recorded.
+            Some(bias)
+                if x.rank() == 2 && twice_differentiable_cpu_f32(&[x, &self.weight, bias]) =>
+            {
+                bias_activation(&x.matmul(&self.weight.t()?)?, Some(bias), act)
             }
             _ => self.forward_reference(x, act),
         }

@@ -72,10 +72,20 @@ pub fn differentiable_twice<R>(f: impl FnOnce() -> R) -> R {
 /// Whether genzoo's fused CPU kernels serve these tensors: f32 on the CPU, outside a
 /// [`differentiable_twice`] scope; elsewhere callers use Candle's ops.
 pub fn fused_cpu_f32(tensors: &[&Tensor]) -> bool {
+    cpu_f32(tensors) && TWICE.with(|d| d.get() == 0)
+}
+
+/// Whether these are f32 tensors on the CPU inside a [`differentiable_twice`] scope: where a
+/// kernel whose backward pass is itself recorded (the convolutions, the bias and activation)
+/// still serves them.
+pub fn twice_differentiable_cpu_f32(tensors: &[&Tensor]) -> bool {
+    cpu_f32(tensors) && TWICE.with(|d| d.get() > 0)
+}
+
+fn cpu_f32(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-        && TWICE.with(|d| d.get() == 0)
 }
 
 /// For tests comparing a fused kernel with Candle's ops: fails if the fused path is off (so

@@ -2,5 +2,7 @@
 
 pub mod init;
 pub mod masked;
+pub mod progressive;
+pub mod resample;
 pub mod sequential;
 pub mod translation;

@@ -75,10 +75,7 @@ impl Layer {
             Layer::Tanh => x.tanh(),
             Layer::Identity => Ok(x.clone()),
             Layer::Residual(block) => x + block.forward(x, train)?,
-            Layer::Upsample2 => {
-                let (_, _, h, w) = x.dims4()?;
-                x.upsample_nearest2d(2 * h, 2 * w)
-            }
+            Layer::Upsample2 => crate::nn::resample::upscale2d(x),
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Workload {
     pub config: &'static [(&'static str, i64)],
     pub batch: usize,
     pub lr: f64,
+    /// Adam's betas where the workload's differ from the run file defaults.
+    pub betas: Option<(f64, f64)>,
     pub kind: WorkloadKind,
     /// Model steps one timed step takes (StarGAN: five critic iterations, the fifth with the
     /// generator's step); images/s counts every batch they read.
@@ -52,6 +54,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[],
         batch: 64,
         lr: 2e-4,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 1,
     },
@@ -61,6 +64,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[],
         batch: 128,
         lr: 1e-3,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 1,
     },
@@ -70,6 +74,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[],
         batch: 32,
         lr: 1e-3,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 1,
     },
@@ -79,6 +84,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[],
         batch: 16,
         lr: 0.0,
+        betas: None,
         kind: WorkloadKind::Sample,
         iterations: 1,
     },
@@ -88,6 +94,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[],
         batch: 16,
         lr: 0.0,
+        betas: None,
         kind: WorkloadKind::SampleReference,
         iterations: 1,
     },
@@ -97,6 +104,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[("hidden", 500)],
         batch: 128,
         lr: 1e-3,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 1,
     },
@@ -106,6 +114,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[("hidden", 16), ("layers", 7), ("head_hidden", 32)],
         batch: 16,
         lr: 1e-3,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 1,
     },
@@ -115,6 +124,7 @@ pub const WORKLOADS: &[Workload] = &[
         config: &[("hidden", 16), ("layers", 7), ("head_hidden", 32)],
         batch: 16,
         lr: 1e-3,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 1,
     },
@@ -131,6 +141,7 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         batch: 8,
         lr: 2e-4,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 1,
     },
@@ -148,8 +159,20 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         batch: 16,
         lr: 1e-4,
+        betas: None,
         kind: WorkloadKind::TrainStep,
         iterations: 5,
+    },
+    Workload {
+        // The final stage: training starts there, alpha 1.
+        name: "progan",
+        model: "progan",
+        config: &[("resolution", 32), ("initial_resolution", 32)],
+        batch: 64,
+        lr: 1e-3,
+        betas: Some((0.0, 0.99)),
+        kind: WorkloadKind::TrainStep,
+        iterations: 1,
     },
 ];
 
@@ -224,6 +247,10 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
     }
     let mut run = RunConfig::new(w.model);
     run.train.lr = w.lr;
+    if let Some((beta1, beta2)) = w.betas {
+        run.train.beta1 = beta1;
+        run.train.beta2 = beta2;
+    }
     for (k, v) in w.config {
         run.model_config
             .insert((*k).into(), toml::Value::Integer(*v));
@@ -245,6 +272,7 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
                         step: step_index,
                         total_steps: u64::MAX,
                         steps_per_epoch: u64::MAX,
+                        images_per_step: (w.batch as u64) * model.batches_per_step(),
                     };
                     let per_step = model.batches_per_step();
                     let mut ctx = StepContext::new(
@@ -371,11 +399,12 @@ mod tests {
         assert_eq!((r.batch, r.steps), (128, 1));
         assert!(r.images_per_sec > 0.0 && r.ms_per_step > 0.0);
         let missing = Workload {
-            name: "progan",
-            model: "progan",
+            name: "puzzle",
+            model: "puzzle-gan",
             config: &[],
             batch: 64,
             lr: 1e-3,
+            betas: None,
             kind: WorkloadKind::Missing,
             iterations: 1,
         };

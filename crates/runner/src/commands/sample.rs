@@ -39,6 +39,9 @@ pub enum SampleMode {
     /// For a multi-domain translation model (StarGAN): each input beside its translation into
     /// every domain.
     Domains,
+    /// For a Progressive GAN: one row per resolution it has grown through (4 x 4 first), the
+    /// same `--nrow` latents in every row, each shown at the full side.
+    Stages,
 }
 
 #[derive(Args)]
@@ -202,6 +205,9 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
             coded.code_sweep(rows, args.steps, args.code, &mut rng)?
         }
         SampleMode::Domains => anyhow::bail!("only translation models draw domains"),
+        SampleMode::Stages => model
+            .sample_stages(grid.nrow, &mut rng)
+            .with_context(|| format!("--mode stages on model `{}`", loaded.run.model))?,
         SampleMode::Manifold => {
             let side = (args.n as f64).sqrt().round().max(2.0) as usize;
             grid.nrow = side;

@@ -9,6 +9,7 @@ use layers::eval::classifier::LeNet;
 use layers::eval::metrics::{
     accuracy, class_coverage, classifier_score, frechet_distance, predictions, Gaussian,
 };
+use layers::eval::swd::{sliced_wasserstein, ImageSet};
 use layers::{GenerativeModel, Rng, Stream, Values};
 use serde::Serialize;
 use std::path::Path;
@@ -110,22 +111,101 @@ pub fn real_images(data: &Dataset, n: usize, values: Values, device: &Device) ->
     )
 }
 
-/// Reference statistics of the test digits, and the floor: `n` training digits measured
+/// The real digits a model's samples are measured against: the test digits (the reference) and
+/// `n` training digits (the floor), each as the model draws images now
+/// ([`GenerativeModel::as_generated`]: a Progressive GAN part-way through its growth brings them
+/// to its stage's resolution and back, as it does its samples).
+pub struct RealDigits {
+    pub test: Tensor,
+    pub train: Tensor,
+}
+
+impl RealDigits {
+    pub fn load(
+        model: &dyn GenerativeModel,
+        train: &Dataset,
+        test: &Dataset,
+        n: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let values = model.values();
+        // A grey model of a larger side trained on the digits centred on a black border (the
+        // data pipeline's default): the real digits get the same border.
+        let [c, h, w] = model.image_shape();
+        let border = c == 1 && h == w && h > SIDE && (h - SIDE).is_multiple_of(2);
+        let prepare = |x: Tensor| -> Result<Tensor> {
+            if !border {
+                return Ok(x);
+            }
+            let pad = (h - SIDE) / 2;
+            let x = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
+            Ok(model.as_generated(&x)?)
+        };
+        Ok(Self {
+            test: prepare(real_images(test, test.len(), values, device)?)?,
+            train: prepare(real_images(train, n, values, device)?)?,
+        })
+    }
+}
+
+/// Reference statistics of the test digits, and the floor: the training digits measured
 /// against them.
-pub fn reference_and_floor(
-    net: &LeNet,
-    train: &Dataset,
-    test: &Dataset,
-    n: usize,
-    values: Values,
-    device: &Device,
-) -> Result<(Gaussian, SampleQuality)> {
-    let test_described = describe(net, &real_images(test, test.len(), values, device)?)?;
+pub fn reference_and_floor(net: &LeNet, real: &RealDigits) -> Result<(Gaussian, SampleQuality)> {
+    let test_described = describe(net, &real.test)?;
     let reference = Gaussian::fit(&test_described.features)?;
-    let train_described = describe(net, &real_images(train, n, values, device)?)?;
+    let train_described = describe(net, &real.train)?;
     let classes = net.config().classes;
     let floor = measure(&train_described, &reference, classes, None)?;
     Ok((reference, floor))
+}
+
+/// The sliced Wasserstein distance (Karras et al. 2018) of the samples and of the training
+/// digits (the floor) to the test digits, per Laplacian level, times 10^3.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlicedWassersteinReport {
+    /// Images per set (the smallest of samples, training and test digits).
+    pub images: usize,
+    /// `(side, samples, floor)` per level, the full side first.
+    pub levels: Vec<(usize, f64, f64)>,
+}
+
+/// The distance of `samples` and of the training digits to the test digits, on as many images
+/// as all three sets hold; None where the images are not square of a power-of-two side from 16.
+pub fn sliced_wasserstein_report(
+    samples: &Tensor,
+    real: &RealDigits,
+) -> Result<Option<SlicedWassersteinReport>> {
+    let (_, c, h, w) = samples.dims4()?;
+    if h != w
+        || !h.is_power_of_two()
+        || h < layers::eval::swd::COARSEST
+        || real.test.dims()[1..] != samples.dims()[1..]
+    {
+        return Ok(None);
+    }
+    let m = samples
+        .dim(0)?
+        .min(real.test.dim(0)?)
+        .min(real.train.dim(0)?);
+    let flat = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.narrow(0, 0, m)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let (s, test, train) = (flat(samples)?, flat(&real.test)?, flat(&real.train)?);
+    let set = |values| ImageSet {
+        values,
+        count: m,
+        channels: c,
+        side: h,
+    };
+    let of_samples = sliced_wasserstein(&set(&s), &set(&test), 0)?;
+    let floor = sliced_wasserstein(&set(&train), &set(&test), 0)?;
+    let levels = of_samples
+        .per_level
+        .iter()
+        .zip(&floor.per_level)
+        .map(|(&(side, a), &(_, b))| (side, a, b))
+        .collect();
+    Ok(Some(SlicedWassersteinReport { images: m, levels }))
 }
 
 /// What `genzoo eval` reports about a model's samples.
@@ -135,6 +215,8 @@ pub struct QualityReport {
     /// Real training digits against the same test digits.
     pub floor: SampleQuality,
     pub test_images: usize,
+    /// At the model's own side, where it is a power of two from 16.
+    pub sliced_wasserstein: Option<SlicedWassersteinReport>,
 }
 
 /// Draws `n` samples (in batches of 100, each from its own seeded stream) and measures them
@@ -155,7 +237,8 @@ pub fn evaluate_samples(
     let digits = [1, SIDE, SIDE];
     let train = load_split(data, Split::Train, digits)?;
     let test = load_split(data, Split::Test, digits)?;
-    let (reference, floor) = reference_and_floor(&net, &train, &test, n, model.values(), device)?;
+    let real = RealDigits::load(model, &train, &test, n, device)?;
+    let (reference, floor) = reference_and_floor(&net, &real)?;
     // A conditional model is asked for every class in turn.
     let wanted: Option<Vec<u32>> = model
         .classes()
@@ -181,6 +264,7 @@ pub fn evaluate_samples(
         samples,
         floor,
         test_images: test.len(),
+        sliced_wasserstein: sliced_wasserstein_report(&images, &real)?,
     })
 }
 
@@ -216,6 +300,20 @@ pub fn print(report: &QualityReport) {
         .map(|(c, s)| format!("{c}:{:.1}%", 100.0 * s))
         .collect();
     println!("class shares               {}", shares.join(" "));
+    if let Some(swd) = &report.sliced_wasserstein {
+        println!(
+            "sliced Wasserstein distance x 1e3 ({} images per set; Laplacian levels)",
+            swd.images
+        );
+        for (side, of_samples, floor) in &swd.levels {
+            println!(
+                "{:<26} {:>10.3} {:>14.3}",
+                format!("  {side} x {side}"),
+                of_samples,
+                floor
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -206,11 +206,6 @@ impl Loaded {
         }
         Ok(())
     }
-
-    /// The model's own training state saved in the file (`state.*`, prefix removed).
-    pub fn model_state(&self) -> HashMap<String, Tensor> {
-        state_under(&self.checkpoint.tensors, &format!("{STATE_PREFIX}."))
-    }
 }
 
 fn parse_meta<T: std::str::FromStr>(ck: &Checkpoint, key: &str, path: &Path) -> Result<T> {
@@ -266,10 +261,15 @@ fn checkpoint_run(
 pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
     let checkpoint = Checkpoint::load(path, device)?;
     let run = checkpoint_run(&checkpoint, path, plain)?;
-    let (model, varmap, run) = build_model(&run, device)?;
+    let (mut model, varmap, run) = build_model(&run, device)?;
     let unused = load_into_varmap(&varmap, &checkpoint.tensors, path)?;
     warn_unused(&unused, path);
     let progress = read_progress(&checkpoint, path)?;
+    // Before sampling as before resuming: a Progressive GAN draws at the stage it reached.
+    let state = state_under(&checkpoint.tensors, &format!("{STATE_PREFIX}."));
+    model
+        .restore_training_state(&state)
+        .with_context(|| format!("{}: restoring the model's training state", path.display()))?;
     Ok(Loaded {
         run,
         model,

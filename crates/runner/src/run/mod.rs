@@ -185,7 +185,7 @@ fn start(args: &TrainArgs) -> Result<Session> {
             headline: Vec::new(),
         });
     };
-    let mut loaded = load_model(path, &args.device, None)?;
+    let loaded = load_model(path, &args.device, None)?;
     if loaded.run.model != args.run.model {
         bail!(
             "{} is a checkpoint of model `{}`, not `{}`",
@@ -202,8 +202,6 @@ fn start(args: &TrainArgs) -> Result<Session> {
     if let Some(average) = &mut average {
         restore_average(average, &loaded, path)?;
     }
-    let state = loaded.model_state();
-    loaded.model.restore_training_state(&state)?;
     let dir = RunDir {
         root: resumed_run_dir(args.out.as_deref(), path)?,
     };
@@ -295,20 +293,33 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     };
     let bar = start_progress(total_steps, s.progress.step);
     let mut stops = Stops::new(&s.run, s.model.collapse_term());
-    let mut stage = s.model.stage(&progress_at(
-        s.progress.step.saturating_sub(1),
+    let images_per_step = batches_per_step * t.batch_size as u64;
+    let progress_at = |step: u64| StepProgress {
+        step,
         total_steps,
         steps_per_epoch,
-    ));
+        images_per_step,
+    };
+    let mut stage = s
+        .model
+        .stage(&progress_at(s.progress.step.saturating_sub(1)));
     let mut window = (Instant::now(), 0usize);
     let mut interrupted = false;
     while s.progress.step < total_steps {
         let step = s.progress.step;
         let epoch = step / steps_per_epoch;
-        let at = progress_at(step, total_steps, steps_per_epoch);
+        let at = progress_at(step);
         // A new stage starts its optimisers afresh (Progressive GAN at each resolution).
         let now = s.model.stage(&at);
         if now != stage {
+            // The model as the finished stage left it, for measuring each stage.
+            if step > 0 {
+                let p = s
+                    .dir
+                    .checkpoints()
+                    .join(format!("stage-{stage:02}.safetensors"));
+                save(&s, &dataset, &p)?;
+            }
             for (_, adam) in &mut s.optimizers.groups {
                 adam.reset()?;
             }
@@ -405,14 +416,6 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
         interrupted,
         last_checkpoint: last,
     })
-}
-
-fn progress_at(step: u64, total_steps: u64, steps_per_epoch: u64) -> StepProgress {
-    StepProgress {
-        step,
-        total_steps,
-        steps_per_epoch,
-    }
 }
 
 /// The terms the model puts first, or the first it recorded: what the progress bar and the
