@@ -14,7 +14,7 @@ import sys
 
 from common import GENZOO, ROOT
 
-DEFAULT = ["dcgan", "vae", "pixelcnn", "nade", "rowlstm", "diagbilstm", "pixelcnn_sample", "cyclegan", "stargan"]
+DEFAULT = ["dcgan", "vae", "pixelcnn", "nade", "rowlstm", "diagbilstm", "pixelcnn_sample", "cyclegan", "stargan", "progan"]
 # genzoo's workload -> PyTorch's: genzoo samples PixelCNN with its cached sampler, the done-when
 # compares it with PyTorch's naive loop (the whole network per pixel).
 PYTORCH_NAME = {"pixelcnn_sample": "pixelcnn_sample_naive"}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from common import VAE
+from progan_reference import DNet, GNet, critic_terms, generator_loss
 from train_ar_reference import MODELS, nll
 from train_gan_reference import discriminator, generator, weights_init
 from translation_reference import (Discriminator, Generator, ImagePool, cyclegan_iteration, make_cyclegan,
@@ -31,6 +32,8 @@ WORKLOADS = {
     "cyclegan": (lambda: make_cyclegan(1, 1, 32, 32, 6, 2, 2e-4, 0.5), 8, 2e-4, "cyclegan"),
     # 3x32x32, c 3; G(conv_dim 32, repeat 3), D(image_size 32, conv_dim 32, repeat 4); batch 16.
     "stargan": (lambda: (Generator(32, 3, 3), Discriminator(32, 32, 3, 4)), 16, 1e-4, "stargan"),
+    # The final 32x32x1 stage (alpha 1): latent 128, depths 128, 128, 128, 64 (the zoo's GNet / DNet).
+    "progan": (lambda: (GNet(128, [128, 128, 128, 64], 1), DNet([128, 128, 128, 64], 1)), 64, 1e-3, "progan"),
 }
 
 
@@ -66,6 +69,8 @@ def run(name, steps, threads):
         return cyclegan_run(name, model, batch, steps, threads)
     if kind == "stargan":
         return stargan_run(name, model, batch, lr, steps, threads)
+    if kind == "progan":
+        return progan_run(name, model, batch, lr, steps, threads)
     if kind == "sample":
         start = time.perf_counter()
         with torch.no_grad():
@@ -150,6 +155,27 @@ def stargan_run(name, model, batch, lr, steps, threads, n_critic=5, c_dim=3):
         stargan_g_step(G, D, g_opt, x_real, label_org, label_trg, c_dim, d_opt=d_opt)
 
     return result(name, threads, batch, steps, timed(step, steps), images_per_step=n_critic * batch)
+
+
+def progan_run(name, nets, batch, lr, steps, threads, level=3):
+    """One D step (WGAN-GP with the drift term) and one G step at the final stage, alpha 1, on random
+    images in [-1, 1]; Adam (0, 0.99)."""
+    G, D = nets
+    g_opt = torch.optim.Adam(G.parameters(), lr, (0.0, 0.99))
+    d_opt = torch.optim.Adam(D.parameters(), lr, (0.0, 0.99))
+    real = torch.rand(batch, 1, 32, 32) * 2 - 1
+
+    def step():
+        terms = critic_terms(G, D, real, torch.randn(batch, 128), torch.rand(batch), level, 1.0)
+        d_opt.zero_grad()
+        terms["d_loss"].backward()
+        d_opt.step()
+        g_loss = generator_loss(G, D, torch.randn(batch, 128), level, 1.0)
+        g_opt.zero_grad()
+        g_loss.backward()
+        g_opt.step()
+
+    return result(name, threads, batch, steps, timed(step, steps))
 
 
 def main():

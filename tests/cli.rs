@@ -63,7 +63,10 @@ fn list_names_every_model_with_its_kind_and_status() {
     let later = out.lines().find(|l| l.starts_with("puzzle-gan")).unwrap();
     assert!(later.contains("not built yet"), "{later}");
     let grown = out.lines().find(|l| l.starts_with("progan")).unwrap();
-    assert!(grown.contains("built") && !grown.contains("not built"), "{grown}");
+    assert!(
+        grown.contains("built") && !grown.contains("not built"),
+        "{grown}"
+    );
     let translation = out.lines().find(|l| l.starts_with("cyclegan")).unwrap();
     assert!(
         translation.contains("built") && !translation.contains("not built"),

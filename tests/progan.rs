@@ -152,6 +152,23 @@ fn progan_grows_resumes_in_a_fade_and_measures_its_stage() {
             "{side}: {samples} vs floor {floor}"
         );
     }
+    // `--raw`: G's trained weights rather than their average, which the checkpoint also holds.
+    let raw: Value = serde_json::from_str(&stdout(&ok(run(&[
+        "eval",
+        s(&ck),
+        "--json",
+        "--samples",
+        "64",
+        "--raw",
+    ]))))
+    .unwrap();
+    let raw_fd = raw["sample_quality"]["samples"]["frechet_distance"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        raw_fd.is_finite() && raw_fd != fd,
+        "raw {raw_fd} vs averaged {fd}"
+    );
     // At 4 x 4 the real digits are blocks of 4 x 4 pixels too: their floor is of such blocks.
     let r4 = eval(&full.join("checkpoints/stage-00.safetensors"));
     let floor4 = r4["sample_quality"]["floor"]["frechet_distance"]

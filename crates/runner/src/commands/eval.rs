@@ -51,6 +51,10 @@ pub struct EvalCmd {
     /// beside the checkpoint; `genzoo classifier train --attributes` makes one).
     #[arg(long)]
     attribute_classifier: Option<PathBuf>,
+    /// The trained weights themselves rather than their moving average (which a GAN's
+    /// checkpoint holds and which is the default).
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -58,6 +62,7 @@ pub struct EvalCmd {
 pub fn run(cmd: EvalCmd, device: Device) -> Result<()> {
     let report = evaluate(&EvalArgs {
         plain: cmd.plain.run_config()?,
+        raw: cmd.raw,
         checkpoint: cmd.checkpoint,
         data: cmd.data,
         importance_samples: cmd.k,
@@ -94,6 +99,8 @@ pub struct EvalArgs {
     pub classifier: Option<PathBuf>,
     /// Attribute classifier for multi-domain translation models.
     pub attribute_classifier: Option<PathBuf>,
+    /// The trained weights rather than their average.
+    pub raw: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,7 +146,12 @@ fn describe(name: &str) -> &str {
 pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     ensure!(args.importance_samples > 0, "--k must be positive");
-    let loaded = load_for_sampling(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let loaded = load_for_sampling(
+        &args.checkpoint,
+        &args.device,
+        args.plain.as_ref(),
+        args.raw,
+    )?;
     let model = loaded.model.as_ref();
     if model.as_translator().is_some() {
         return translation(&loaded, args);

@@ -79,6 +79,10 @@ pub struct SampleCmd {
     /// How many test images to translate.
     #[arg(long, default_value_t = 8)]
     from_test: usize,
+    /// The trained weights themselves rather than their moving average (which a GAN's
+    /// checkpoint holds and which is the default).
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -86,6 +90,7 @@ pub struct SampleCmd {
 pub fn run(cmd: SampleCmd, device: Device) -> Result<()> {
     let n = sample(&SampleArgs {
         plain: cmd.plain.run_config()?,
+        raw: cmd.raw,
         checkpoint: cmd.checkpoint,
         n: cmd.n,
         seed: cmd.seed,
@@ -127,6 +132,8 @@ pub struct SampleArgs {
     pub from_test: usize,
     pub device: Device,
     pub plain: Option<RunConfig>,
+    /// The trained weights rather than their average.
+    pub raw: bool,
 }
 
 /// The most images one grid holds (32 x 32 of them). A model draws a grid's images in one
@@ -146,7 +153,12 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
             "{flag} {value}: a grid holds at most {MAX_GRID_IMAGES} images (for statistics over more samples, `genzoo eval` draws them in batches)"
         );
     }
-    let loaded = load_for_sampling(&args.checkpoint, &args.device, args.plain.as_ref())?;
+    let loaded = load_for_sampling(
+        &args.checkpoint,
+        &args.device,
+        args.plain.as_ref(),
+        args.raw,
+    )?;
     let model = loaded.model.as_ref();
     if let Some((images, nrow)) = translations(&loaded, args)? {
         let grid = GridOptions { nrow, ..args.grid };

@@ -279,14 +279,18 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
     })
 }
 
-/// Loads a checkpoint to sample or evaluate: with the weight average where the file has one.
+/// Loads a checkpoint to sample or evaluate: with the weight average where the file has one,
+/// unless `raw` asks for the trained weights themselves.
 pub fn load_for_sampling(
     path: &Path,
     device: &Device,
     plain: Option<&RunConfig>,
+    raw: bool,
 ) -> Result<Loaded> {
     let loaded = load_model(path, device, plain)?;
-    loaded.use_average()?;
+    if !raw {
+        loaded.use_average()?;
+    }
     Ok(loaded)
 }
 
