@@ -10,7 +10,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use common::{fails_with, genzoo, ok, png_size, run, run_file, s, stderr, stdout, weights};
+use common::{
+    assert_saves, fails_with, genzoo, ok, png_size, run, run_file, s, stderr, stdout,
+    train_stopped_and_resumed, weights,
+};
 use layers::Checkpoint;
 use serde_json::Value;
 
@@ -835,17 +838,7 @@ fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
     assert!(full.join("loss.png").exists());
     // Stop after 5 steps, resume: the same 16 steps.
     let part = tmp.path().join("part");
-    ok(run(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&part),
-        "--max-steps",
-        "5",
-    ]));
-    let ck = part.join("checkpoints/last.safetensors");
-    ok(run(&["train", "--resume", s(&ck), "--max-steps", "0"]));
+    let ck = train_stopped_and_resumed(&cfg, &part, 5);
     assert_eq!(
         step_losses_of(&part, "d_loss"),
         steps,
@@ -859,16 +852,14 @@ fn gans_train_resume_sample_evaluate_and_stop_on_failure() {
     // the generator's weight average that samples are drawn with.
     let resumed = weights(&ck);
     assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
-    for prefix in [
-        "ema.generator.",
-        "optimizer.generator.",
-        "optimizer.discriminator.",
-    ] {
-        assert!(
-            resumed.iter().any(|(k, _)| k.starts_with(prefix)),
-            "{prefix}"
-        );
-    }
+    assert_saves(
+        &resumed,
+        &[
+            "ema.generator.",
+            "optimizer.generator.",
+            "optimizer.discriminator.",
+        ],
+    );
     // Sampling and evaluation by samples.
     let png = tmp.path().join("gan.png");
     ok(run(&["sample", s(&ck), "-n", "8", "--out", s(&png)]));

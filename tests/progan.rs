@@ -10,7 +10,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails_with, ok, png_size, run, run_file, s, stdout, weights};
+use common::{
+    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, train_stopped_and_resumed,
+    weights,
+};
 use serde_json::Value;
 
 fn step_lines(dir: &Path) -> Vec<Value> {
@@ -75,31 +78,19 @@ fn progan_grows_resumes_in_a_fade_and_measures_its_stage() {
     // Stop in the middle of the fade to 32 (step 22: alpha 0.5), resume: the same run, bit for
     // bit (weights, both optimisers' moments, G's average, the phase).
     let part = tmp.path().join("part");
-    ok(run(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&part),
-        "--max-steps",
-        "22",
-    ]));
-    let ck = part.join("checkpoints/last.safetensors");
-    ok(run(&["train", "--resume", s(&ck), "--max-steps", "0"]));
+    let ck = train_stopped_and_resumed(&cfg, &part, 22);
     assert_eq!(step_lines(&part), steps, "the resumed run's steps differ");
     let resumed = weights(&ck);
     assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
-    for prefix in [
-        "ema.generator.",
-        "optimizer.generator.",
-        "optimizer.discriminator.",
-        "state.phase",
-    ] {
-        assert!(
-            resumed.iter().any(|(k, _)| k.starts_with(prefix)),
-            "{prefix}"
-        );
-    }
+    assert_saves(
+        &resumed,
+        &[
+            "ema.generator.",
+            "optimizer.generator.",
+            "optimizer.discriminator.",
+            "state.phase",
+        ],
+    );
 
     // Its stages: one row of 4 per resolution (4, 8, 16, 32), each at the full 32 x 32.
     let png = tmp.path().join("stages.png");

@@ -10,7 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{fails_with, ok, png_size, run, run_file, s, stderr, stdout, weights};
+use common::{
+    fails_with, ok, png_size, run, run_file, s, stderr, stdout, train_stopped_and_resumed, weights,
+};
 use serde_json::Value;
 
 fn log_lines(dir: &Path, kind: &str) -> Vec<Value> {
@@ -77,17 +79,7 @@ fn cyclegan_trains_resumes_exactly_evaluates_and_samples() {
 
     // Stop after 3 steps (the pools full and swapping), resume: the same run.
     let part = tmp.path().join("part");
-    ok(run(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&part),
-        "--max-steps",
-        "3",
-    ]));
-    let ck = part.join("checkpoints/last.safetensors");
-    ok(run(&["train", "--resume", s(&ck), "--max-steps", "0"]));
+    let ck = train_stopped_and_resumed(&cfg, &part, 3);
     assert_eq!(log_lines(&part, "step"), steps, "resumed steps differ");
     assert_eq!(log_lines(&part, "epoch"), log_lines(&full, "epoch"));
     assert_eq!(

@@ -79,3 +79,33 @@ pub fn png_size(p: &Path) -> (u32, u32) {
     let img = image::open(p).unwrap();
     (img.width(), img.height())
 }
+
+/// Trains run file `cfg` into `out` for `steps` steps, then resumes from that checkpoint to the
+/// end of the run: the final checkpoint, to compare with an uninterrupted run's.
+pub fn train_stopped_and_resumed(cfg: &Path, out: &Path, steps: u64) -> PathBuf {
+    let steps = steps.to_string();
+    ok(run(&[
+        "train",
+        "--config",
+        s(cfg),
+        "--out",
+        s(out),
+        "--max-steps",
+        &steps,
+    ]));
+    let ck = out.join("checkpoints/last.safetensors");
+    ok(run(&["train", "--resume", s(&ck), "--max-steps", "0"]));
+    ck
+}
+
+/// Asserts that `tensors` hold something under each of `prefixes` (the networks' weights, the
+/// optimisers' moments, the weight average, a model's training state).
+#[track_caller]
+pub fn assert_saves(tensors: &[(String, Vec<f32>)], prefixes: &[&str]) {
+    for prefix in prefixes {
+        assert!(
+            tensors.iter().any(|(k, _)| k.starts_with(prefix)),
+            "nothing saved under {prefix}"
+        );
+    }
+}
