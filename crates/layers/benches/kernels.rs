@@ -10,6 +10,7 @@ use layers::kernels::instance_norm::{InstanceNorm, EPS};
 use layers::kernels::linear::Linear;
 use layers::kernels::ops::{exclusive_cumsum, skew_rows, skew_rows_reference};
 use layers::kernels::pad::{reflection_pad2d, reflection_pad2d_reference};
+use layers::kernels::pixel_norm::{pixel_norm, pixel_norm_reference};
 use layers::kernels::recurrence::{lstm_scan, lstm_scan_reference};
 use layers::kernels::sigmoid_scan::{sigmoid_scan_readout, sigmoid_scan_readout_reference};
 use layers::Rng;
@@ -194,9 +195,22 @@ fn instance_norm_and_padding(c: &mut Criterion) {
     );
 }
 
+fn progressive(c: &mut Criterion) {
+    // The progan workload's generator at 32 x 32: 64 maps, batch 64.
+    let maps = normal(&[64, 64, 32, 32], 26);
+    let one = normal(&[1], 27);
+    c.bench_function("pixel_norm 64x64x32x32 fwd+bwd / genzoo", |b| {
+        b.iter(|| forward_backward(&|x, _| pixel_norm(x), &maps, &one))
+    });
+    c.bench_function("pixel_norm 64x64x32x32 fwd+bwd / candle ops", |b| {
+        b.iter(|| forward_backward(&|x, _| pixel_norm_reference(x), &maps, &one))
+    });
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default().sample_size(10);
-    targets = convolutions, recurrences, nade_scan, fused_layers, instance_norm_and_padding
+    targets = convolutions, recurrences, nade_scan, fused_layers, instance_norm_and_padding,
+        progressive
 }
 criterion_main!(kernels);

@@ -11,6 +11,7 @@ pub mod linear;
 pub mod norm;
 pub mod ops;
 pub mod pad;
+pub mod pixel_norm;
 pub mod recurrence;
 mod reduce;
 pub mod sigmoid_scan;

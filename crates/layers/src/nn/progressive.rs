@@ -18,6 +18,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::kernels::activation::{bias_activation, Activation};
 use crate::kernels::conv::{conv2d, ConvSpec};
 use crate::kernels::linear::Linear;
+pub use crate::kernels::pixel_norm::pixel_norm;
 pub use crate::nn::resample::{downscale2d, upscale2d};
 
 /// He's gain for a layer followed by a (leaky) ReLU.
@@ -100,13 +101,6 @@ fn standard() -> Init {
         mean: 0.0,
         stdev: 1.0,
     }
-}
-
-/// The zoo's `NormalizationLayer`: each pixel's feature vector divided by its root mean square,
-/// `x / sqrt(mean_c x^2 + 1e-8)` over dimension 1 of `(b, c, ...)`.
-pub fn pixel_norm(x: &Tensor) -> Result<Tensor> {
-    let rms = (x.sqr()?.mean_keepdim(1)? + 1e-8)?.sqrt()?;
-    x.broadcast_div(&rms)
 }
 
 /// `(b, c, h, w) -> (b, c + 1, h, w)`: the minibatch standard deviation feature. Image `i`
