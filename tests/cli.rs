@@ -1061,4 +1061,18 @@ fn gans_train_alike_on_any_thread_count() {
         );
         assert_thread_count_changes_nothing(run_file, &["--config", &config]);
     }
+    // The Progressive GAN's run file with phases of one image: the first step at 4 x 4, the
+    // second at 32 x 32.
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(format!(
+        "{}/../../models/progan.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let text = shipped
+        .replace("stable_images = 24_000", "stable_images = 1")
+        .replace("fade_images = 24_000", "fade_images = 1");
+    assert!(text.contains("stable_images = 1\n") && text.contains("fade_images = 1\n"));
+    let config = run_file(tmp.path().join("progan.toml"), text);
+    assert_thread_count_changes_nothing("progan", &["--config", s(&config)]);
 }
