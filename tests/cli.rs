@@ -511,7 +511,10 @@ fn bad_inputs_are_clear_errors_that_change_nothing() {
     assert!(plain.contains("needs a 2-D latent space"), "{plain}");
     assert_eq!(plain.trim().lines().count(), 1, "{plain}");
     assert!(manifold(true).lines().count() > 3, "-v shows the backtrace");
-    fails_with(&["train", "puzzle-gan", "--out", s(&out)], &["not built yet"]);
+    fails_with(
+        &["train", "puzzle-gan", "--out", s(&out)],
+        &["not built yet"],
+    );
     fails_with(&["train"], &["name a model"]);
 
     let cfg = run_file(t.join("bad.toml"), "model = \"vae\"\n[train]\nepoks = 3\n");

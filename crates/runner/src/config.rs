@@ -65,10 +65,20 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// The defaults of `model`'s kind: implicit models (GANs) train as in DCGAN's paper (Adam
-    /// 2e-4, beta1 0.5, batch 64) on intensities; the rest with [`TrainConfig::default`].
+    /// 2e-4, beta1 0.5, batch 64) on intensities, the Progressive GAN as in its paper (Adam
+    /// 1e-3, betas (0, 0.99)) for long enough to reach its last stage with its default phases;
+    /// the rest with [`TrainConfig::default`].
     pub fn defaults_for(model: &str) -> Self {
         let implicit = crate::registry::find(model).is_ok_and(|m| m.kind == ModelKind::Implicit);
-        if implicit {
+        if model == "progan" {
+            Self {
+                epochs: 40,
+                lr: 1e-3,
+                beta1: 0.0,
+                beta2: 0.99,
+                ..Self::defaults_for("dcgan")
+            }
+        } else if implicit {
             Self {
                 epochs: 5,
                 batch_size: 64,
@@ -441,5 +451,20 @@ mod tests {
         let e = format!("{:#}", gan.validate().unwrap_err());
         assert!(e.contains("gan.g_lr") && e.contains("-1"), "{e}");
         Ok(())
+    }
+
+    /// `genzoo train progan` with no run file trains with the paper's Adam and long enough for
+    /// the default phases to reach the last stage on the bundled 8,006 digits.
+    #[test]
+    fn the_progressive_gan_defaults_reach_its_last_stage() {
+        let train = TrainConfig::defaults_for("progan");
+        assert_eq!((train.lr, train.beta1, train.beta2), (1e-3, 0.0, 0.99));
+        let images = train.epochs * (8006 / train.batch_size as u64 * train.batch_size as u64);
+        let model = gan_variants::progan::Config::default();
+        assert!(
+            images > model.images_to_final_stage(),
+            "{images} images, {} to reach the last stage",
+            model.images_to_final_stage()
+        );
     }
 }
