@@ -293,10 +293,6 @@ impl ProGan {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// The phase samples are drawn at (the last trained, the checkpoint's, or the final one).
     pub fn phase(&self) -> Phase {
         self.phase.get()

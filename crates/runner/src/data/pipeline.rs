@@ -33,15 +33,19 @@ fn digits(dir: Option<&Path>, split: Split) -> Result<Option<Arc<Dataset>>> {
     Ok(Some(Arc::new(d)))
 }
 
-/// The transforms of plain digits for a model of `shape`: the run's own, or a black border
-/// that centres them in a larger square (DCGAN's 32 x 32).
-fn digit_transforms(data: &DataConfig, shape: [usize; 3]) -> Pipeline {
+/// The black border that centres the 28-pixel digits in a model's larger square side (DCGAN's
+/// and the Progressive GAN's 32 x 32), if its side takes one.
+pub fn digit_border(shape: [usize; 3]) -> Option<usize> {
     let [_, h, w] = shape;
-    let border = h > DIGIT_SIDE && h == w && (h - DIGIT_SIDE).is_multiple_of(2);
-    if data.transforms.0.is_empty() && border {
-        Pipeline(vec![Transform::Pad((h - DIGIT_SIDE) / 2)])
-    } else {
-        data.transforms.clone()
+    (h > DIGIT_SIDE && h == w && (h - DIGIT_SIDE).is_multiple_of(2)).then(|| (h - DIGIT_SIDE) / 2)
+}
+
+/// The transforms of plain digits for a model of `shape`: the run's own, or the border of
+/// [`digit_border`].
+fn digit_transforms(data: &DataConfig, shape: [usize; 3]) -> Pipeline {
+    match digit_border(shape) {
+        Some(pad) if data.transforms.0.is_empty() => Pipeline(vec![Transform::Pad(pad)]),
+        _ => data.transforms.clone(),
     }
 }
 

@@ -14,6 +14,7 @@ use layers::{GenerativeModel, Rng, Stream, Values};
 use serde::Serialize;
 use std::path::Path;
 
+use crate::data::pipeline::digit_border;
 use crate::data::{load_split, make_batch, Binarization, Dataset, Split};
 
 /// The classifier's side.
@@ -131,13 +132,12 @@ impl RealDigits {
         let values = model.values();
         // A grey model of a larger side trained on the digits centred on a black border (the
         // data pipeline's default): the real digits get the same border.
-        let [c, h, w] = model.image_shape();
-        let border = c == 1 && h == w && h > SIDE && (h - SIDE).is_multiple_of(2);
+        let shape = model.image_shape();
+        let border = digit_border(shape).filter(|_| shape[0] == 1);
         let prepare = |x: Tensor| -> Result<Tensor> {
-            if !border {
+            let Some(pad) = border else {
                 return Ok(x);
-            }
-            let pad = (h - SIDE) / 2;
+            };
             let x = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
             Ok(model.as_generated(&x)?)
         };
