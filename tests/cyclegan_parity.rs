@@ -54,6 +54,7 @@ fn batch(ck: &Checkpoint) -> Result<Batch> {
         images: to_unit_range(&ck.tensors["real_A"])?,
         labels: None,
         domain_b: Some(to_unit_range(&ck.tensors["real_B"])?),
+        captions: None,
     })
 }
 

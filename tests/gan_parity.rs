@@ -202,6 +202,7 @@ fn batch(ck: &Checkpoint, k: usize) -> Result<Batch> {
         images: ck.tensors[&format!("step{k}.images")].clone(),
         labels: labels.map(classes).transpose()?.map(Labels::Classes),
         domain_b: None,
+        captions: None,
     })
 }
 

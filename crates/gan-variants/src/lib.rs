@@ -2,8 +2,8 @@
 //! `layers::gan::Adversarial` and train through its shared step: the GAN ([`gan`]), DCGAN
 //! ([`dcgan`]), the conditional GAN ([`cgan`]) and InfoGAN ([`infogan`]). Translation models own
 //! their step (`layers::Trainable`): CycleGAN ([`cyclegan`]), StarGAN ([`stargan`]) and the
-//! Progressive GAN ([`progan`]), which grows. The text-to-image GAN and Puzzle-GAN are listed by
-//! `genzoo list` and not built yet.
+//! Progressive GAN ([`progan`]), which grows, and the text-to-image GAN ([`text2image`]), whose
+//! text encoder trains before its GAN. Puzzle-GAN is listed by `genzoo list` and not built yet.
 
 pub mod cgan;
 pub mod cyclegan;
@@ -12,3 +12,4 @@ pub mod gan;
 pub mod infogan;
 pub mod progan;
 pub mod stargan;
+pub mod text2image;

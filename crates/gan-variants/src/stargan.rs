@@ -420,6 +420,7 @@ impl Trainable for StarGan {
                 Labels::Classes(c) => Labels::Classes(c.narrow(0, 0, n).unwrap_or(c.clone())),
             }),
             domain_b: None,
+            captions: None,
         })?;
         let own = own.to_vec2::<f32>()?;
         let k = self.cfg.c_dim;

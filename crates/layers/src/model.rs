@@ -124,6 +124,22 @@ pub trait GenerativeModel {
     fn as_translator(&self) -> Option<&dyn Translator> {
         None
     }
+
+    /// The model's text conditioning, if it draws images from captions.
+    fn as_captioned(&self) -> Option<&dyn Captioned> {
+        None
+    }
+}
+
+/// A model that draws images from sentences (text-to-image GANs).
+pub trait Captioned {
+    /// One image per caption, `(n, c, h, w)` in `[0, 1]`, each from its own noise.
+    fn sample_captions(&self, captions: &[String], rng: &mut Rng) -> Result<Tensor>;
+
+    /// `steps` images along the straight line between the embeddings of captions `a` and `b`,
+    /// one noise vector for all, `(steps, c, h, w)` in `[0, 1]`.
+    fn interpolate_captions(&self, a: &str, b: &str, steps: usize, rng: &mut Rng)
+        -> Result<Tensor>;
 }
 
 /// A model whose generator reads interpretable codes (InfoGAN): a categorical code that a head

@@ -33,6 +33,9 @@ pub struct Batch {
     pub labels: Option<Labels>,
     /// Images of an unpaired second domain, `(b, c, h, w)` in `[0, 1]` (translation models).
     pub domain_b: Option<Tensor>,
+    /// One caption per image (text-to-image models): one of the image's captions, drawn anew
+    /// each time the image is used.
+    pub captions: Option<Vec<String>>,
 }
 
 impl Batch {
@@ -41,6 +44,7 @@ impl Batch {
             images,
             labels: None,
             domain_b: None,
+            captions: None,
         }
     }
 
@@ -53,6 +57,14 @@ impl Batch {
         match &self.labels {
             Some(Labels::Classes(t)) => Ok(t),
             _ => candle_core::bail!("{model} needs class labels, and the batch has none"),
+        }
+    }
+
+    /// The images' captions, or an error naming what the model needed.
+    pub fn captions(&self, model: &str) -> Result<&[String]> {
+        match &self.captions {
+            Some(c) => Ok(c),
+            None => candle_core::bail!("{model} needs a caption per image, and the batch has none"),
         }
     }
 
@@ -95,6 +107,8 @@ pub struct DataSpec {
     pub two_domains: bool,
     /// Held-out images for the per-epoch grid (translation models show test inputs).
     pub held_out_grid: bool,
+    /// A caption per image (text-to-image models).
+    pub captions: bool,
 }
 
 impl DataSpec {
@@ -104,22 +118,26 @@ impl DataSpec {
             labels: LabelSpec::None,
             two_domains: false,
             held_out_grid: false,
+            captions: false,
         }
     }
 }
 
 /// Which learning rate of the run file an optimiser takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LrRole {
     /// `train.lr`.
     Main,
     /// `gan.g_lr` when set, else `train.lr` (InfoGAN's paper trains G faster than D).
     Generator,
+    /// The model's own Adam, for a network the run file's rates do not fit (a text encoder
+    /// pretrained before a GAN's stage).
+    Own { lr: f64, beta1: f64, beta2: f64 },
 }
 
 /// One optimiser: Adam over the variables whose names start with one of `prefixes` and with
 /// none of `excluded`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerSpec {
     /// How the model names it in [`StepContext::minimize`]; its moments are saved under
     /// `optimizer.{name}` (`optimizer` for the unnamed optimiser of a likelihood model).

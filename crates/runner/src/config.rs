@@ -244,6 +244,14 @@ pub struct DataConfig {
     /// Image folders whose decoded images would take more than this many MiB are read from
     /// disk batch by batch, decoded on worker threads.
     pub memory_limit_mib: usize,
+    /// Captioned digits: (digit, trait bin) combinations left out of training (`"7:thick"`,
+    /// `"3:left"`, `"0:small"`), to measure how the model composes what it has not seen.
+    pub hold_out: Vec<String>,
+    /// Captioned digits: sentences written per digit (0: 5).
+    pub captions_per_image: usize,
+    /// A JSONL captions file (`{"image": path, "caption": text}` per line; default:
+    /// `captions.jsonl` in `--data`, else reedscot's `images/` and `text_c10/` there).
+    pub captions_file: Option<PathBuf>,
 }
 
 impl DataConfig {
@@ -263,6 +271,9 @@ impl DataConfig {
             self.attributes.is_empty() || self.attrs.is_empty(),
             "[data] has both synthetic attributes and attrs of an attribute file; choose one"
         );
+        for h in &self.hold_out {
+            crate::data::captions::Combination::parse(h)?;
+        }
         anyhow::ensure!(
             self.channels == 0 || self.channels == 1 || self.channels == 3,
             "[data] channels must be 1, 3 or 0 (from the images), found {}",
@@ -277,6 +288,21 @@ impl DataConfig {
             2000
         } else {
             self.test_count
+        }
+    }
+
+    /// The held-out combinations of the captioned digits.
+    pub fn held_out_combinations(&self) -> Result<Vec<crate::data::captions::Combination>> {
+        self.hold_out
+            .iter()
+            .map(|h| crate::data::captions::Combination::parse(h))
+            .collect()
+    }
+
+    pub fn captions_per_image(&self) -> usize {
+        match self.captions_per_image {
+            0 => 5,
+            n => n,
         }
     }
 

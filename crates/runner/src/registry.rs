@@ -287,8 +287,16 @@ pub const MODELS: &[ModelEntry] = &[
         name: "text2image-gan",
         family: "gan-variants",
         kind: ModelKind::Implicit,
-        summary: "text-to-image GAN, GAN-CLS / GAN-INT (Reed et al. 2016)",
-        build: None,
+        summary: "text-to-image GAN, GAN-CLS / GAN-INT (Reed et al. 2016), aelnouby's networks",
+        build: Some(|input, vb| {
+            owned(build_with(
+                input.model_config,
+                vb,
+                gan_variants::text2image::Config::default(),
+                "text2image-gan",
+                gan_variants::text2image::TextToImageGan::new,
+            ))
+        }),
     },
     ModelEntry {
         name: "puzzle-gan",

@@ -26,6 +26,8 @@ pub enum Stream {
     Augment = 8,
     /// Synthetic attributes drawn for each image of a dataset.
     Attributes = 9,
+    /// Captions written for each image of a dataset (the captioned digits).
+    Captions = 10,
 }
 
 /// A seeded, portable random generator (ChaCha8).

@@ -234,6 +234,7 @@ fn random_batch(model: &dyn Model, n: usize, device: &Device) -> Result<Batch> {
         images,
         labels,
         domain_b,
+        captions: None,
     })
 }
 

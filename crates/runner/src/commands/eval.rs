@@ -131,6 +131,8 @@ pub struct EvalReport {
     pub code_assignment: Option<ClusterAssignment>,
     /// Translation models: errors against the true translations, digits kept, attributes.
     pub translation: Option<TranslationReport>,
+    /// A text-to-image model's figures on captioned test digits.
+    pub text: Option<crate::report::text::TextReport>,
 }
 
 fn describe(name: &str) -> &str {
@@ -181,6 +183,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         code_accuracy: None,
         code_assignment: None,
         translation: None,
+        text: None,
     };
     if model.as_likelihood().is_some() {
         likelihoods(&loaded, args, &mut report)?;
@@ -190,6 +193,18 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
             "model `{}` is implicit (no likelihood): its evaluation is the sample metrics, so --samples must be positive",
             loaded.run.model
         );
+    }
+    if let Some(captioned) = model.as_captioned() {
+        let args = crate::report::text::TextArgs {
+            run: &loaded.run,
+            data: args.data.as_deref(),
+            classifier: args.classifier.as_deref(),
+            limit: args.limit,
+            batch_size: args.batch_size,
+            seed: args.seed,
+            device: &args.device,
+        };
+        report.text = Some(crate::report::text::evaluate(captioned, &args)?);
     }
     if let Some(coded) = model.as_coded() {
         let assignment = code_assignment(coded, model.image_shape(), args)?;
@@ -228,6 +243,7 @@ fn translation(loaded: &Loaded, args: &EvalArgs) -> Result<EvalReport> {
         code_accuracy: None,
         code_assignment: None,
         translation: Some(report),
+        text: None,
     })
 }
 
@@ -362,6 +378,9 @@ pub fn print_table(r: &EvalReport) {
         }
         if let Some(a) = &r.code_assignment {
             print_code_assignment(a);
+        }
+        if let Some(t) = &r.text {
+            crate::report::text::print(t);
         }
         return;
     };

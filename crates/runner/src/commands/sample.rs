@@ -83,6 +83,13 @@ pub struct SampleCmd {
     /// checkpoint holds and which is the default).
     #[arg(long)]
     raw: bool,
+    /// For a text-to-image model: `-n` images of this sentence ("a thin three leaning left").
+    #[arg(long)]
+    caption: Option<String>,
+    /// With --caption: rows of `--steps` images between the two captions' embeddings, one
+    /// noise vector per row.
+    #[arg(long)]
+    caption_to: Option<String>,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -107,6 +114,8 @@ pub fn run(cmd: SampleCmd, device: Device) -> Result<()> {
         translate: cmd.translate,
         input: cmd.input,
         from_test: cmd.from_test,
+        caption: cmd.caption,
+        caption_to: cmd.caption_to,
         device,
     })?;
     println!("wrote {} images to {}", n, cmd.out.display());
@@ -134,6 +143,9 @@ pub struct SampleArgs {
     pub plain: Option<RunConfig>,
     /// The trained weights rather than their average.
     pub raw: bool,
+    /// A caption to draw (text-to-image models), and one to interpolate towards.
+    pub caption: Option<String>,
+    pub caption_to: Option<String>,
 }
 
 /// The most images one grid holds (32 x 32 of them). A model draws a grid's images in one
@@ -166,6 +178,11 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
         return Ok(images.dim(0)?);
     }
     let mut rng = Rng::derive(args.seed, Stream::Sample, 0);
+    if let Some((images, nrow)) = captioned(&loaded, args, &mut rng)? {
+        let grid = GridOptions { nrow, ..args.grid };
+        save_image(&images, &args.out, grid)?;
+        return Ok(images.dim(0)?);
+    }
     let latent = || {
         model.as_latent().with_context(|| {
             format!(
@@ -228,6 +245,43 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
     };
     save_image(&images, &args.out, grid)?;
     Ok(images.dim(0)?)
+}
+
+/// A text-to-image grid: `-n` images of `--caption`, or rows from `--caption` to
+/// `--caption-to`. None without a caption (and an error when one was given to a model that
+/// takes no text).
+fn captioned(loaded: &Loaded, args: &SampleArgs, rng: &mut Rng) -> Result<Option<(Tensor, usize)>> {
+    let name = &loaded.run.model;
+    let Some(caption) = &args.caption else {
+        anyhow::ensure!(
+            args.caption_to.is_none(),
+            "--caption-to interpolates from --caption, which is missing"
+        );
+        return Ok(None);
+    };
+    let Some(model) = loaded.model.as_captioned() else {
+        anyhow::bail!(
+            "{} is a checkpoint of model `{name}`, which takes no text (--caption is for text2image-gan)",
+            args.checkpoint.display()
+        );
+    };
+    anyhow::ensure!(
+        args.mode == SampleMode::Sample,
+        "--caption draws images of a sentence; it does not combine with --mode {:?}",
+        args.mode
+    );
+    let Some(to) = &args.caption_to else {
+        let captions = vec![caption.clone(); args.n];
+        return Ok(Some((
+            model.sample_captions(&captions, rng)?,
+            args.grid.nrow,
+        )));
+    };
+    let rows = args.n.div_ceil(args.steps).max(1);
+    let images = (0..rows)
+        .map(|_| model.interpolate_captions(caption, to, args.steps, rng))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Some((Tensor::cat(&images, 0)?, args.steps)))
 }
 
 /// The two directions of a two-domain model.

@@ -55,6 +55,7 @@ pub struct SplitSources {
     /// The second domain of a translation model.
     pub domain_b: Option<Box<dyn Source>>,
     labels: LabelSpec,
+    captions: bool,
 }
 
 impl SplitSources {
@@ -68,7 +69,9 @@ impl SplitSources {
         if let Some(d) = dir {
             ensure!(d.exists(), "data directory {} does not exist", d.display());
         }
-        let (images, domain_b) = if spec.two_domains {
+        let (images, domain_b) = if spec.captions {
+            (caption_source(spec, data, dir, split)?, None)
+        } else if spec.two_domains {
             let (a, b) = two_domains(spec, data, dir, split)?;
             (a, Some(b))
         } else if let LabelSpec::Attributes(k) = spec.labels {
@@ -93,6 +96,7 @@ impl SplitSources {
             images,
             domain_b,
             labels: spec.labels,
+            captions: spec.captions,
         })
     }
 
@@ -105,13 +109,13 @@ impl SplitSources {
         binarize: Binarization,
         device: &Device,
     ) -> Result<Batch> {
-        let (images, labels) = assemble(
+        let (images, labels, captions) = assemble(
             self.images.as_ref(),
             idx,
             &mut Rng::new(0),
             binarize,
             &mut Rng::new(0),
-            self.labels,
+            (self.labels, self.captions),
             device,
         )?;
         let domain_b = match &self.domain_b {
@@ -122,7 +126,7 @@ impl SplitSources {
                     &mut Rng::new(1),
                     binarize,
                     &mut Rng::new(1),
-                    LabelSpec::None,
+                    (LabelSpec::None, false),
                     device,
                 )?
                 .0,
@@ -133,6 +137,7 @@ impl SplitSources {
             images,
             labels,
             domain_b,
+            captions,
         })
     }
 
@@ -357,16 +362,10 @@ fn attribute_file_source(
         .iter()
         .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p.clone())))
         .collect();
-    let mut order: Vec<usize> = (0..table.rows.len()).collect();
-    Rng::derive(data.seed, Stream::Shuffle, u64::MAX).shuffle(&mut order);
-    let held_out = data.held_out().min(order.len() / 2);
-    let chosen = match split {
-        Split::Test => &order[..held_out],
-        Split::Train => &order[held_out..],
-    };
+    let chosen = held_out_rows(table.rows.len(), data, split);
     let mut paths = Vec::with_capacity(chosen.len());
     let mut rows = Vec::with_capacity(chosen.len());
-    for &i in chosen {
+    for &i in &chosen {
         let name = &table.rows[i].0;
         let p = by_name.get(name).with_context(|| {
             format!(
@@ -395,19 +394,26 @@ fn attribute_file_source(
 /// `pixel >= 128` on values `p / 255`: the same comparison on the same f32 values.
 const THRESHOLD: f32 = 128.0 / 255.0;
 
+/// A batch's images, labels and captions.
+type Assembled = (Tensor, Option<Labels>, Option<Vec<String>>);
+
 /// The images of `idx` as one `(b, c, h, w)` tensor (decoded and transformed in parallel, each
 /// image with its own stream drawn from `augment`), binarized in order from `binarize_rng`,
-/// with their labels when `labels` asks for them.
+/// with their labels and one caption each (drawn from `augment`) when `wanted` asks for them.
 fn assemble(
     source: &dyn Source,
     idx: &[usize],
     augment: &mut Rng,
     binarize: Binarization,
     binarize_rng: &mut Rng,
-    labels: LabelSpec,
+    (labels, wanted_captions): (LabelSpec, bool),
     device: &Device,
-) -> Result<(Tensor, Option<Labels>)> {
+) -> Result<Assembled> {
     let seeds: Vec<u64> = idx.iter().map(|_| augment.next_u64()).collect();
+    let captions = match wanted_captions {
+        true => Some(pick_captions(source, idx, augment)?),
+        false => None,
+    };
     let images = idx
         .par_iter()
         .zip(&seeds)
@@ -456,7 +462,77 @@ fn assemble(
             )?))
         }
     };
-    Ok((tensor, labels))
+    Ok((tensor, labels, captions))
+}
+
+/// One caption of each image of `idx`, each drawn from its image's captions.
+fn pick_captions(source: &dyn Source, idx: &[usize], rng: &mut Rng) -> Result<Vec<String>> {
+    idx.iter()
+        .map(|&i| match source.captions(i) {
+            Some(c) if !c.is_empty() => Ok(c[rng.below(c.len())].clone()),
+            _ => bail!("{}: image {i} has no caption", source.name()),
+        })
+        .collect()
+}
+
+/// Captioned images: the captioned digits (the bundled ones, or IDX digits in `--data`), a
+/// JSONL captions file, or reedscot's `images/` + `text_c10/` folders.
+fn caption_source(
+    spec: &DataSpec,
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<Box<dyn Source>> {
+    if data.captions_file.is_none() {
+        if let Some(d) = digits(dir, split)? {
+            let source = crate::data::captions::captioned_digits(
+                d,
+                digit_transforms(data, spec.shape),
+                &data.held_out_combinations()?,
+                data.captions_per_image(),
+                data.seed,
+                split == Split::Train,
+            )?;
+            return Ok(Box::new(source));
+        }
+    }
+    let (paths, sets) = match (&data.captions_file, dir) {
+        (Some(file), _) => crate::data::captions::read_jsonl(file)?,
+        (None, Some(d)) if d.join("captions.jsonl").is_file() => {
+            crate::data::captions::read_jsonl(&d.join("captions.jsonl"))?
+        }
+        (None, Some(d)) if d.join("images").is_dir() => {
+            crate::data::captions::read_reference_layout(d)?
+        }
+        (None, Some(d)) => bail!(
+            "{} holds no captions: a text-to-image model reads captions.jsonl ({{\"image\": PATH, \"caption\": TEXT}} per line), reedscot's images/ and text_c10/ folders, or digits (captioned from their traits)",
+            d.display()
+        ),
+        (None, None) => bail!("a text-to-image model needs captioned images"),
+    };
+    let chosen = held_out_rows(paths.len(), data, split);
+    let listing = Listing {
+        dir: dir.map_or_else(PathBuf::new, Path::to_path_buf),
+        paths: chosen.iter().map(|&i| paths[i].clone()).collect(),
+        labels: None,
+    };
+    let sets = chosen.iter().map(|&i| sets[i].clone()).collect();
+    let inner = folder_for(listing, spec, data)?;
+    Ok(Box::new(crate::data::captions::WithCaptions::new(
+        inner, sets,
+    )?))
+}
+
+/// The rows of a split of `n` user images: a seeded shuffle, `[data] test_count` (at most half)
+/// held out for testing, as yunjey/stargan splits CelebA.
+fn held_out_rows(n: usize, data: &DataConfig, split: Split) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::derive(data.seed, Stream::Shuffle, u64::MAX).shuffle(&mut order);
+    let held_out = data.held_out().min(order.len() / 2);
+    match split {
+        Split::Test => order[..held_out].to_vec(),
+        Split::Train => order[held_out..].to_vec(),
+    }
 }
 
 /// A run's training images (and held-out ones, where the model reports on them or shows them
@@ -552,13 +628,13 @@ impl TrainData {
         let idx: Vec<usize> = self.batches.at(index).iter().map(|i| i % len_a).collect();
         let mut augment = Rng::derive(self.seed, Stream::Augment, index);
         let mut binarize = Rng::derive(self.seed, Stream::Binarize, index);
-        let (images, labels) = assemble(
+        let (images, labels, captions) = assemble(
             self.train.images.as_ref(),
             &idx,
             &mut augment,
             self.binarize,
             &mut binarize,
-            self.train.labels,
+            (self.train.labels, self.train.captions),
             &self.device,
         )?;
         let domain_b = match &self.train.domain_b {
@@ -566,13 +642,13 @@ impl TrainData {
                 let len_b = self.limited(b.len());
                 let mut pick = Rng::derive(self.seed, Stream::SecondDomain, index);
                 let idx_b: Vec<usize> = idx.iter().map(|_| pick.below(len_b)).collect();
-                let (x, _) = assemble(
+                let (x, _, _) = assemble(
                     b.as_ref(),
                     &idx_b,
                     &mut augment,
                     self.binarize,
                     &mut binarize,
-                    LabelSpec::None,
+                    (LabelSpec::None, false),
                     &self.device,
                 )?;
                 Some(x)
@@ -583,6 +659,7 @@ impl TrainData {
             images,
             labels,
             domain_b,
+            captions,
         })
     }
 

@@ -49,6 +49,11 @@ pub trait Source: Send + Sync {
     fn attribute_names(&self) -> Option<Vec<String>> {
         None
     }
+
+    /// Image `i`'s captions (None: the source has no captions).
+    fn captions(&self, _i: usize) -> Option<&[String]> {
+        None
+    }
 }
 
 /// Images held in memory as bytes (a subset of them, optionally), through transforms.

@@ -6,4 +6,5 @@ pub mod classifier;
 pub mod grid;
 pub mod plot;
 pub mod quality;
+pub mod text;
 pub mod translation;

@@ -141,6 +141,12 @@ pub(crate) fn optimizers(
             let adam = match spec.lr {
                 LrRole::Main => run.train.adam(),
                 LrRole::Generator => run.gan.generator_adam(&run.train),
+                LrRole::Own { lr, beta1, beta2 } => layers::AdamConfig {
+                    lr,
+                    beta1,
+                    beta2,
+                    ..Default::default()
+                },
             };
             Ok((spec.name.clone(), Adam::from_named_vars(vars, adam)?))
         })
