@@ -63,13 +63,17 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Every tensor of a safetensors file, sorted by name.
+/// Every tensor of a safetensors file as f32 values (training state in bytes too), sorted by
+/// name.
 pub fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
     let mut w: Vec<(String, Vec<f32>)> = ck
         .tensors
         .iter()
-        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .map(|(k, t)| {
+            let values = t.to_dtype(candle_core::DType::F32).unwrap();
+            (k.clone(), values.flatten_all().unwrap().to_vec1().unwrap())
+        })
         .collect();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w

@@ -172,13 +172,12 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
         args.raw,
     )?;
     let model = loaded.model.as_ref();
-    if let Some((images, nrow)) = translations(&loaded, args)? {
-        let grid = GridOptions { nrow, ..args.grid };
-        save_image(&images, &args.out, grid)?;
-        return Ok(images.dim(0)?);
-    }
     let mut rng = Rng::derive(args.seed, Stream::Sample, 0);
-    if let Some((images, nrow)) = captioned(&loaded, args, &mut rng)? {
+    let special = match captioned(&loaded, args, &mut rng)? {
+        Some(grid) => Some(grid),
+        None => translations(&loaded, args)?,
+    };
+    if let Some((images, nrow)) = special {
         let grid = GridOptions { nrow, ..args.grid };
         save_image(&images, &args.out, grid)?;
         return Ok(images.dim(0)?);
