@@ -55,6 +55,7 @@ fn batch(ck: &Checkpoint) -> Result<Batch> {
         labels: None,
         domain_b: Some(to_unit_range(&ck.tensors["real_B"])?),
         captions: None,
+        patches: None,
     })
 }
 

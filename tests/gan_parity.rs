@@ -203,6 +203,7 @@ fn batch(ck: &Checkpoint, k: usize) -> Result<Batch> {
         labels: labels.map(classes).transpose()?.map(Labels::Classes),
         domain_b: None,
         captions: None,
+        patches: None,
     })
 }
 
@@ -217,6 +218,7 @@ fn optimizers(model: &dyn Trainable, varmap: &VarMap, training: &Training) -> Re
             let lr = match spec.lr {
                 LrRole::Main => training.lr_d,
                 LrRole::Generator => training.lr_g,
+                LrRole::Own { .. } => panic!("{}: these GANs use the run's rates", spec.name),
             };
             let adam = AdamConfig {
                 lr,

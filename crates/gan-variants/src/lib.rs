@@ -2,8 +2,9 @@
 //! `layers::gan::Adversarial` and train through its shared step: the GAN ([`gan`]), DCGAN
 //! ([`dcgan`]), the conditional GAN ([`cgan`]) and InfoGAN ([`infogan`]). Translation models own
 //! their step (`layers::Trainable`): CycleGAN ([`cyclegan`]), StarGAN ([`stargan`]) and the
-//! Progressive GAN ([`progan`]), which grows, and the text-to-image GAN ([`text2image`]), whose
-//! text encoder trains before its GAN. Puzzle-GAN is listed by `genzoo list` and not built yet.
+//! Progressive GAN ([`progan`]), which grows, the text-to-image GAN ([`text2image`]), whose
+//! text encoder trains before its GAN, and Puzzle-GAN ([`puzzle`]), which completes images from
+//! key patches.
 
 pub mod cgan;
 pub mod cyclegan;
@@ -11,5 +12,6 @@ pub mod dcgan;
 pub mod gan;
 pub mod infogan;
 pub mod progan;
+pub mod puzzle;
 pub mod stargan;
 pub mod text2image;

@@ -421,6 +421,7 @@ impl Trainable for StarGan {
             }),
             domain_b: None,
             captions: None,
+            patches: None,
         })?;
         let own = own.to_vec2::<f32>()?;
         let k = self.cfg.c_dim;

@@ -792,6 +792,11 @@ impl Trainable for TextToImageGan {
     fn stage(&self, progress: &StepProgress) -> u64 {
         u64::from(!self.in_encoder_stage(progress))
     }
+
+    /// G's average starts with the GAN: the encoder's stage leaves G untrained.
+    fn restarts_average(&self) -> bool {
+        true
+    }
 }
 
 impl TextToImageGan {

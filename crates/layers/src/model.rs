@@ -129,6 +129,27 @@ pub trait GenerativeModel {
     fn as_captioned(&self) -> Option<&dyn Captioned> {
         None
     }
+
+    /// The model's completion of images from key patches, if it has one.
+    fn as_puzzle(&self) -> Option<&dyn Puzzle> {
+        None
+    }
+}
+
+/// A model that draws a whole image from a few of its key local patches (Puzzle-GAN).
+pub trait Puzzle {
+    /// The most patches it reads.
+    fn max_patches(&self) -> usize;
+
+    /// From the first `k` patches of each image (`k` at most [`Puzzle::max_patches`]): the
+    /// generated masks `(b, 1, h, w)` and images `(b, c, h, w)`, both in `[0, 1]`, each image
+    /// from its own noise, in inference mode.
+    fn complete(
+        &self,
+        patches: &crate::step::Patches,
+        k: usize,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, Tensor)>;
 }
 
 /// A model that draws images from sentences (text-to-image GANs).

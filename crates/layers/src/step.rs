@@ -36,6 +36,21 @@ pub struct Batch {
     /// One caption per image (text-to-image models): one of the image's captions, drawn anew
     /// each time the image is used.
     pub captions: Option<Vec<String>>,
+    /// Key patches of each image (Puzzle-GAN).
+    pub patches: Option<Patches>,
+}
+
+/// A box `[x, y, w, h]` in pixels of the image as the model sees it.
+pub type PatchBox = [usize; 4];
+
+/// The key patches of a batch: each image's boxes, most important first, and each box's crop
+/// resized to the full image (as the reference feeds its part encoder).
+#[derive(Debug, Clone)]
+pub struct Patches {
+    /// `(b, k, c, h, w)` in `[0, 1]`; the slots past an image's boxes are black.
+    pub images: Tensor,
+    /// Per image, its boxes (at most `k`).
+    pub boxes: Vec<Vec<PatchBox>>,
 }
 
 impl Batch {
@@ -45,6 +60,7 @@ impl Batch {
             labels: None,
             domain_b: None,
             captions: None,
+            patches: None,
         }
     }
 
@@ -57,6 +73,16 @@ impl Batch {
         match &self.labels {
             Some(Labels::Classes(t)) => Ok(t),
             _ => candle_core::bail!("{model} needs class labels, and the batch has none"),
+        }
+    }
+
+    /// The images' key patches, or an error naming what the model needed.
+    pub fn patches(&self, model: &str) -> Result<&Patches> {
+        match &self.patches {
+            Some(p) => Ok(p),
+            None => candle_core::bail!(
+                "{model} needs key patches of each image, and the batch has none"
+            ),
         }
     }
 
@@ -109,6 +135,8 @@ pub struct DataSpec {
     pub held_out_grid: bool,
     /// A caption per image (text-to-image models).
     pub captions: bool,
+    /// Key patches per image (Puzzle-GAN): this many boxes and their crops.
+    pub patches: usize,
 }
 
 impl DataSpec {
@@ -119,6 +147,7 @@ impl DataSpec {
             two_domains: false,
             held_out_grid: false,
             captions: false,
+            patches: 0,
         }
     }
 }
@@ -357,6 +386,13 @@ pub trait Trainable {
     /// resets every optimiser's moments, as the paper does at each new resolution.
     fn stage(&self, _progress: &StepProgress) -> u64 {
         0
+    }
+
+    /// Whether the weight average starts again at each new stage: for a model whose averaged
+    /// networks begin to train only in a later stage (a text-to-image GAN after its encoder),
+    /// so the average holds none of the untrained weights of the stages before.
+    fn restarts_average(&self) -> bool {
+        false
     }
 }
 

@@ -252,6 +252,13 @@ pub struct DataConfig {
     /// A JSONL captions file (`{"image": path, "caption": text}` per line; default:
     /// `captions.jsonl` in `--data`, else reedscot's `images/` and `text_c10/` there).
     pub captions_file: Option<PathBuf>,
+    /// Puzzle-GAN: the side of the key patches chosen from the ink (0: 5/16 of the image's side,
+    /// 10 at 32 x 32).
+    pub patch_size: usize,
+    /// Puzzle-GAN on a user's images: a boxes file (`NAME x,y,w,h ...` per line, in pixels of
+    /// the model's side; default: `boxes.txt` in `--data` if there is one, else the boxes are
+    /// chosen from the ink).
+    pub boxes_file: Option<PathBuf>,
 }
 
 impl DataConfig {
@@ -297,6 +304,14 @@ impl DataConfig {
             .iter()
             .map(|h| crate::data::captions::Combination::parse(h))
             .collect()
+    }
+
+    /// The side of the key patches of images of side `side`.
+    pub fn patch_size(&self, side: usize) -> usize {
+        match self.patch_size {
+            0 => (side * 5).div_ceil(16),
+            n => n,
+        }
     }
 
     pub fn captions_per_image(&self) -> usize {

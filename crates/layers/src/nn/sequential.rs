@@ -36,6 +36,7 @@ pub enum Layer {
     LeakyRelu(f64),
     Relu,
     Tanh,
+    Sigmoid,
     /// Nearest-neighbour upsampling by 2.
     Upsample2,
     /// Passes its input through: a reference layer left out (dropout, which Candle's CPU backend
@@ -73,6 +74,7 @@ impl Layer {
                 bias_activation(x, None, self.activation().unwrap_or(Activation::Identity))
             }
             Layer::Tanh => x.tanh(),
+            Layer::Sigmoid => candle_nn::ops::sigmoid(x),
             Layer::Identity => Ok(x.clone()),
             Layer::Residual(block) => x + block.forward(x, train)?,
             Layer::Upsample2 => crate::nn::resample::upscale2d(x),

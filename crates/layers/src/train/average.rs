@@ -46,6 +46,15 @@ impl WeightAverage {
         Ok(())
     }
 
+    /// Starts again from the variables' current values, with the warm-up of a fresh average.
+    pub fn restart(&mut self) -> Result<()> {
+        for (_, var, avg) in &mut self.slots {
+            *avg = var.as_tensor().detach().copy()?;
+        }
+        self.updates = 0;
+        Ok(())
+    }
+
     /// Swaps the averages into the variables (and the variables into the averages): call
     /// twice to restore.
     pub fn swap(&mut self) -> Result<()> {
@@ -82,6 +91,10 @@ mod tests {
         assert_eq!(v.as_tensor().to_vec1::<f32>()?, vec![1.0, 6.0]);
         avg.swap()?;
         assert_eq!(v.as_tensor().to_vec1::<f32>()?, vec![2.0, 2.0]);
+        // A restart forgets the past: the average is the weights, its warm-up begins again.
+        avg.restart()?;
+        assert_eq!(avg.slots[0].2.to_vec1::<f32>()?, vec![2.0, 2.0]);
+        assert_eq!(avg.updates, 0);
         Ok(())
     }
 }

@@ -235,6 +235,7 @@ fn random_batch(model: &dyn Model, n: usize, device: &Device) -> Result<Batch> {
         labels,
         domain_b,
         captions: None,
+        patches: None,
     })
 }
 

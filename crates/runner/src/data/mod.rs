@@ -1,5 +1,5 @@
 //! Data: where images come from ([`idx`] files and the bundled digits, image [`folder`]s,
-//! CelebA-style [`attributes`] files, [`captions`]), the [`transforms`] that compose on them, the [`source`]s
+//! CelebA-style [`attributes`] files, [`captions`], key [`patches`]), the [`transforms`] that compose on them, the [`source`]s
 //! that yield examples by index (in memory or streamed from disk; the synthetic translation
 //! domains), and the [`pipeline`] that builds a model's batches from them. Downloads of the
 //! full datasets are [`download`].
@@ -9,6 +9,7 @@ pub mod captions;
 pub mod download;
 pub mod folder;
 pub mod idx;
+pub mod patches;
 pub mod pipeline;
 pub mod source;
 pub mod transforms;

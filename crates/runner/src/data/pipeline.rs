@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use layers::step::{Batch, DataSpec, LabelSpec, Labels};
+use layers::step::{Batch, DataSpec, LabelSpec, Labels, PatchBox, Patches};
 use layers::{Rng, Stream};
 use rayon::prelude::*;
 
@@ -18,7 +18,7 @@ use crate::config::DataConfig;
 use crate::data::attributes::AttributeTable;
 use crate::data::folder::{folder_source, list_images, probe_channels, Listing};
 use crate::data::source::{InMemory, Label, Source, WithAttributes};
-use crate::data::transforms::{Pipeline, Transform};
+use crate::data::transforms::{Image, Pipeline, Transform};
 use crate::data::{is_idx_dir, load_split, Batches, Binarization, Dataset, Split};
 
 /// Side of the digits (IDX files and the bundled subset).
@@ -56,6 +56,8 @@ pub struct SplitSources {
     pub domain_b: Option<Box<dyn Source>>,
     labels: LabelSpec,
     captions: bool,
+    /// Key patches per image, and their side where chosen from the ink.
+    patches: (usize, usize),
 }
 
 impl SplitSources {
@@ -71,6 +73,8 @@ impl SplitSources {
         }
         let (images, domain_b) = if spec.captions {
             (caption_source(spec, data, dir, split)?, None)
+        } else if spec.patches > 0 {
+            (boxed_source(spec, data, dir, split)?, None)
         } else if spec.two_domains {
             let (a, b) = two_domains(spec, data, dir, split)?;
             (a, Some(b))
@@ -97,6 +101,7 @@ impl SplitSources {
             domain_b,
             labels: spec.labels,
             captions: spec.captions,
+            patches: (spec.patches, data.patch_size(spec.shape[1])),
         })
     }
 
@@ -109,13 +114,13 @@ impl SplitSources {
         binarize: Binarization,
         device: &Device,
     ) -> Result<Batch> {
-        let (images, labels, captions) = assemble(
+        let a = assemble(
             self.images.as_ref(),
             idx,
             &mut Rng::new(0),
             binarize,
             &mut Rng::new(0),
-            (self.labels, self.captions),
+            self.wanted(),
             device,
         )?;
         let domain_b = match &self.domain_b {
@@ -126,19 +131,23 @@ impl SplitSources {
                     &mut Rng::new(1),
                     binarize,
                     &mut Rng::new(1),
-                    (LabelSpec::None, false),
+                    Wanted::default(),
                     device,
                 )?
-                .0,
+                .images,
             ),
             None => None,
         };
-        Ok(Batch {
-            images,
-            labels,
-            domain_b,
-            captions,
-        })
+        Ok(Batch { domain_b, ..a })
+    }
+
+    /// What a batch of the first domain carries besides its images.
+    fn wanted(&self) -> Wanted {
+        Wanted {
+            labels: self.labels,
+            captions: self.captions,
+            patches: self.patches,
+        }
     }
 
     /// The first `n` images of each domain.
@@ -394,23 +403,41 @@ fn attribute_file_source(
 /// `pixel >= 128` on values `p / 255`: the same comparison on the same f32 values.
 const THRESHOLD: f32 = 128.0 / 255.0;
 
-/// A batch's images, labels and captions.
-type Assembled = (Tensor, Option<Labels>, Option<Vec<String>>);
+/// What a batch carries besides its images.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    labels: LabelSpec,
+    captions: bool,
+    /// Key patches per image and their side (0 patches: none).
+    patches: (usize, usize),
+}
+
+impl Default for Wanted {
+    fn default() -> Self {
+        Self {
+            labels: LabelSpec::None,
+            captions: false,
+            patches: (0, 0),
+        }
+    }
+}
 
 /// The images of `idx` as one `(b, c, h, w)` tensor (decoded and transformed in parallel, each
 /// image with its own stream drawn from `augment`), binarized in order from `binarize_rng`,
-/// with their labels and one caption each (drawn from `augment`) when `wanted` asks for them.
+/// with their labels, one caption each (drawn from `augment`) and their key patches when
+/// `wanted` asks for them. The batch's second domain is left empty.
 fn assemble(
     source: &dyn Source,
     idx: &[usize],
     augment: &mut Rng,
     binarize: Binarization,
     binarize_rng: &mut Rng,
-    (labels, wanted_captions): (LabelSpec, bool),
+    wanted: Wanted,
     device: &Device,
-) -> Result<Assembled> {
+) -> Result<Batch> {
+    let labels = wanted.labels;
     let seeds: Vec<u64> = idx.iter().map(|_| augment.next_u64()).collect();
-    let captions = match wanted_captions {
+    let captions = match wanted.captions {
         true => Some(pick_captions(source, idx, augment)?),
         false => None,
     };
@@ -435,6 +462,10 @@ fn assemble(
         }
     }
     let tensor = Tensor::from_vec(values, (idx.len(), c, h, w), device)?;
+    let patches = match wanted.patches {
+        (0, _) => None,
+        (k, size) => Some(key_patches_of(source, idx, &images, k, size, device)?),
+    };
     let labels = match labels {
         LabelSpec::None => None,
         LabelSpec::Classes(_) => {
@@ -462,7 +493,89 @@ fn assemble(
             )?))
         }
     };
-    Ok((tensor, labels, captions))
+    Ok(Batch {
+        images: tensor,
+        labels,
+        domain_b: None,
+        captions,
+        patches,
+    })
+}
+
+/// Each image's key patches: the source's boxes, or up to `k` windows of `size` chosen from
+/// its ink; the crops resized to the full side, black past an image's boxes.
+fn key_patches_of(
+    source: &dyn Source,
+    idx: &[usize],
+    images: &[Image],
+    k: usize,
+    size: usize,
+    device: &Device,
+) -> Result<Patches> {
+    let [c, h, w] = source.shape();
+    let mut values = Vec::with_capacity(idx.len() * k * c * h * w);
+    let mut boxes = Vec::with_capacity(idx.len());
+    for (&i, image) in idx.iter().zip(images) {
+        let chosen: Vec<PatchBox> = match source.boxes(i) {
+            Some(b) => b.iter().take(k).copied().collect(),
+            None => crate::data::patches::key_patches(image, k, size),
+        };
+        for slot in 0..k {
+            match chosen.get(slot) {
+                Some(&b) => values.extend(
+                    crate::data::patches::crop_resized(image, b)
+                        .with_context(|| format!("{}: image {i}", source.name()))?
+                        .data,
+                ),
+                None => values.extend(std::iter::repeat_n(0f32, c * h * w)),
+            }
+        }
+        boxes.push(chosen);
+    }
+    Ok(Patches {
+        images: Tensor::from_vec(values, (idx.len(), k, c, h, w), device)?,
+        boxes,
+    })
+}
+
+/// Images for key patches: the digits or an image folder, with a boxes file's boxes when there
+/// is one (`[data] boxes_file`, or `boxes.txt` in `--data`).
+fn boxed_source(
+    spec: &DataSpec,
+    data: &DataConfig,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<Box<dyn Source>> {
+    let file = data
+        .boxes_file
+        .clone()
+        .or_else(|| dir.map(|d| d.join("boxes.txt")).filter(|p| p.is_file()));
+    let Some(file) = file else {
+        return plain_source(spec, data, dir, split);
+    };
+    let dir = dir.context("a boxes file names images of an image folder: give --data DIR")?;
+    let boxes = crate::data::patches::read_boxes(&file, spec.shape[1])?;
+    let sub = dir.join(split.name());
+    let folder = if sub.is_dir() { sub } else { dir.to_path_buf() };
+    let listing = list_images(&folder)?;
+    let per_image = listing
+        .paths
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            boxes.get(&name).cloned().with_context(|| {
+                format!("{} has no boxes for image {}", file.display(), p.display())
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let inner = folder_for(listing, spec, data)?;
+    Ok(Box::new(crate::data::patches::WithBoxes {
+        inner,
+        boxes: per_image,
+    }))
 }
 
 /// One caption of each image of `idx`, each drawn from its image's captions.
@@ -628,13 +741,13 @@ impl TrainData {
         let idx: Vec<usize> = self.batches.at(index).iter().map(|i| i % len_a).collect();
         let mut augment = Rng::derive(self.seed, Stream::Augment, index);
         let mut binarize = Rng::derive(self.seed, Stream::Binarize, index);
-        let (images, labels, captions) = assemble(
+        let batch = assemble(
             self.train.images.as_ref(),
             &idx,
             &mut augment,
             self.binarize,
             &mut binarize,
-            (self.train.labels, self.train.captions),
+            self.train.wanted(),
             &self.device,
         )?;
         let domain_b = match &self.train.domain_b {
@@ -642,25 +755,20 @@ impl TrainData {
                 let len_b = self.limited(b.len());
                 let mut pick = Rng::derive(self.seed, Stream::SecondDomain, index);
                 let idx_b: Vec<usize> = idx.iter().map(|_| pick.below(len_b)).collect();
-                let (x, _, _) = assemble(
+                let b = assemble(
                     b.as_ref(),
                     &idx_b,
                     &mut augment,
                     self.binarize,
                     &mut binarize,
-                    (LabelSpec::None, false),
+                    Wanted::default(),
                     &self.device,
                 )?;
-                Some(x)
+                Some(b.images)
             }
             None => None,
         };
-        Ok(Batch {
-            images,
-            labels,
-            domain_b,
-            captions,
-        })
+        Ok(Batch { domain_b, ..batch })
     }
 
     /// A domain's images in use: all, or the first `limit`.

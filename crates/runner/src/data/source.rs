@@ -54,6 +54,11 @@ pub trait Source: Send + Sync {
     fn captions(&self, _i: usize) -> Option<&[String]> {
         None
     }
+
+    /// Image `i`'s key patch boxes, given rather than chosen (None: chosen from the ink).
+    fn boxes(&self, _i: usize) -> Option<&[layers::step::PatchBox]> {
+        None
+    }
 }
 
 /// Images held in memory as bytes (a subset of them, optionally), through transforms.

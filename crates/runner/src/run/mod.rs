@@ -329,6 +329,9 @@ pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
             for (_, adam) in &mut s.optimizers.groups {
                 adam.reset()?;
             }
+            if let Some(average) = s.average.as_mut().filter(|_| s.model.restarts_average()) {
+                average.restart()?;
+            }
             stage = now;
         }
         let factor = t.schedule.factor(step, total_steps, decay_start);
