@@ -401,17 +401,7 @@ impl PuzzleGan {
     /// The true mask `(b, 1, h, w)`: the union of each image's first `counts[i]` boxes.
     pub fn true_mask(&self, patches: &Patches, counts: &[usize]) -> Result<Tensor> {
         let s = self.cfg.image_size;
-        let mut values = vec![0f32; counts.len() * s * s];
-        for (i, (boxes, &k)) in patches.boxes.iter().zip(counts).enumerate() {
-            for &[x, y, w, h] in boxes.iter().take(k) {
-                for row in y..(y + h).min(s) {
-                    for col in x..(x + w).min(s) {
-                        values[(i * s + row) * s + col] = 1.0;
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(values, (counts.len(), 1, s, s), &self.device)
+        patches.union_mask(counts, (s, s), &self.device)
     }
 
     /// `(b, K)`: 1 for each image's first `counts[i]` slots.
@@ -569,7 +559,7 @@ impl Trainable for PuzzleGan {
             candle_core::bail!("Puzzle-GAN's grid shows held-out images, and none were given");
         };
         let columns = (count / 4).clamp(1, 16).min(batch.size()?);
-        let rows = puzzle_rows(self, batch, columns, self.cfg.max_patches, rng)?;
+        let rows = self.rows(batch, columns, self.cfg.max_patches, rng)?;
         Ok(Grid {
             images: rows,
             columns,
@@ -579,29 +569,6 @@ impl Trainable for PuzzleGan {
     fn stage(&self, _progress: &StepProgress) -> u64 {
         0
     }
-}
-
-/// Four rows of `n` images of `batch` completed from their first `k` patches: the patches on
-/// black, the generated mask, the generated image, the real image (all in [0, 1]).
-pub fn puzzle_rows(
-    model: &PuzzleGan,
-    batch: &Batch,
-    n: usize,
-    k: usize,
-    rng: &mut Rng,
-) -> Result<Tensor> {
-    let patches = batch.patches("puzzle-gan")?;
-    let first = Patches {
-        images: patches.images.narrow(0, 0, n)?,
-        boxes: patches.boxes[..n].to_vec(),
-    };
-    let x = batch.images.narrow(0, 0, n)?;
-    let (mask, image) = model.complete(&first, k, rng)?;
-    let counts: Vec<usize> = first.boxes.iter().map(|b| b.len().min(k)).collect();
-    let pasted = x.broadcast_mul(&model.true_mask(&first, &counts)?)?;
-    let c = x.dim(1)?;
-    let mask = mask.repeat((1, c, 1, 1))?;
-    Tensor::cat(&[&pasted, &mask, &image, &x], 0)
 }
 
 impl Puzzle for PuzzleGan {
@@ -616,7 +583,7 @@ impl Puzzle for PuzzleGan {
                 self.cfg.max_patches
             );
         }
-        let counts: Vec<usize> = patches.boxes.iter().map(|b| b.len().min(k)).collect();
+        let counts = patches.counts(k);
         let parts = self.part_inputs(patches)?;
         let z = self.noise(counts.len(), rng)?;
         let done = self.complete_parts(&parts, &self.presence(&counts)?, &z, false)?;

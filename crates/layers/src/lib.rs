@@ -22,8 +22,8 @@ pub mod train;
 
 pub use model::{
     CodedModel, Domains, ExplicitModel, GenerativeModel, ImageShape, LatentVariableModel,
-    Likelihood, LikelihoodModel, LikelihoodOptions, Loss, ModelKind, Objective, Target, Translator,
-    Values,
+    Likelihood, LikelihoodModel, LikelihoodOptions, Loss, ModelKind, Objective, Puzzle, Target,
+    Translator, Values,
 };
 pub use step::{Batch, DataSpec, Labels, Model, StepContext, Trainable};
 pub use train::checkpoint::Checkpoint;

@@ -150,6 +150,25 @@ pub trait Puzzle {
         k: usize,
         rng: &mut Rng,
     ) -> Result<(Tensor, Tensor)>;
+
+    /// Four rows of the first `n` images of `batch` completed from their first `k` patches:
+    /// the patches on black, the generated mask, the generated image, the real image (all in
+    /// [0, 1], `(4 n, c, h, w)`).
+    fn rows(
+        &self,
+        batch: &crate::step::Batch,
+        n: usize,
+        k: usize,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let first = batch.patches("a puzzle model")?.first(n)?;
+        let x = batch.images.narrow(0, 0, n)?;
+        let (_, c, h, w) = x.dims4()?;
+        let (mask, image) = self.complete(&first, k, rng)?;
+        let pasted = x.broadcast_mul(&first.union_mask(&first.counts(k), (h, w), x.device())?)?;
+        let mask = mask.repeat((1, c, 1, 1))?;
+        Tensor::cat(&[&pasted, &mask, &image, &x], 0)
+    }
 }
 
 /// A model that draws images from sentences (text-to-image GANs).

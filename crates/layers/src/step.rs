@@ -43,6 +43,42 @@ pub struct Batch {
 /// A box `[x, y, w, h]` in pixels of the image as the model sees it.
 pub type PatchBox = [usize; 4];
 
+impl Patches {
+    /// `(b, 1, h, w)`: 1 inside the union of each image's first `counts[i]` boxes (the true
+    /// mask of Puzzle-GAN), cut at the image's edge.
+    pub fn union_mask(
+        &self,
+        counts: &[usize],
+        (h, w): (usize, usize),
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let mut values = vec![0f32; counts.len() * h * w];
+        for (i, (boxes, &k)) in self.boxes.iter().zip(counts).enumerate() {
+            for &[x, y, bw, bh] in boxes.iter().take(k) {
+                for row in y..(y + bh).min(h) {
+                    for col in x..(x + bw).min(w) {
+                        values[(i * h + row) * w + col] = 1.0;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(values, (counts.len(), 1, h, w), device)
+    }
+
+    /// The first `n` images' patches.
+    pub fn first(&self, n: usize) -> Result<Self> {
+        Ok(Self {
+            images: self.images.narrow(0, 0, n)?,
+            boxes: self.boxes[..n.min(self.boxes.len())].to_vec(),
+        })
+    }
+
+    /// Each image's patch count when at most `k` are used.
+    pub fn counts(&self, k: usize) -> Vec<usize> {
+        self.boxes.iter().map(|b| b.len().min(k)).collect()
+    }
+}
+
 /// The key patches of a batch: each image's boxes, most important first, and each box's crop
 /// resized to the full image (as the reference feeds its part encoder).
 #[derive(Debug, Clone)]

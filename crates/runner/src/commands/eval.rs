@@ -133,6 +133,8 @@ pub struct EvalReport {
     pub translation: Option<TranslationReport>,
     /// A text-to-image model's figures on captioned test digits.
     pub text: Option<crate::report::text::TextReport>,
+    /// Puzzle-GAN's figures on the test digits' key patches.
+    pub puzzle: Option<crate::report::puzzle::PuzzleReport>,
 }
 
 fn describe(name: &str) -> &str {
@@ -157,6 +159,9 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     let model = loaded.model.as_ref();
     if model.as_translator().is_some() {
         return translation(&loaded, args);
+    }
+    if let Some(puzzle) = model.as_puzzle() {
+        return puzzle_report(&loaded, puzzle, args);
     }
     let sample_quality = match args.samples {
         0 => None,
@@ -184,6 +189,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         code_assignment: None,
         translation: None,
         text: None,
+        puzzle: None,
     };
     if model.as_likelihood().is_some() {
         likelihoods(&loaded, args, &mut report)?;
@@ -244,10 +250,49 @@ fn translation(loaded: &Loaded, args: &EvalArgs) -> Result<EvalReport> {
         code_assignment: None,
         translation: Some(report),
         text: None,
+        puzzle: None,
     })
 }
 
 /// `-log p(x)` and the model's other per-image figures on the test digits.
+/// Puzzle-GAN's figures: it completes images rather than drawing them.
+fn puzzle_report(
+    loaded: &Loaded,
+    model: &dyn layers::Puzzle,
+    args: &EvalArgs,
+) -> Result<EvalReport> {
+    let report = crate::report::puzzle::evaluate(
+        model,
+        &crate::report::puzzle::PuzzleArgs {
+            run: &loaded.run,
+            spec: loaded.model.data_spec(),
+            data: args.data.as_deref(),
+            classifier: args.classifier.as_deref(),
+            limit: args.limit,
+            batch_size: args.batch_size,
+            seed: args.seed,
+            device: &args.device,
+        },
+    )?;
+    Ok(EvalReport {
+        model: loaded.run.model.clone(),
+        checkpoint: args.checkpoint.display().to_string(),
+        step: loaded.progress.step,
+        dataset: report.dataset.clone(),
+        images: report.images,
+        binarization: "none".into(),
+        likelihood: None,
+        importance_samples: None,
+        metrics: Vec::new(),
+        sample_quality: None,
+        code_accuracy: None,
+        code_assignment: None,
+        translation: None,
+        text: None,
+        puzzle: Some(report),
+    })
+}
+
 fn likelihoods(loaded: &Loaded, args: &EvalArgs, report: &mut EvalReport) -> Result<()> {
     let model = loaded
         .model
@@ -369,6 +414,10 @@ pub fn print_table(r: &EvalReport) {
     println!("checkpoint  {}", r.checkpoint);
     if let Some(t) = &r.translation {
         crate::report::translation::print(t);
+        return;
+    }
+    if let Some(p) = &r.puzzle {
+        crate::report::puzzle::print(p);
         return;
     }
     let Some(likelihood) = r.likelihood else {

@@ -42,6 +42,10 @@ pub enum SampleMode {
     /// For a Progressive GAN: one row per resolution it has grown through (4 x 4 first), the
     /// same `--nrow` latents in every row, each shown at the full side.
     Stages,
+    /// For Puzzle-GAN: `--from-test` test images completed from their first `--patches` key
+    /// patches, in rows: the patches on black, the generated mask, the generated image, the
+    /// real image.
+    Puzzle,
 }
 
 #[derive(Args)]
@@ -90,6 +94,9 @@ pub struct SampleCmd {
     /// noise vector per row.
     #[arg(long)]
     caption_to: Option<String>,
+    /// For --mode puzzle: key patches per image (default: as many as the model reads).
+    #[arg(long)]
+    patches: Option<usize>,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -116,6 +123,7 @@ pub fn run(cmd: SampleCmd, device: Device) -> Result<()> {
         from_test: cmd.from_test,
         caption: cmd.caption,
         caption_to: cmd.caption_to,
+        patches: cmd.patches,
         device,
     })?;
     println!("wrote {} images to {}", n, cmd.out.display());
@@ -146,6 +154,8 @@ pub struct SampleArgs {
     /// A caption to draw (text-to-image models), and one to interpolate towards.
     pub caption: Option<String>,
     pub caption_to: Option<String>,
+    /// Key patches per image for `--mode puzzle`.
+    pub patches: Option<usize>,
 }
 
 /// The most images one grid holds (32 x 32 of them). A model draws a grid's images in one
@@ -173,9 +183,14 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
     )?;
     let model = loaded.model.as_ref();
     let mut rng = Rng::derive(args.seed, Stream::Sample, 0);
-    let special = match captioned(&loaded, args, &mut rng)? {
-        Some(grid) => Some(grid),
-        None => translations(&loaded, args)?,
+    anyhow::ensure!(
+        args.patches.is_none() || args.mode == SampleMode::Puzzle,
+        "--patches chooses the key patches of --mode puzzle"
+    );
+    let special = match (captioned(&loaded, args, &mut rng)?, args.mode) {
+        (Some(grid), _) => Some(grid),
+        (None, SampleMode::Puzzle) => Some(puzzle(&loaded, args, &mut rng)?),
+        (None, _) => translations(&loaded, args)?,
     };
     if let Some((images, nrow)) = special {
         let grid = GridOptions { nrow, ..args.grid };
@@ -233,6 +248,7 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
             coded.code_sweep(rows, args.steps, args.code, &mut rng)?
         }
         SampleMode::Domains => anyhow::bail!("only translation models draw domains"),
+        SampleMode::Puzzle => unreachable!("drawn above"),
         SampleMode::Stages => model
             .sample_stages(grid.nrow, &mut rng)
             .with_context(|| format!("--mode stages on model `{}`", loaded.run.model))?,
@@ -281,6 +297,29 @@ fn captioned(loaded: &Loaded, args: &SampleArgs, rng: &mut Rng) -> Result<Option
         .map(|_| model.interpolate_captions(caption, to, args.steps, rng))
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok(Some((Tensor::cat(&images, 0)?, args.steps)))
+}
+
+/// Puzzle-GAN's rows for the first `--from-test` test images and their first `--patches`
+/// key patches.
+fn puzzle(loaded: &Loaded, args: &SampleArgs, rng: &mut Rng) -> Result<(Tensor, usize)> {
+    let name = &loaded.run.model;
+    let Some(model) = loaded.model.as_puzzle() else {
+        anyhow::bail!(
+            "{} is a checkpoint of model `{name}`, which does not complete images from patches (--mode puzzle is for puzzle-gan)",
+            args.checkpoint.display()
+        );
+    };
+    let k = args.patches.unwrap_or(model.max_patches());
+    anyhow::ensure!(
+        (1..=model.max_patches()).contains(&k),
+        "--patches {k}: model `{name}` reads 1 to {} key patches",
+        model.max_patches()
+    );
+    let spec = loaded.model.data_spec();
+    let sources = SplitSources::load(&spec, &loaded.run.data, args.data.as_deref(), Split::Test)?;
+    let batch = sources.first(args.from_test.max(1), Binarization::None, &args.device)?;
+    let n = batch.size()?;
+    Ok((model.rows(&batch, n, k, rng)?, n))
 }
 
 /// The two directions of a two-domain model.

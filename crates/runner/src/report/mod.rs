@@ -5,6 +5,7 @@ pub mod attributes;
 pub mod classifier;
 pub mod grid;
 pub mod plot;
+pub mod puzzle;
 pub mod quality;
 pub mod text;
 pub mod translation;

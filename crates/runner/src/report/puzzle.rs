@@ -1,0 +1,261 @@
+//! What Puzzle-GAN is measured by, on test digits whose whole is known: each completed from its
+//! first 1, 2, ..., `K` key patches (the windows of most ink), then
+//! - mask IoU: the generated mask (at 0.5) against the true one (the union of the boxes);
+//! - error inside the mask: the mean absolute difference from the real digit over the true
+//!   mask's pixels (values in [0, 1]);
+//! - digit: the shipped classifier names the source digit from the generated image;
+//!
+//! beside two baselines: the patches pasted on black (error 0 inside the mask by construction;
+//! the classifier reads the pasted patches), and the nearest training digit to the patches
+//! (least squared difference over the true mask), which shows what looking up a known digit
+//! gives.
+
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Tensor};
+use layers::eval::classifier::LeNet;
+use layers::model::Puzzle;
+use layers::step::DataSpec;
+use layers::{Rng, Stream};
+use serde::Serialize;
+
+use crate::config::RunConfig;
+use crate::data::pipeline::SplitSources;
+use crate::data::source::Label;
+use crate::data::{Binarization, Split};
+use crate::report::quality::classifier_view;
+
+#[derive(Debug, Serialize)]
+pub struct PuzzleRow {
+    pub patches: usize,
+    pub mask_iou: f64,
+    pub error_in_mask: f64,
+    pub digit_accuracy: f64,
+    /// The patches on black, read by the classifier.
+    pub pasted_digit_accuracy: f64,
+    /// The nearest training digit over the true mask: its error there and its digit.
+    pub nearest_error_in_mask: f64,
+    pub nearest_digit_accuracy: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PuzzleReport {
+    pub dataset: String,
+    pub images: usize,
+    pub rows: Vec<PuzzleRow>,
+}
+
+pub struct PuzzleArgs<'a> {
+    pub run: &'a RunConfig,
+    pub spec: DataSpec,
+    pub data: Option<&'a Path>,
+    pub classifier: Option<&'a Path>,
+    pub limit: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub device: &'a Device,
+}
+
+/// Sums over the images of one patch count.
+#[derive(Default)]
+struct Tally {
+    iou: f64,
+    error: f64,
+    digit: usize,
+    pasted: usize,
+    nearest_error: f64,
+    nearest_digit: usize,
+}
+
+pub fn evaluate(model: &dyn Puzzle, args: &PuzzleArgs) -> Result<PuzzleReport> {
+    let test = SplitSources::load(&args.spec, &args.run.data, args.data, Split::Test)?;
+    let train = SplitSources::load(&args.spec, &args.run.data, args.data, Split::Train)?;
+    let n = match args.limit {
+        0 => test.images.len(),
+        l => l.min(test.images.len()),
+    };
+    let labels: Vec<u32> = (0..n)
+        .map(|i| match test.images.label(i) {
+            Label::Class(c) => Ok(c),
+            _ => anyhow::bail!(
+                "{}: the puzzle metrics name each image's digit, and image {i} has no label",
+                test.images.name()
+            ),
+        })
+        .collect::<Result<_>>()?;
+    let net = crate::report::classifier::load(args.classifier, args.device)?;
+    let (train_images, train_labels) = all_images(&train, args.device)?;
+    let mut tallies: Vec<Tally> = (0..model.max_patches()).map(|_| Tally::default()).collect();
+    let mut rng = Rng::derive(args.seed, Stream::Eval, 0);
+    let order: Vec<usize> = (0..n).collect();
+    for idx in order.chunks(args.batch_size.max(1)) {
+        let batch = test.batch(idx, &[], Binarization::None, args.device)?;
+        let patches = batch.patches("puzzle-gan")?;
+        let x = &batch.images;
+        let (_, _, h, w) = x.dims4()?;
+        let wanted = &labels[idx[0]..idx[0] + idx.len()];
+        for (k, tally) in tallies.iter_mut().enumerate().map(|(i, t)| (i + 1, t)) {
+            let mask = patches.union_mask(&patches.counts(k), (h, w), args.device)?;
+            let (generated_mask, image) = model.complete(patches, k, &mut rng)?;
+            tally.iou += iou(&generated_mask, &mask)?.iter().sum::<f64>();
+            tally.error += error_in_mask(&image, x, &mask)?.iter().sum::<f64>();
+            tally.digit += right(&read(&net, &image)?, wanted);
+            tally.pasted += right(&read(&net, &x.broadcast_mul(&mask)?)?, wanted);
+            let nearest = nearest(&train_images, x, &mask)?;
+            let found =
+                train_images.index_select(&Tensor::new(nearest.as_slice(), args.device)?, 0)?;
+            tally.nearest_error += error_in_mask(&found, x, &mask)?.iter().sum::<f64>();
+            let found_labels: Vec<u32> =
+                nearest.iter().map(|&j| train_labels[j as usize]).collect();
+            tally.nearest_digit += right(&found_labels, wanted);
+        }
+    }
+    let m = n.max(1) as f64;
+    Ok(PuzzleReport {
+        dataset: test.images.name(),
+        images: n,
+        rows: tallies
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PuzzleRow {
+                patches: i + 1,
+                mask_iou: t.iou / m,
+                error_in_mask: t.error / m,
+                digit_accuracy: t.digit as f64 / m,
+                pasted_digit_accuracy: t.pasted as f64 / m,
+                nearest_error_in_mask: t.nearest_error / m,
+                nearest_digit_accuracy: t.nearest_digit as f64 / m,
+            })
+            .collect(),
+    })
+}
+
+/// Every image of a split `(n, c, h, w)` in [0, 1], with its digit.
+fn all_images(split: &SplitSources, device: &Device) -> Result<(Tensor, Vec<u32>)> {
+    let n = split.images.len();
+    let labels = (0..n)
+        .map(|i| match split.images.label(i) {
+            Label::Class(c) => c,
+            _ => u32::MAX,
+        })
+        .collect();
+    let idx: Vec<usize> = (0..n).collect();
+    let mut parts = Vec::new();
+    for chunk in idx.chunks(1000) {
+        parts.push(split.batch(chunk, &[], Binarization::None, device)?.images);
+    }
+    Ok((Tensor::cat(&parts, 0)?, labels))
+}
+
+/// Per image, `|a AND b| / |a OR b|` of `(b, 1, h, w)` masks, `a` thresholded at 0.5 (1 where
+/// both are empty).
+fn iou(generated: &Tensor, truth: &Tensor) -> Result<Vec<f64>> {
+    let a = generated.ge(0.5)?.to_dtype(DType::F32)?;
+    let inter = (&a * truth)?.flatten_from(1)?.sum(1)?.to_vec1::<f32>()?;
+    let union = ((&a + truth)? - (&a * truth)?)?
+        .flatten_from(1)?
+        .sum(1)?
+        .to_vec1::<f32>()?;
+    Ok(inter
+        .iter()
+        .zip(&union)
+        .map(|(&i, &u)| if u > 0.0 { (i / u) as f64 } else { 1.0 })
+        .collect())
+}
+
+/// Per image, the mean of `|a - b|` over the pixels of `mask` (all channels).
+fn error_in_mask(a: &Tensor, b: &Tensor, mask: &Tensor) -> Result<Vec<f64>> {
+    let c = a.dim(1)? as f32;
+    let diff = (a - b)?
+        .abs()?
+        .broadcast_mul(mask)?
+        .flatten_from(1)?
+        .sum(1)?
+        .to_vec1::<f32>()?;
+    let area = mask.flatten_from(1)?.sum(1)?.to_vec1::<f32>()?;
+    Ok(diff
+        .iter()
+        .zip(&area)
+        .map(|(&d, &m)| (d / (m * c).max(1.0)) as f64)
+        .collect())
+}
+
+/// The classifier's digit for each image.
+fn read(net: &LeNet, images: &Tensor) -> Result<Vec<u32>> {
+    Ok(net
+        .forward(&classifier_view(images)?)?
+        .argmax(1)?
+        .to_vec1::<u32>()?)
+}
+
+fn right(got: &[u32], wanted: &[u32]) -> usize {
+    got.iter().zip(wanted).filter(|(a, b)| a == b).count()
+}
+
+/// For each image of `x`, the index of the training image closest to it over its `mask`:
+/// `sum_p m_p (t_p - x_p)^2 = T^2 m - 2 T (m x) + const`, as two matrix products.
+fn nearest(train: &Tensor, x: &Tensor, mask: &Tensor) -> Result<Vec<u32>> {
+    let c = x.dim(1)?;
+    let t = train.flatten_from(1)?; // (N, c h w)
+    let m = mask.repeat((1, c, 1, 1))?.flatten_from(1)?; // (b, c h w)
+    let mx = (x.flatten_from(1)? * &m)?;
+    let d = (t.sqr()?.matmul(&m.t()?)? - (t.matmul(&mx.t()?)? * 2.0)?)?; // (N, b)
+    ensure!(d.dim(0)? > 0, "no training images to look up");
+    Ok(d.argmin(0)?.to_vec1::<u32>()?)
+}
+
+pub fn print(r: &PuzzleReport) {
+    println!(
+        "test digits {} ({} images), completed from their first k key patches",
+        r.dataset, r.images
+    );
+    println!();
+    println!(
+        "{:>7} {:>9} {:>12} {:>7}   {:>13}   {:>14} {:>13}",
+        "patches",
+        "mask IoU",
+        "error (mask)",
+        "digit",
+        "pasted: digit",
+        "nearest: error",
+        "nearest: digit"
+    );
+    for row in &r.rows {
+        println!(
+            "{:>7} {:>9.3} {:>12.4} {:>6.1}%   {:>12.1}%   {:>14.4} {:>12.1}%",
+            row.patches,
+            row.mask_iou,
+            row.error_in_mask,
+            100.0 * row.digit_accuracy,
+            100.0 * row.pasted_digit_accuracy,
+            row.nearest_error_in_mask,
+            100.0 * row.nearest_digit_accuracy
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_error_and_nearest_on_hand_made_masks() -> Result<()> {
+        let dev = Device::Cpu;
+        let truth = Tensor::new(&[[[[1f32, 1.0], [0.0, 0.0]]]], &dev)?;
+        let generated = Tensor::new(&[[[[0.9f32, 0.2], [0.7, 0.1]]]], &dev)?;
+        // Generated at 0.5: pixels 0 and 2; truth: 0 and 1 -> 1 / 3.
+        assert!((iou(&generated, &truth)?[0] - 1.0 / 3.0).abs() < 1e-9);
+        let a = Tensor::new(&[[[[0.5f32, 1.0], [1.0, 1.0]]]], &dev)?;
+        let b = Tensor::new(&[[[[0.0f32, 0.0], [0.0, 0.0]]]], &dev)?;
+        assert!((error_in_mask(&a, &b, &truth)?[0] - 0.75).abs() < 1e-9);
+        // The nearest over the mask ignores what lies outside it.
+        let train = Tensor::new(
+            &[[[[0.0f32, 0.0], [9.0, 9.0]]], [[[0.5, 1.0], [0.0, 0.0]]]],
+            &dev,
+        )?;
+        let x = Tensor::new(&[[[[0.5f32, 1.0], [5.0, 5.0]]]], &dev)?;
+        assert_eq!(nearest(&train, &x, &truth)?, vec![1]);
+        Ok(())
+    }
+}
