@@ -1,0 +1,188 @@
+//! Puzzle-GAN end to end through the `genzoo` binary: a tiny run on the digits' key patches
+//! (D every step, G every second), resumed exactly from an odd step; `--mode puzzle` rows for 1
+//! and 3 patches; the puzzle metrics for 1, 2 and 3 patches beside the two baselines; a user's
+//! image folder with a boxes file; and every bad box, patch count or mode is a clear error.
+
+#[path = "common/cli.rs"]
+mod common;
+
+use std::path::Path;
+
+use common::{
+    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, train_stopped_and_resumed,
+    weights,
+};
+use serde_json::Value;
+
+fn step_lines(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "step")
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("images_per_sec");
+            v
+        })
+        .collect()
+}
+
+/// 96 digits, 16 per batch: 2 epochs of 6 steps.
+const TINY: &str = "model = \"puzzle-gan\"\n[train]\nlimit = 96\nbatch_size = 16\nepochs = 2\nlog_every = 1\nsample_count = 16\n[model_config]\nconv_dim = 4\npart_embed_dim = 8\nz_dim = 4\nl1_weight_start = 10.0\nl1_weight_end = 1.0\nl1_weight_epochs = 2\n";
+
+#[test]
+fn puzzle_trains_resumes_draws_and_measures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = run_file(tmp.path().join("puzzle.toml"), TINY);
+    let full = tmp.path().join("full");
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&full)]));
+    let steps = step_lines(&full);
+    assert_eq!(steps.len(), 12);
+    for (k, v) in steps.iter().enumerate() {
+        // G steps on odd steps only, as the reference's loop.
+        assert_eq!(v.get("g_loss").is_some(), k % 2 == 1, "step {k}: {v}");
+        assert!(v["d_shuffled_parts"].as_f64().unwrap().is_finite());
+    }
+    let part = tmp.path().join("part");
+    let ck = train_stopped_and_resumed(&cfg, &part, 7);
+    assert_eq!(step_lines(&part), steps, "the resumed run's steps differ");
+    let resumed = weights(&ck);
+    assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
+    assert_saves(
+        &resumed,
+        &[
+            "part_encoder.",
+            "mask_generator.",
+            "ema.generator.",
+            "ema.part_encoder.",
+            "optimizer.generator.",
+            "optimizer.discriminator.",
+        ],
+    );
+
+    // Rows: patches on black, mask, image, real; 5 test digits each.
+    for k in ["1", "3"] {
+        let png = tmp.path().join(format!("puzzle{k}.png"));
+        ok(run(&[
+            "sample",
+            s(&ck),
+            "--mode",
+            "puzzle",
+            "--from-test",
+            "5",
+            "--patches",
+            k,
+            "--out",
+            s(&png),
+        ]));
+        assert_eq!(png_size(&png), (2 + 5 * 34, 2 + 4 * 34));
+    }
+    let o = ok(run(&["eval", s(&ck), "--json", "--limit", "40"]));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = r["puzzle"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row["patches"], k + 1);
+        for key in [
+            "mask_iou",
+            "digit_accuracy",
+            "pasted_digit_accuracy",
+            "nearest_digit_accuracy",
+        ] {
+            let v = row[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} {v}");
+        }
+        // The nearest training digit over the mask beats an untrained generator there.
+        let (ours, nearest) = (
+            row["error_in_mask"].as_f64().unwrap(),
+            row["nearest_error_in_mask"].as_f64().unwrap(),
+        );
+        assert!(nearest < ours, "{nearest} vs {ours}");
+    }
+    // More patches, more of the digit pasted: the classifier reads three better than one.
+    let pasted = |k: usize| rows[k]["pasted_digit_accuracy"].as_f64().unwrap();
+    assert!(pasted(2) > pasted(0), "{} vs {}", pasted(2), pasted(0));
+
+    fails_with(
+        &["sample", s(&ck), "--mode", "puzzle", "--patches", "4"],
+        &["--patches 4", "1 to 3"],
+    );
+    fails_with(
+        &["sample", s(&ck), "--patches", "2"],
+        &["--patches", "--mode puzzle"],
+    );
+    fails_with(&["sample", s(&ck)], &["--mode puzzle"]);
+    let other =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cyclegan-invert.safetensors");
+    fails_with(
+        &["sample", s(&other), "--mode", "puzzle"],
+        &["cyclegan", "does not complete images"],
+    );
+}
+
+#[test]
+fn a_boxes_file_gives_the_patches_and_bad_boxes_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut boxes = String::new();
+    for i in 0..8u32 {
+        let img = image::GrayImage::from_fn(32, 32, |x, y| {
+            image::Luma([if x > 8 + i && y < 20 { 200 } else { 0 }])
+        });
+        img.save(data.join(format!("{i}.png"))).unwrap();
+        boxes += &format!("{i}.png 10,2,8,8 20,10,6,6\n");
+    }
+    std::fs::write(data.join("boxes.txt"), &boxes).unwrap();
+    let user = TINY
+        .replace("limit = 96\n", "")
+        .replace("batch_size = 16", "batch_size = 4")
+        .replace("epochs = 2", "epochs = 1");
+    let cfg = run_file(tmp.path().join("user.toml"), &user);
+    let out = tmp.path().join("user");
+    ok(run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]));
+
+    let bad = |name: &str, text: &str, needles: &[&str]| {
+        std::fs::write(data.join("boxes.txt"), text).unwrap();
+        let out = tmp.path().join(name);
+        fails_with(
+            &[
+                "train",
+                "--config",
+                s(&cfg),
+                "--data",
+                s(&data),
+                "--out",
+                s(&out),
+            ],
+            needles,
+        );
+        assert!(
+            !out.join("checkpoints").exists(),
+            "{name} left a checkpoint"
+        );
+    };
+    bad(
+        "outside",
+        &boxes.replace("0.png 10,2,8,8", "0.png 30,2,8,8"),
+        &["boxes.txt line 1", "outside the 32 x 32"],
+    );
+    bad(
+        "missing",
+        &boxes.replace("7.png 10,2,8,8 20,10,6,6\n", ""),
+        &["boxes.txt", "no boxes for image", "7.png"],
+    );
+    bad(
+        "malformed",
+        &boxes.replace("3.png 10,2,8,8", "3.png 10,2,8"),
+        &["line 4", "x,y,w,h"],
+    );
+}
