@@ -78,6 +78,12 @@ impl TrainConfig {
                 beta2: 0.99,
                 ..Self::defaults_for("dcgan")
             }
+        } else if model == "text2image-gan" || model == "puzzle-gan" {
+            // Past the text encoder's stage to the GAN; the reference's 25 epochs of L1 decay.
+            Self {
+                epochs: if model == "puzzle-gan" { 25 } else { 40 },
+                ..Self::defaults_for("dcgan")
+            }
         } else if implicit {
             Self {
                 epochs: 5,
@@ -507,5 +513,17 @@ mod tests {
             "{images} images, {} to reach the last stage",
             model.images_to_final_stage()
         );
+    }
+
+    /// `genzoo train text2image-gan` with no run file goes past the encoder's stage and trains
+    /// the GAN for at least as long again; `puzzle-gan` runs the reference's 25 epochs.
+    #[test]
+    fn text2image_and_puzzle_defaults_reach_their_gans() {
+        let train = TrainConfig::defaults_for("text2image-gan");
+        let images = train.epochs * 8006;
+        let encoder = gan_variants::text2image::Config::default().encoder_images;
+        assert!(images > 2 * encoder, "{images} images, {encoder} for the encoder");
+        assert_eq!(TrainConfig::defaults_for("puzzle-gan").epochs, 25);
+        assert_eq!(TrainConfig::defaults_for("puzzle-gan").lr, 2e-4);
     }
 }
