@@ -11,23 +11,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, train_stopped_and_resumed,
-    weights,
+    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, step_lines,
+    train_stopped_and_resumed, weights,
 };
 use serde_json::Value;
-
-fn step_lines(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["type"] == "step")
-        .map(|mut v| {
-            v.as_object_mut().unwrap().remove("images_per_sec");
-            v
-        })
-        .collect()
-}
 
 /// 32 x 32 (the padded digits), phases of 64 images, 16 per batch: 4 steps per phase; 128
 /// digits, 4 epochs of 8 steps.

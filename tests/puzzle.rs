@@ -9,23 +9,10 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, train_stopped_and_resumed,
-    weights,
+    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, step_lines,
+    train_stopped_and_resumed, weights,
 };
 use serde_json::Value;
-
-fn step_lines(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["type"] == "step")
-        .map(|mut v| {
-            v.as_object_mut().unwrap().remove("images_per_sec");
-            v
-        })
-        .collect()
-}
 
 /// 96 digits, 16 per batch: 2 epochs of 6 steps.
 const TINY: &str = "model = \"puzzle-gan\"\n[train]\nlimit = 96\nbatch_size = 16\nepochs = 2\nlog_every = 1\nsample_count = 16\n[model_config]\nconv_dim = 4\npart_embed_dim = 8\nz_dim = 4\nl1_weight_start = 10.0\nl1_weight_end = 1.0\nl1_weight_epochs = 2\n";

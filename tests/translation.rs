@@ -11,22 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{
-    fails_with, ok, png_size, run, run_file, s, stderr, stdout, train_stopped_and_resumed, weights,
+    fails_with, log_lines, ok, png_size, run, run_file, s, stderr, stdout,
+    train_stopped_and_resumed, weights,
 };
 use serde_json::Value;
-
-fn log_lines(dir: &Path, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["type"] == kind)
-        .map(|mut v| {
-            v.as_object_mut().unwrap().remove("images_per_sec");
-            v
-        })
-        .collect()
-}
 
 fn json(o: Output) -> Value {
     serde_json::from_str(&stdout(&ok(o))).unwrap()

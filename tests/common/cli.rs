@@ -113,3 +113,23 @@ pub fn assert_saves(tensors: &[(String, Vec<f32>)], prefixes: &[&str]) {
         );
     }
 }
+
+/// The lines of a run's `log.jsonl` of type `kind` (`step`, `epoch`), without their speed (which
+/// differs between an uninterrupted and a resumed run).
+pub fn log_lines(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == kind)
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("images_per_sec");
+            v
+        })
+        .collect()
+}
+
+/// The step lines of a run's log ([`log_lines`]).
+pub fn step_lines(dir: &Path) -> Vec<serde_json::Value> {
+    log_lines(dir, "step")
+}

@@ -53,7 +53,7 @@ impl Config {
     }
 }
 
-const WEIGHT_INIT: Init = Init::Randn {
+pub(crate) const WEIGHT_INIT: Init = Init::Randn {
     mean: 0.0,
     stdev: 0.02,
 };
@@ -66,11 +66,64 @@ const NORM_INIT: Option<Init> = Some(Init::Randn {
 
 const EPS: f64 = 1e-5;
 
-fn spec(stride: usize, padding: usize) -> ConvSpec {
+pub(crate) fn spec(stride: usize, padding: usize) -> ConvSpec {
     ConvSpec {
         stride: (stride, stride),
         padding: (padding, padding),
     }
+}
+
+/// pytorch/examples' generator from a `(b, latent, 1, 1)` input: a 4 x 4 transposed
+/// convolution to `ngf 2^(k-1)` maps, `k - 1` stride-2 ones halving them, each with BatchNorm
+/// and ReLU, then one to `channels` and tanh: `(b, channels, 4 2^k, 4 2^k)`. The layers take the
+/// indices of one `nn.Sequential` under `vb`.
+pub(crate) fn generator_stack(
+    latent: usize,
+    (ngf, channels): (usize, usize),
+    k: usize,
+    vb: VarBuilder,
+) -> Result<Stack> {
+    let mut ch = ngf << (k - 1);
+    // (b, latent, 1, 1) -> (b, ngf 2^(k-1), 4, 4)
+    let mut g = Sequential::new(vb)
+        .conv_transpose((latent, ch, 4), spec(1, 0), WEIGHT_INIT)?
+        .batch_norm(ch, EPS, NORM_INIT)?
+        .push(Layer::Relu);
+    for _ in 1..k {
+        g = g
+            .conv_transpose((ch, ch / 2, 4), spec(2, 1), WEIGHT_INIT)?
+            .batch_norm(ch / 2, EPS, NORM_INIT)?
+            .push(Layer::Relu);
+        ch /= 2;
+    }
+    Ok(
+        g.conv_transpose((ch, channels, 4), spec(2, 1), WEIGHT_INIT)?
+            .push(Layer::Tanh)
+            .build(),
+    )
+}
+
+/// pytorch/examples' discriminator down to `4 x 4`: stride-2 4 x 4 convolutions doubling the
+/// maps from `ndf` (LeakyReLU 0.2; BatchNorm after all but the first), `k` of them. Returns the
+/// layers (for a caller to finish) and the maps they end with, `ndf 2^(k-1)`.
+pub(crate) fn discriminator_trunk(
+    channels: usize,
+    ndf: usize,
+    k: usize,
+    vb: VarBuilder,
+) -> Result<(Sequential, usize)> {
+    let mut d = Sequential::new(vb)
+        .conv((channels, ndf, 4), spec(2, 1), false, Some(WEIGHT_INIT))?
+        .push(Layer::LeakyRelu(0.2));
+    let mut ch = ndf;
+    for _ in 1..k {
+        d = d
+            .conv((ch, ch * 2, 4), spec(2, 1), false, Some(WEIGHT_INIT))?
+            .batch_norm(ch * 2, EPS, NORM_INIT)?
+            .push(Layer::LeakyRelu(0.2));
+        ch *= 2;
+    }
+    Ok((d, ch))
 }
 
 pub struct Dcgan {
@@ -83,41 +136,14 @@ pub struct Dcgan {
 impl Dcgan {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let k = cfg.stages()?;
-        let mut ch = cfg.ngf << (k - 1);
-        // (b, nz, 1, 1) -> (b, ngf 2^(k-1), 4, 4)
-        let mut g = Sequential::new(vb.pp("generator").pp("main"))
-            .conv_transpose((cfg.nz, ch, 4), spec(1, 0), WEIGHT_INIT)?
-            .batch_norm(ch, EPS, NORM_INIT)?
-            .push(Layer::Relu);
-        for _ in 1..k {
-            g = g
-                .conv_transpose((ch, ch / 2, 4), spec(2, 1), WEIGHT_INIT)?
-                .batch_norm(ch / 2, EPS, NORM_INIT)?
-                .push(Layer::Relu);
-            ch /= 2;
-        }
-        // (b, nc, size, size)
-        let generator = g
-            .conv_transpose((ch, cfg.channels, 4), spec(2, 1), WEIGHT_INIT)?
-            .push(Layer::Tanh)
-            .build();
-
-        let mut d = Sequential::new(vb.pp("discriminator").pp("main"))
-            .conv(
-                (cfg.channels, cfg.ndf, 4),
-                spec(2, 1),
-                false,
-                Some(WEIGHT_INIT),
-            )?
-            .push(Layer::LeakyRelu(0.2));
-        let mut ch = cfg.ndf;
-        for _ in 1..k {
-            d = d
-                .conv((ch, ch * 2, 4), spec(2, 1), false, Some(WEIGHT_INIT))?
-                .batch_norm(ch * 2, EPS, NORM_INIT)?
-                .push(Layer::LeakyRelu(0.2));
-            ch *= 2;
-        }
+        let generator = generator_stack(
+            cfg.nz,
+            (cfg.ngf, cfg.channels),
+            k,
+            vb.pp("generator").pp("main"),
+        )?;
+        let (d, ch) =
+            discriminator_trunk(cfg.channels, cfg.ndf, k, vb.pp("discriminator").pp("main"))?;
         // (b, 1, 1, 1)
         let discriminator = d
             .conv((ch, 1, 4), spec(1, 0), false, Some(WEIGHT_INIT))?

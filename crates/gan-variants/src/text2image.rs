@@ -44,7 +44,6 @@ use std::collections::{BTreeSet, HashMap};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 use layers::gan::{target_loss, to_tanh_range, to_unit_range, GanLoss};
-use layers::kernels::conv::ConvSpec;
 use layers::kernels::linear::Linear;
 use layers::model::Captioned;
 use layers::nn::sequential::{Layer, Sequential, Stack};
@@ -53,6 +52,8 @@ use layers::step::{
 };
 use layers::{GenerativeModel, ImageShape, ModelKind, Rng, Trainable, Values};
 use serde::{Deserialize, Serialize};
+
+use crate::dcgan::{discriminator_trunk, generator_stack, spec, WEIGHT_INIT};
 
 /// The 70 characters of Reed et al.'s char-CNN-RNN (space included); captions are lowercased.
 pub const REED_ALPHABET: &str =
@@ -169,25 +170,10 @@ impl Config {
     }
 }
 
-const WEIGHT_INIT: Init = Init::Randn {
-    mean: 0.0,
-    stdev: 0.02,
-};
-const NORM_INIT: Option<Init> = Some(Init::Randn {
-    mean: 1.0,
-    stdev: 0.02,
-});
 const EPS: f64 = 1e-5;
 
 /// How many training captions are kept for `sample` without a caption and for the grids.
 const CAPTION_BANK: usize = 512;
-
-fn spec(stride: usize, padding: usize) -> ConvSpec {
-    ConvSpec {
-        stride: (stride, stride),
-        padding: (padding, padding),
-    }
-}
 
 /// `Linear, BatchNorm1d, LeakyReLU(0.2)` from the embedding to its projection (G's
 /// `projection`, D's `projector.projection`).
@@ -374,42 +360,11 @@ impl TextToImageGan {
         cfg.validate()?;
         let k = cfg.stages()?;
         let (g, d) = (vb.pp("generator"), vb.pp("discriminator"));
-        // (b, proj + nz, 1, 1) -> (b, ngf 2^(k-1), 4, 4) -> ... -> (b, nc, size, size)
-        let mut ch = cfg.ngf << (k - 1);
+        // pytorch/examples' DCGAN networks, as the reference builds them.
         let latent = cfg.projected_embed_dim + cfg.noise_dim;
-        let mut seq = Sequential::new(g.pp("netG"))
-            .conv_transpose((latent, ch, 4), spec(1, 0), WEIGHT_INIT)?
-            .batch_norm(ch, EPS, NORM_INIT)?
-            .push(Layer::Relu);
-        for _ in 1..k {
-            seq = seq
-                .conv_transpose((ch, ch / 2, 4), spec(2, 1), WEIGHT_INIT)?
-                .batch_norm(ch / 2, EPS, NORM_INIT)?
-                .push(Layer::Relu);
-            ch /= 2;
-        }
-        let net_g = seq
-            .conv_transpose((ch, cfg.channels, 4), spec(2, 1), WEIGHT_INIT)?
-            .push(Layer::Tanh)
-            .build();
-        // (b, nc, size, size) -> (b, ndf 2^(k-1), 4, 4)
-        let mut seq = Sequential::new(d.pp("netD_1"))
-            .conv(
-                (cfg.channels, cfg.ndf, 4),
-                spec(2, 1),
-                false,
-                Some(WEIGHT_INIT),
-            )?
-            .push(Layer::LeakyRelu(0.2));
-        let mut ch = cfg.ndf;
-        for _ in 1..k {
-            seq = seq
-                .conv((ch, ch * 2, 4), spec(2, 1), false, Some(WEIGHT_INIT))?
-                .batch_norm(ch * 2, EPS, NORM_INIT)?
-                .push(Layer::LeakyRelu(0.2));
-            ch *= 2;
-        }
-        let net_d1 = seq.build();
+        let net_g = generator_stack(latent, (cfg.ngf, cfg.channels), k, g.pp("netG"))?;
+        let (trunk, ch) = discriminator_trunk(cfg.channels, cfg.ndf, k, d.pp("netD_1"))?;
+        let net_d1 = trunk.build();
         let net_d2 = Sequential::new(d.pp("netD_2"))
             .conv(
                 (ch + cfg.projected_embed_dim, 1, 4),

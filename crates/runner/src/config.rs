@@ -522,7 +522,10 @@ mod tests {
         let train = TrainConfig::defaults_for("text2image-gan");
         let images = train.epochs * 8006;
         let encoder = gan_variants::text2image::Config::default().encoder_images;
-        assert!(images > 2 * encoder, "{images} images, {encoder} for the encoder");
+        assert!(
+            images > 2 * encoder,
+            "{images} images, {encoder} for the encoder"
+        );
         assert_eq!(TrainConfig::defaults_for("puzzle-gan").epochs, 25);
         assert_eq!(TrainConfig::defaults_for("puzzle-gan").lr, 2e-4);
     }

@@ -137,6 +137,29 @@ pub struct EvalReport {
     pub puzzle: Option<crate::report::puzzle::PuzzleReport>,
 }
 
+impl EvalReport {
+    /// The report of `loaded` with nothing measured yet.
+    fn of(loaded: &Loaded, args: &EvalArgs) -> Self {
+        Self {
+            model: loaded.run.model.clone(),
+            checkpoint: args.checkpoint.display().to_string(),
+            step: loaded.progress.step,
+            dataset: String::new(),
+            images: 0,
+            binarization: "none".into(),
+            likelihood: None,
+            importance_samples: None,
+            metrics: Vec::new(),
+            sample_quality: None,
+            code_accuracy: None,
+            code_assignment: None,
+            translation: None,
+            text: None,
+            puzzle: None,
+        }
+    }
+}
+
 fn describe(name: &str) -> &str {
     match name {
         "nll" => "-log p(x)",
@@ -175,21 +198,8 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         )?),
     };
     let mut report = EvalReport {
-        model: loaded.run.model.clone(),
-        checkpoint: args.checkpoint.display().to_string(),
-        step: loaded.progress.step,
-        dataset: String::new(),
-        images: 0,
-        binarization: "none".into(),
-        likelihood: None,
-        importance_samples: None,
-        metrics: Vec::new(),
         sample_quality,
-        code_accuracy: None,
-        code_assignment: None,
-        translation: None,
-        text: None,
-        puzzle: None,
+        ..EvalReport::of(&loaded, args)
     };
     if model.as_likelihood().is_some() {
         likelihoods(&loaded, args, &mut report)?;
@@ -236,25 +246,12 @@ fn translation(loaded: &Loaded, args: &EvalArgs) -> Result<EvalReport> {
         },
     )?;
     Ok(EvalReport {
-        model: loaded.run.model.clone(),
-        checkpoint: args.checkpoint.display().to_string(),
-        step: loaded.progress.step,
-        dataset: String::new(),
         images: report.images,
-        binarization: "none".into(),
-        likelihood: None,
-        importance_samples: None,
-        metrics: Vec::new(),
-        sample_quality: None,
-        code_accuracy: None,
-        code_assignment: None,
         translation: Some(report),
-        text: None,
-        puzzle: None,
+        ..EvalReport::of(loaded, args)
     })
 }
 
-/// `-log p(x)` and the model's other per-image figures on the test digits.
 /// Puzzle-GAN's figures: it completes images rather than drawing them.
 fn puzzle_report(
     loaded: &Loaded,
@@ -275,24 +272,14 @@ fn puzzle_report(
         },
     )?;
     Ok(EvalReport {
-        model: loaded.run.model.clone(),
-        checkpoint: args.checkpoint.display().to_string(),
-        step: loaded.progress.step,
         dataset: report.dataset.clone(),
         images: report.images,
-        binarization: "none".into(),
-        likelihood: None,
-        importance_samples: None,
-        metrics: Vec::new(),
-        sample_quality: None,
-        code_accuracy: None,
-        code_assignment: None,
-        translation: None,
-        text: None,
         puzzle: Some(report),
+        ..EvalReport::of(loaded, args)
     })
 }
 
+/// `-log p(x)` and the model's other per-image figures on the test digits.
 fn likelihoods(loaded: &Loaded, args: &EvalArgs, report: &mut EvalReport) -> Result<()> {
     let model = loaded
         .model

@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 use layers::{Rng, Stream};
 use serde::Deserialize;
 
-use crate::data::source::{Label, Source};
+use crate::data::source::Annotated;
 use crate::data::transforms::Image;
 use crate::data::Dataset;
 
@@ -299,58 +299,6 @@ pub fn caption_all(descriptions: &[Description], per_image: usize, seed: u64) ->
         .collect()
 }
 
-/// Images with their captions; a batch takes one of an image's captions at random.
-pub struct WithCaptions {
-    pub inner: Box<dyn Source>,
-    pub captions: Vec<Vec<String>>,
-}
-
-impl WithCaptions {
-    pub fn new(inner: Box<dyn Source>, captions: Vec<Vec<String>>) -> Result<Self> {
-        ensure!(
-            captions.len() == inner.len(),
-            "{}: {} caption sets for {} images",
-            inner.name(),
-            captions.len(),
-            inner.len()
-        );
-        if let Some(i) = captions
-            .iter()
-            .position(|c| c.iter().all(|s| s.trim().is_empty()))
-        {
-            bail!(
-                "{}: image {i} has no caption (every caption is empty)",
-                inner.name()
-            );
-        }
-        Ok(Self { inner, captions })
-    }
-}
-
-impl Source for WithCaptions {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-    fn shape(&self) -> [usize; 3] {
-        self.inner.shape()
-    }
-    fn image(&self, i: usize, rng: &mut Rng) -> Result<Image> {
-        self.inner.image(i, rng)
-    }
-    fn label(&self, i: usize) -> Label {
-        self.inner.label(i)
-    }
-    fn classes(&self) -> Option<usize> {
-        self.inner.classes()
-    }
-    fn captions(&self, i: usize) -> Option<&[String]> {
-        Some(&self.captions[i])
-    }
-}
-
 /// The captioned digits of a split: every digit with `per_image` captions, the training split
 /// without the digits of a held-out combination.
 pub fn captioned_digits(
@@ -360,7 +308,7 @@ pub fn captioned_digits(
     per_image: usize,
     seed: u64,
     train: bool,
-) -> Result<WithCaptions> {
+) -> Result<Annotated> {
     let descriptions = describe_digits(&digits)?;
     let captions = caption_all(&descriptions, per_image, seed);
     let kept: Vec<usize> = (0..digits.len())
@@ -368,7 +316,7 @@ pub fn captioned_digits(
         .collect();
     let captions = kept.iter().map(|&i| captions[i].clone()).collect();
     let inner = crate::data::source::InMemory::new(digits, Some(kept), transforms)?;
-    WithCaptions::new(Box::new(inner), captions)
+    Annotated::with_captions(Box::new(inner), captions)
 }
 
 /// One line of a JSONL captions file.
@@ -466,6 +414,7 @@ pub fn read_reference_layout(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::source::{Label, Source};
 
     fn image(side: usize, f: impl Fn(usize, usize) -> f32) -> Image {
         let data = (0..side * side).map(|k| f(k / side, k % side)).collect();
@@ -578,13 +527,15 @@ mod tests {
         );
         let thick = |s: &String| ["thick", "bold", "heavy"].iter().any(|w| s.contains(w));
         let kept_thick_sevens = (0..held.len())
-            .filter(|&i| held.label(i) == Label::Class(7) && held.captions[i].iter().any(thick))
+            .filter(|&i| {
+                held.label(i) == Label::Class(7) && held.captions(i).unwrap().iter().any(thick)
+            })
             .count();
         assert_eq!(kept_thick_sevens, 0);
         Ok(())
     }
 
-    fn digits_of(s: &WithCaptions, d: u32) -> usize {
+    fn digits_of(s: &Annotated, d: u32) -> usize {
         (0..s.len())
             .filter(|&i| s.label(i) == Label::Class(d))
             .count()

@@ -10,39 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use image::{imageops, ImageBuffer, Luma};
 use layers::step::PatchBox;
 
-use crate::data::source::{Label, Source};
 use crate::data::transforms::Image;
-use layers::Rng;
-
-/// Images with the boxes of a boxes file.
-pub struct WithBoxes {
-    pub inner: Box<dyn Source>,
-    pub boxes: Vec<Vec<PatchBox>>,
-}
-
-impl Source for WithBoxes {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-    fn shape(&self) -> [usize; 3] {
-        self.inner.shape()
-    }
-    fn image(&self, i: usize, rng: &mut Rng) -> Result<Image> {
-        self.inner.image(i, rng)
-    }
-    fn label(&self, i: usize) -> Label {
-        self.inner.label(i)
-    }
-    fn classes(&self) -> Option<usize> {
-        self.inner.classes()
-    }
-    fn boxes(&self, i: usize) -> Option<&[PatchBox]> {
-        Some(&self.boxes[i])
-    }
-}
 
 /// Up to `count` non-overlapping `size x size` windows of `image`, each the window with the
 /// most ink (the channels summed) among those that overlap no window chosen before; windows

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::config::DataConfig;
 use crate::data::attributes::AttributeTable;
 use crate::data::folder::{folder_source, list_images, probe_channels, Listing};
-use crate::data::source::{InMemory, Label, Source, WithAttributes};
+use crate::data::source::{Annotated, InMemory, Label, Source, WithAttributes};
 use crate::data::transforms::{Image, Pipeline, Transform};
 use crate::data::{is_idx_dir, load_split, Batches, Binarization, Dataset, Split};
 
@@ -572,10 +572,7 @@ fn boxed_source(
         })
         .collect::<Result<Vec<_>>>()?;
     let inner = folder_for(listing, spec, data)?;
-    Ok(Box::new(crate::data::patches::WithBoxes {
-        inner,
-        boxes: per_image,
-    }))
+    Ok(Box::new(Annotated::with_boxes(inner, per_image)?))
 }
 
 /// One caption of each image of `idx`, each drawn from its image's captions.
@@ -631,9 +628,7 @@ fn caption_source(
     };
     let sets = chosen.iter().map(|&i| sets[i].clone()).collect();
     let inner = folder_for(listing, spec, data)?;
-    Ok(Box::new(crate::data::captions::WithCaptions::new(
-        inner, sets,
-    )?))
+    Ok(Box::new(Annotated::with_captions(inner, sets)?))
 }
 
 /// The rows of a split of `n` user images: a seeded shuffle, `[data] test_count` (at most half)

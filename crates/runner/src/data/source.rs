@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
+use layers::step::PatchBox;
 use layers::Rng;
 
 use crate::data::transforms::{Image, Pipeline};
@@ -56,7 +57,7 @@ pub trait Source: Send + Sync {
     }
 
     /// Image `i`'s key patch boxes, given rather than chosen (None: chosen from the ink).
-    fn boxes(&self, _i: usize) -> Option<&[layers::step::PatchBox]> {
+    fn boxes(&self, _i: usize) -> Option<&[PatchBox]> {
         None
     }
 }
@@ -284,5 +285,83 @@ impl Source for WithAttributes {
 
     fn attribute_names(&self) -> Option<Vec<String>> {
         Some(self.names.clone())
+    }
+}
+
+/// Images with what is said of each beyond its label: its captions (a batch takes one at
+/// random), or the boxes of its key patches (from a boxes file).
+pub struct Annotated {
+    pub inner: Box<dyn Source>,
+    captions: Option<Vec<Vec<String>>>,
+    boxes: Option<Vec<Vec<PatchBox>>>,
+}
+
+impl Annotated {
+    /// Captions for every image, at least one of them not empty per image.
+    pub fn with_captions(inner: Box<dyn Source>, captions: Vec<Vec<String>>) -> Result<Self> {
+        ensure!(
+            captions.len() == inner.len(),
+            "{}: {} caption sets for {} images",
+            inner.name(),
+            captions.len(),
+            inner.len()
+        );
+        if let Some(i) = captions
+            .iter()
+            .position(|c| c.iter().all(|s| s.trim().is_empty()))
+        {
+            anyhow::bail!(
+                "{}: image {i} has no caption (every caption is empty)",
+                inner.name()
+            );
+        }
+        Ok(Self {
+            inner,
+            captions: Some(captions),
+            boxes: None,
+        })
+    }
+
+    /// Boxes for every image.
+    pub fn with_boxes(inner: Box<dyn Source>, boxes: Vec<Vec<PatchBox>>) -> Result<Self> {
+        ensure!(
+            boxes.len() == inner.len(),
+            "{}: {} box lists for {} images",
+            inner.name(),
+            boxes.len(),
+            inner.len()
+        );
+        Ok(Self {
+            inner,
+            captions: None,
+            boxes: Some(boxes),
+        })
+    }
+}
+
+impl Source for Annotated {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn shape(&self) -> [usize; 3] {
+        self.inner.shape()
+    }
+    fn image(&self, i: usize, rng: &mut Rng) -> Result<Image> {
+        self.inner.image(i, rng)
+    }
+    fn label(&self, i: usize) -> Label {
+        self.inner.label(i)
+    }
+    fn classes(&self) -> Option<usize> {
+        self.inner.classes()
+    }
+    fn captions(&self, i: usize) -> Option<&[String]> {
+        self.captions.as_ref().map(|c| c[i].as_slice())
+    }
+    fn boxes(&self, i: usize) -> Option<&[PatchBox]> {
+        self.boxes.as_ref().map(|b| b[i].as_slice())
     }
 }
