@@ -211,16 +211,8 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         );
     }
     if let Some(captioned) = model.as_captioned() {
-        let args = crate::report::text::TextArgs {
-            run: &loaded.run,
-            data: args.data.as_deref(),
-            classifier: args.classifier.as_deref(),
-            limit: args.limit,
-            batch_size: args.batch_size,
-            seed: args.seed,
-            device: &args.device,
-        };
-        report.text = Some(crate::report::text::evaluate(captioned, &args)?);
+        let held_out = held_out_args(&loaded, args);
+        report.text = Some(crate::report::text::evaluate(captioned, &held_out)?);
     }
     if let Some(coded) = model.as_coded() {
         let assignment = code_assignment(coded, model.image_shape(), args)?;
@@ -252,25 +244,27 @@ fn translation(loaded: &Loaded, args: &EvalArgs) -> Result<EvalReport> {
     })
 }
 
+/// What the reports on held-out digits read, from the command's arguments.
+fn held_out_args<'a>(loaded: &'a Loaded, args: &'a EvalArgs) -> crate::report::HeldOutArgs<'a> {
+    crate::report::HeldOutArgs {
+        run: &loaded.run,
+        data: args.data.as_deref(),
+        classifier: args.classifier.as_deref(),
+        limit: args.limit,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        device: &args.device,
+    }
+}
+
 /// Puzzle-GAN's figures: it completes images rather than drawing them.
 fn puzzle_report(
     loaded: &Loaded,
     model: &dyn layers::Puzzle,
     args: &EvalArgs,
 ) -> Result<EvalReport> {
-    let report = crate::report::puzzle::evaluate(
-        model,
-        &crate::report::puzzle::PuzzleArgs {
-            run: &loaded.run,
-            spec: loaded.model.data_spec(),
-            data: args.data.as_deref(),
-            classifier: args.classifier.as_deref(),
-            limit: args.limit,
-            batch_size: args.batch_size,
-            seed: args.seed,
-            device: &args.device,
-        },
-    )?;
+    let spec = loaded.model.data_spec();
+    let report = crate::report::puzzle::evaluate(model, &spec, &held_out_args(loaded, args))?;
     Ok(EvalReport {
         dataset: report.dataset.clone(),
         images: report.images,

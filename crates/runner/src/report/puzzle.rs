@@ -10,8 +10,6 @@
 //! (least squared difference over the true mask), which shows what looking up a known digit
 //! gives.
 
-use std::path::Path;
-
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use layers::eval::classifier::LeNet;
@@ -20,11 +18,11 @@ use layers::step::DataSpec;
 use layers::{Rng, Stream};
 use serde::Serialize;
 
-use crate::config::RunConfig;
 use crate::data::pipeline::SplitSources;
 use crate::data::source::Label;
 use crate::data::{Binarization, Split};
 use crate::report::quality::classifier_view;
+use crate::report::HeldOutArgs;
 
 #[derive(Debug, Serialize)]
 pub struct PuzzleRow {
@@ -46,17 +44,6 @@ pub struct PuzzleReport {
     pub rows: Vec<PuzzleRow>,
 }
 
-pub struct PuzzleArgs<'a> {
-    pub run: &'a RunConfig,
-    pub spec: DataSpec,
-    pub data: Option<&'a Path>,
-    pub classifier: Option<&'a Path>,
-    pub limit: usize,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub device: &'a Device,
-}
-
 /// Sums over the images of one patch count.
 #[derive(Default)]
 struct Tally {
@@ -68,9 +55,9 @@ struct Tally {
     nearest_digit: usize,
 }
 
-pub fn evaluate(model: &dyn Puzzle, args: &PuzzleArgs) -> Result<PuzzleReport> {
-    let test = SplitSources::load(&args.spec, &args.run.data, args.data, Split::Test)?;
-    let train = SplitSources::load(&args.spec, &args.run.data, args.data, Split::Train)?;
+pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Result<PuzzleReport> {
+    let test = SplitSources::load(spec, &args.run.data, args.data, Split::Test)?;
+    let train = SplitSources::load(spec, &args.run.data, args.data, Split::Train)?;
     let n = match args.limit {
         0 => test.images.len(),
         l => l.min(test.images.len()),

@@ -9,16 +9,12 @@
 //! - interpolation: images along the line from "thin" to "thick" (all else the same, one noise
 //!   vector per row): Spearman's rank correlation of the measured thickness with the step.
 
-use std::path::Path;
-
 use anyhow::{ensure, Result};
-use candle_core::Device;
 use layers::eval::classifier::LeNet;
 use layers::model::Captioned;
 use layers::{Rng, Stream};
 use serde::Serialize;
 
-use crate::config::RunConfig;
 use crate::data::captions::{
     canonical_caption, caption_all, describe_digits, measure, Bins, Combination, Description,
     BIN_NAMES, TRAITS,
@@ -26,6 +22,7 @@ use crate::data::captions::{
 use crate::data::{load_split, Split};
 use crate::report::quality::classifier_view;
 use crate::report::translation::images_of;
+use crate::report::HeldOutArgs;
 
 #[derive(Debug, Serialize)]
 pub struct TraitAccuracy {
@@ -69,23 +66,13 @@ pub struct TextReport {
     pub interpolation: InterpolationReport,
 }
 
-pub struct TextArgs<'a> {
-    pub run: &'a RunConfig,
-    pub data: Option<&'a Path>,
-    pub classifier: Option<&'a Path>,
-    pub limit: usize,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub device: &'a Device,
-}
-
 /// What one image did against its caption.
 struct Judged {
     digit_right: bool,
     bins_right: [bool; 3],
 }
 
-pub fn evaluate(model: &dyn Captioned, args: &TextArgs) -> Result<TextReport> {
+pub fn evaluate(model: &dyn Captioned, args: &HeldOutArgs) -> Result<TextReport> {
     let mut digits = load_split(args.data, Split::Test, [1, 28, 28])?;
     if args.limit > 0 {
         digits.truncate(args.limit);
