@@ -63,8 +63,10 @@ fn list_names_every_model_with_its_kind_and_status() {
     assert!(vae.contains("explicit") && vae.contains("built"), "{vae}");
     let gan = out.lines().find(|l| l.starts_with("dcgan")).unwrap();
     assert!(gan.contains("implicit") && gan.contains("built"), "{gan}");
-    let later = out.lines().find(|l| l.starts_with("puzzle-gan")).unwrap();
-    assert!(later.contains("not built yet"), "{later}");
+    // Every model of the mission is built.
+    assert!(!out.contains("not built"), "{out}");
+    let last = out.lines().find(|l| l.starts_with("puzzle-gan")).unwrap();
+    assert!(last.contains("implicit") && last.contains("built"), "{last}");
     let grown = out.lines().find(|l| l.starts_with("progan")).unwrap();
     assert!(
         grown.contains("built") && !grown.contains("not built"),
@@ -512,8 +514,8 @@ fn bad_inputs_are_clear_errors_that_change_nothing() {
     assert_eq!(plain.trim().lines().count(), 1, "{plain}");
     assert!(manifold(true).lines().count() > 3, "-v shows the backtrace");
     fails_with(
-        &["train", "puzzle-gan", "--out", s(&out)],
-        &["not built yet"],
+        &["train", "puzzel-gan", "--out", s(&out)],
+        &["unknown model `puzzel-gan`", "puzzle-gan"],
     );
     fails_with(&["train"], &["name a model"]);
 
