@@ -66,7 +66,10 @@ fn list_names_every_model_with_its_kind_and_status() {
     // Every model of the mission is built.
     assert!(!out.contains("not built"), "{out}");
     let last = out.lines().find(|l| l.starts_with("puzzle-gan")).unwrap();
-    assert!(last.contains("implicit") && last.contains("built"), "{last}");
+    assert!(
+        last.contains("implicit") && last.contains("built"),
+        "{last}"
+    );
     let grown = out.lines().find(|l| l.starts_with("progan")).unwrap();
     assert!(
         grown.contains("built") && !grown.contains("not built"),
@@ -1080,4 +1083,19 @@ fn gans_train_alike_on_any_thread_count() {
     assert!(text.contains("stable_images = 1\n") && text.contains("fade_images = 1\n"));
     let config = run_file(tmp.path().join("progan.toml"), text);
     assert_thread_count_changes_nothing("progan", &["--config", s(&config)]);
+    // The text-to-image GAN with an encoder stage of one step: step 1 is the GAN's; Puzzle-GAN's
+    // second step is its first G step.
+    let shipped = |name: &str| {
+        std::fs::read_to_string(format!(
+            "{}/../../models/{name}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let text = shipped("text2image").replace("encoder_images = 96000", "encoder_images = 1");
+    assert!(text.contains("encoder_images = 1\n"));
+    let config = run_file(tmp.path().join("text2image.toml"), text);
+    assert_thread_count_changes_nothing("text2image", &["--config", s(&config)]);
+    let config = run_file(tmp.path().join("puzzle.toml"), shipped("puzzle"));
+    assert_thread_count_changes_nothing("puzzle", &["--config", s(&config)]);
 }
