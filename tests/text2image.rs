@@ -88,8 +88,16 @@ fn text2image_trains_its_encoder_then_its_gan_and_resumes_exactly() {
         s(&png),
     ]));
     assert_eq!(png_size(&png), (2 + 5 * 34, 2 + 2 * 34));
-    // Without a caption it draws from the captions it was trained on.
+    // Without a caption it draws from the captions it was trained on, also from the exported
+    // weights, which keep the words and captions seen (and refuse others).
     ok(run(&["sample", s(&ck), "-n", "4", "--out", s(&png)]));
+    let shipped = tmp.path().join("shipped.safetensors");
+    ok(run(&["export", s(&ck), s(&shipped)]));
+    ok(run(&["sample", s(&shipped), "-n", "4", "--out", s(&png)]));
+    fails_with(
+        &["sample", s(&shipped), "--caption", "purple elephant"],
+        &["none of its words"],
+    );
 
     // The text metrics, on 60 test digits' captions.
     let o = ok(run(&[

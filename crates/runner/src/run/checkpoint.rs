@@ -26,6 +26,8 @@ pub const META_DATASET: &str = "genzoo.dataset";
 pub const META_VERSION: &str = "genzoo.version";
 pub const META_OPTIMIZER_STEP: &str = "genzoo.optimizer.step";
 pub const META_EPOCH_SUMS: &str = "genzoo.epoch_sums";
+/// Updates of the weight average so far (its warm-up): the steps, unless a stage restarted it.
+pub const META_AVERAGE_UPDATES: &str = "genzoo.average.updates";
 pub const FORMAT_VERSION: &str = "1";
 /// Prefix of the optimisers' tensors, kept apart from the model's reference names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer";
@@ -123,6 +125,10 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
             ck.tensors
                 .insert(format!("{AVERAGE_PREFIX}.{name}"), avg.clone());
         }
+        ck.metadata.insert(
+            META_AVERAGE_UPDATES.to_string(),
+            average.updates.to_string(),
+        );
     }
     for (name, t) in &state.model_state {
         ck.tensors
@@ -387,21 +393,25 @@ pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path
             ),
         }
     }
-    // One update per step.
-    average.updates = loaded.progress.step;
+    // One update per step since the average (re)started; checkpoints from before the count
+    // was saved never restarted it.
+    average.updates = match loaded.checkpoint.meta(META_AVERAGE_UPDATES) {
+        Some(_) => parse_meta(&loaded.checkpoint, META_AVERAGE_UPDATES, path)?,
+        None => loaded.progress.step,
+    };
     Ok(())
 }
 
-/// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state or
-/// the model's training state (an image pool): a file to share or ship, which `sample` and
-/// `eval` read like the checkpoint (the weight average stays: samples are drawn with it).
+/// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state: a
+/// file to share or ship, which `sample` and `eval` read like the checkpoint. The weight average
+/// stays (samples are drawn with it), and so does the model's state, which sampling may read
+/// (a Progressive GAN's phase, the words and captions a text-to-image model has seen).
 pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
     let mut ck = Checkpoint::load(src, &Device::Cpu)?;
     ck.require_meta(META_MODEL, src)?;
     let before = ck.tensors.len();
-    let dropped = [OPTIMIZER_PREFIX, STATE_PREFIX].map(|p| format!("{p}."));
-    ck.tensors
-        .retain(|name, _| !dropped.iter().any(|p| name.starts_with(p.as_str())));
+    let dropped = format!("{OPTIMIZER_PREFIX}.");
+    ck.tensors.retain(|name, _| !name.starts_with(&dropped));
     ck.metadata
         .retain(|k, _| !(k.starts_with("genzoo.optimizer") && k.ends_with("step")));
     ck.metadata.remove(META_EPOCH_SUMS);
