@@ -1092,7 +1092,7 @@ fn gans_train_alike_on_any_thread_count() {
         ))
         .unwrap()
     };
-    let text = shipped("text2image").replace("encoder_images = 96000", "encoder_images = 1");
+    let text = shipped("text2image").replace("encoder_images = 48000", "encoder_images = 1");
     assert!(text.contains("encoder_images = 1\n"));
     let config = run_file(tmp.path().join("text2image.toml"), text);
     assert_thread_count_changes_nothing("text2image", &["--config", s(&config)]);

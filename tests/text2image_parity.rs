@@ -29,6 +29,8 @@ fn model(ck: &Checkpoint) -> Result<(TextToImageGan, VarMap)> {
         projected_embed_dim: 8,
         ngf: 8,
         ndf: 8,
+        // aelnouby's D, which the fixture builds.
+        joint_layer: false,
         ..Config::default()
     };
     let m = TextToImageGan::new(&cfg, vb)?;

@@ -59,7 +59,7 @@ pub(crate) const WEIGHT_INIT: Init = Init::Randn {
 };
 
 /// BatchNorm scales N(1, 0.02), as `weights_init` sets them.
-const NORM_INIT: Option<Init> = Some(Init::Randn {
+pub(crate) const NORM_INIT: Option<Init> = Some(Init::Randn {
     mean: 1.0,
     stdev: 0.02,
 });

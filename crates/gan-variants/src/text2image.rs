@@ -20,8 +20,10 @@
 //!    - G: `[projection(e) (128), z (noise_dim)]` as a `1 x 1` map -> pytorch/examples' DCGAN
 //!      generator (`netG`), `projection` = Linear, BatchNorm1d, LeakyReLU 0.2;
 //!    - D: DCGAN's discriminator trunk to `4 x 4` (`netD_1`), the projected embedding tiled
-//!      over the `4 x 4` map and concatenated (`projector`), a `4 x 4` convolution to one
-//!      logit (`netD_2`; the reference ends in a sigmoid and BCE, equal to BCE with logits);
+//!      over the `4 x 4` map and concatenated (`projector`), reedscot's `1 x 1` joint layer
+//!      (see [`Config::joint_layer`]; aelnouby's port has none) and a `4 x 4` convolution to
+//!      one logit (`netD_2`; the reference ends in a sigmoid and BCE, equal to BCE with
+//!      logits);
 //!    - GAN-CLS, the matching-aware discriminator: `L_D = BCE(D(x, e), 1) + 1/2 BCE(D(x,
 //!      e_wrong), 0) + 1/2 BCE(D(G(z, e), e), 0)`, `e_wrong` the embedding of another image's
 //!      caption (of another digit, where the batch has classes); without it, `L_D = BCE(D(x,
@@ -53,7 +55,7 @@ use layers::step::{
 use layers::{GenerativeModel, ImageShape, ModelKind, Rng, Trainable, Values};
 use serde::{Deserialize, Serialize};
 
-use crate::dcgan::{discriminator_trunk, generator_stack, spec, WEIGHT_INIT};
+use crate::dcgan::{discriminator_trunk, generator_stack, spec, NORM_INIT, WEIGHT_INIT};
 
 /// The 70 characters of Reed et al.'s char-CNN-RNN (space included); captions are lowercased.
 pub const REED_ALPHABET: &str =
@@ -95,6 +97,13 @@ pub struct Config {
     /// Classes of the images (10 for digits): a wrong caption is one of another class. 0: the
     /// data has no classes, and a wrong caption is another image's.
     pub classes: usize,
+    /// reedscot's joint layer in D (a 1 x 1 convolution, BatchNorm and LeakyReLU over the image
+    /// maps joined with the tiled text, `netD_2.{0,1}`, before the 4 x 4 convolution,
+    /// `netD_2.3`). aelnouby's port leaves it out (`false`: its `netD_2.0`), which makes D's
+    /// logit a sum of an image term and a text term: D cannot then tell a right caption from a
+    /// wrong one for the same image, and G learns to ignore the text (measured on the digits:
+    /// the caption's digit at chance, 10.1%, and the wrong-caption term above ln 2 throughout).
+    pub joint_layer: bool,
 }
 
 impl Default for Config {
@@ -118,6 +127,7 @@ impl Default for Config {
             interpolation: true,
             interpolation_beta: 0.5,
             classes: 10,
+            joint_layer: true,
         }
     }
 }
@@ -365,14 +375,20 @@ impl TextToImageGan {
         let net_g = generator_stack(latent, (cfg.ngf, cfg.channels), k, g.pp("netG"))?;
         let (trunk, ch) = discriminator_trunk(cfg.channels, cfg.ndf, k, d.pp("netD_1"))?;
         let net_d1 = trunk.build();
-        let net_d2 = Sequential::new(d.pp("netD_2"))
-            .conv(
-                (ch + cfg.projected_embed_dim, 1, 4),
-                spec(1, 0),
-                false,
-                Some(WEIGHT_INIT),
-            )?
-            .build();
+        let joined = ch + cfg.projected_embed_dim;
+        let net_d2 = match cfg.joint_layer {
+            // reedscot's D: a 1 x 1 convolution over the joined maps (BatchNorm, LeakyReLU)
+            // before the 4 x 4 one, so the logit can depend on image and text together.
+            true => Sequential::new(d.pp("netD_2"))
+                .conv((joined, ch, 1), spec(1, 0), false, Some(WEIGHT_INIT))?
+                .batch_norm(ch, EPS, NORM_INIT)?
+                .push(Layer::LeakyRelu(0.2))
+                .conv((ch, 1, 4), spec(1, 0), false, Some(WEIGHT_INIT))?
+                .build(),
+            false => Sequential::new(d.pp("netD_2"))
+                .conv((joined, 1, 4), spec(1, 0), false, Some(WEIGHT_INIT))?
+                .build(),
+        };
         Ok(Self {
             cfg: cfg.clone(),
             text_encoder: TextEncoder::new(cfg, vb.pp("text_encoder"))?,
@@ -872,7 +888,47 @@ mod tests {
         }
         assert_eq!(
             names["discriminator.netD_2.0.weight"].dims(),
-            &[1, 32 + 8, 4, 4]
+            &[32, 32 + 8, 1, 1]
+        );
+        assert_eq!(
+            names["discriminator.netD_2.3.weight"].dims(),
+            &[1, 32, 4, 4]
+        );
+        Ok(())
+    }
+
+    /// Without the joint layer D's logit is an image term plus a text term: swapping the
+    /// caption moves the logit of every image alike, so D cannot learn which caption fits which
+    /// image. With it, the move depends on the image.
+    #[test]
+    fn only_the_joint_layer_lets_the_caption_fit_the_image() -> Result<()> {
+        let text_effect = |joint_layer: bool| -> Result<f32> {
+            let (m, _) = build(&Config {
+                joint_layer,
+                ..small()
+            })?;
+            let e = m.embed(&captions(&["a thick seven", "a thin one"]))?;
+            let mut rng = Rng::new(3);
+            let x = (rng
+                .uniform(2 * 32 * 32, &Device::Cpu)?
+                .reshape((2, 1, 32, 32))?
+                * 2.0
+                - 1.0)?;
+            // Logits of both images under caption 0, then under caption 1 (inference mode).
+            let under = |k: usize| -> Result<Vec<f32>> {
+                let ek = e.narrow(0, k, 1)?.repeat((2, 1))?;
+                m.discriminate(&x, &ek, false)?.to_vec1::<f32>()
+            };
+            let (a, b) = (under(0)?, under(1)?);
+            Ok(((b[0] - a[0]) - (b[1] - a[1])).abs())
+        };
+        assert!(
+            text_effect(false)? < 1e-6,
+            "aelnouby's D: the caption's effect is additive"
+        );
+        assert!(
+            text_effect(true)? > 1e-4,
+            "reedscot's joint layer: it depends on the image"
         );
         Ok(())
     }
