@@ -432,6 +432,11 @@ pub trait Trainable {
     }
 }
 
+/// The keys of [`Trainable::training_state`] that sampling reads too (a Progressive GAN's
+/// phase, the words and captions a text-to-image model has seen): exported weights keep them
+/// and drop the rest (image pools, which only training reads and which grow with the images).
+pub const SAMPLING_STATE: &[&str] = &["phase", "words", "captions"];
+
 /// Everything the runner holds: a model it can train, and sample or evaluate through the
 /// capabilities of [`GenerativeModel`].
 pub trait Model: GenerativeModel + Trainable {}

@@ -402,16 +402,22 @@ pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path
     Ok(())
 }
 
-/// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state: a
-/// file to share or ship, which `sample` and `eval` read like the checkpoint. The weight average
-/// stays (samples are drawn with it), and so does the model's state, which sampling may read
-/// (a Progressive GAN's phase, the words and captions a text-to-image model has seen).
+/// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state or
+/// the training-only state (image pools): a file to share or ship, which `sample` and `eval`
+/// read like the checkpoint. The weight average stays (samples are drawn with it), and so does
+/// the state sampling reads ([`layers::step::SAMPLING_STATE`]).
 pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
     let mut ck = Checkpoint::load(src, &Device::Cpu)?;
     ck.require_meta(META_MODEL, src)?;
     let before = ck.tensors.len();
-    let dropped = format!("{OPTIMIZER_PREFIX}.");
-    ck.tensors.retain(|name, _| !name.starts_with(&dropped));
+    let optimizer = format!("{OPTIMIZER_PREFIX}.");
+    let state = format!("{STATE_PREFIX}.");
+    ck.tensors.retain(|name, _| {
+        let kept_state = name
+            .strip_prefix(&state)
+            .is_none_or(|key| layers::step::SAMPLING_STATE.contains(&key));
+        !name.starts_with(&optimizer) && kept_state
+    });
     ck.metadata
         .retain(|k, _| !(k.starts_with("genzoo.optimizer") && k.ends_with("step")));
     ck.metadata.remove(META_EPOCH_SUMS);
