@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::{
     assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, step_lines,
-    train_stopped_and_resumed, weights,
+    train_fails_cleanly, train_stopped_and_resumed, weights,
 };
 use serde_json::Value;
 
@@ -139,23 +139,7 @@ fn a_boxes_file_gives_the_patches_and_bad_boxes_are_clear_errors() {
 
     let bad = |name: &str, text: &str, needles: &[&str]| {
         std::fs::write(data.join("boxes.txt"), text).unwrap();
-        let out = tmp.path().join(name);
-        fails_with(
-            &[
-                "train",
-                "--config",
-                s(&cfg),
-                "--data",
-                s(&data),
-                "--out",
-                s(&out),
-            ],
-            needles,
-        );
-        assert!(
-            !out.join("checkpoints").exists(),
-            "{name} left a checkpoint"
-        );
+        train_fails_cleanly(&cfg, &data, &tmp.path().join(name), needles);
     };
     bad(
         "outside",

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::{
     assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, step_lines,
-    train_stopped_and_resumed, weights,
+    train_fails_cleanly, train_stopped_and_resumed, weights,
 };
 use serde_json::Value;
 
@@ -217,23 +217,7 @@ fn user_captions_train_and_bad_captions_are_clear_errors() {
         if let Some(text) = jsonl {
             std::fs::write(dir.join("captions.jsonl"), text).unwrap();
         }
-        let out = tmp.path().join(format!("{name}-run"));
-        fails_with(
-            &[
-                "train",
-                "--config",
-                s(&cfg),
-                "--data",
-                s(&dir),
-                "--out",
-                s(&out),
-            ],
-            needles,
-        );
-        assert!(
-            !out.join("checkpoints").exists(),
-            "{name} left a checkpoint"
-        );
+        train_fails_cleanly(&cfg, &dir, &tmp.path().join(format!("{name}-run")), needles);
     };
     bad(
         "missing",

@@ -133,3 +133,26 @@ pub fn log_lines(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
 pub fn step_lines(dir: &Path) -> Vec<serde_json::Value> {
     log_lines(dir, "step")
 }
+
+/// Asserts that training run file `cfg` on `data` into `out` fails with `needles` in its error
+/// and leaves no checkpoint behind.
+#[track_caller]
+pub fn train_fails_cleanly(cfg: &Path, data: &Path, out: &Path, needles: &[&str]) {
+    fails_with(
+        &[
+            "train",
+            "--config",
+            s(cfg),
+            "--data",
+            s(data),
+            "--out",
+            s(out),
+        ],
+        needles,
+    );
+    assert!(
+        !out.join("checkpoints").exists(),
+        "{} left a checkpoint",
+        out.display()
+    );
+}
