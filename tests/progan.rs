@@ -11,8 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, step_lines,
-    train_stopped_and_resumed, weights,
+    assert_resumes_exactly, assert_saves, fails_with, ok, png_size, run, run_file, s, stdout,
+    step_lines,
 };
 use serde_json::Value;
 
@@ -65,10 +65,7 @@ fn progan_grows_resumes_in_a_fade_and_measures_its_stage() {
     // Stop in the middle of the fade to 32 (step 22: alpha 0.5), resume: the same run, bit for
     // bit (weights, both optimisers' moments, G's average, the phase).
     let part = tmp.path().join("part");
-    let ck = train_stopped_and_resumed(&cfg, &part, 22);
-    assert_eq!(step_lines(&part), steps, "the resumed run's steps differ");
-    let resumed = weights(&ck);
-    assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
+    let (ck, resumed) = assert_resumes_exactly(&cfg, &full, &part, 22);
     assert_saves(
         &resumed,
         &[

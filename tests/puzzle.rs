@@ -9,8 +9,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, step_lines,
-    train_fails_cleanly, train_stopped_and_resumed, weights,
+    assert_resumes_exactly, assert_saves, fails_with, ok, png_size, run, run_file, s, stdout,
+    step_lines, train_fails_cleanly,
 };
 use serde_json::Value;
 
@@ -31,10 +31,7 @@ fn puzzle_trains_resumes_draws_and_measures() {
         assert!(v["d_shuffled_parts"].as_f64().unwrap().is_finite());
     }
     let part = tmp.path().join("part");
-    let ck = train_stopped_and_resumed(&cfg, &part, 7);
-    assert_eq!(step_lines(&part), steps, "the resumed run's steps differ");
-    let resumed = weights(&ck);
-    assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
+    let (ck, resumed) = assert_resumes_exactly(&cfg, &full, &part, 7);
     assert_saves(
         &resumed,
         &[

@@ -10,8 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_saves, fails_with, ok, png_size, run, run_file, s, stdout, step_lines,
-    train_fails_cleanly, train_stopped_and_resumed, weights,
+    assert_resumes_exactly, assert_saves, fails_with, ok, png_size, run, run_file, s, stdout,
+    step_lines, train_fails_cleanly,
 };
 use serde_json::Value;
 
@@ -40,10 +40,7 @@ fn text2image_trains_its_encoder_then_its_gan_and_resumes_exactly() {
 
     // Stop in the GAN stage and resume: the same run, bit for bit.
     let part = tmp.path().join("part");
-    let ck = train_stopped_and_resumed(&cfg, &part, 15);
-    assert_eq!(step_lines(&part), steps, "the resumed run's steps differ");
-    let resumed = weights(&ck);
-    assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
+    let (ck, resumed) = assert_resumes_exactly(&cfg, &full, &part, 15);
     assert_saves(
         &resumed,
         &[

@@ -102,6 +102,27 @@ pub fn train_stopped_and_resumed(cfg: &Path, out: &Path, steps: u64) -> PathBuf 
     ck
 }
 
+/// Stops run file `cfg` at step `steps` into `part`, resumes it to the end, and asserts that
+/// its log and every tensor of its last checkpoint equal those of the uninterrupted run in
+/// `full`. Returns the resumed checkpoint and its tensors.
+#[track_caller]
+pub fn assert_resumes_exactly(
+    cfg: &Path,
+    full: &Path,
+    part: &Path,
+    steps: u64,
+) -> (PathBuf, Vec<(String, Vec<f32>)>) {
+    let ck = train_stopped_and_resumed(cfg, part, steps);
+    assert_eq!(
+        step_lines(part),
+        step_lines(full),
+        "the resumed run's steps differ"
+    );
+    let resumed = weights(&ck);
+    assert_eq!(resumed, weights(&full.join("checkpoints/last.safetensors")));
+    (ck, resumed)
+}
+
 /// Asserts that `tensors` hold something under each of `prefixes` (the networks' weights, the
 /// optimisers' moments, the weight average, a model's training state).
 #[track_caller]

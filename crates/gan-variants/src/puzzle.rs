@@ -253,10 +253,6 @@ impl PuzzleGan {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// The encoder's features of one patch per image, level by level (`(b, c, h, w)` each, the
     /// code `(b, part_embed_dim, 1, 1)` last).
     fn encode(&self, part: &Tensor, train: bool) -> Result<Vec<Tensor>> {
@@ -272,12 +268,7 @@ impl PuzzleGan {
     /// The patches' features summed at every level over the patches present: `parts (b, K, c,
     /// h, w)` in [-1, 1], `present (b, K)` 1 or 0. Each patch slot goes through the encoder on
     /// its own, as the reference encodes `part1`, `part2`, `part3`.
-    pub fn encode_parts(
-        &self,
-        parts: &Tensor,
-        present: &Tensor,
-        train: bool,
-    ) -> Result<Vec<Tensor>> {
+    fn encode_parts(&self, parts: &Tensor, present: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let slots = parts.dim(1)?;
         let mut sum: Option<Vec<Tensor>> = None;
         for p in 0..slots {
@@ -399,7 +390,7 @@ impl PuzzleGan {
     }
 
     /// The true mask `(b, 1, h, w)`: the union of each image's first `counts[i]` boxes.
-    pub fn true_mask(&self, patches: &Patches, counts: &[usize]) -> Result<Tensor> {
+    fn true_mask(&self, patches: &Patches, counts: &[usize]) -> Result<Tensor> {
         let s = self.cfg.image_size;
         patches.union_mask(counts, (s, s), &self.device)
     }

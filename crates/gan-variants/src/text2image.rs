@@ -321,7 +321,7 @@ impl ImageEncoder {
 /// left every embedding at one point (loss stuck at `2 Delta`, top-1 at chance over the first
 /// 200 steps of the digits' run), as VSE++ reports of the hardest negative without a
 /// pretrained encoder.
-pub fn joint_embedding_loss(
+fn joint_embedding_loss(
     text: &Tensor,
     image: &Tensor,
     same: &[Vec<bool>],
@@ -402,10 +402,6 @@ impl TextToImageGan {
             bank: Vec::new(),
             device: vb.device().clone(),
         })
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
     }
 
     /// The frozen text embedding of `captions`, `(b, embed_dim)`.
@@ -521,7 +517,7 @@ impl TextToImageGan {
     }
 
     /// A caption the model can draw: not empty, and (once trained) with a word it has seen.
-    pub fn check_caption(&self, caption: &str) -> Result<()> {
+    fn check_caption(&self, caption: &str) -> Result<()> {
         if caption.trim().is_empty() {
             candle_core::bail!(
                 "the caption is empty: describe the image, e.g. \"a thick seven leaning right\""

@@ -57,7 +57,12 @@ struct Tally {
 
 pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Result<PuzzleReport> {
     let test = SplitSources::load(spec, &args.run.data, args.data, Split::Test)?;
-    let train = SplitSources::load(spec, &args.run.data, args.data, Split::Train)?;
+    // The lookup needs the training digits only, not their key patches.
+    let plain = DataSpec {
+        patches: 0,
+        ..spec.clone()
+    };
+    let train = SplitSources::load(&plain, &args.run.data, args.data, Split::Train)?;
     let n = match args.limit {
         0 => test.images.len(),
         l => l.min(test.images.len()),
@@ -73,6 +78,7 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
         .collect::<Result<_>>()?;
     let net = crate::report::classifier::load(args.classifier, args.device)?;
     let (train_images, train_labels) = all_images(&train, args.device)?;
+    let lookup = Lookup::new(&train_images)?;
     let mut tallies: Vec<Tally> = (0..model.max_patches()).map(|_| Tally::default()).collect();
     let mut rng = Rng::derive(args.seed, Stream::Eval, 0);
     let order: Vec<usize> = (0..n).collect();
@@ -89,7 +95,7 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
             tally.error += error_in_mask(&image, x, &mask)?.iter().sum::<f64>();
             tally.digit += right(&read(&net, &image)?, wanted);
             tally.pasted += right(&read(&net, &x.broadcast_mul(&mask)?)?, wanted);
-            let nearest = nearest(&train_images, x, &mask)?;
+            let nearest = lookup.nearest(x, &mask)?;
             let found =
                 train_images.index_select(&Tensor::new(nearest.as_slice(), args.device)?, 0)?;
             tally.nearest_error += error_in_mask(&found, x, &mask)?.iter().sum::<f64>();
@@ -180,16 +186,33 @@ fn right(got: &[u32], wanted: &[u32]) -> usize {
     got.iter().zip(wanted).filter(|(a, b)| a == b).count()
 }
 
-/// For each image of `x`, the index of the training image closest to it over its `mask`:
-/// `sum_p m_p (t_p - x_p)^2 = T^2 m - 2 T (m x) + const`, as two matrix products.
-fn nearest(train: &Tensor, x: &Tensor, mask: &Tensor) -> Result<Vec<u32>> {
-    let c = x.dim(1)?;
-    let t = train.flatten_from(1)?; // (N, c h w)
-    let m = mask.repeat((1, c, 1, 1))?.flatten_from(1)?; // (b, c h w)
-    let mx = (x.flatten_from(1)? * &m)?;
-    let d = (t.sqr()?.matmul(&m.t()?)? - (t.matmul(&mx.t()?)? * 2.0)?)?; // (N, b)
-    ensure!(d.dim(0)? > 0, "no training images to look up");
-    Ok(d.argmin(0)?.to_vec1::<u32>()?)
+/// The training images as the nearest-digit baseline searches them: flattened, and squared,
+/// once for every batch and patch count.
+struct Lookup {
+    /// `(N, c h w)`.
+    flat: Tensor,
+    squared: Tensor,
+}
+
+impl Lookup {
+    fn new(train: &Tensor) -> Result<Self> {
+        let flat = train.flatten_from(1)?;
+        ensure!(flat.dim(0)? > 0, "no training images to look up");
+        Ok(Self {
+            squared: flat.sqr()?,
+            flat,
+        })
+    }
+
+    /// For each image of `x`, the index of the training image closest to it over its `mask`:
+    /// `sum_p m_p (t_p - x_p)^2 = T^2 m - 2 T (m x) + const`, as two matrix products.
+    fn nearest(&self, x: &Tensor, mask: &Tensor) -> Result<Vec<u32>> {
+        let c = x.dim(1)?;
+        let m = mask.repeat((1, c, 1, 1))?.flatten_from(1)?; // (b, c h w)
+        let mx = (x.flatten_from(1)? * &m)?;
+        let d = (self.squared.matmul(&m.t()?)? - (self.flat.matmul(&mx.t()?)? * 2.0)?)?; // (N, b)
+        Ok(d.argmin(0)?.to_vec1::<u32>()?)
+    }
 }
 
 pub fn print(r: &PuzzleReport) {
@@ -242,7 +265,7 @@ mod tests {
             &dev,
         )?;
         let x = Tensor::new(&[[[[0.5f32, 1.0], [5.0, 5.0]]]], &dev)?;
-        assert_eq!(nearest(&train, &x, &truth)?, vec![1]);
+        assert_eq!(Lookup::new(&train)?.nearest(&x, &truth)?, vec![1]);
         Ok(())
     }
 }
