@@ -770,6 +770,13 @@ fn autoregressive_models_train_and_their_fast_samplers_match_the_reference() {
             "hidden = 4\nlayers = 1\nhead_hidden = 8\n",
         ),
         ("row-lstm-256", "row-lstm", "none", softmax),
+        (
+            "diagonal-bilstm",
+            "diagonal-bilstm",
+            "threshold",
+            "hidden = 4\nlayers = 1\nhead_hidden = 8\n",
+        ),
+        ("diagonal-bilstm-256", "diagonal-bilstm", "none", softmax),
     ] {
         let out = tmp.path().join(name);
         let cfg = run_file(tmp.path().join(format!("{name}.toml")), format!("model = \"{model}\"\n[train]\nlimit = 512\nbatch_size = 64\nepochs = 2\nsample_count = 4\nbinarize = \"{binarize}\"\n[model_config]\n{extra}"));
