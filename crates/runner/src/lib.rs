@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod convert;
 pub mod data;
 pub mod registry;
 pub mod report;
