@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use runner::commands;
 use runner::commands::classifier::ClassifierCmd;
+use runner::commands::convert::ConvertCmd;
 use runner::commands::eval::EvalCmd;
 use runner::commands::sample::SampleCmd;
 use runner::commands::train::TrainCmd;
@@ -47,7 +48,7 @@ fn keep_freed_memory_mapped() {
 )]
 struct Cli {
     /// cpu, cuda, cuda:N, metal or auto: where train, sample, eval, bench and classifier
-    /// compute (inspect, params, export, list and download read files on the CPU).
+    /// compute (inspect, params, export, convert, list and download read files on the CPU).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     /// More log output (-v: debug).
@@ -90,6 +91,8 @@ enum Command {
     },
     /// Copy a checkpoint's weights and metadata without the optimizer state (to share or ship).
     Export { checkpoint: PathBuf, out: PathBuf },
+    /// Turn PyTorch weights (.pth, .pt, .ckpt, safetensors) into a genzoo file for a model.
+    Convert(ConvertCmd),
     /// Every model of genzoo's mission: family, explicit or implicit, built yet or not.
     List {
         #[arg(long)]
@@ -126,6 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => done(commands::bench::run(&workloads, steps, json, &device()?)),
         Command::Params { size, json } => done(commands::params::run(size, json)),
         Command::Export { checkpoint, out } => done(commands::export::run(&checkpoint, &out)),
+        Command::Convert(cmd) => done(commands::convert::run(cmd)),
         Command::List { json } => done(commands::list::run(json)),
         Command::Classifier(cmd) => done(commands::classifier::run(cmd, device()?)),
         Command::Download {

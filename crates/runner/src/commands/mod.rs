@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod classifier;
+pub mod convert;
 pub mod download;
 pub mod eval;
 pub mod export;
