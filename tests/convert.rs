@@ -1,0 +1,541 @@
+//! `genzoo convert` on checkpoints saved as each reference project saves them (fixtures of
+//! `scripts/make_convert_fixtures.py`, read here without Python): junyanz's CycleGAN networks
+//! (zip, and a legacy-format generator with old InstanceNorm running statistics), yunjey's
+//! StarGAN G (legacy format) and D, pytorch/examples' DCGAN netG with DataParallel's `module.`, a
+//! pytorch_GAN_zoo checkpoint with its weight average, a Lightning-style wrapped VAE, and a plain
+//! safetensors file. Each converted file is loaded as `sample` and `eval` load it and reproduces
+//! the reference's forward pass to 1e-5 (`--nocapture` prints the largest differences); bad
+//! inputs are one-line errors naming the file, the key and the shapes, with nothing left behind.
+
+#[path = "common/cli.rs"]
+mod common;
+#[path = "common/parity.rs"]
+mod parity;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use common::{fails_with, ok, run, s, stdout};
+use layers::gan::{to_tanh_range, to_unit_range, Adversarial, GeneratorInput};
+use layers::train::checkpoint::load_into_varmap;
+use layers::{Checkpoint, Target};
+use parity::Tally;
+use runner::config::RunConfig;
+use runner::run::checkpoint::{load_for_sampling, META_CONFIG};
+
+/// `tests/fixtures/convert/NAME`.
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/convert")
+        .join(name)
+}
+
+/// The reference forward passes.
+fn forward() -> HashMap<String, Tensor> {
+    Checkpoint::load(&fixture("forward.safetensors"), &Device::Cpu)
+        .unwrap()
+        .tensors
+}
+
+/// Converts `files` for `model` into `dir/NAME.safetensors` (with `extra` arguments) and
+/// returns the file and what the command printed.
+fn convert(
+    dir: &Path,
+    name: &str,
+    files: &[&str],
+    model: &str,
+    extra: &[&str],
+) -> (PathBuf, String) {
+    let out = dir.join(format!("{name}.safetensors"));
+    let mut args = vec!["convert"];
+    args.extend(files);
+    args.extend(["--model", model, "--out", s(&out)]);
+    args.extend(extra);
+    let printed = stdout(&ok(run(&args)));
+    (out, printed)
+}
+
+fn fx(name: &str) -> String {
+    fixture(name).to_str().unwrap().to_string()
+}
+
+/// The converted file's `[model_config]` as the model's `Config`.
+fn config<T: serde::de::DeserializeOwned>(ck: &Checkpoint) -> T {
+    let run = RunConfig::from_json(ck.meta(META_CONFIG).unwrap()).unwrap();
+    runner::registry::model_config(&run.model_config, &run.model).unwrap()
+}
+
+/// A model built from a converted file's config, its variables loaded from `tensors`.
+fn build<M>(
+    tensors: &HashMap<String, Tensor>,
+    new: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<M>,
+) -> Result<M> {
+    let varmap = VarMap::new();
+    let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+    let m = new(vb)?;
+    load_into_varmap(&varmap, tensors, Path::new("converted"))?;
+    Ok(m)
+}
+
+/// The file's tensors with its weight average (`ema.X`) in place of `X`.
+fn averaged(ck: &Checkpoint) -> HashMap<String, Tensor> {
+    let mut t = ck.tensors.clone();
+    for (k, v) in &ck.tensors {
+        if let Some(name) = k.strip_prefix("ema.") {
+            t.insert(name.to_string(), v.clone());
+        }
+    }
+    t
+}
+
+#[test]
+fn dcgan_netg_with_data_parallel_prefix_matches_pytorch_examples() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (out, printed) = convert(
+        tmp.path(),
+        "dcgan",
+        &[&fx("netG_epoch_24.pth")],
+        "dcgan",
+        &[],
+    );
+    for needle in [
+        "`module.` removed from 19 keys",
+        "nz = 8",
+        "ngf = 4",
+        "image_size = 32",
+        "ndf = 64 (not in the weights",
+        "discriminator is not in the files",
+        "module.main.1.num_batches_tracked",
+    ] {
+        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
+    }
+    let ck = Checkpoint::load(&out, &Device::Cpu)?;
+    assert_eq!(ck.meta("genzoo.model"), Some("dcgan"));
+    assert_eq!(ck.meta("genzoo.converted_from"), Some("netG_epoch_24.pth"));
+    assert_eq!(
+        ck.meta("genzoo.converted_initialised"),
+        Some("discriminator")
+    );
+    let cfg: gan_variants::dcgan::Config = config(&ck);
+    let m = build(&ck.tensors, |vb| gan_variants::dcgan::Dcgan::new(&cfg, vb))?;
+    let f = forward();
+    let input = GeneratorInput {
+        noise: f["dcgan.z"].clone(),
+        classes: None,
+        codes: None,
+    };
+    let mut tally = Tally::default();
+    tally.close(
+        "outputs",
+        "G(z)",
+        &m.generate(&input, false)?,
+        &f["dcgan.G"],
+        1e-5,
+    )?;
+    tally.print("dcgan netG_epoch_24.pth");
+    // `sample` and `eval` take the file as it is.
+    let png = tmp.path().join("samples.png");
+    ok(run(&["sample", s(&out), "-n", "4", "--out", s(&png)]));
+    assert!(png.exists());
+    ok(run(&["eval", s(&out), "--samples", "16", "--limit", "16"]));
+    Ok(())
+}
+
+#[test]
+fn a_plain_safetensors_file_converts_like_the_pth() -> Result<()> {
+    // What scripts/convert_pytorch.py wrote: the state dict's keys as they are.
+    let tmp = tempfile::tempdir()?;
+    let (dcgan, _) = convert(
+        tmp.path(),
+        "dcgan",
+        &[&fx("netG_epoch_24.pth")],
+        "dcgan",
+        &[],
+    );
+    let mut plain = Checkpoint::default();
+    for (k, v) in Checkpoint::load(&dcgan, &Device::Cpu)?.tensors {
+        if let Some(key) = k.strip_prefix("generator.") {
+            plain.tensors.insert(key.to_string(), v);
+        }
+    }
+    let src = tmp.path().join("netG.safetensors");
+    plain.save(&src)?;
+    let (out, printed) = convert(tmp.path(), "again", &[s(&src)], "dcgan", &[]);
+    assert!(
+        printed.contains("netG.safetensors -> generator"),
+        "{printed}"
+    );
+    let ck = Checkpoint::load(&out, &Device::Cpu)?;
+    let cfg: gan_variants::dcgan::Config = config(&ck);
+    let m = build(&ck.tensors, |vb| gan_variants::dcgan::Dcgan::new(&cfg, vb))?;
+    let f = forward();
+    let input = GeneratorInput {
+        noise: f["dcgan.z"].clone(),
+        classes: None,
+        codes: None,
+    };
+    parity::assert_close("G(z)", &m.generate(&input, false)?, &f["dcgan.G"], 1e-5)?;
+    // A genzoo file is not converted again.
+    fails_with(
+        &[
+            "convert",
+            s(&out),
+            "--model",
+            "dcgan",
+            "--out",
+            s(&tmp.path().join("x.safetensors")),
+        ],
+        &["already a genzoo file (model `dcgan`)"],
+    );
+    Ok(())
+}
+
+/// A translation model's file as `sample` and `eval` load it, translating `x` in [-1, 1].
+fn translate(path: &Path, x: &Tensor, target: &Target) -> Result<Tensor> {
+    let loaded = load_for_sampling(path, &Device::Cpu, None, false)?;
+    let t = loaded.model.as_translator().expect("a translator");
+    Ok(to_tanh_range(&t.translate(&to_unit_range(x)?, target)?)?)
+}
+
+/// A run file with small discriminators for generator-only conversions (the defaults are the
+/// references' full-size ones).
+fn run_file(dir: &Path, model: &str, table: &str) -> PathBuf {
+    common::run_file(
+        dir.join(format!("{model}.toml")),
+        format!("model = \"{model}\"\n[model_config]\n{table}\n"),
+    )
+}
+
+#[test]
+fn cyclegan_generators_of_junyanz_match_both_directions() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let files = [
+        &fx("latest_net_G_A.pth"),
+        &fx("latest_net_G_B.pth"),
+        &fx("latest_net_D_A.pth"),
+    ];
+    let files: Vec<&str> = files.iter().map(|f| f.as_str()).collect();
+    let cfg = run_file(tmp.path(), "cyclegan", "image_size = 16");
+    let (out, printed) = convert(
+        tmp.path(),
+        "cyclegan",
+        &files,
+        "cyclegan",
+        &["--config", s(&cfg)],
+    );
+    for needle in [
+        "ngf = 2",
+        "n_blocks = 2",
+        "ndf = 2",
+        "n_layers_d = 2",
+        "image_size = 16 (not in the weights",
+        "netD_B is not in the files",
+    ] {
+        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
+    }
+    let f = forward();
+    let mut tally = Tally::default();
+    for (target, name) in [(Target::AToB, "G_A"), (Target::BToA, "G_B")] {
+        let got = translate(&out, &f["cyclegan.x"], &target)?;
+        tally.close("outputs", name, &got, &f[&format!("cyclegan.{name}")], 1e-5)?;
+    }
+    tally.print("cyclegan latest_net_G_A/G_B.pth");
+    Ok(())
+}
+
+#[test]
+fn an_old_legacy_format_generator_drops_its_instance_norm_statistics() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = run_file(
+        tmp.path(),
+        "cyclegan",
+        "image_size = 16\nndf = 2\nn_layers_d = 2",
+    );
+    // Placed as netG_B by name; the A direction is left as initialised.
+    let named = format!("netG_B={}", fx("old_net_G.pth"));
+    let (out, printed) = convert(
+        tmp.path(),
+        "old",
+        &[&named],
+        "cyclegan",
+        &["--config", s(&cfg)],
+    );
+    for needle in [
+        "old_net_G.pth -> netG_B",
+        "dropped 27 norm buffer(s)",
+        "model.2.running_mean",
+        "netG_A is not in the files: left as initialised, so a2b translations are untrained",
+    ] {
+        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
+    }
+    let f = forward();
+    let got = translate(&out, &f["cyclegan.x"], &Target::BToA)?;
+    let mut tally = Tally::default();
+    tally.close("outputs", "old G", &got, &f["cyclegan.old_G"], 1e-5)?;
+    tally.print("cyclegan old_net_G.pth (legacy format)");
+    // Without a name it is taken as the A -> B generator, and the guess is said.
+    let (_, printed) = convert(
+        tmp.path(),
+        "guess",
+        &[&fx("old_net_G.pth")],
+        "cyclegan",
+        &["--config", s(&cfg)],
+    );
+    assert!(printed.contains("taken as netG_A (A -> B)"), "{printed}");
+    Ok(())
+}
+
+#[test]
+fn stargan_legacy_g_and_d_match_yunjey() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (g, d) = (fx("200000-G.ckpt"), fx("200000-D.ckpt"));
+    let (out, printed) = convert(tmp.path(), "stargan", &[&g, &d], "stargan", &[]);
+    for needle in [
+        "c_dim = 3",
+        "g_conv_dim = 2",
+        "g_repeat_num = 2",
+        "d_conv_dim = 4",
+        "d_repeat_num = 3",
+        "image_size = 16",
+    ] {
+        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
+    }
+    let f = forward();
+    let mut tally = Tally::default();
+    let target = Target::Attributes(f["stargan.c"].clone());
+    let got = translate(&out, &f["stargan.x"], &target)?;
+    tally.close("outputs", "G(x, c)", &got, &f["stargan.G"], 1e-5)?;
+    // G alone: the critic's size is not in the weights; a run file gives it.
+    let cfg = run_file(
+        tmp.path(),
+        "stargan",
+        "image_size = 16\nd_conv_dim = 4\nd_repeat_num = 3",
+    );
+    let (out, printed) = convert(
+        tmp.path(),
+        "g-only",
+        &[&g],
+        "stargan",
+        &["--config", s(&cfg)],
+    );
+    assert!(
+        printed.contains("image_size = 16 (not in the weights"),
+        "{printed}"
+    );
+    let got = translate(&out, &f["stargan.x"], &target)?;
+    tally.close("outputs", "G(x, c), G alone", &got, &f["stargan.G"], 1e-5)?;
+    tally.print("stargan 200000-G.ckpt");
+    Ok(())
+}
+
+#[test]
+fn pytorch_gan_zoo_checkpoint_keeps_its_weight_average() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (out, printed) = convert(tmp.path(), "pgan", &[&fx("pgan.pth")], "progan", &[]);
+    for needle in [
+        "pgan.pth[avgG] -> ema.generator",
+        "depths = [8, 8, 8]",
+        "resolution = 16",
+        "official_gains = false (assumed",
+    ] {
+        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
+    }
+    let ck = Checkpoint::load(&out, &Device::Cpu)?;
+    let cfg: gan_variants::progan::Config = config(&ck);
+    let phase = gan_variants::progan::Phase {
+        level: 2,
+        alpha: 1.0,
+        index: 4,
+    };
+    let f = forward();
+    let mut tally = Tally::default();
+    for (tensors, name) in [(ck.tensors.clone(), "netG"), (averaged(&ck), "avgG")] {
+        let m = build(&tensors, |vb| gan_variants::progan::ProGan::new(&cfg, vb))?;
+        let (got, want) = (
+            m.generate(&f["pgan.z"], phase)?,
+            &f[&format!("pgan.{name}")],
+        );
+        // The reference is computed in float64 (no output activation: values reach 1.8).
+        tally.close("outputs", name, &got, want, 1e-5)?;
+    }
+    tally.print("progan pgan.pth");
+    ok(run(&[
+        "sample",
+        s(&out),
+        "-n",
+        "4",
+        "--out",
+        s(&tmp.path().join("s.png")),
+    ]));
+    // --key picks one entry: G's trained weights alone, no average.
+    let (out, _) = convert(
+        tmp.path(),
+        "netg",
+        &[&fx("pgan.pth")],
+        "progan",
+        &["--key", "netG"],
+    );
+    let ck = Checkpoint::load(&out, &Device::Cpu)?;
+    assert!(!ck.tensors.keys().any(|k| k.starts_with("ema.")));
+    Ok(())
+}
+
+#[test]
+fn a_lightning_style_wrapped_vae_matches_pytorch_examples() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (out, printed) = convert(tmp.path(), "vae", &[&fx("vae.ckpt")], "vae", &[]);
+    for needle in [
+        "vae.ckpt[state_dict]",
+        "`model.` removed from every key",
+        "hidden_dim = 4",
+        "latent_dim = 2",
+        "passed over optimizer_states",
+    ] {
+        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
+    }
+    let ck = Checkpoint::load(&out, &Device::Cpu)?;
+    let cfg: vae::Config = config(&ck);
+    let m = build(&ck.tensors, |vb| vae::Vae::new(&cfg, vb))?;
+    let f = forward();
+    let mut tally = Tally::default();
+    tally.close(
+        "outputs",
+        "decoder logits",
+        &m.decode_logits(&f["vae.z"])?,
+        &f["vae.logits"],
+        1e-5,
+    )?;
+    tally.print("vae vae.ckpt");
+    Ok(())
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `genzoo convert ARGS` fails with `needles` and leaves nothing in `dir` but `keep`.
+#[track_caller]
+fn fails_cleanly(dir: &Path, args: &[&str], needles: &[&str], keep: usize) {
+    fails_with(args, needles);
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), keep, "left behind: {left:?}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_that_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("out.safetensors");
+    let out = s(&out);
+    let convert = |file: &str, model: &str| {
+        vec![
+            "convert".to_string(),
+            file.to_string(),
+            "--model".into(),
+            model.into(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let notes = dir.join("notes.pth");
+    std::fs::write(&notes, "not weights at all").unwrap();
+    fails_cleanly(
+        dir,
+        &args(&convert(s(&notes), "dcgan")),
+        &["notes.pth is not a PyTorch checkpoint"],
+        1,
+    );
+    let bytes = std::fs::read(fixture("netG_epoch_24.pth")).unwrap();
+    let half = dir.join("half.pth");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    fails_cleanly(
+        dir,
+        &args(&convert(s(&half), "dcgan")),
+        &["half.pth", "truncated zip archive"],
+        2,
+    );
+    let bytes = std::fs::read(fixture("old_net_G.pth")).unwrap();
+    let old = dir.join("old.pth");
+    std::fs::write(&old, &bytes[..bytes.len() - 100]).unwrap();
+    fails_cleanly(
+        dir,
+        &args(&convert(s(&old), "cyclegan")),
+        &["old.pth", "legacy", "truncated"],
+        3,
+    );
+    fails_cleanly(
+        dir,
+        &args(&convert(&fx("netG_missing_key.pth"), "dcgan")),
+        &[
+            "netG_missing_key.pth: missing key `module.main.4.weight`",
+            "shape [8]",
+        ],
+        3,
+    );
+    fails_cleanly(
+        dir,
+        &args(&convert(&fx("netG_wrong_shape.pth"), "dcgan")),
+        &[
+            "netG_wrong_shape.pth: `module.main.4.weight`",
+            "has shape [9], the model expects [8]",
+        ],
+        3,
+    );
+    fails_cleanly(
+        dir,
+        &args(&convert(&fx("netG_epoch_24.pth"), "dcgn")),
+        &["unknown model `dcgn`", "dcgan"],
+        3,
+    );
+    // A run file that contradicts the shapes.
+    let cfg = common::run_file(
+        dir.join("c.toml"),
+        "model = \"dcgan\"\n[model_config]\nngf = 8\n",
+    );
+    let mut a = convert(&fx("netG_epoch_24.pth"), "dcgan");
+    a.extend(["--config".into(), s(&cfg).into()]);
+    fails_cleanly(
+        dir,
+        &args(&a),
+        &[
+            "sets [model_config] ngf = 8",
+            "the weights have ngf = 4",
+            "generator.main.9.weight",
+        ],
+        4,
+    );
+    // Two generators of unnamed direction, and an entry that is not there.
+    let twice = vec![
+        "convert".to_string(),
+        fx("old_net_G.pth"),
+        fx("old_net_G.pth"),
+        "--model".into(),
+        "cyclegan".into(),
+        "--out".into(),
+        out.into(),
+    ];
+    fails_cleanly(
+        dir,
+        &args(&twice),
+        &[
+            "old_net_G.pth and old_net_G.pth both hold netG_A",
+            "NET=FILE",
+        ],
+        4,
+    );
+    let mut a = convert(&fx("pgan.pth"), "progan");
+    a.extend(["--key".into(), "ema".into()]);
+    fails_cleanly(
+        dir,
+        &args(&a),
+        &["pgan.pth: no state dict under `ema`", "`netG`"],
+        4,
+    );
+    assert!(!Path::new(out).exists());
+}
