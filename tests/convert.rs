@@ -146,7 +146,7 @@ fn dcgan_netg_with_data_parallel_prefix_matches_pytorch_examples() -> Result<()>
 
 #[test]
 fn a_plain_safetensors_file_converts_like_the_pth() -> Result<()> {
-    // What scripts/convert_pytorch.py wrote: the state dict's keys as they are.
+    // What the Python converter genzoo had before this command wrote: the keys as they are.
     let tmp = tempfile::tempdir()?;
     let (dcgan, _) = convert(
         tmp.path(),
