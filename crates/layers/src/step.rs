@@ -49,20 +49,10 @@ impl Patches {
     pub fn union_mask(
         &self,
         counts: &[usize],
-        (h, w): (usize, usize),
+        size: (usize, usize),
         device: &candle_core::Device,
     ) -> Result<Tensor> {
-        let mut values = vec![0f32; counts.len() * h * w];
-        for (i, (boxes, &k)) in self.boxes.iter().zip(counts).enumerate() {
-            for &[x, y, bw, bh] in boxes.iter().take(k) {
-                for row in y..(y + bh).min(h) {
-                    for col in x..(x + bw).min(w) {
-                        values[(i * h + row) * w + col] = 1.0;
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(values, (counts.len(), 1, h, w), device)
+        union_of_boxes(&self.boxes, counts, size, device)
     }
 
     /// The first `n` images' patches.
@@ -77,6 +67,27 @@ impl Patches {
     pub fn counts(&self, k: usize) -> Vec<usize> {
         self.boxes.iter().map(|b| b.len().min(k)).collect()
     }
+}
+
+/// `(b, 1, h, w)`: 1 inside the union of image `i`'s first `counts[i]` boxes of `boxes[i]`,
+/// cut at the image's edge.
+pub fn union_of_boxes(
+    boxes: &[Vec<PatchBox>],
+    counts: &[usize],
+    (h, w): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut values = vec![0f32; counts.len() * h * w];
+    for (i, (boxes, &k)) in boxes.iter().zip(counts).enumerate() {
+        for &[x, y, bw, bh] in boxes.iter().take(k) {
+            for row in y..(y + bh).min(h) {
+                for col in x..(x + bw).min(w) {
+                    values[(i * h + row) * w + col] = 1.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(values, (counts.len(), 1, h, w), device)
 }
 
 /// The key patches of a batch: each image's boxes, most important first, and each box's crop

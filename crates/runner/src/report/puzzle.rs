@@ -5,16 +5,18 @@
 //!   mask's pixels (values in [0, 1]);
 //! - digit: the shipped classifier names the source digit from the generated image;
 //!
-//! beside two baselines: the patches pasted on black (error 0 inside the mask by construction;
-//! the classifier reads the pasted patches), and the nearest training digit to the patches
-//! (least squared difference over the true mask), which shows what looking up a known digit
-//! gives.
+//! beside baselines: the patches pasted on black (error 0 inside the mask by construction;
+//! the classifier reads the pasted patches); the nearest training digit to the patches (least
+//! squared difference over the true mask), which shows what looking up a known digit gives;
+//! and for the mask, the training digit whose own key patches look most like these (their
+//! crops alone, as the model sees them): its boxes' IoU says how well a lookup places the
+//! patches without being told where they are.
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use layers::eval::classifier::LeNet;
 use layers::model::Puzzle;
-use layers::step::DataSpec;
+use layers::step::{union_of_boxes, DataSpec, PatchBox, Patches};
 use layers::{Rng, Stream};
 use serde::Serialize;
 
@@ -35,6 +37,8 @@ pub struct PuzzleRow {
     /// The nearest training digit over the true mask: its error there and its digit.
     pub nearest_error_in_mask: f64,
     pub nearest_digit_accuracy: f64,
+    /// The training digit whose first k key patches' crops are nearest: its boxes' IoU.
+    pub lookup_mask_iou: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,16 +57,12 @@ struct Tally {
     pasted: usize,
     nearest_error: f64,
     nearest_digit: usize,
+    lookup_iou: f64,
 }
 
 pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Result<PuzzleReport> {
     let test = SplitSources::load(spec, &args.run.data, args.data, Split::Test)?;
-    // The lookup needs the training digits only, not their key patches.
-    let plain = DataSpec {
-        patches: 0,
-        ..spec.clone()
-    };
-    let train = SplitSources::load(&plain, &args.run.data, args.data, Split::Train)?;
+    let train = SplitSources::load(spec, &args.run.data, args.data, Split::Train)?;
     let n = match args.limit {
         0 => test.images.len(),
         l => l.min(test.images.len()),
@@ -77,8 +77,9 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
         })
         .collect::<Result<_>>()?;
     let net = crate::report::classifier::load(args.classifier, args.device)?;
-    let (train_images, train_labels) = all_images(&train, args.device)?;
+    let (train_images, train_labels, train_patches) = all_images(&train, args.device)?;
     let lookup = Lookup::new(&train_images)?;
+    let patch_lookup = PatchLookup::new(train_patches)?;
     let mut tallies: Vec<Tally> = (0..model.max_patches()).map(|_| Tally::default()).collect();
     let mut rng = Rng::derive(args.seed, Stream::Eval, 0);
     let order: Vec<usize> = (0..n).collect();
@@ -102,6 +103,8 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
             let found_labels: Vec<u32> =
                 nearest.iter().map(|&j| train_labels[j as usize]).collect();
             tally.nearest_digit += right(&found_labels, wanted);
+            let placed = patch_lookup.masks(patches, k, (h, w))?;
+            tally.lookup_iou += iou(&placed, &mask)?.iter().sum::<f64>();
         }
     }
     let m = n.max(1) as f64;
@@ -119,13 +122,14 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
                 pasted_digit_accuracy: t.pasted as f64 / m,
                 nearest_error_in_mask: t.nearest_error / m,
                 nearest_digit_accuracy: t.nearest_digit as f64 / m,
+                lookup_mask_iou: t.lookup_iou / m,
             })
             .collect(),
     })
 }
 
-/// Every image of a split `(n, c, h, w)` in [0, 1], with its digit.
-fn all_images(split: &SplitSources, device: &Device) -> Result<(Tensor, Vec<u32>)> {
+/// Every image of a split `(n, c, h, w)` in [0, 1], with its digit and key patches.
+fn all_images(split: &SplitSources, device: &Device) -> Result<(Tensor, Vec<u32>, Patches)> {
     let n = split.images.len();
     let labels = (0..n)
         .map(|i| match split.images.label(i) {
@@ -134,11 +138,19 @@ fn all_images(split: &SplitSources, device: &Device) -> Result<(Tensor, Vec<u32>
         })
         .collect();
     let idx: Vec<usize> = (0..n).collect();
-    let mut parts = Vec::new();
+    let (mut parts, mut crops, mut boxes) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in idx.chunks(1000) {
-        parts.push(split.batch(chunk, &[], Binarization::None, device)?.images);
+        let batch = split.batch(chunk, &[], Binarization::None, device)?;
+        let patches = batch.patches("puzzle-gan")?;
+        crops.push(patches.images.clone());
+        boxes.extend(patches.boxes.iter().cloned());
+        parts.push(batch.images);
     }
-    Ok((Tensor::cat(&parts, 0)?, labels))
+    let patches = Patches {
+        images: Tensor::cat(&crops, 0)?,
+        boxes,
+    };
+    Ok((Tensor::cat(&parts, 0)?, labels, patches))
 }
 
 /// Per image, `|a AND b| / |a OR b|` of `(b, 1, h, w)` masks, `a` thresholded at 0.5 (1 where
@@ -215,6 +227,52 @@ impl Lookup {
     }
 }
 
+/// The training digits' key patches, to place a test digit's patches by their looks alone.
+struct PatchLookup {
+    boxes: Vec<Vec<PatchBox>>,
+    /// Per patch count `k` (index `k - 1`): the first `k` crops flattened `(N, k c h w)`, and
+    /// their squared norms `(N, 1)` plus a penalty that rules out digits with fewer boxes.
+    flat: Vec<(Tensor, Tensor)>,
+}
+
+impl PatchLookup {
+    fn new(train: Patches) -> Result<Self> {
+        let (n, slots) = (train.images.dim(0)?, train.images.dim(1)?);
+        ensure!(n > 0, "no training images to look up");
+        let flat = (1..=slots)
+            .map(|k| {
+                let crops = train.images.narrow(1, 0, k)?.flatten_from(1)?;
+                let short: Vec<f32> = train
+                    .boxes
+                    .iter()
+                    .map(|b| if b.len() < k { f32::MAX / 4.0 } else { 0.0 })
+                    .collect();
+                let short = Tensor::from_vec(short, (n, 1), crops.device())?;
+                let norms = (crops.sqr()?.sum_keepdim(1)? + short)?;
+                Ok((crops, norms))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            boxes: train.boxes,
+            flat,
+        })
+    }
+
+    /// For each image of `patches`, the union of the first `k` boxes of the training digit
+    /// whose first `k` crops are nearest to its own (least squared difference), `(b, 1, h, w)`.
+    fn masks(&self, patches: &Patches, k: usize, size: (usize, usize)) -> Result<Tensor> {
+        let (crops, norms) = &self.flat[k - 1];
+        let query = patches.images.narrow(1, 0, k)?.flatten_from(1)?; // (b, k c h w)
+        let d = norms.broadcast_sub(&(crops.matmul(&query.t()?)? * 2.0)?)?; // (N, b)
+        let found = d.argmin(0)?.to_vec1::<u32>()?;
+        let boxes: Vec<Vec<PatchBox>> = found
+            .iter()
+            .map(|&j| self.boxes[j as usize].clone())
+            .collect();
+        Ok(union_of_boxes(&boxes, &vec![k; boxes.len()], size, query.device())?)
+    }
+}
+
 pub fn print(r: &PuzzleReport) {
     println!(
         "test digits {} ({} images), completed from their first k key patches",
@@ -222,25 +280,27 @@ pub fn print(r: &PuzzleReport) {
     );
     println!();
     println!(
-        "{:>7} {:>9} {:>12} {:>7}   {:>13}   {:>14} {:>13}",
+        "{:>7} {:>9} {:>12} {:>7}   {:>13}   {:>14} {:>13}   {:>11}",
         "patches",
         "mask IoU",
         "error (mask)",
         "digit",
         "pasted: digit",
         "nearest: error",
-        "nearest: digit"
+        "nearest: digit",
+        "lookup: IoU"
     );
     for row in &r.rows {
         println!(
-            "{:>7} {:>9.3} {:>12.4} {:>6.1}%   {:>12.1}%   {:>14.4} {:>12.1}%",
+            "{:>7} {:>9.3} {:>12.4} {:>6.1}%   {:>12.1}%   {:>14.4} {:>12.1}%   {:>11.3}",
             row.patches,
             row.mask_iou,
             row.error_in_mask,
             100.0 * row.digit_accuracy,
             100.0 * row.pasted_digit_accuracy,
             row.nearest_error_in_mask,
-            100.0 * row.nearest_digit_accuracy
+            100.0 * row.nearest_digit_accuracy,
+            row.lookup_mask_iou
         );
     }
 }
@@ -266,6 +326,37 @@ mod tests {
         )?;
         let x = Tensor::new(&[[[[0.5f32, 1.0], [5.0, 5.0]]]], &dev)?;
         assert_eq!(Lookup::new(&train)?.nearest(&x, &truth)?, vec![1]);
+        Ok(())
+    }
+
+    /// The lookup by the patches places a digit's patches where the training digit with the
+    /// nearest crops had its boxes, and skips digits with fewer boxes than asked for.
+    #[test]
+    fn the_patch_lookup_takes_the_boxes_of_the_nearest_crops() -> Result<()> {
+        let dev = Device::Cpu;
+        // Two training digits of 2 x 2 with 2 slots of 1 x 2 x 2 crops each.
+        let crops = |v: [f32; 8]| Tensor::from_vec(v.to_vec(), (1, 2, 1, 2, 2), &dev);
+        let train = Patches {
+            images: Tensor::cat(
+                &[
+                    crops([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])?,
+                    crops([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0])?,
+                ],
+                0,
+            )?,
+            boxes: vec![vec![[0, 0, 1, 1]], vec![[1, 1, 1, 1], [0, 0, 1, 1]]],
+        };
+        let lookup = PatchLookup::new(train)?;
+        let query = Patches {
+            images: crops([0.9, 1.0, 1.0, 0.8, 1.0, 0.0, 0.0, 1.0])?,
+            boxes: vec![vec![[1, 0, 1, 1], [0, 1, 1, 1]]],
+        };
+        // One patch: the first digit's first crop is nearest; its box is the top left pixel.
+        let one = lookup.masks(&query, 1, (2, 2))?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(one, vec![1.0, 0.0, 0.0, 0.0]);
+        // Two patches: the first digit has one box only, so the second is taken.
+        let two = lookup.masks(&query, 2, (2, 2))?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(two, vec![1.0, 0.0, 0.0, 1.0]);
         Ok(())
     }
 }
