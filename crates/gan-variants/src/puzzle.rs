@@ -72,6 +72,11 @@ pub struct Config {
     pub g_every: u64,
     /// The weight of G's adversarial term (the reference: 1).
     pub adversarial_weight: f64,
+    /// The weight of a soft Dice term on the mask, `1 - (2 |m m*| + 1) / (|m| + |m*| + 1)` per
+    /// image (the reference: 0, none). Where a patch's place is uncertain the L1 term keeps only
+    /// the pixels more likely in than out, a shrunken blob; the Dice term pays for the area
+    /// missed, so the mask commits to a whole box.
+    pub mask_dice_weight: f64,
 }
 
 impl Default for Config {
@@ -88,6 +93,7 @@ impl Default for Config {
             l1_weight_epochs: 25,
             g_every: 2,
             adversarial_weight: 1.0,
+            mask_dice_weight: 0.0,
         }
     }
 }
@@ -120,11 +126,13 @@ impl Config {
         if self.g_every == 0 || self.l1_weight_epochs == 0 {
             candle_core::bail!("puzzle-gan g_every and l1_weight_epochs must be positive");
         }
-        if !(self.adversarial_weight >= 0.0 && self.adversarial_weight.is_finite()) {
-            candle_core::bail!(
-                "puzzle-gan adversarial_weight must be finite and at least 0, got {}",
-                self.adversarial_weight
-            );
+        for (name, v) in [
+            ("adversarial_weight", self.adversarial_weight),
+            ("mask_dice_weight", self.mask_dice_weight),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                candle_core::bail!("puzzle-gan {name} must be finite and at least 0, got {v}");
+            }
         }
         if !(self.l1_weight_start > 0.0 && self.l1_weight_end > 0.0) {
             candle_core::bail!(
@@ -381,8 +389,8 @@ impl PuzzleGan {
         Ok([total, real, fake, parts, background])
     }
 
-    /// G's loss and its terms `[total, adversarial, mask L1, appearance L1]` (the L1 terms
-    /// weighted by `w`), from a fresh forward pass. The reference also runs D on the real
+    /// G's loss and its terms `[total, adversarial, mask L1, appearance L1, mask Dice]` (the L1
+    /// terms weighted by `w`, the others by their own weights), from a fresh forward pass. The reference also runs D on the real
     /// images here (for nothing but D's BatchNorm statistics); so does this.
     pub fn generator_terms(
         &self,
@@ -390,7 +398,7 @@ impl PuzzleGan {
         mask: &Tensor,
         completion: &Completion,
         w: f64,
-    ) -> Result<[Tensor; 4]> {
+    ) -> Result<[Tensor; 5]> {
         let _ = self.discriminate(x, true)?;
         let adversarial = (target_loss(
             GanLoss::NonSaturating,
@@ -400,8 +408,9 @@ impl PuzzleGan {
         let mask_l1 = ((&completion.mask - mask)?.abs()?.mean_all()? * w)?;
         let generated = completion.image.broadcast_mul(&completion.mask)?;
         let appearance = ((generated - x.broadcast_mul(mask)?)?.abs()?.mean_all()? * w)?;
-        let total = ((&adversarial + &mask_l1)? + &appearance)?;
-        Ok([total, adversarial, mask_l1, appearance])
+        let dice = (soft_dice(&completion.mask, mask)? * self.cfg.mask_dice_weight)?;
+        let total = (((&adversarial + &mask_l1)? + &appearance)? + &dice)?;
+        Ok([total, adversarial, mask_l1, appearance, dice])
     }
 
     /// The true mask `(b, 1, h, w)`: the union of each image's first `counts[i]` boxes.
@@ -450,6 +459,15 @@ impl PuzzleGan {
             .affine(2.0, -1.0)?
             .reshape((b, self.cfg.z_dim))
     }
+}
+
+/// The soft Dice loss of masks `(b, 1, h, w)`, `1 - (2 |a b| + 1) / (|a| + |b| + 1)` per image
+/// (sums over the pixels), averaged over the batch.
+fn soft_dice(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let both = (a * b)?.flatten_from(1)?.sum(1)?;
+    let sizes = (a.flatten_from(1)?.sum(1)? + b.flatten_from(1)?.sum(1)?)?;
+    let overlap = ((both * 2.0)? + 1.0)?.div(&(sizes + 1.0)?)?;
+    (1.0 - overlap)?.mean_all()
 }
 
 /// One level of the mask or image generator: `model.{2j}` (transposed convolution: `k x k`
@@ -539,6 +557,9 @@ impl Trainable for PuzzleGan {
                 .zip(&g)
             {
                 ctx.record(name, t)?;
+            }
+            if self.cfg.mask_dice_weight > 0.0 {
+                ctx.record("g_mask_dice", &g[4])?;
             }
         }
         Ok(())
@@ -780,6 +801,45 @@ mod tests {
         Ok(())
     }
 
+    /// Dice on hand-made masks, and its weight adds it to G's total and nothing else.
+    #[test]
+    fn the_mask_dice_term() -> Result<()> {
+        let dev = Device::Cpu;
+        let mask = |v: [f32; 4]| Tensor::from_vec(v.to_vec(), (1, 1, 2, 2), &dev);
+        let truth = mask([1.0, 1.0, 0.0, 0.0])?;
+        let dice = |a: &Tensor| soft_dice(a, &truth)?.to_scalar::<f32>();
+        // Overlap 1 of sizes 1 + 2: 1 - 3 / 4.
+        assert!((dice(&mask([1.0, 0.0, 0.0, 0.0])?)? - 0.25).abs() < 1e-6);
+        assert!(dice(&truth)?.abs() < 1e-6);
+        // A half-sure mask over the box scores worse than the box, better than the wrong half.
+        let unsure = dice(&mask([0.5, 0.5, 0.0, 0.0])?)?;
+        assert!(unsure > 0.0 && unsure < dice(&mask([0.0, 0.0, 1.0, 1.0])?)?);
+
+        let (mut m, _) = build(&small())?;
+        let mut rng = Rng::new(3);
+        let p = patches(2, 3, &mut rng)?;
+        let x = to_tanh_range(&rng.uniform(2 * 32 * 32, &dev)?.reshape((2, 1, 32, 32))?)?;
+        let counts = p.counts(2);
+        let truth = m.true_mask(&p, &counts)?;
+        let z = m.noise(2, &mut rng)?;
+        let done = m.complete_parts(&m.part_inputs(&p)?, &m.presence(&counts)?, &z, false)?;
+        let terms = |m: &PuzzleGan| -> Result<Vec<f32>> {
+            m.generator_terms(&x, &truth, &done, 1.0)?
+                .iter()
+                .map(|t| t.to_scalar::<f32>())
+                .collect()
+        };
+        let without = terms(&m)?;
+        assert_eq!(without[4], 0.0);
+        m.cfg.mask_dice_weight = 2.0;
+        let with = terms(&m)?;
+        let expected = 2.0 * soft_dice(&done.mask, &truth)?.to_scalar::<f32>()?;
+        assert!((with[4] - expected).abs() < 1e-6 && expected > 0.0);
+        assert!((with[0] - without[0] - expected).abs() < 1e-5);
+        assert_eq!(with[1..4], without[1..4]);
+        Ok(())
+    }
+
     #[test]
     fn bad_configs_and_inputs_are_refused() -> Result<()> {
         for cfg in [
@@ -805,6 +865,10 @@ mod tests {
             },
             Config {
                 adversarial_weight: f64::NAN,
+                ..small()
+            },
+            Config {
+                mask_dice_weight: -0.5,
                 ..small()
             },
         ] {
