@@ -178,6 +178,28 @@ fn a_plain_safetensors_file_converts_like_the_pth() -> Result<()> {
         codes: None,
     };
     parity::assert_close("G(z)", &m.generate(&input, false)?, &f["dcgan.G"], 1e-5)?;
+    // genzoo's whole names, with a weight average, as scripts/train_gan_reference.py writes
+    // them: placed as they are, the average kept.
+    let mut whole = Checkpoint::default();
+    for (k, v) in Checkpoint::load(&dcgan, &Device::Cpu)?.tensors {
+        if k.starts_with("generator.") {
+            whole.tensors.insert(format!("ema.{k}"), (&v * 0.5)?);
+        }
+        whole.tensors.insert(k, v);
+    }
+    let src = tmp.path().join("reference.safetensors");
+    whole.save(&src)?;
+    let (out, printed) = convert(tmp.path(), "whole", &[s(&src)], "dcgan", &[]);
+    assert!(
+        printed.contains("the model's names as they are"),
+        "{printed}"
+    );
+    let ck = Checkpoint::load(&out, &Device::Cpu)?;
+    let key = "ema.generator.main.0.weight";
+    assert_eq!(
+        parity::max_abs(&(&ck.tensors[key] - &whole.tensors[key])?)?,
+        0.0
+    );
     // A genzoo file is not converted again.
     fails_with(
         &[
@@ -536,6 +558,18 @@ fn bad_inputs_are_clear_errors_that_leave_nothing_behind() {
         &args(&a),
         &["pgan.pth: no state dict under `ema`", "`netG`"],
         4,
+    );
+    let bytes = std::fs::read(fixture("forward.safetensors")).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    fails_cleanly(
+        dir,
+        &args(&convert(s(&cut), "dcgan")),
+        &[
+            "cut.safetensors is not a valid safetensors file",
+            "truncated",
+        ],
+        5,
     );
     assert!(!Path::new(out).exists());
 }

@@ -143,12 +143,16 @@ fn refuse_overwriting_an_input(req: &Request) -> Result<()> {
     Ok(())
 }
 
+/// `ema.`: where genzoo keeps a network's weight average.
+fn average_prefix() -> String {
+    format!("{}.", ck::AVERAGE_PREFIX)
+}
+
 /// Scalars in the networks (weight averages not counted).
 fn parameters(tensors: &HashMap<String, Tensor>) -> usize {
-    let average = format!("{}.", ck::AVERAGE_PREFIX);
     tensors
         .iter()
-        .filter(|(k, _)| !k.starts_with(&average))
+        .filter(|(k, _)| !k.starts_with(&average_prefix()))
         .map(|(_, t)| t.elem_count())
         .sum()
 }
@@ -252,7 +256,7 @@ fn place_by_names(
     let keys: Vec<(String, &[usize])> = dict
         .tensors
         .iter()
-        .filter(|(k, _)| !is_buffer(k))
+        .filter(|(k, _)| !is_buffer(k) && !k.starts_with(&average_prefix()))
         .map(|(k, t)| (reference.rename(k), t.dims()))
         .collect();
     if keys.is_empty() {
@@ -426,11 +430,16 @@ impl Weights {
                     .to_string(),
                 None => renamed,
             };
-            let name = match place.network.as_str() {
-                "" => inner,
-                net => format!("{net}.{inner}"),
+            // genzoo's own whole names may carry a weight average (`ema.generator...`).
+            let (average, name) = match (
+                place.network.as_str(),
+                inner.strip_prefix(&average_prefix()),
+            ) {
+                ("", Some(averaged)) => (true, averaged.to_string()),
+                ("", None) => (place.average, inner),
+                (net, _) => (place.average, format!("{net}.{inner}")),
             };
-            let into = if place.average {
+            let into = if average {
                 &mut self.average
             } else {
                 &mut self.plain
@@ -520,7 +529,7 @@ impl Weights {
         let averaged: BTreeSet<&str> = self.average.keys().map(|k| network(k)).collect();
         for (name, want) in vars.iter().filter(|(n, _)| averaged.contains(network(n))) {
             match self.average.get(name) {
-                Some(e) => out.take(format!("{}.{name}", ck::AVERAGE_PREFIX), fit(e, name, want)),
+                Some(e) => out.take(format!("{}{name}", average_prefix()), fit(e, name, want)),
                 None => out.problems.push(format!(
                     "the weight average lacks `{name}` (shape {want:?})"
                 )),

@@ -412,10 +412,7 @@ impl Reference for StarGan {
         for key in ["image_size", "d_conv_dim", "d_repeat_num"] {
             inf.open(key, "the discriminator is not in the files");
         }
-        inf.open(
-            "attributes",
-            "the attribute names are not in the weights (set them in a run file's [model_config])",
-        );
+        inf.open("attributes", "a run file's [model_config] names them");
         Ok(inf)
     }
 }

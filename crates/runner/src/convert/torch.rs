@@ -56,13 +56,23 @@ const LEGACY_MAGIC: [u8; 15] = [
 /// Reads `path` as whichever of the three formats its first bytes say it is.
 pub fn read(path: &Path) -> Result<(Value, Format)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let format = sniff(&bytes).with_context(|| {
-        format!(
+    let named_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let format = match sniff(&bytes) {
+        Some(format) => format,
+        // The header's own complaint says more than "not a checkpoint" (truncated, say).
+        None if named_safetensors => match safetensors::SafeTensors::read_metadata(&bytes) {
+            Err(e) => bail!(
+                "{} is not a valid safetensors file ({e}); it may be truncated",
+                path.display()
+            ),
+            Ok(_) => Format::Safetensors,
+        },
+        None => bail!(
             "{} is not a PyTorch checkpoint (a torch.save zip archive or its legacy format) \
              nor a safetensors file",
             path.display()
-        )
-    })?;
+        ),
+    };
     let value = match format {
         Format::Zip => read_zip(&bytes),
         Format::Legacy => read_legacy(&bytes),
