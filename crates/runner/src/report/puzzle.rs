@@ -269,7 +269,12 @@ impl PatchLookup {
             .iter()
             .map(|&j| self.boxes[j as usize].clone())
             .collect();
-        Ok(union_of_boxes(&boxes, &vec![k; boxes.len()], size, query.device())?)
+        Ok(union_of_boxes(
+            &boxes,
+            &vec![k; boxes.len()],
+            size,
+            query.device(),
+        )?)
     }
 }
 
@@ -352,10 +357,16 @@ mod tests {
             boxes: vec![vec![[1, 0, 1, 1], [0, 1, 1, 1]]],
         };
         // One patch: the first digit's first crop is nearest; its box is the top left pixel.
-        let one = lookup.masks(&query, 1, (2, 2))?.flatten_all()?.to_vec1::<f32>()?;
+        let one = lookup
+            .masks(&query, 1, (2, 2))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(one, vec![1.0, 0.0, 0.0, 0.0]);
         // Two patches: the first digit has one box only, so the second is taken.
-        let two = lookup.masks(&query, 2, (2, 2))?.flatten_all()?.to_vec1::<f32>()?;
+        let two = lookup
+            .masks(&query, 2, (2, 2))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(two, vec![1.0, 0.0, 0.0, 1.0]);
         Ok(())
     }
