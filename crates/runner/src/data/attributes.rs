@@ -49,7 +49,9 @@ impl AttributeTable {
             "{}: line 2 names no attributes",
             path.display()
         );
-        let mut rows = Vec::with_capacity(count);
+        // Line 1 is only a claim: sized by it, a file saying 2^64 images would ask for that
+        // much memory before the count is checked against the lines that are there.
+        let mut rows = Vec::new();
         for (i, line) in lines {
             let fields: Vec<&str> = line.split_whitespace().collect();
             ensure!(
@@ -127,6 +129,23 @@ mod tests {
         let v = t.select(&["Male".into(), "Blond_Hair".into()], p)?;
         assert_eq!(v, vec![vec![0.0, 1.0], vec![1.0, 0.0], vec![1.0, 0.0]]);
         Ok(())
+    }
+
+    /// A huge image count on line 1 (found by tests/fuzz_loaders.rs) is an error about the
+    /// count, not a capacity overflow or an allocation of that many rows.
+    #[test]
+    fn a_huge_image_count_is_checked_not_allocated() {
+        let p = Path::new("attrs.txt");
+        for count in ["18446744073709551615", "1000000000000"] {
+            let text = format!("{count}\nA B\nx.jpg 1 -1\n");
+            let e = format!("{:#}", AttributeTable::parse(&text, p).unwrap_err());
+            assert!(
+                e.contains(&format!(
+                    "attrs.txt: line 1 says {count} images, the file lists 1"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]
