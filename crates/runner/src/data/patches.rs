@@ -106,7 +106,9 @@ pub fn read_boxes(path: &Path, side: usize) -> Result<HashMap<String, Vec<PatchB
                     )
                 })?;
             let b = [values[0], values[1], values[2], values[3]];
-            if b[2] == 0 || b[3] == 0 || b[0] + b[2] > side || b[1] + b[3] > side {
+            // Checked sums: coordinates near usize::MAX must be refused, not overflow.
+            let inside = |at: usize, len: usize| at.checked_add(len).is_some_and(|end| end <= side);
+            if b[2] == 0 || b[3] == 0 || !inside(b[0], b[2]) || !inside(b[1], b[3]) {
                 bail!(
                     "{} line {}: box {field} of {name} lies outside the {side} x {side} image the model sees",
                     path.display(),
@@ -199,6 +201,26 @@ mod tests {
             assert!(
                 e.contains(needle) && e.contains("line 1")
                     || needle == "has no box" && e.contains(needle),
+                "{e}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Coordinates near `usize::MAX` (found by tests/fuzz_loaders.rs) lie outside the image:
+    /// `x + w` overflowed, a panic, before the sums were checked.
+    #[test]
+    fn huge_box_coordinates_are_outside_not_an_overflow() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("boxes.txt");
+        for text in [
+            "a.png 18446744073709551615,0,8,8\n",
+            "a.png 0,1,8,18446744073709551615\n",
+        ] {
+            std::fs::write(&path, text)?;
+            let e = format!("{:#}", read_boxes(&path, 32).unwrap_err());
+            assert!(
+                e.contains("boxes.txt line 1") && e.contains("outside the 32 x 32"),
                 "{e}"
             );
         }
