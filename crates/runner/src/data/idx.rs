@@ -62,12 +62,15 @@ pub fn parse_idx(bytes: &[u8], rank: u8, path: &Path) -> Result<(Vec<usize>, Vec
     let dims: Vec<usize> = (0..rank as usize)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
         .collect();
-    let expected = dims.iter().product::<usize>();
     let found = bytes.len() - header;
+    // The dims are the file's claim: their product may overflow, so it is checked, and it is
+    // compared with the bytes there before anything is sized by it.
+    let expected = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     ensure!(
-        found == expected,
-        "{}: header says {dims:?} = {expected} bytes of data, found {found} (truncated or corrupt)",
-        path.display()
+        expected == Some(found),
+        "{}: header says {dims:?} = {} bytes of data, found {found} (truncated or corrupt)",
+        path.display(),
+        expected.map_or("more".to_string(), |e| e.to_string())
     );
     Ok((dims, bytes[header..].to_vec()))
 }
@@ -124,6 +127,14 @@ fn from_idx_bytes(
     name: String,
 ) -> Result<Dataset> {
     let (dims, pixels) = parse_idx(images, 3, images_path)?;
+    // Images of no pixels would leave every later image index dividing by zero.
+    ensure!(
+        dims[1] > 0 && dims[2] > 0,
+        "{}: images of {} x {} pixels; expected at least 1 x 1",
+        images_path.display(),
+        dims[1],
+        dims[2]
+    );
     let (ldims, labels) = parse_idx(labels, 1, labels_path)?;
     ensure!(
         ldims[0] == dims[0],
@@ -211,6 +222,38 @@ mod tests {
         let e = parse_idx(&[1, 2], 3, p).unwrap_err().to_string();
         assert!(e.contains("too short"), "{e}");
     }
+    /// Dims whose product overflows (found by tests/fuzz_loaders.rs: a panic) are a header
+    /// that does not match the file.
+    #[test]
+    fn dims_that_overflow_are_a_named_error() {
+        let p = Path::new("f.idx");
+        let huge = idx(3, &[u32::MAX, u32::MAX, u32::MAX], &[0; 8]);
+        let e = parse_idx(&huge, 3, p).unwrap_err().to_string();
+        assert!(
+            e.contains("f.idx: header says [4294967295, 4294967295, 4294967295] = more bytes")
+                && e.contains("found 8"),
+            "{e}"
+        );
+    }
+
+    /// Images of 0 x N pixels (found by tests/fuzz_loaders.rs) are refused: the dataset's
+    /// image count divided by their size, zero.
+    #[test]
+    fn images_without_pixels_are_refused() {
+        let (ip, lp) = (Path::new("images"), Path::new("labels"));
+        let labels = idx(1, &[2], &[1, 2]);
+        for dims in [[2, 0, 5], [2, 5, 0], [2, 0, 0]] {
+            let images = idx(3, &dims, &[]);
+            let e = from_idx_bytes(&images, ip, &labels, lp, "x".into())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("images: images of") && e.contains("pixels"),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn missing_and_corrupt_files_are_named() -> Result<()> {
         let dir = tempfile::tempdir()?;
