@@ -16,6 +16,24 @@ use super::Dataset;
 
 const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
+/// The most bytes one image may decode to: 8192 x 8192 RGBA. A header's width and height are
+/// a claim (a 100-byte PNG may claim 40,000 x 40,000 pixels); every image is resized to the
+/// model's side, so no dataset needs more.
+const MAX_DECODED_BYTES: u64 = 256 << 20;
+
+/// Decodes the image at `path` (its format from its extension, as `image::open`), refusing
+/// one whose header claims more than [`MAX_DECODED_BYTES`] before allocating for it.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    let mut reader = image::ImageReader::open(path)
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    reader.limits(limits);
+    reader
+        .decode()
+        .with_context(|| format!("cannot decode image {}", path.display()))
+}
+
 fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let entries =
         fs::read_dir(dir).with_context(|| format!("cannot read directory {}", dir.display()))?;
@@ -73,8 +91,7 @@ pub fn list_images(dir: &Path) -> Result<Listing> {
 pub fn probe_channels(paths: &[PathBuf], probe: usize) -> Result<usize> {
     let step = (paths.len() / probe.max(1)).max(1);
     for path in paths.iter().step_by(step) {
-        let img =
-            image::open(path).with_context(|| format!("cannot decode image {}", path.display()))?;
+        let img = open_image(path)?;
         if img.color().has_color() {
             return Ok(3);
         }
@@ -87,8 +104,7 @@ pub fn decode_all(paths: &[PathBuf], size: usize, channels: usize) -> Result<Vec
     let images: Vec<Vec<u8>> = paths
         .par_iter()
         .map(|path| {
-            let img = image::open(path)
-                .with_context(|| format!("cannot decode image {}", path.display()))?;
+            let img = open_image(path)?;
             Ok(resize_center_crop(&img, size, channels))
         })
         .collect::<Result<_>>()?;
@@ -250,5 +266,43 @@ mod tests {
         image::GrayImage::from_pixel(5, 5, image::Luma([7])).save(grey.join("g.png"))?;
         assert_eq!(probe_channels(&list_images(&grey)?.paths, 4)?, 1);
         Ok(())
+    }
+
+    /// A PNG whose header claims 12,000 x 12,000 RGB pixels (432 MB) is refused by the
+    /// decoder's limit before it allocates, with an error naming the file.
+    #[test]
+    fn an_image_claiming_too_many_pixels_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("big.png");
+        let mut png = Vec::new();
+        image::RgbImage::new(2, 2)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        // IHDR's width and height, and its CRC made right again.
+        png[16..20].copy_from_slice(&12_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&12_000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        fs::write(&path, png)?;
+        let e = format!("{:#}", open_image(&path).unwrap_err());
+        assert!(
+            e.contains("cannot decode image") && e.contains("big.png") && e.contains("limit"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    /// PNG's CRC-32.
+    fn crc32(bytes: &[u8]) -> u32 {
+        !bytes.iter().fold(!0u32, |mut c, &b| {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xedb8_8320
+                } else {
+                    c >> 1
+                };
+            }
+            c
+        })
     }
 }

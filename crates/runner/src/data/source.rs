@@ -179,8 +179,7 @@ impl Source for Streamed {
 
     fn image(&self, i: usize, rng: &mut Rng) -> Result<Image> {
         let path = &self.paths[i];
-        let img =
-            image::open(path).with_context(|| format!("cannot decode image {}", path.display()))?;
+        let img = crate::data::folder::open_image(path)?;
         let bytes = crate::data::resize_center_crop(&img, self.size, self.channels);
         let raw = Image::from_bytes([self.channels, self.size, self.size], &bytes)?;
         self.transforms.apply(raw, rng)
