@@ -56,14 +56,15 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&i)?);
     } else {
-        print(&i);
+        print!("{}", render(&i));
     }
     Ok(())
 }
 
-pub fn print(i: &Inspection) {
-    println!("{}", i.file);
-    println!();
+/// The table `genzoo inspect` prints: tensors, counts and metadata (long values cut short).
+pub fn render(i: &Inspection) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let width = i
         .tensors
         .iter()
@@ -71,12 +72,15 @@ pub fn print(i: &Inspection) {
         .max()
         .unwrap_or(6)
         .max(6);
-    println!(
+    let _ = writeln!(out, "{}\n", i.file);
+    let _ = writeln!(
+        out,
         "{:<width$}  {:<6} {:<20} {:>12}",
         "tensor", "dtype", "shape", "values"
     );
     for t in &i.tensors {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<width$}  {:<6} {:<20} {:>12}",
             t.name,
             t.dtype,
@@ -84,9 +88,9 @@ pub fn print(i: &Inspection) {
             t.count
         );
     }
-    println!();
-    println!(
-        "parameters: {} in {} tensors",
+    let _ = writeln!(
+        out,
+        "\nparameters: {} in {} tensors",
         i.parameters,
         i.tensors
             .iter()
@@ -94,18 +98,42 @@ pub fn print(i: &Inspection) {
             .count()
     );
     if i.optimizer_values > 0 {
-        println!("optimizer state: {} values", i.optimizer_values);
+        let _ = writeln!(out, "optimizer state: {} values", i.optimizer_values);
     }
     if !i.metadata.is_empty() {
-        println!();
-        println!("metadata:");
+        let _ = writeln!(out, "\nmetadata:");
         for (k, v) in &i.metadata {
-            let shown = if v.len() > 200 {
-                format!("{}...", &v[..200])
-            } else {
-                v.clone()
+            // Cut at a character boundary: metadata is any UTF-8 the file's writer chose.
+            let shown = match (0..=200).rev().find(|&i| v.is_char_boundary(i)) {
+                Some(cut) if v.len() > 200 => format!("{}...", &v[..cut]),
+                _ => v.clone(),
             };
-            println!("  {k} = {shown}");
+            let _ = writeln!(out, "  {k} = {shown}");
         }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A long metadata value of multi-byte characters is cut at a character boundary: byte 200
+    /// inside a character was a panic.
+    #[test]
+    fn long_multibyte_metadata_is_cut_between_characters() {
+        let value = "€".repeat(100);
+        let i = Inspection {
+            file: "x.safetensors".into(),
+            tensors: vec![],
+            metadata: [("note".to_string(), value.clone())].into(),
+            parameters: 0,
+            optimizer_values: 0,
+        };
+        let text = render(&i);
+        assert!(
+            text.contains(&format!("  note = {}...", "€".repeat(66))),
+            "{text}"
+        );
     }
 }
