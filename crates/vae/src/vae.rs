@@ -80,6 +80,17 @@ impl Config {
             "image size must be positive"
         );
         anyhow::ensure!(self.eval_chunk > 0, "eval_chunk must be positive");
+        // The config may come from a file's metadata: a side whose pixel count overflows is
+        // refused here, before the layers multiply it out.
+        anyhow::ensure!(
+            self.image_channels
+                .checked_mul(self.image_size)
+                .and_then(|n| n.checked_mul(self.image_size))
+                .is_some(),
+            "image_channels = {} and image_size = {} make more pixels than fit in memory",
+            self.image_channels,
+            self.image_size
+        );
         if self.arch == Arch::Conv {
             anyhow::ensure!(
                 self.image_size.is_multiple_of(4),

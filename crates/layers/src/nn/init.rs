@@ -16,6 +16,36 @@ use crate::train::rng::{Rng, Stream};
 struct SeededVarMap {
     varmap: VarMap,
     rng: Mutex<Rng>,
+    /// Values the new variables may still take in all (`None`: no bound).
+    budget: Option<Mutex<usize>>,
+}
+
+impl SeededVarMap {
+    /// Takes `shape`'s values from the budget, before anything of that size is allocated: a
+    /// model rebuilt from a file's metadata may ask for more than the file can hold.
+    fn spend(&self, name: &str, shape: &Shape) -> Result<()> {
+        let Some(n) = shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+        else {
+            candle_core::bail!(
+                "parameter `{name}` of shape {:?} has more values than fit in memory",
+                shape.dims()
+            );
+        };
+        if let Some(budget) = &self.budget {
+            let mut left = budget.lock().expect("budget lock poisoned");
+            if n > *left {
+                candle_core::bail!(
+                    "parameter `{name}` of shape {:?} ({n} values) takes the model past the values there are to load into it",
+                    shape.dims()
+                );
+            }
+            *left -= n;
+        }
+        Ok(())
+    }
 }
 
 /// Draws the values of one `Init` hint from `rng`, as f32 on the CPU.
@@ -63,6 +93,7 @@ impl SimpleBackend for SeededVarMap {
             }
             return Ok(var.as_tensor().clone());
         }
+        self.spend(name, &s)?;
         let values = init_values(h, &s, &mut self.rng.lock().expect("rng lock poisoned"));
         let var = Var::from_tensor(&Tensor::from_vec(values, s, dev)?.to_dtype(dtype)?)?;
         let tensor = var.as_tensor().clone();
@@ -90,9 +121,23 @@ pub fn seeded_var_builder(
     dtype: DType,
     device: &Device,
 ) -> VarBuilder<'static> {
+    seeded_var_builder_within(varmap, seed, dtype, device, None)
+}
+
+/// [`seeded_var_builder`] whose variables may take `max_values` values in all: a model that
+/// is rebuilt to load a file's weights needs no more than the file holds, and its metadata,
+/// which says how large to build it, is not to be trusted further than that.
+pub fn seeded_var_builder_within(
+    varmap: &VarMap,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+    max_values: Option<usize>,
+) -> VarBuilder<'static> {
     let backend = SeededVarMap {
         varmap: varmap.clone(),
         rng: Mutex::new(Rng::derive(seed, Stream::Init, 0)),
+        budget: max_values.map(Mutex::new),
     };
     VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
 }

@@ -170,9 +170,25 @@ pub fn build_model(
     run: &RunConfig,
     device: &Device,
 ) -> Result<(Box<dyn Model>, VarMap, RunConfig)> {
+    build_model_within(run, device, None)
+}
+
+/// [`build_model`] with at most `max_values` values in its variables (see
+/// [`layers::nn::init::seeded_var_builder_within`]).
+fn build_model_within(
+    run: &RunConfig,
+    device: &Device,
+    max_values: Option<usize>,
+) -> Result<(Box<dyn Model>, VarMap, RunConfig)> {
     let build = registry::builder(&run.model)?;
     let varmap = VarMap::new();
-    let vb = layers::nn::init::seeded_var_builder(&varmap, run.train.seed, DType::F32, device);
+    let vb = layers::nn::init::seeded_var_builder_within(
+        &varmap,
+        run.train.seed,
+        DType::F32,
+        device,
+        max_values,
+    );
     let input = BuildInput {
         model_config: &run.model_config,
         adversarial: run.gan.adversarial(),
@@ -207,6 +223,13 @@ impl Loaded {
         for (name, var) in data.iter() {
             let key = format!("{AVERAGE_PREFIX}.{name}");
             if let Some(avg) = self.checkpoint.tensors.get(&key) {
+                if avg.shape() != var.shape() {
+                    bail!(
+                        "tensor `{key}` has shape {:?}, the model expects {:?}",
+                        avg.dims(),
+                        var.dims()
+                    );
+                }
                 var.set(&avg.to_dtype(var.dtype())?)?;
             }
         }
@@ -267,7 +290,17 @@ fn checkpoint_run(
 pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
     let checkpoint = Checkpoint::load(path, device)?;
     let run = checkpoint_run(&checkpoint, path, plain)?;
-    let (mut model, varmap, run) = build_model(&run, device)?;
+    // Every variable is loaded from the file, so the model may take no more values than the
+    // file holds: a config claiming a huge model fails before it is allocated.
+    let held = checkpoint.parameter_count(|_| true);
+    let (mut model, varmap, run) =
+        build_model_within(&run, device, Some(held)).with_context(|| {
+            format!(
+                "{}: cannot build model `{}` as its config describes it",
+                path.display(),
+                run.model
+            )
+        })?;
     let unused = load_into_varmap(&varmap, &checkpoint.tensors, path)?;
     warn_unused(&unused, path);
     let progress = read_progress(&checkpoint, path)?;
@@ -295,7 +328,9 @@ pub fn load_for_sampling(
 ) -> Result<Loaded> {
     let loaded = load_model(path, device, plain)?;
     if !raw {
-        loaded.use_average()?;
+        loaded
+            .use_average()
+            .with_context(|| format!("{}: the weight average", path.display()))?;
     }
     Ok(loaded)
 }
@@ -423,4 +458,96 @@ pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
     ck.metadata.remove(META_EPOCH_SUMS);
     ck.save(dst)?;
     Ok((ck.tensors.len(), before - ck.tensors.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny VAE's checkpoint at `path` whose `[model_config]` is `model_config`, and with
+    /// `extra` tensors beside its weights.
+    fn write_checkpoint(path: &Path, model_config: &str, extra: &[(&str, Tensor)]) -> Result<()> {
+        let mut run = RunConfig::new("vae");
+        run.model_config = toml::from_str("hidden_dim = 3\nlatent_dim = 2\nimage_size = 4")?;
+        let (_, varmap, mut run) = build_model(&run, &Device::Cpu)?;
+        run.model_config = toml::from_str(model_config)?;
+        let mut ck = Checkpoint {
+            tensors: varmap_tensors(&varmap),
+            metadata: BTreeMap::new(),
+        };
+        ck.tensors
+            .extend(extra.iter().map(|(k, t)| (k.to_string(), t.clone())));
+        ck.metadata.insert(META_CONFIG.into(), run.to_json()?);
+        ck.save(path)
+    }
+
+    /// A config claiming a model of 2^44 values (found by tests/fuzz_loaders.rs) is refused
+    /// before the model is allocated: without the bound, building it aborts the process.
+    #[test]
+    fn a_config_claiming_a_huge_model_is_refused_before_allocating() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("huge.safetensors");
+        let huge = "hidden_dim = 1099511627776\nlatent_dim = 2\nimage_size = 4";
+        write_checkpoint(&path, huge, &[])?;
+        let e = format!("{:#}", load_model(&path, &Device::Cpu, None).err().unwrap());
+        assert!(
+            e.contains("huge.safetensors: cannot build model `vae`")
+                && e.contains("past the values there are to load"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    /// An invalid model config in a checkpoint's metadata (found by tests/fuzz_loaders.rs) is an
+    /// error naming the file, not only the field.
+    #[test]
+    fn a_bad_model_config_names_the_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("bad.safetensors");
+        write_checkpoint(&path, "hiDden_dim = 3", &[])?;
+        let e = format!("{:#}", load_model(&path, &Device::Cpu, None).err().unwrap());
+        assert!(
+            e.contains("bad.safetensors: cannot build model `vae`")
+                && e.contains("unknown field `hiDden_dim`"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    /// A weight average of another shape than its variable is an error naming the file and the
+    /// tensor, not Candle's bare shape mismatch.
+    #[test]
+    fn a_weight_average_of_another_shape_is_a_named_error() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("avg.safetensors");
+        let wrong = Tensor::zeros((5, 5), DType::F32, &Device::Cpu)?;
+        let config = "hidden_dim = 3\nlatent_dim = 2\nimage_size = 4";
+        write_checkpoint(&path, config, &[("ema.fc1.weight", wrong)])?;
+        let e = format!(
+            "{:#}",
+            load_for_sampling(&path, &Device::Cpu, None, false)
+                .err()
+                .unwrap()
+        );
+        assert!(
+            e.contains("avg.safetensors: the weight average")
+                && e.contains("`ema.fc1.weight` has shape [5, 5], the model expects [3, 16]"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    /// An image side whose square overflows is refused by the model's config, not a panic.
+    #[test]
+    fn an_image_size_that_overflows_is_an_error() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("side.safetensors");
+        write_checkpoint(&path, "image_size = 4294967296", &[])?;
+        let e = format!("{:#}", load_model(&path, &Device::Cpu, None).err().unwrap());
+        assert!(
+            e.contains("side.safetensors: cannot build model `vae`"),
+            "{e}"
+        );
+        Ok(())
+    }
 }
