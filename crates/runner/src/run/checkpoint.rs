@@ -290,11 +290,14 @@ fn checkpoint_run(
 pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
     let checkpoint = Checkpoint::load(path, device)?;
     let run = checkpoint_run(&checkpoint, path, plain)?;
-    // Every variable is loaded from the file, so the model may take no more values than the
-    // file holds: a config claiming a huge model fails before it is allocated.
+    // Every variable is loaded from the file, so a model larger than the file holds cannot
+    // load: a config claiming a huge model fails before it is allocated. The slack (twice the
+    // file, and a million values) leaves a file that lacks a few tensors to the clearer
+    // "missing tensor(s)" error of `load_into_varmap`.
     let held = checkpoint.parameter_count(|_| true);
+    let budget = held.saturating_mul(2).saturating_add(1 << 20);
     let (mut model, varmap, run) =
-        build_model_within(&run, device, Some(held)).with_context(|| {
+        build_model_within(&run, device, Some(budget)).with_context(|| {
             format!(
                 "{}: cannot build model `{}` as its config describes it",
                 path.display(),
