@@ -120,14 +120,16 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The step from which a linear schedule decays.
+    /// The step from which a linear schedule decays. Saturating: a run file may ask for more
+    /// epochs than steps can count, which is a run that does not end, not an overflow.
     pub fn decay_start_step(&self, steps_per_epoch: u64) -> u64 {
-        self.decay_start * steps_per_epoch
+        self.decay_start.saturating_mul(steps_per_epoch)
     }
 
-    /// Steps the run takes in all: its epochs, cut short by `max_steps`.
+    /// Steps the run takes in all: its epochs (saturating, as above), cut short by
+    /// `max_steps`.
     pub fn total_steps(&self, steps_per_epoch: u64) -> u64 {
-        let all = self.epochs * steps_per_epoch;
+        let all = self.epochs.saturating_mul(steps_per_epoch);
         if self.max_steps > 0 {
             all.min(self.max_steps)
         } else {
@@ -443,6 +445,21 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Epochs past what steps can count (found by tests/fuzz_loaders.rs: the product
+    /// overflowed, a panic) make a run of as many steps as a u64 holds.
+    #[test]
+    fn huge_epoch_counts_saturate_the_step_counts() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("run.toml");
+        let text = "model = \"vae\"\n[train]\nepochs = 9223372036854775807\ndecay_start = 9223372036854775806\nschedule = \"linear\"\n";
+        std::fs::write(&path, text)?;
+        let run = RunConfig::from_file(&path, None)?;
+        run.train.validate()?;
+        assert_eq!(run.train.total_steps(1000), u64::MAX);
+        assert_eq!(run.train.decay_start_step(1000), u64::MAX);
+        Ok(())
+    }
 
     #[test]
     fn reads_model_train_and_model_tables() -> Result<()> {
