@@ -100,8 +100,12 @@ impl Transform {
                 "rotate = {deg}: only multiples of 90 degrees keep every pixel (exact and invertible)"
             ),
             Transform::Resize(n) | Transform::CenterCrop(n) | Transform::RandomCrop(n) => {
-                ensure!(*n > 0, "{self:?}: the size must be positive")
+                ensure!(
+                    *n > 0 && *n <= MAX_SIDE,
+                    "{self:?}: the size must be 1 to {MAX_SIDE}"
+                )
             }
+            Transform::Pad(p) => ensure!(*p <= MAX_SIDE, "{self:?}: at most {MAX_SIDE} pixels"),
             Transform::Tint(f) | Transform::Untint(f) => ensure!(
                 f.iter().all(|v| v.is_finite() && *v >= 0.0) && f.iter().any(|v| *v > 0.0),
                 "{self:?}: the factors must be non-negative and not all zero"
@@ -267,6 +271,10 @@ fn resize_bilinear(image: &Image, nh: usize, nw: usize) -> Image {
     })
 }
 
+/// The longest side an image may reach through the transforms (and a transform's size or
+/// padding): far past any model here, and small enough that sides multiply without overflow.
+pub const MAX_SIDE: usize = 1 << 14;
+
 /// A list of transforms applied in order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -277,8 +285,19 @@ impl Pipeline {
         self.0.iter().try_for_each(Transform::validate)
     }
 
+    /// The shape the transforms make of `shape`; a side past [`MAX_SIDE`] at any step is an
+    /// error, so no transform's arithmetic (a pad, a resize's ratio) can overflow.
     pub fn output_shape(&self, shape: [usize; 3]) -> Result<[usize; 3]> {
-        self.0.iter().try_fold(shape, |s, t| t.output_shape(s))
+        self.0.iter().try_fold(shape, |s, t| {
+            let [c, h, w] = t.output_shape(s)?;
+            ensure!(
+                h <= MAX_SIDE && w <= MAX_SIDE,
+                "{t:?} makes a {h} x {w} image of a {} x {} one; the most is {MAX_SIDE} x {MAX_SIDE}",
+                s[1],
+                s[2]
+            );
+            Ok([c, h, w])
+        })
     }
 
     pub fn apply(&self, image: Image, rng: &mut Rng) -> Result<Image> {
@@ -308,6 +327,26 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sizes and pads past any image (`h + 2 * pad` overflowed, a panic, in the run files
+    /// tests/fuzz_loaders.rs reads) are refused by `validate`, and chains that grow past
+    /// [`MAX_SIDE`] by `output_shape`.
+    #[test]
+    fn huge_sizes_and_pads_are_refused_not_overflowed() {
+        for t in [
+            Transform::Pad(usize::MAX),
+            Transform::Resize(usize::MAX),
+            Transform::RandomCrop(MAX_SIDE + 1),
+        ] {
+            let e = t.validate().unwrap_err().to_string();
+            assert!(e.contains(&MAX_SIDE.to_string()), "{e}");
+        }
+        let growing = Pipeline(vec![Transform::Pad(MAX_SIDE); 3]);
+        let e = growing.output_shape([1, 28, 28]).unwrap_err().to_string();
+        assert!(e.contains("the most is 16384 x 16384"), "{e}");
+        let tall = Pipeline(vec![Transform::Resize(MAX_SIDE)]);
+        assert!(tall.output_shape([1, 1, 1 << 20]).is_err());
+    }
 
     fn ramp(shape: [usize; 3]) -> Image {
         let n: usize = shape.iter().product();
