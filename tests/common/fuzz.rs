@@ -226,10 +226,14 @@ fn check(target: &Target, input: Vec<u8>) -> bool {
     let load = target.load.clone();
     let data = input.clone();
     let worker = std::thread::spawn(move || {
-        let result = load(&data).map_err(|e| format!("{e:#}"));
-        let _ = tx.send(result);
+        let result = load(&data);
+        // The peak is read before the error is formatted: with RUST_BACKTRACE set, Candle's
+        // errors carry a backtrace whose symbols take ~100 MB to resolve, which is not the
+        // loader's doing.
+        let peak = PEAK.load(Ordering::Relaxed);
+        let _ = tx.send((result.map_err(|e| format!("{e:#}")), peak));
     });
-    let result = match rx.recv_timeout(timeout) {
+    let (result, peak) = match rx.recv_timeout(timeout) {
         Ok(r) => r,
         Err(mpsc::RecvTimeoutError::Timeout) => fail(
             target,
@@ -242,7 +246,7 @@ fn check(target: &Target, input: Vec<u8>) -> bool {
         }
     };
     let _ = worker.join();
-    let grown = PEAK.load(Ordering::Relaxed).saturating_sub(baseline);
+    let grown = peak.saturating_sub(baseline);
     if grown > target.memory_limit {
         fail(
             target,
