@@ -91,6 +91,19 @@ fn text2image_trains_its_encoder_then_its_gan_and_resumes_exactly() {
     let shipped = tmp.path().join("shipped.safetensors");
     ok(run(&["export", s(&ck), s(&shipped)]));
     ok(run(&["sample", s(&shipped), "-n", "4", "--out", s(&png)]));
+    // With the average only, in place of the weights: the same samples from a smaller file,
+    // and no trained weights for --raw.
+    let averaged = tmp.path().join("averaged.safetensors");
+    ok(run(&["export", "--averaged", s(&ck), s(&averaged)]));
+    let same = tmp.path().join("same.png");
+    ok(run(&["sample", s(&averaged), "-n", "4", "--out", s(&same)]));
+    assert_eq!(std::fs::read(&png).unwrap(), std::fs::read(&same).unwrap());
+    let bytes = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(bytes(&averaged) < bytes(&shipped));
+    fails_with(
+        &["sample", s(&averaged), "--raw", "--out", s(&same)],
+        &["averaged.safetensors holds the weight average only"],
+    );
     fails_with(
         &["sample", s(&shipped), "--caption", "purple elephant"],
         &["none of its words"],

@@ -90,7 +90,14 @@ enum Command {
         json: bool,
     },
     /// Copy a checkpoint's weights and metadata without the optimizer state (to share or ship).
-    Export { checkpoint: PathBuf, out: PathBuf },
+    Export {
+        checkpoint: PathBuf,
+        out: PathBuf,
+        /// Keep only the weight average, as the weights (half the size of a GAN's file; `--raw`
+        /// then has no trained weights to use).
+        #[arg(long)]
+        averaged: bool,
+    },
     /// Turn PyTorch weights (.pth, .pt, .ckpt, safetensors) into a genzoo file for a model.
     Convert(ConvertCmd),
     /// Every model of genzoo's mission: family, explicit or implicit, built yet or not.
@@ -128,7 +135,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => done(commands::bench::run(&workloads, steps, json, &device()?)),
         Command::Params { size, json } => done(commands::params::run(size, json)),
-        Command::Export { checkpoint, out } => done(commands::export::run(&checkpoint, &out)),
+        Command::Export {
+            checkpoint,
+            out,
+            averaged,
+        } => done(commands::export::run(&checkpoint, &out, averaged)),
         Command::Convert(cmd) => done(commands::convert::run(cmd)),
         Command::List { json } => done(commands::list::run(json)),
         Command::Classifier(cmd) => done(commands::classifier::run(cmd, device()?)),

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
-pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
-    let (kept, dropped) = crate::run::checkpoint::export_weights(checkpoint, out)?;
+pub fn run(checkpoint: &Path, out: &Path, averaged: bool) -> Result<()> {
+    let (kept, dropped) = crate::run::checkpoint::export_weights(checkpoint, out, averaged)?;
     println!(
         "wrote {} ({kept} tensors; {dropped} optimizer and training-state tensors left out)",
         out.display()

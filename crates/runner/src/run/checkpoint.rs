@@ -28,6 +28,9 @@ pub const META_OPTIMIZER_STEP: &str = "genzoo.optimizer.step";
 pub const META_EPOCH_SUMS: &str = "genzoo.epoch_sums";
 /// Updates of the weight average so far (its warm-up): the steps, unless a stage restarted it.
 pub const META_AVERAGE_UPDATES: &str = "genzoo.average.updates";
+/// `averaged` where the weights are the average itself (`genzoo export --averaged`).
+pub const META_WEIGHTS: &str = "genzoo.weights";
+const WEIGHTS_AVERAGED: &str = "averaged";
 pub const FORMAT_VERSION: &str = "1";
 /// Prefix of the optimisers' tensors, kept apart from the model's reference names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer";
@@ -330,6 +333,12 @@ pub fn load_for_sampling(
     raw: bool,
 ) -> Result<Loaded> {
     let loaded = load_model(path, device, plain)?;
+    if raw && loaded.checkpoint.meta(META_WEIGHTS) == Some(WEIGHTS_AVERAGED) {
+        bail!(
+            "{} holds the weight average only (exported with --averaged): it has no trained weights for --raw",
+            path.display()
+        );
+    }
     if !raw {
         loaded
             .use_average()
@@ -443,8 +452,9 @@ pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path
 /// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state or
 /// the training-only state (image pools): a file to share or ship, which `sample` and `eval`
 /// read like the checkpoint. The weight average stays (samples are drawn with it), and so does
-/// the state sampling reads ([`layers::step::SAMPLING_STATE`]).
-pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
+/// the state sampling reads ([`layers::step::SAMPLING_STATE`]). With `averaged`, the average
+/// replaces the weights it averages (marked in [`META_WEIGHTS`]), so the file holds one copy.
+pub fn export_weights(src: &Path, dst: &Path, averaged: bool) -> Result<(usize, usize)> {
     let mut ck = Checkpoint::load(src, &Device::Cpu)?;
     ck.require_meta(META_MODEL, src)?;
     let before = ck.tensors.len();
@@ -459,8 +469,35 @@ pub fn export_weights(src: &Path, dst: &Path) -> Result<(usize, usize)> {
     ck.metadata
         .retain(|k, _| !(k.starts_with("genzoo.optimizer") && k.ends_with("step")));
     ck.metadata.remove(META_EPOCH_SUMS);
+    if averaged {
+        fold_average(&mut ck, src)?;
+    }
     ck.save(dst)?;
     Ok((ck.tensors.len(), before - ck.tensors.len()))
+}
+
+/// Puts each `ema.NAME` in place of `NAME`, and says so in the metadata.
+fn fold_average(ck: &mut Checkpoint, src: &Path) -> Result<()> {
+    let prefix = format!("{AVERAGE_PREFIX}.");
+    let names: Vec<String> = ck
+        .tensors
+        .keys()
+        .filter(|n| n.starts_with(&prefix))
+        .cloned()
+        .collect();
+    if names.is_empty() {
+        bail!(
+            "{} has no weight average (`{prefix}*` tensors) to keep",
+            src.display()
+        );
+    }
+    for name in names {
+        let average = ck.tensors.remove(&name).expect("listed above");
+        ck.tensors.insert(name[prefix.len()..].to_string(), average);
+    }
+    ck.metadata
+        .insert(META_WEIGHTS.to_string(), WEIGHTS_AVERAGED.to_string());
+    Ok(())
 }
 
 #[cfg(test)]
