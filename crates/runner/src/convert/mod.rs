@@ -11,9 +11,10 @@
 //! 6. the file is written beside its destination, loaded back as `sample` and `eval` load it,
 //!    and only then renamed into place.
 
-pub mod reference;
-pub mod state_dict;
-pub mod torch;
+mod pickle;
+mod reference;
+mod state_dict;
+mod torch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 //! pickle protocol 2, `torch.save`'s default; a file saved with a higher `pickle_protocol` is
 //! refused with an error that says so.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 use std::path::Path;
@@ -14,6 +15,8 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
+
+use super::pickle;
 
 /// A file's content as far as weights are concerned.
 #[derive(Debug)]
@@ -118,20 +121,59 @@ fn read_safetensors(bytes: &[u8]) -> Result<Value> {
 
 /// One pickle from the front of `r`, which is left just past its `STOP`.
 fn unpickle(r: &mut &[u8]) -> Result<Object> {
-    let mut stack = Stack::empty();
-    stack.read_loop(r).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot parse its pickle ({e}); genzoo reads pickle protocol 2, torch.save's default: \
-             a file saved with a higher pickle_protocol, or a damaged one, cannot be read"
-        )
-    })?;
-    Ok(stack.finalize()?)
+    let (pickle, len) = pickle::check(r)?;
+    *r = &r[len..];
+    // The walk rules out the panics known in Candle's parser (see `pickle`); should another
+    // version bring a new one, a damaged download is still an error naming the file, not a
+    // crash.
+    let parsed = std::panic::catch_unwind(|| {
+        let mut stack = Stack::empty();
+        stack.read_loop(&mut &pickle[..])?;
+        stack.finalize()
+    });
+    match parsed {
+        Ok(Ok(object)) => Ok(object),
+        Ok(Err(e)) => bail!("cannot parse its pickle ({e}): damaged?"),
+        Err(_) => bail!("Candle's pickle parser failed on it: damaged?"),
+    }
 }
 
-/// Where a tensor's data lives: the storages of one file.
-trait Storages {
-    /// Storage `key` as a 1-D tensor of `numel` elements of `dtype`.
-    fn storage(&mut self, key: &str, dtype: DType, numel: usize) -> Result<Tensor>;
+/// Where a tensor's data lives: the raw bytes of each storage of one file, by key.
+trait StorageBytes {
+    fn bytes(&mut self, key: &str) -> Result<Cow<'_, [u8]>>;
+}
+
+/// The file's storages as 1-D tensors, each read once however many tensors view it.
+struct Storages<S> {
+    source: S,
+    read: HashMap<String, Tensor>,
+}
+
+impl<S: StorageBytes> Storages<S> {
+    fn new(source: S) -> Self {
+        Self {
+            source,
+            read: HashMap::new(),
+        }
+    }
+
+    /// Storage `r.key` as `numel` elements of `dtype`, which every reference must agree on.
+    fn get(&mut self, r: &StorageRef, dtype: DType) -> Result<Tensor> {
+        if let Some(t) = self.read.get(&r.key) {
+            ensure!(
+                t.dtype() == dtype && t.elem_count() == r.numel,
+                "storage `{}` is referred to as {} {dtype:?} values and as {} {:?} values",
+                r.key,
+                r.numel,
+                t.elem_count(),
+                t.dtype()
+            );
+            return Ok(t.clone());
+        }
+        let t = storage_tensor(&self.source.bytes(&r.key)?, dtype, r.numel, &r.key)?;
+        self.read.insert(r.key.clone(), t.clone());
+        Ok(t)
+    }
 }
 
 /// The zip format's storages: entry `<archive>/data/<key>` each.
@@ -139,27 +181,43 @@ struct ZipStorages<'a> {
     zip: zip::ZipArchive<Cursor<&'a [u8]>>,
     /// `<archive>/`.
     prefix: String,
-    read: HashMap<String, Tensor>,
+    file_len: usize,
 }
 
-impl Storages for ZipStorages<'_> {
-    fn storage(&mut self, key: &str, dtype: DType, numel: usize) -> Result<Tensor> {
-        if let Some(t) = self.read.get(key) {
-            return Ok(t.clone());
-        }
+impl StorageBytes for ZipStorages<'_> {
+    fn bytes(&mut self, key: &str) -> Result<Cow<'_, [u8]>> {
         let name = format!("{}data/{key}", self.prefix);
-        let mut entry = self
-            .zip
-            .by_name(&name)
-            .with_context(|| format!("the archive has no storage `{name}`"))?;
-        let mut data = Vec::new();
-        entry
-            .read_to_end(&mut data)
-            .with_context(|| format!("cannot read storage `{name}` (damaged or truncated?)"))?;
-        let t = storage_tensor(&data, dtype, numel, key)?;
-        self.read.insert(key.to_string(), t.clone());
-        Ok(t)
+        Ok(Cow::Owned(read_entry(&mut self.zip, &name, self.file_len)?))
     }
+}
+
+/// The bytes of entry `name`, checked to be stored as torch.save stores them (a compressed
+/// entry could inflate far beyond the file) and no longer than the archive.
+fn read_entry(
+    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+    name: &str,
+    file_len: usize,
+) -> Result<Vec<u8>> {
+    let archive_len = file_len as u64;
+    let entry = zip
+        .by_name(name)
+        .with_context(|| format!("the archive has no entry `{name}`"))?;
+    ensure!(
+        entry.compression() == zip::CompressionMethod::Stored,
+        "entry `{name}` is compressed ({}), which torch.save never does",
+        entry.compression()
+    );
+    ensure!(
+        entry.size() <= archive_len,
+        "entry `{name}` claims {} bytes, more than the whole file's {archive_len}",
+        entry.size()
+    );
+    let mut data = Vec::with_capacity(entry.size() as usize);
+    entry
+        .take(archive_len)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read entry `{name}` (damaged or truncated?)"))?;
+    Ok(data)
 }
 
 fn read_zip(bytes: &[u8]) -> Result<Value> {
@@ -168,41 +226,38 @@ fn read_zip(bytes: &[u8]) -> Result<Value> {
     let pickle_name = zip
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.into_owned()))
-        .find(|n| n.ends_with("data.pkl"))
+        .filter(|n| n.ends_with("data.pkl"))
+        .min_by_key(|n| n.len())
         .context("a zip archive without `data.pkl`: not written by torch.save")?;
     let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
-    if let Ok(mut order) = zip.by_name(&format!("{prefix}byteorder")) {
-        let mut text = String::new();
-        order.read_to_string(&mut text)?;
+    let byteorder = format!("{prefix}byteorder");
+    if zip.index_for_name(&byteorder).is_some() {
         ensure!(
-            text.trim() != "big",
+            read_entry(&mut zip, &byteorder, bytes.len())?.trim_ascii() != b"big",
             "saved on a big-endian machine, which genzoo does not read"
         );
     }
-    let mut pickle = Vec::new();
-    zip.by_name(&pickle_name)?
-        .read_to_end(&mut pickle)
-        .context("cannot read `data.pkl` (damaged or truncated?)")?;
+    let pickle = read_entry(&mut zip, &pickle_name, bytes.len())?;
     let object = unpickle(&mut pickle.as_slice())?;
-    let mut storages = ZipStorages {
+    let storages = ZipStorages {
         zip,
         prefix,
-        read: HashMap::new(),
+        file_len: bytes.len(),
     };
-    to_value(object, &mut storages)
+    Tensors::new(storages, bytes.len()).value(object)
 }
 
-/// The legacy format's storages, read in advance: each `key` in the order of the key list,
+/// The legacy format's storages, found in advance: each `key` in the order of the key list,
 /// as its element count (little-endian u64) and its bytes.
 struct LegacyStorages<'a>(HashMap<String, &'a [u8]>);
 
-impl Storages for LegacyStorages<'_> {
-    fn storage(&mut self, key: &str, dtype: DType, numel: usize) -> Result<Tensor> {
+impl StorageBytes for LegacyStorages<'_> {
+    fn bytes(&mut self, key: &str) -> Result<Cow<'_, [u8]>> {
         let data = self
             .0
             .get(key)
             .with_context(|| format!("storage `{key}` is not in the file"))?;
-        storage_tensor(data, dtype, numel, key)
+        Ok(Cow::Borrowed(data))
     }
 }
 
@@ -226,23 +281,40 @@ fn read_legacy(bytes: &[u8]) -> Result<Value> {
     collect_storage_classes(&object, &mut classes);
     let mut storages = HashMap::new();
     for key in keys {
-        let class = classes
-            .get(&key)
-            .with_context(|| format!("storage `{key}` is listed but nothing refers to it"))?;
-        let size = element_size(class)
-            .with_context(|| format!("storage `{key}` is a {class}, of unknown element size"))?;
-        ensure!(r.len() >= 8, "truncated: storage `{key}` is missing");
-        let numel = u64::from_le_bytes(r[..8].try_into()?) as usize;
-        let len = numel.checked_mul(size).context("a storage too large")?;
-        ensure!(
-            r.len() >= 8 + len,
-            "truncated: storage `{key}` holds {} of its {len} bytes",
-            r.len() - 8
-        );
-        storages.insert(key, &r[8..8 + len]);
-        r = &r[8 + len..];
+        let (data, rest) = legacy_storage(r, &key, &classes)?;
+        storages.insert(key, data);
+        r = rest;
     }
-    to_value(object, &mut LegacyStorages(storages))
+    Tensors::new(LegacyStorages(storages), bytes.len()).value(object)
+}
+
+/// Storage `key`'s record at the front of `r`: its bytes, and what follows.
+fn legacy_storage<'a>(
+    r: &'a [u8],
+    key: &str,
+    classes: &HashMap<String, String>,
+) -> Result<(&'a [u8], &'a [u8])> {
+    let class = classes
+        .get(key)
+        .with_context(|| format!("storage `{key}` is listed but nothing refers to it"))?;
+    let size = element_size(class)
+        .with_context(|| format!("storage `{key}` is a {class}, of unknown element size"))?;
+    let (count, r) = r
+        .split_first_chunk::<8>()
+        .with_context(|| format!("truncated: storage `{key}` is missing"))?;
+    let numel = u64::from_le_bytes(*count);
+    let len = usize::try_from(numel)
+        .ok()
+        .and_then(|n| n.checked_mul(size))
+        .filter(|len| *len <= r.len())
+        .with_context(|| {
+            format!(
+                "truncated: storage `{key}` claims {numel} values of {size} bytes, the file has \
+                 {} bytes left",
+                r.len()
+            )
+        })?;
+    Ok(r.split_at(len))
 }
 
 /// Every storage key the object refers to, with its storage class (`FloatStorage`).
@@ -342,12 +414,16 @@ fn sizes_of(obj: &Object) -> Result<Vec<usize>> {
 
 /// A storage's bytes as a 1-D tensor, checked against the element count its reference gives.
 fn storage_tensor(data: &[u8], dtype: DType, numel: usize, key: &str) -> Result<Tensor> {
-    let len = numel * dtype.size_in_bytes();
-    ensure!(
-        data.len() >= len,
-        "storage `{key}` holds {} bytes, {numel} {dtype:?} values need {len} (truncated?)",
-        data.len()
-    );
+    let len = numel
+        .checked_mul(dtype.size_in_bytes())
+        .filter(|len| *len <= data.len())
+        .with_context(|| {
+            format!(
+                "storage `{key}` holds {} bytes, fewer than {numel} {dtype:?} values need \
+                 (truncated?)",
+                data.len()
+            )
+        })?;
     Ok(Tensor::from_raw_buffer(
         &data[..len],
         dtype,
@@ -356,26 +432,37 @@ fn storage_tensor(data: &[u8], dtype: DType, numel: usize, key: &str) -> Result<
     )?)
 }
 
+/// The product of `dims`, or `None` where it overflows at any point (Candle multiplies them in
+/// this order too).
+pub(super) fn elements(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d))
+}
+
 /// The tensor of `size` at `offset` with `stride` in `storage`: a slice where the layout is
-/// row-major, a gather otherwise (transposed or expanded views).
-fn view(storage: &Tensor, offset: usize, size: &[usize], stride: &[usize]) -> Result<Tensor> {
+/// row-major, a gather otherwise (transposed or expanded views), which takes its elements from
+/// `allowance`.
+fn view(
+    storage: &Tensor,
+    offset: usize,
+    size: &[usize],
+    stride: &[usize],
+    allowance: &mut usize,
+) -> Result<Tensor> {
     ensure!(
         size.len() == stride.len(),
         "a tensor of shape {size:?} with strides {stride:?}"
     );
-    let n: usize = size.iter().product();
+    let n = elements(size).with_context(|| format!("a tensor of shape {size:?}: too large"))?;
     if n == 0 {
         return Ok(Tensor::zeros(size, storage.dtype(), &Device::Cpu)?);
     }
-    let last = offset
-        + size
-            .iter()
-            .zip(stride)
-            .map(|(s, st)| (s - 1) * st)
-            .sum::<usize>();
+    let last = size.iter().zip(stride).try_fold(offset, |at, (s, st)| {
+        (s - 1).checked_mul(*st)?.checked_add(at)
+    });
     ensure!(
-        last < storage.elem_count(),
-        "a tensor of shape {size:?} reaches element {last} of a storage of {}",
+        last.is_some_and(|last| last < storage.elem_count()),
+        "a tensor of shape {size:?} at offset {offset} with strides {stride:?} reaches past the \
+         end of its storage of {}",
         storage.elem_count()
     );
     let mut row_major = vec![1; size.len()];
@@ -393,6 +480,11 @@ fn view(storage: &Tensor, offset: usize, size: &[usize], stride: &[usize]) -> Re
         storage.elem_count() <= u32::MAX as usize,
         "a strided view of a storage too large to gather"
     );
+    // An expanded view (stride 0) has more elements than its storage: what gathers copy is
+    // bounded, so that a few bytes cannot ask for gigabytes.
+    *allowance = allowance.checked_sub(n).with_context(|| {
+        format!("a strided view of shape {size:?}: more elements than the file could hold")
+    })?;
     let indices: Vec<u32> = (0..n)
         .map(|flat| {
             let mut rest = flat;
@@ -408,82 +500,97 @@ fn view(storage: &Tensor, offset: usize, size: &[usize], stride: &[usize]) -> Re
     Ok(storage.index_select(&indices, 0)?.reshape(size)?)
 }
 
-/// The arguments of `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` (and
-/// of the older `_rebuild_tensor`, which takes the same four first).
-fn rebuild_tensor(args: &Object, storages: &mut dyn Storages) -> Result<Value> {
-    let Object::Tuple(args) = args else {
-        bail!("tensor arguments that are not a tuple")
-    };
-    let [Object::PersistentLoad(id), offset, size, stride, ..] = args.as_slice() else {
-        bail!("tensor arguments of an unknown layout")
-    };
-    let r = storage_ref(id)?;
-    let Some(dtype) = r.dtype else {
-        return Ok(Value::Other(format!(
-            "a tensor of {}, which genzoo does not read",
-            r.class
-        )));
-    };
-    let storage = storages.storage(&r.key, dtype, r.numel)?;
-    let (offset, size, stride) = (usize_of(offset)?, sizes_of(size)?, sizes_of(stride)?);
-    Ok(Value::Tensor(view(&storage, offset, &size, &stride)?))
+/// Candle's object tree made [`Value`]s, tensors read from `storages`.
+struct Tensors<S> {
+    storages: Storages<S>,
+    /// Elements strided views may still gather: twice the file's bytes, and a floor.
+    allowance: usize,
 }
 
-/// The tensor a `REDUCE` rebuilds, if it rebuilds one.
-fn reduce(callable: &Object, args: &Object, storages: &mut dyn Storages) -> Result<Option<Value>> {
-    let Object::Class {
-        module_name,
-        class_name,
-    } = callable
-    else {
-        return Ok(None);
-    };
-    let first = |args: &Object| match args {
-        Object::Tuple(items) => items.first().cloned(),
-        _ => None,
-    };
-    Ok(match (module_name.as_str(), class_name.as_str()) {
-        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
-            Some(rebuild_tensor(args, storages)?)
+impl<S: StorageBytes> Tensors<S> {
+    fn new(source: S, file_len: usize) -> Self {
+        Self {
+            storages: Storages::new(source),
+            allowance: file_len.saturating_mul(2).saturating_add(1 << 24),
         }
-        // `nn.Parameter(data, requires_grad, hooks[, state])`: the data.
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-            match first(args) {
-                Some(data) => Some(to_value(data, storages)?),
-                None => None,
-            }
-        }
-        // A tensor subclass: `_rebuild_from_type_v2(func, type, args, state)` calls func(*args).
-        ("torch._tensor", "_rebuild_from_type_v2") => match args {
-            Object::Tuple(items) if items.len() >= 3 => reduce(&items[0], &items[2], storages)?,
-            _ => None,
-        },
-        _ => None,
-    })
-}
+    }
 
-/// Candle's object tree as [`Value`]s, tensors read.
-fn to_value(obj: Object, storages: &mut dyn Storages) -> Result<Value> {
-    match obj {
-        Object::Dict(entries) => {
-            let mut out = Vec::with_capacity(entries.len());
-            for (k, v) in entries {
-                let Object::Unicode(key) = k else {
-                    return Ok(Value::Other("a dict keyed by numbers".into()));
-                };
-                out.push((key, to_value(v, storages)?));
+    fn value(&mut self, obj: Object) -> Result<Value> {
+        match obj {
+            Object::Dict(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (k, v) in entries {
+                    let Object::Unicode(key) = k else {
+                        return Ok(Value::Other("a dict keyed by numbers".into()));
+                    };
+                    out.push((key, self.value(v)?));
+                }
+                Ok(Value::Dict(out))
             }
-            Ok(Value::Dict(out))
-        }
-        Object::Reduce { callable, args } => Ok(reduce(&callable, &args, storages)?
-            .unwrap_or_else(|| Value::Other(describe(&callable)))),
-        // A tensor with Python attributes set by BUILD: the tensor.
-        Object::Build { callable, .. } => match *callable {
-            Object::Reduce { callable, args } => Ok(reduce(&callable, &args, storages)?
+            Object::Reduce { callable, args } => Ok(self
+                .reduce(&callable, &args)?
                 .unwrap_or_else(|| Value::Other(describe(&callable)))),
+            // A tensor with Python attributes set by BUILD: the tensor.
+            Object::Build { callable, .. } => match *callable {
+                Object::Reduce { callable, args } => Ok(self
+                    .reduce(&callable, &args)?
+                    .unwrap_or_else(|| Value::Other(describe(&callable)))),
+                other => Ok(Value::Other(describe(&other))),
+            },
             other => Ok(Value::Other(describe(&other))),
-        },
-        other => Ok(Value::Other(describe(&other))),
+        }
+    }
+
+    /// The tensor a `REDUCE` rebuilds, if it rebuilds one.
+    fn reduce(&mut self, callable: &Object, args: &Object) -> Result<Option<Value>> {
+        let Object::Class {
+            module_name,
+            class_name,
+        } = callable
+        else {
+            return Ok(None);
+        };
+        let Object::Tuple(args) = args else {
+            return Ok(None);
+        };
+        Ok(match (module_name.as_str(), class_name.as_str()) {
+            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
+                Some(self.rebuild_tensor(args)?)
+            }
+            // `nn.Parameter(data, requires_grad, hooks[, state])`: the data.
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+                match args.first() {
+                    Some(data) => Some(self.value(data.clone())?),
+                    None => None,
+                }
+            }
+            // A tensor subclass: `_rebuild_from_type_v2(func, type, args, state)` calls
+            // func(*args).
+            ("torch._tensor", "_rebuild_from_type_v2") if args.len() >= 3 => {
+                self.reduce(&args[0], &args[2])?
+            }
+            _ => None,
+        })
+    }
+
+    /// The arguments of `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`
+    /// (and of the older `_rebuild_tensor`, which takes the same four first).
+    fn rebuild_tensor(&mut self, args: &[Object]) -> Result<Value> {
+        let [Object::PersistentLoad(id), offset, size, stride, ..] = args else {
+            bail!("tensor arguments of an unknown layout")
+        };
+        let r = storage_ref(id)?;
+        let Some(dtype) = r.dtype else {
+            return Ok(Value::Other(format!(
+                "a tensor of {}, which genzoo does not read",
+                r.class
+            )));
+        };
+        let storage = self.storages.get(&r, dtype)?;
+        let (offset, size, stride) = (usize_of(offset)?, sizes_of(size)?, sizes_of(stride)?);
+        let t = view(&storage, offset, &size, &stride, &mut self.allowance)
+            .with_context(|| format!("storage `{}`", r.key))?;
+        Ok(Value::Tensor(t))
     }
 }
 
@@ -514,20 +621,61 @@ mod tests {
     #[test]
     fn views_follow_offsets_and_strides() -> Result<()> {
         let storage = Tensor::arange(0f32, 12.0, &Device::Cpu)?;
-        let t = view(&storage, 2, &[2, 3], &[3, 1])?;
+        let mut allowance = 100;
+        let mut view = |offset, size: &[usize], stride: &[usize]| {
+            view(&storage, offset, size, stride, &mut allowance)
+        };
+        let t = view(2, &[2, 3], &[3, 1])?;
         assert_eq!(t.to_vec2::<f32>()?, [[2.0, 3.0, 4.0], [5.0, 6.0, 7.0]]);
         // A transpose: column-major strides.
-        let t = view(&storage, 0, &[3, 2], &[1, 3])?;
+        let t = view(0, &[3, 2], &[1, 3])?;
         assert_eq!(t.to_vec2::<f32>()?, [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]);
         // A scalar and an expanded (stride 0) view.
-        assert_eq!(view(&storage, 5, &[], &[])?.to_scalar::<f32>()?, 5.0);
-        let t = view(&storage, 1, &[2, 2], &[0, 1])?;
+        assert_eq!(view(5, &[], &[])?.to_scalar::<f32>()?, 5.0);
+        let t = view(1, &[2, 2], &[0, 1])?;
         assert_eq!(t.to_vec2::<f32>()?, [[1.0, 2.0], [1.0, 2.0]]);
-        let e = view(&storage, 10, &[2, 3], &[3, 1])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("reaches element 15 of a storage of 12"), "{e}");
+        let e = view(10, &[2, 3], &[3, 1]).unwrap_err().to_string();
+        assert!(
+            e.contains("reaches past the end of its storage of 12"),
+            "{e}"
+        );
         Ok(())
+    }
+
+    #[test]
+    fn sizes_a_file_claims_cannot_overflow_or_allocate() -> Result<()> {
+        let storage = Tensor::arange(0f32, 12.0, &Device::Cpu)?;
+        let huge = usize::MAX / 2;
+        let mut allowance = 100;
+        for (offset, size, stride) in [
+            (0, vec![huge, huge, 0], vec![0, 0, 1]),
+            (0, vec![2, huge], vec![huge, 1]),
+            (huge * 2, vec![2], vec![1]),
+        ] {
+            let e = view(&storage, offset, &size, &stride, &mut allowance).unwrap_err();
+            assert!(e.to_string().contains("a tensor of shape"), "{e}");
+        }
+        // A broadcast of one element to 2^40: within the storage, beyond the allowance.
+        let e = view(&storage, 0, &[1 << 20, 1 << 20], &[0, 0], &mut allowance).unwrap_err();
+        assert!(e.to_string().contains("more elements than the file"), "{e}");
+        let e = storage_tensor(&[0; 16], DType::F32, huge, "0").unwrap_err();
+        assert!(e.to_string().contains("fewer than"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn legacy_records_cannot_claim_more_than_the_file_has() {
+        let classes = HashMap::from([("0".to_string(), "FloatStorage".to_string())]);
+        let mut record = u64::MAX.to_le_bytes().to_vec();
+        record.extend([0; 16]);
+        let e = legacy_storage(&record, "0", &classes).unwrap_err();
+        assert!(
+            e.to_string().contains("claims 18446744073709551615 values"),
+            "{e}"
+        );
+        record[..8].copy_from_slice(&4u64.to_le_bytes());
+        let (data, rest) = legacy_storage(&record, "0", &classes).unwrap();
+        assert_eq!((data.len(), rest.len()), (16, 0));
     }
 
     #[test]
