@@ -75,6 +75,12 @@ impl Inference {
     ) -> Result<()> {
         let value = value.into();
         let evidence = evidence(shapes, name);
+        if !plausible(&value) {
+            bail!(
+                "{evidence} gives {key} = {value}: beyond {MAX_VALUE}, larger than any network \
+                 genzoo builds (a damaged file?)"
+            );
+        }
         if let Some((old, was)) = self.values.get(key) {
             if *old != value {
                 bail!("the weights disagree on {key}: {was} says {old}, {evidence} says {value}");
@@ -94,6 +100,36 @@ impl Inference {
         if !self.values.contains_key(key) {
             self.open.insert(key.to_string(), why.to_string());
         }
+    }
+}
+
+/// The largest value the weights may give a `[model_config]` key (widths, counts): far beyond
+/// any reference network, and small enough that the model built from it cannot overflow its
+/// sizes.
+const MAX_VALUE: i64 = 1 << 16;
+
+/// The largest image side read from the weights (a count of doublings).
+const MAX_SIDE: usize = 1 << 12;
+
+fn plausible(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::Integer(i) => (0..=MAX_VALUE).contains(i),
+        toml::Value::Array(values) => values.iter().all(plausible),
+        _ => true,
+    }
+}
+
+/// `side` doubled `times` times: an image side, where it is one genzoo could make.
+fn doubled(side: usize, times: usize) -> Result<i64> {
+    match (times <= 12)
+        .then(|| side.checked_mul(1 << times))
+        .flatten()
+    {
+        Some(s) if s <= MAX_SIDE => Ok(s as i64),
+        _ => bail!(
+            "{side} doubled {times} times is beyond the {MAX_SIDE}-pixel images genzoo reads from \
+             weights (a damaged file?)"
+        ),
     }
 }
 
@@ -191,8 +227,13 @@ fn blocks(shapes: &Shapes, prefix: &str, inner: &str) -> usize {
         .len()
 }
 
-fn shape<'a>(shapes: &'a Shapes, name: &str) -> Option<&'a [usize]> {
-    shapes.get(name).map(Vec::as_slice)
+/// The shape of `name` where it has `rank` dimensions (one of another rank infers nothing: the
+/// model's check of every tensor then says what is wrong with it).
+fn shape<'a>(shapes: &'a Shapes, name: &str, rank: usize) -> Option<&'a [usize]> {
+    shapes
+        .get(name)
+        .map(Vec::as_slice)
+        .filter(|s| s.len() == rank)
 }
 
 /// pytorch/examples `dcgan/main.py`: `netG_epoch_N.pth`, `netD_epoch_N.pth`, each
@@ -223,12 +264,7 @@ impl Reference for Dcgan {
             inf.set("ngf", shapes[&last][0] as i64, shapes, &last)?;
             inf.set("channels", shapes[&last][1] as i64, shapes, &last)?;
             // One 4 x 4 start, then a doubling per transposed convolution.
-            inf.set(
-                "image_size",
-                (4usize << (g.len() - 1)) as i64,
-                shapes,
-                &last,
-            )?;
+            inf.set("image_size", doubled(4, g.len() - 1)?, shapes, &last)?;
         }
         let d = layers(shapes, "discriminator.main", 4);
         if let Some(&first) = d.first() {
@@ -236,12 +272,7 @@ impl Reference for Dcgan {
             inf.set("ndf", shapes[&first][0] as i64, shapes, &first)?;
             inf.set("channels", shapes[&first][1] as i64, shapes, &first)?;
             // Halvings to 4 x 4, then the 4 x 4 valid convolution.
-            inf.set(
-                "image_size",
-                (4usize << (d.len() - 1)) as i64,
-                shapes,
-                &first,
-            )?;
+            inf.set("image_size", doubled(4, d.len() - 1)?, shapes, &first)?;
         }
         inf.open("ndf", "the discriminator is not in the files");
         Ok(inf)
@@ -287,7 +318,7 @@ impl Reference for CycleGan {
         let mut inf = Inference::default();
         for g in ["netG_A", "netG_B"] {
             let first = format!("{g}.model.1.weight");
-            let Some(s) = shape(shapes, &first) else {
+            let Some(s) = shape(shapes, &first, 4) else {
                 continue;
             };
             inf.set("ngf", s[0] as i64, shapes, &first)?;
@@ -367,7 +398,7 @@ impl Reference for StarGan {
     fn infer(&self, shapes: &Shapes) -> Result<Inference> {
         let mut inf = Inference::default();
         let first = "generator.main.0.weight";
-        if let Some(s) = shape(shapes, first) {
+        if let Some(s) = shape(shapes, first, 4) {
             // The last 7 x 7 convolution maps back to the image's channels; the first reads them
             // with the domain's c_dim channels tiled beside.
             let convs = layers(shapes, "generator.main", 4);
@@ -397,9 +428,10 @@ impl Reference for StarGan {
             inf.set("g_down_num", (fours / 2) as i64, shapes, first)?;
         }
         let convs = layers(shapes, "discriminator.main", 4);
-        if let (Some(&first), Some(cls)) =
-            (convs.first(), shape(shapes, "discriminator.conv2.weight"))
-        {
+        if let (Some(&first), Some(cls)) = (
+            convs.first(),
+            shape(shapes, "discriminator.conv2.weight", 4),
+        ) {
             let first = format!("discriminator.main.{first}.weight");
             inf.set("d_conv_dim", shapes[&first][0] as i64, shapes, &first)?;
             inf.set("channels", shapes[&first][1] as i64, shapes, &first)?;
@@ -407,7 +439,7 @@ impl Reference for StarGan {
             let conv2 = "discriminator.conv2.weight";
             inf.set("c_dim", cls[0] as i64, shapes, conv2)?;
             // conv2's kernel covers what is left of the image after d_repeat_num halvings.
-            inf.set("image_size", (cls[2] << convs.len()) as i64, shapes, conv2)?;
+            inf.set("image_size", doubled(cls[2], convs.len())?, shapes, conv2)?;
         }
         for key in ["image_size", "d_conv_dim", "d_repeat_num"] {
             inf.open(key, "the discriminator is not in the files");
@@ -460,14 +492,14 @@ impl Reference for ProGan {
                 shapes,
                 &name(last),
             )?;
-            inf.set("resolution", (4usize << last) as i64, shapes, &name(last))?;
+            inf.set("resolution", doubled(4, last)?, shapes, &name(last))?;
         }
         let format = "generator.formatLayer.weight";
-        if let Some(s) = shape(shapes, format) {
+        if let Some(s) = shape(shapes, format, 2) {
             inf.set("latent_dim", s[1] as i64, shapes, format)?;
         }
         let scale0 = "discriminator.groupScaleZero.0.weight";
-        match shape(shapes, scale0) {
+        match shape(shapes, scale0, 4) {
             Some(s) if s[1] == s[0] => inf.set("minibatch_group", 0, shapes, scale0)?,
             Some(_) => {
                 inf.open("minibatch_group", "the group size is not in the weights");
@@ -489,11 +521,11 @@ struct Vae;
 impl Reference for Vae {
     fn infer(&self, shapes: &Shapes) -> Result<Inference> {
         let mut inf = Inference::default();
-        if let Some(s) = shape(shapes, "fc1.weight") {
+        if let Some(s) = shape(shapes, "fc1.weight", 2) {
             inf.set("hidden_dim", s[0] as i64, shapes, "fc1.weight")?;
             // A flat image of c s^2 values: grey if it is a square, else colour if a third is.
             let pixels = s[1];
-            let side = |n: usize| (1..=n).find(|k| k * k >= n).filter(|k| k * k == n);
+            let side = |n: usize| Some(n.isqrt()).filter(|k| k * k == n && n > 0);
             let (channels, size) = match (side(pixels), side(pixels / 3)) {
                 (Some(size), _) => (1, size),
                 (None, Some(size)) if pixels % 3 == 0 => (3, size),
@@ -506,7 +538,7 @@ impl Reference for Vae {
             inf.assume("image_channels", channels as i64, &why);
             inf.assume("image_size", size as i64, &why);
         }
-        if let Some(s) = shape(shapes, "fc21.weight") {
+        if let Some(s) = shape(shapes, "fc21.weight", 2) {
             inf.set("latent_dim", s[0] as i64, shapes, "fc21.weight")?;
         }
         Ok(inf)
