@@ -18,13 +18,16 @@ mod torch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::Init;
 use layers::Checkpoint;
 
 use crate::config::RunConfig;
-use crate::registry;
+use crate::registry::{self, BuildInput};
 use crate::run::checkpoint::{self as ck, build_model, load_for_sampling};
 use reference::{Inference, Place, Reference, Shapes};
 use state_dict::{file_name, StateDict};
@@ -37,6 +40,10 @@ pub const META_INITIALISED: &str = "genzoo.converted_initialised";
 /// Buffers of norm layers, which a reference may keep where genzoo does not (old junyanz
 /// checkpoints' InstanceNorm running statistics) and which never decide where a dict goes.
 const BUFFERS: [&str; 3] = ["num_batches_tracked", "running_mean", "running_var"];
+
+/// Parameters a converted model may have beyond those in its files: the networks left as
+/// initialised (the largest default, StarGAN's 128 x 128 critic, has 45M).
+const FRESH_PARAMETERS: usize = 1 << 26;
 
 fn is_buffer(key: &str) -> bool {
     BUFFERS.iter().any(|b| key.rsplit('.').next() == Some(b))
@@ -109,6 +116,7 @@ pub fn convert(req: &Request) -> Result<Report> {
         .context("reading the model's config from the weights")?;
     let given = run.model_config.clone();
     merge(&mut run, &inference, req.config.as_deref())?;
+    weights.check_model_size(&run)?;
     let (_, varmap, run) = build_model(&run, &Device::Cpu).with_context(|| {
         format!(
             "the weights read as model `{}` with [model_config] {}",
@@ -210,9 +218,9 @@ struct Names<'a> {
 impl Names<'_> {
     fn get(&mut self) -> Result<&Shapes> {
         if self.shapes.is_none() {
-            let built = build_model(self.run, &Device::Cpu)
-                .or_else(|_| build_model(&RunConfig::new(&self.run.model), &Device::Cpu))?;
-            self.shapes = Some(var_shapes(&built.1));
+            let shapes = model_shapes(self.run)
+                .or_else(|_| model_shapes(&RunConfig::new(&self.run.model)))?;
+            self.shapes = Some(shapes);
         }
         Ok(self.shapes.as_ref().expect("built above"))
     }
@@ -224,6 +232,49 @@ impl Names<'_> {
             .collect::<Vec<_>>()
             .join(", "))
     }
+}
+
+/// A `VarBuilder` backend that records each variable's shape and hands out a broadcast zero in
+/// its place: a model's names and sizes without allocating its weights.
+struct ShapesOnly(Arc<Mutex<Shapes>>);
+
+impl SimpleBackend for ShapesOnly {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut shapes = self.0.lock().expect("shapes lock poisoned");
+        shapes.insert(name.to_string(), shape.dims().to_vec());
+        Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("parameter `{name}` must be created with a shape")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        let shapes = self.0.lock().expect("shapes lock poisoned");
+        shapes.contains_key(name)
+    }
+}
+
+/// The variables of `run`'s model and their shapes, the model built without its weights.
+fn model_shapes(run: &RunConfig) -> Result<Shapes> {
+    let build = registry::builder(&run.model)?;
+    let shapes = Arc::new(Mutex::new(Shapes::new()));
+    let backend = Box::new(ShapesOnly(shapes.clone()));
+    let vb = candle_nn::VarBuilder::from_backend(backend, DType::F32, Device::Cpu);
+    let input = BuildInput {
+        model_config: &run.model_config,
+        adversarial: run.gan.adversarial(),
+    };
+    build(&input, vb)?;
+    let shapes = shapes.lock().expect("shapes lock poisoned");
+    Ok(shapes.clone())
 }
 
 fn var_shapes(varmap: &candle_nn::VarMap) -> Shapes {
@@ -460,6 +511,31 @@ impl Weights {
                     origin: origin.clone(),
                     key,
                 },
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a model larger than the weights justify before it is built: its config comes
+    /// from the files' shapes, and a damaged or hostile file could otherwise ask for terabytes.
+    /// Networks left as initialised may add up to [`FRESH_PARAMETERS`].
+    fn check_model_size(&self, run: &RunConfig) -> Result<()> {
+        let model: usize = model_shapes(run)?
+            .values()
+            .map(|s| torch::elements(s).unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add);
+        let held: usize = self
+            .plain
+            .values()
+            .chain(self.average.values())
+            .map(|e| e.tensor.elem_count())
+            .sum();
+        if model > held.saturating_add(FRESH_PARAMETERS) {
+            bail!(
+                "model `{}` with [model_config] {} would have {model} parameters, far more than \
+                 the {held} values in the files: not weights of this model (a damaged file?)",
+                run.model,
+                inline(&run.model_config)
             );
         }
         Ok(())
@@ -828,6 +904,16 @@ mod tests {
         );
         assert_eq!(Input::parse("a.pth").network, None);
         assert_eq!(Input::parse("=a.pth").network, None);
+    }
+
+    #[test]
+    fn models_built_without_weights_have_the_names_and_shapes_of_built_ones() -> Result<()> {
+        for entry in registry::MODELS.iter().filter(|m| m.build.is_some()) {
+            let run = RunConfig::new(entry.name);
+            let (_, varmap, _) = build_model(&run, &Device::Cpu)?;
+            assert_eq!(model_shapes(&run)?, var_shapes(&varmap), "{}", entry.name);
+        }
+        Ok(())
     }
 
     #[test]
