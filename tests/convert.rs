@@ -573,3 +573,321 @@ fn bad_inputs_are_clear_errors_that_leave_nothing_behind() {
     );
     assert!(!Path::new(out).exists());
 }
+
+/// splitmix64: a seeded, dependency-free stream, so that a failing mutant can be named and
+/// made again.
+struct Stream(u64);
+
+impl Stream {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// A position in `bytes`, two times in three among the first or last 4 KiB, where the
+    /// headers, the pickle's opcodes and the length fields are.
+    fn position(&mut self, bytes: &[u8]) -> usize {
+        let edge = bytes.len().min(4096);
+        match self.below(3) {
+            0 => self.below(edge),
+            // A zip archive's directory, with its sizes and offsets, is at the end.
+            1 => bytes.len() - 1 - self.below(edge),
+            _ => self.below(bytes.len()),
+        }
+    }
+}
+
+/// Damages `bytes` one way, and says how.
+fn mutate(bytes: &mut Vec<u8>, rng: &mut Stream) -> String {
+    if bytes.is_empty() {
+        bytes.push(rng.next() as u8);
+        return "one byte".into();
+    }
+    match rng.below(6) {
+        0 => {
+            let n = 1 + rng.below(4);
+            for _ in 0..n {
+                let at = rng.position(bytes);
+                bytes[at] ^= 1 << rng.below(8);
+            }
+            format!("{n} bits flipped")
+        }
+        1 => {
+            let at = rng.position(bytes);
+            bytes[at] = rng.next() as u8;
+            format!("byte {at} replaced")
+        }
+        2 => {
+            let len = rng.below(bytes.len());
+            bytes.truncate(len);
+            format!("truncated to {len} bytes")
+        }
+        3 => {
+            // A huge length or count: 4 or 8 bytes of one, little-endian.
+            let at = rng.position(bytes);
+            let value: u64 = [u64::MAX, 1 << 62, 1 << 40, u32::MAX as u64, 1 << 31][rng.below(5)];
+            let width = [4, 8][rng.below(2)];
+            let end = (at + width).min(bytes.len());
+            bytes[at..end].copy_from_slice(&value.to_le_bytes()[..end - at]);
+            format!("{width} bytes at {at} set to {value:#x}")
+        }
+        4 => huge_integer(bytes, rng),
+        _ => {
+            let (from, len) = (rng.position(bytes), 1 + rng.below(64));
+            let end = (from + len).min(bytes.len());
+            let chunk = bytes[from..end].to_vec();
+            let to = rng.position(bytes);
+            bytes.splice(to..to, chunk);
+            format!("{len} bytes from {from} copied to {to}")
+        }
+    }
+}
+
+/// One of the pickle's numbers (a size, an offset, a stride, a text's length) made huge,
+/// negative, or an integer longer than 8 bytes, where a byte looks like its opcode.
+fn huge_integer(bytes: &mut Vec<u8>, rng: &mut Stream) -> String {
+    let ops: Vec<usize> = (0..bytes.len().saturating_sub(5))
+        .filter(|i| matches!(bytes[*i], b'K' | b'M' | b'J' | b'X'))
+        .collect();
+    if ops.is_empty() {
+        bytes.reverse();
+        return "reversed".into();
+    }
+    let at = ops[rng.below(ops.len())];
+    let (op, arg) = match bytes[at] {
+        b'K' => (b'K', 1),
+        b'M' => (b'M', 2),
+        op => (op, 4),
+    };
+    let value: [u8; 4] = [[0xff; 4], [0xff, 0xff, 0xff, 0x7f], [0, 0, 0, 0x80]][rng.below(3)];
+    match rng.below(3) {
+        0 if arg == 4 => {
+            bytes[at + 1..at + 5].copy_from_slice(&value);
+            format!("{:?} at {at} set to {value:?}", op as char)
+        }
+        1 => {
+            let n = 9 + rng.below(8);
+            let mut long = vec![0x8a, n as u8];
+            long.extend((0..n).map(|_| rng.next() as u8));
+            bytes.splice(at..at + 1 + arg, long);
+            format!("{:?} at {at} made a {n}-byte LONG1", op as char)
+        }
+        _ => {
+            let mut long = vec![0x8a, 8];
+            long.extend(i64::MAX.to_le_bytes());
+            bytes.splice(at..at + 1 + arg, long);
+            format!("{:?} at {at} made LONG1 i64::MAX", op as char)
+        }
+    }
+}
+
+/// A torch.save zip with its `data.pkl` damaged and the archive rebuilt around it (stored, CRCs
+/// right), so that the damage reaches the pickle parser rather than stopping at a checksum.
+fn with_damaged_pickle(archive: &[u8], rng: &mut Stream) -> Result<(Vec<u8>, String)> {
+    use std::io::{Read, Write};
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive))?;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut how = String::new();
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        let name = entry.name()?.into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        if name.ends_with("data.pkl") {
+            how = format!("data.pkl: {}", mutate(&mut data, rng));
+        }
+        out.start_file(name, options)?;
+        out.write_all(&data)?;
+    }
+    Ok((out.finish()?.into_inner(), how))
+}
+
+/// One fixture to damage, with what it is converted beside and as.
+struct Damaged {
+    file: PathBuf,
+    others: Vec<PathBuf>,
+    model: &'static str,
+    model_config: &'static str,
+}
+
+/// What the mutants of one fixture came to.
+#[derive(Debug, Default)]
+struct Outcomes {
+    converted: usize,
+    refused: usize,
+    panicked: Vec<String>,
+    left_behind: Vec<String>,
+}
+
+/// Converts `iterations` damaged copies of `target.file` in this process: each must convert or
+/// fail with an error, never panic, and a failure must leave nothing in the output directory.
+fn damage(target: &Damaged, iterations: usize, seed: u64, dir: &Path) -> Result<Outcomes> {
+    let original = std::fs::read(&target.file)?;
+    let name = target.file.file_name().unwrap().to_string_lossy();
+    let mutant = dir.join(format!("mutant-{name}"));
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(&out_dir)?;
+    let config = run_file(dir, target.model, target.model_config);
+    let request = |path: &Path| runner::convert::Request {
+        inputs: std::iter::once(path)
+            .chain(target.others.iter().map(PathBuf::as_path))
+            .map(|p| runner::convert::Input {
+                path: p.to_path_buf(),
+                network: None,
+            })
+            .collect(),
+        model: target.model.to_string(),
+        config: Some(config.clone()),
+        key: None,
+        out: out_dir.join("out.safetensors"),
+    };
+    // The fixture itself converts: the mutants start from a file that reaches every step.
+    runner::convert::convert(&request(&target.file))?;
+    std::fs::remove_file(out_dir.join("out.safetensors"))?;
+    let mut rng = Stream(seed);
+    let mut outcomes = Outcomes::default();
+    for i in 0..iterations {
+        let (bytes, how) = if original.starts_with(b"PK") && rng.below(2) == 0 {
+            with_damaged_pickle(&original, &mut rng)?
+        } else {
+            let mut bytes = original.clone();
+            let how = mutate(&mut bytes, &mut rng);
+            (bytes, how)
+        };
+        std::fs::write(&mutant, &bytes)?;
+        let what = format!("{name} mutant {i} (seed {seed}): {how}");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runner::convert::convert(&request(&mutant))
+        }));
+        match result {
+            Ok(Ok(_)) => {
+                outcomes.converted += 1;
+                std::fs::remove_file(out_dir.join("out.safetensors"))?;
+            }
+            Ok(Err(_)) => outcomes.refused += 1,
+            Err(_) => outcomes.panicked.push(what.clone()),
+        }
+        let left: Vec<_> = std::fs::read_dir(&out_dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        if !left.is_empty() {
+            outcomes.left_behind.push(format!("{what}: {left:?}"));
+            std::fs::remove_dir_all(&out_dir)?;
+            std::fs::create_dir_all(&out_dir)?;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Damaged downloads: byte flips, truncations, huge lengths and counts, too-long integers and
+/// copied chunks, in each fixture's raw bytes and (for zip archives) inside a rebuilt
+/// `data.pkl`. `GENZOO_FUZZ_ITERATIONS` sets the mutants per fixture (300 by default).
+#[test]
+fn damaged_files_convert_or_fail_cleanly_and_never_panic() -> Result<()> {
+    let iterations: usize = std::env::var("GENZOO_FUZZ_ITERATIONS")
+        .map(|n| n.parse().expect("GENZOO_FUZZ_ITERATIONS is a number"))
+        .unwrap_or(300);
+    let tmp = tempfile::tempdir()?;
+    // A plain safetensors file, as the Python converter genzoo had before wrote them.
+    let (dcgan, _) = convert(
+        tmp.path(),
+        "dcgan",
+        &[&fx("netG_epoch_24.pth")],
+        "dcgan",
+        &["--config", s(&run_file(tmp.path(), "dcgan", "ndf = 4"))],
+    );
+    let mut plain = Checkpoint::default();
+    for (k, v) in Checkpoint::load(&dcgan, &Device::Cpu)?.tensors {
+        if let Some(key) = k.strip_prefix("generator.") {
+            plain.tensors.insert(key.to_string(), v);
+        }
+    }
+    let safetensors = tmp.path().join("netG.safetensors");
+    plain.save(&safetensors)?;
+    let cyclegan = [
+        "latest_net_G_A.pth",
+        "latest_net_G_B.pth",
+        "latest_net_D_A.pth",
+    ];
+    let beside = |file: &str, all: &[&str]| -> Vec<PathBuf> {
+        all.iter()
+            .filter(|f| **f != file)
+            .map(|f| fixture(f))
+            .collect()
+    };
+    let stargan = ["200000-G.ckpt", "200000-D.ckpt"];
+    let mut targets = vec![
+        Damaged {
+            file: fixture("netG_epoch_24.pth"),
+            others: vec![],
+            model: "dcgan",
+            model_config: "ndf = 4",
+        },
+        Damaged {
+            file: safetensors,
+            others: vec![],
+            model: "dcgan",
+            model_config: "ndf = 4",
+        },
+        Damaged {
+            file: fixture("old_net_G.pth"),
+            others: vec![],
+            model: "cyclegan",
+            model_config: "image_size = 16\nndf = 2\nn_layers_d = 2",
+        },
+        Damaged {
+            file: fixture("pgan.pth"),
+            others: vec![],
+            model: "progan",
+            model_config: "",
+        },
+        Damaged {
+            file: fixture("vae.ckpt"),
+            others: vec![],
+            model: "vae",
+            model_config: "",
+        },
+    ];
+    for f in cyclegan {
+        targets.push(Damaged {
+            file: fixture(f),
+            others: beside(f, &cyclegan),
+            model: "cyclegan",
+            model_config: "image_size = 16",
+        });
+    }
+    for f in stargan {
+        targets.push(Damaged {
+            file: fixture(f),
+            others: beside(f, &stargan),
+            model: "stargan",
+            model_config: "",
+        });
+    }
+    let mut failures = Vec::new();
+    for (seed, target) in targets.iter().enumerate() {
+        let dir = tempfile::tempdir()?;
+        let o = damage(target, iterations, seed as u64, dir.path())?;
+        println!(
+            "{}: {iterations} mutants, {} converted, {} refused, {} panicked, {} left files behind",
+            target.file.display(),
+            o.converted,
+            o.refused,
+            o.panicked.len(),
+            o.left_behind.len()
+        );
+        failures.extend(o.panicked.iter().map(|p| format!("panicked: {p}")));
+        failures.extend(o.left_behind.iter().map(|l| format!("left behind: {l}")));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
