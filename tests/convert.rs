@@ -571,6 +571,13 @@ fn bad_inputs_are_clear_errors_that_leave_nothing_behind() {
         ],
         5,
     );
+    // A result that cannot be moved into place (a directory of that name) takes its staged
+    // file with it.
+    let taken = dir.join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    let mut a = convert(&fx("netG_epoch_24.pth"), "dcgan");
+    a[5] = s(&taken).into();
+    fails_cleanly(dir, &args(&a), &["cannot move the result to"], 6);
     assert!(!Path::new(out).exists());
 }
 
