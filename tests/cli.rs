@@ -82,6 +82,15 @@ fn list_names_every_model_with_its_kind_and_status() {
     );
     let json: Value = serde_json::from_str(&stdout(&ok(run(&["list", "--json"])))).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 17);
+    // The weights shipped in the repository's models/, by the model their metadata names.
+    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models");
+    let out = stdout(&ok(run(&["list", "--weights-dir", models])));
+    let grown = out.lines().find(|l| l.starts_with("progan")).unwrap();
+    assert!(grown.contains("progan.safetensors"), "{grown}");
+    let stargan = out.lines().find(|l| l.starts_with("stargan")).unwrap();
+    assert!(stargan.contains("stargan-digits.safetensors"), "{stargan}");
+    // The attribute classifier beside it is not a model's weights.
+    assert!(!out.contains("attributes.safetensors"), "{out}");
 }
 
 #[test]

@@ -104,6 +104,9 @@ enum Command {
     List {
         #[arg(long)]
         json: bool,
+        /// Where to look for shipped weights (genzoo files, by the model their metadata names).
+        #[arg(long, default_value = "models")]
+        weights_dir: PathBuf,
     },
     /// Train or check the digit classifier behind the sample metrics of `genzoo eval`.
     #[command(subcommand)]
@@ -141,7 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             averaged,
         } => done(commands::export::run(&checkpoint, &out, averaged)),
         Command::Convert(cmd) => done(commands::convert::run(cmd)),
-        Command::List { json } => done(commands::list::run(json)),
+        Command::List { json, weights_dir } => done(commands::list::run(json, &weights_dir)),
         Command::Classifier(cmd) => done(commands::classifier::run(cmd, device()?)),
         Command::Download {
             dataset,
