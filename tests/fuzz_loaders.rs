@@ -448,21 +448,6 @@ fn image_seeds(format: image::ImageFormat) -> Vec<Vec<u8>> {
     vec![encode(rgb.into(), format), encode(grey.into(), format)]
 }
 
-/// CRC-32 (PNG's), to keep a rewritten chunk valid so the decoder reads its new fields.
-fn crc32(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |mut c, &b| {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            };
-        }
-        c
-    })
-}
-
 /// Makes every PNG chunk's CRC right again, so that a mutation inside a chunk reaches the
 /// decoder instead of stopping at the checksum.
 fn repair_png_crcs(png: &mut [u8]) {
@@ -472,7 +457,8 @@ fn repair_png_crcs(png: &mut [u8]) {
         let Some(end) = (at + 8).checked_add(len).filter(|&e| e + 4 <= png.len()) else {
             return;
         };
-        let crc = crc32(&png[at + 4..end]);
+        // PNG's CRC-32 keeps the rewritten chunk valid, so the decoder reads its new fields.
+        let crc = crc32fast::hash(&png[at + 4..end]);
         png[end..end + 4].copy_from_slice(&crc.to_be_bytes());
         at = end + 4;
     }
