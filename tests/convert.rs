@@ -91,6 +91,13 @@ fn averaged(ck: &Checkpoint) -> HashMap<String, Tensor> {
     t
 }
 
+/// Every one of `needles` is in what the command printed.
+fn assert_printed(printed: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
+    }
+}
+
 #[test]
 fn dcgan_netg_with_data_parallel_prefix_matches_pytorch_examples() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -101,17 +108,18 @@ fn dcgan_netg_with_data_parallel_prefix_matches_pytorch_examples() -> Result<()>
         "dcgan",
         &[],
     );
-    for needle in [
-        "`module.` removed from 19 keys",
-        "nz = 8",
-        "ngf = 4",
-        "image_size = 32",
-        "ndf = 64 (not in the weights",
-        "discriminator is not in the files",
-        "module.main.1.num_batches_tracked",
-    ] {
-        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
-    }
+    assert_printed(
+        &printed,
+        &[
+            "`module.` removed from 19 keys",
+            "nz = 8",
+            "ngf = 4",
+            "image_size = 32",
+            "ndf = 64 (not in the weights",
+            "discriminator is not in the files",
+            "module.main.1.num_batches_tracked",
+        ],
+    );
     let ck = Checkpoint::load(&out, &Device::Cpu)?;
     assert_eq!(ck.meta("genzoo.model"), Some("dcgan"));
     assert_eq!(ck.meta("genzoo.converted_from"), Some("netG_epoch_24.pth"));
@@ -248,16 +256,17 @@ fn cyclegan_generators_of_junyanz_match_both_directions() -> Result<()> {
         "cyclegan",
         &["--config", s(&cfg)],
     );
-    for needle in [
-        "ngf = 2",
-        "n_blocks = 2",
-        "ndf = 2",
-        "n_layers_d = 2",
-        "image_size = 16 (not in the weights",
-        "netD_B is not in the files",
-    ] {
-        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
-    }
+    assert_printed(
+        &printed,
+        &[
+            "ngf = 2",
+            "n_blocks = 2",
+            "ndf = 2",
+            "n_layers_d = 2",
+            "image_size = 16 (not in the weights",
+            "netD_B is not in the files",
+        ],
+    );
     let f = forward();
     let mut tally = Tally::default();
     for (target, name) in [(Target::AToB, "G_A"), (Target::BToA, "G_B")] {
@@ -285,14 +294,15 @@ fn an_old_legacy_format_generator_drops_its_instance_norm_statistics() -> Result
         "cyclegan",
         &["--config", s(&cfg)],
     );
-    for needle in [
-        "old_net_G.pth -> netG_B",
-        "dropped 27 norm buffer(s)",
-        "model.2.running_mean",
-        "netG_A is not in the files: left as initialised, so a2b translations are untrained",
-    ] {
-        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
-    }
+    assert_printed(
+        &printed,
+        &[
+            "old_net_G.pth -> netG_B",
+            "dropped 27 norm buffer(s)",
+            "model.2.running_mean",
+            "netG_A is not in the files: left as initialised, so a2b translations are untrained",
+        ],
+    );
     let f = forward();
     let got = translate(&out, &f["cyclegan.x"], &Target::BToA)?;
     let mut tally = Tally::default();
@@ -315,16 +325,17 @@ fn stargan_legacy_g_and_d_match_yunjey() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (g, d) = (fx("200000-G.ckpt"), fx("200000-D.ckpt"));
     let (out, printed) = convert(tmp.path(), "stargan", &[&g, &d], "stargan", &[]);
-    for needle in [
-        "c_dim = 3",
-        "g_conv_dim = 2",
-        "g_repeat_num = 2",
-        "d_conv_dim = 4",
-        "d_repeat_num = 3",
-        "image_size = 16",
-    ] {
-        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
-    }
+    assert_printed(
+        &printed,
+        &[
+            "c_dim = 3",
+            "g_conv_dim = 2",
+            "g_repeat_num = 2",
+            "d_conv_dim = 4",
+            "d_repeat_num = 3",
+            "image_size = 16",
+        ],
+    );
     let f = forward();
     let mut tally = Tally::default();
     let target = Target::Attributes(f["stargan.c"].clone());
@@ -357,14 +368,15 @@ fn stargan_legacy_g_and_d_match_yunjey() -> Result<()> {
 fn pytorch_gan_zoo_checkpoint_keeps_its_weight_average() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (out, printed) = convert(tmp.path(), "pgan", &[&fx("pgan.pth")], "progan", &[]);
-    for needle in [
-        "pgan.pth[avgG] -> ema.generator",
-        "depths = [8, 8, 8]",
-        "resolution = 16",
-        "official_gains = false (assumed",
-    ] {
-        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
-    }
+    assert_printed(
+        &printed,
+        &[
+            "pgan.pth[avgG] -> ema.generator",
+            "depths = [8, 8, 8]",
+            "resolution = 16",
+            "official_gains = false (assumed",
+        ],
+    );
     let ck = Checkpoint::load(&out, &Device::Cpu)?;
     let cfg: gan_variants::progan::Config = config(&ck);
     let phase = gan_variants::progan::Phase {
@@ -409,15 +421,16 @@ fn pytorch_gan_zoo_checkpoint_keeps_its_weight_average() -> Result<()> {
 fn a_lightning_style_wrapped_vae_matches_pytorch_examples() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (out, printed) = convert(tmp.path(), "vae", &[&fx("vae.ckpt")], "vae", &[]);
-    for needle in [
-        "vae.ckpt[state_dict]",
-        "`model.` removed from every key",
-        "hidden_dim = 4",
-        "latent_dim = 2",
-        "passed over optimizer_states",
-    ] {
-        assert!(printed.contains(needle), "{needle:?} not in:\n{printed}");
-    }
+    assert_printed(
+        &printed,
+        &[
+            "vae.ckpt[state_dict]",
+            "`model.` removed from every key",
+            "hidden_dim = 4",
+            "latent_dim = 2",
+            "passed over optimizer_states",
+        ],
+    );
     let ck = Checkpoint::load(&out, &Device::Cpu)?;
     let cfg: vae::Config = config(&ck);
     let m = build(&ck.tensors, |vb| vae::Vae::new(&cfg, vb))?;
