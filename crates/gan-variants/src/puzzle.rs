@@ -767,30 +767,48 @@ mod tests {
         assert_eq!(cfg.l1_weight(99), cfg.l1_weight(24));
     }
 
+    /// Two real images, their true mask from their first `k` of 3 patches and one completion
+    /// of them, to score G's terms on.
+    struct GeneratorCase {
+        x: Tensor,
+        truth: Tensor,
+        done: Completion,
+    }
+
+    impl GeneratorCase {
+        fn new(m: &PuzzleGan, seed: u64, k: usize) -> Result<Self> {
+            let mut rng = Rng::new(seed);
+            let p = patches(2, 3, &mut rng)?;
+            let x = rng
+                .uniform(2 * 32 * 32, &Device::Cpu)?
+                .reshape((2, 1, 32, 32))?;
+            let counts = p.counts(k);
+            let z = m.noise(2, &mut rng)?;
+            Ok(Self {
+                x: to_tanh_range(&x)?,
+                truth: m.true_mask(&p, &counts)?,
+                done: m.complete_parts(&m.part_inputs(&p)?, &m.presence(&counts)?, &z, false)?,
+            })
+        }
+
+        /// G's terms with L1 weight `w`, as numbers.
+        fn terms(&self, m: &PuzzleGan, w: f64) -> Result<Vec<f32>> {
+            m.generator_terms(&self.x, &self.truth, &self.done, w)?
+                .iter()
+                .map(|t| t.to_scalar::<f32>())
+                .collect()
+        }
+    }
+
     /// The weight scales G's adversarial term alone (one completion for both calls; D in
     /// training mode normalises by the batch's own statistics, so it scores it the same twice).
     #[test]
     fn the_adversarial_weight_scales_only_the_adversarial_term() -> Result<()> {
         let (mut m, _) = build(&small())?;
-        let mut rng = Rng::new(2);
-        let p = patches(2, 3, &mut rng)?;
-        let x = to_tanh_range(
-            &rng.uniform(2 * 32 * 32, &Device::Cpu)?
-                .reshape((2, 1, 32, 32))?,
-        )?;
-        let counts = p.counts(3);
-        let mask = m.true_mask(&p, &counts)?;
-        let z = m.noise(2, &mut rng)?;
-        let done = m.complete_parts(&m.part_inputs(&p)?, &m.presence(&counts)?, &z, false)?;
-        let terms = |m: &PuzzleGan| -> Result<Vec<f32>> {
-            m.generator_terms(&x, &mask, &done, 0.5)?
-                .iter()
-                .map(|t| t.to_scalar::<f32>())
-                .collect()
-        };
-        let full = terms(&m)?;
+        let case = GeneratorCase::new(&m, 2, 3)?;
+        let full = case.terms(&m, 0.5)?;
         m.cfg.adversarial_weight = 0.25;
-        let quarter = terms(&m)?;
+        let quarter = case.terms(&m, 0.5)?;
         assert!(full[1] > 0.0);
         assert!(
             (quarter[1] - 0.25 * full[1]).abs() < 1e-6,
@@ -816,24 +834,12 @@ mod tests {
         assert!(unsure > 0.0 && unsure < dice(&mask([0.0, 0.0, 1.0, 1.0])?)?);
 
         let (mut m, _) = build(&small())?;
-        let mut rng = Rng::new(3);
-        let p = patches(2, 3, &mut rng)?;
-        let x = to_tanh_range(&rng.uniform(2 * 32 * 32, &dev)?.reshape((2, 1, 32, 32))?)?;
-        let counts = p.counts(2);
-        let truth = m.true_mask(&p, &counts)?;
-        let z = m.noise(2, &mut rng)?;
-        let done = m.complete_parts(&m.part_inputs(&p)?, &m.presence(&counts)?, &z, false)?;
-        let terms = |m: &PuzzleGan| -> Result<Vec<f32>> {
-            m.generator_terms(&x, &truth, &done, 1.0)?
-                .iter()
-                .map(|t| t.to_scalar::<f32>())
-                .collect()
-        };
-        let without = terms(&m)?;
+        let case = GeneratorCase::new(&m, 3, 2)?;
+        let without = case.terms(&m, 1.0)?;
         assert_eq!(without[4], 0.0);
         m.cfg.mask_dice_weight = 2.0;
-        let with = terms(&m)?;
-        let expected = 2.0 * soft_dice(&done.mask, &truth)?.to_scalar::<f32>()?;
+        let with = case.terms(&m, 1.0)?;
+        let expected = 2.0 * soft_dice(&case.done.mask, &case.truth)?.to_scalar::<f32>()?;
         assert!((with[4] - expected).abs() < 1e-6 && expected > 0.0);
         assert!((with[0] - without[0] - expected).abs() < 1e-5);
         assert_eq!(with[1..4], without[1..4]);
