@@ -861,14 +861,9 @@ fn write_checked(
         tensors,
         metadata: BTreeMap::new(),
     };
+    file.metadata
+        .extend(ck::identity_metadata(run, 0, 0, "converted")?);
     for (k, v) in [
-        (ck::META_FORMAT, ck::FORMAT_VERSION.to_string()),
-        (ck::META_MODEL, run.model.clone()),
-        (ck::META_CONFIG, run.to_json()?),
-        (ck::META_STEP, "0".into()),
-        (ck::META_EPOCH, "0".into()),
-        (ck::META_DATASET, "converted".into()),
-        (ck::META_VERSION, env!("CARGO_PKG_VERSION").into()),
         (META_CONVERTED_FROM, sources.join(", ")),
         (META_INITIALISED, fresh.join(", ")),
     ] {

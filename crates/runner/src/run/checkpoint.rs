@@ -118,6 +118,28 @@ pub struct TrainState<'a> {
     pub dataset: &'a str,
 }
 
+/// The metadata that makes a file a genzoo file `sample` and `eval` rebuild the model from:
+/// format, model, resolved config, where training stood, the data and genzoo's version.
+pub fn identity_metadata(
+    run: &RunConfig,
+    step: u64,
+    epoch: u64,
+    dataset: &str,
+) -> Result<Vec<(String, String)>> {
+    Ok([
+        (META_FORMAT, FORMAT_VERSION.to_string()),
+        (META_MODEL, run.model.clone()),
+        (META_CONFIG, run.to_json()?),
+        (META_STEP, step.to_string()),
+        (META_EPOCH, epoch.to_string()),
+        (META_DATASET, dataset.to_string()),
+        (META_VERSION, env!("CARGO_PKG_VERSION").to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect())
+}
+
 pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
     let mut ck = Checkpoint {
         tensors: varmap_tensors(state.varmap),
@@ -152,18 +174,14 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
             sums.insert(format!("__count.{name}"), *n as f64);
         }
     }
-    for (k, v) in [
-        (META_FORMAT, FORMAT_VERSION.to_string()),
-        (META_MODEL, state.run.model.clone()),
-        (META_CONFIG, state.run.to_json()?),
-        (META_STEP, p.step.to_string()),
-        (META_EPOCH, p.epoch.to_string()),
-        (META_DATASET, state.dataset.to_string()),
-        (META_VERSION, env!("CARGO_PKG_VERSION").to_string()),
-        (META_EPOCH_SUMS, serde_json::to_string(&sums)?),
-    ] {
-        ck.metadata.insert(k.to_string(), v);
-    }
+    ck.metadata.extend(identity_metadata(
+        state.run,
+        p.step,
+        p.epoch,
+        state.dataset,
+    )?);
+    ck.metadata
+        .insert(META_EPOCH_SUMS.to_string(), serde_json::to_string(&sums)?);
     ck.save(path)
 }
 
