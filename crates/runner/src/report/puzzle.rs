@@ -230,40 +230,53 @@ impl Lookup {
 /// The training digits' key patches, to place a test digit's patches by their looks alone.
 struct PatchLookup {
     boxes: Vec<Vec<PatchBox>>,
-    /// Per patch count `k` (index `k - 1`): the first `k` crops flattened `(N, k c h w)`, and
-    /// their squared norms `(N, 1)` plus a penalty that rules out digits with fewer boxes.
-    flat: Vec<(Tensor, Tensor)>,
+    /// Per patch slot: every training digit's crop flattened `(N, c h w)`, and its squared norm
+    /// `(N, 1)` (the slots together hold the crops once).
+    slots: Vec<(Tensor, Tensor)>,
+    /// Per patch count `k` (index `k - 1`): `(N, 1)`, a penalty that rules out the digits with
+    /// fewer than `k` boxes.
+    short: Vec<Tensor>,
 }
 
 impl PatchLookup {
     fn new(train: Patches) -> Result<Self> {
         let (n, slots) = (train.images.dim(0)?, train.images.dim(1)?);
         ensure!(n > 0, "no training images to look up");
-        let flat = (1..=slots)
+        let device = train.images.device().clone();
+        let slots_flat = (0..slots)
+            .map(|p| {
+                let crops = train.images.narrow(1, p, 1)?.flatten_from(1)?;
+                let norms = crops.sqr()?.sum_keepdim(1)?;
+                Ok((crops, norms))
+            })
+            .collect::<Result<_>>()?;
+        let short = (1..=slots)
             .map(|k| {
-                let crops = train.images.narrow(1, 0, k)?.flatten_from(1)?;
-                let short: Vec<f32> = train
+                let v: Vec<f32> = train
                     .boxes
                     .iter()
                     .map(|b| if b.len() < k { f32::MAX / 4.0 } else { 0.0 })
                     .collect();
-                let short = Tensor::from_vec(short, (n, 1), crops.device())?;
-                let norms = (crops.sqr()?.sum_keepdim(1)? + short)?;
-                Ok((crops, norms))
+                Ok(Tensor::from_vec(v, (n, 1), &device)?)
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             boxes: train.boxes,
-            flat,
+            slots: slots_flat,
+            short,
         })
     }
 
     /// For each image of `patches`, the union of the first `k` boxes of the training digit
     /// whose first `k` crops are nearest to its own (least squared difference), `(b, 1, h, w)`.
     fn masks(&self, patches: &Patches, k: usize, size: (usize, usize)) -> Result<Tensor> {
-        let (crops, norms) = &self.flat[k - 1];
-        let query = patches.images.narrow(1, 0, k)?.flatten_from(1)?; // (b, k c h w)
-        let d = norms.broadcast_sub(&(crops.matmul(&query.t()?)? * 2.0)?)?; // (N, b)
+        // sum over the slots p < k of |t_p|^2 - 2 t_p . q_p (|q|^2 is the same for every t).
+        let mut d = self.short[k - 1].clone();
+        for (p, (crops, norms)) in self.slots.iter().take(k).enumerate() {
+            let query = patches.images.narrow(1, p, 1)?.flatten_from(1)?; // (b, c h w)
+            let dot = (crops.matmul(&query.t()?)? * 2.0)?; // (N, b)
+            d = d.broadcast_add(&norms.broadcast_sub(&dot)?)?;
+        }
         let found = d.argmin(0)?.to_vec1::<u32>()?;
         let boxes: Vec<Vec<PatchBox>> = found
             .iter()
@@ -273,7 +286,7 @@ impl PatchLookup {
             &boxes,
             &vec![k; boxes.len()],
             size,
-            query.device(),
+            patches.images.device(),
         )?)
     }
 }
