@@ -491,6 +491,97 @@ fn a_two_dimensional_latent_space_draws_its_manifold() {
     assert_eq!(png_size(&png), (10 * 30 + 2, 10 * 30 + 2));
 }
 
+/// A loopback stand-in for the Hugging Face Hub: `file` at `path` with its sha256 in
+/// `X-Linked-Etag`, 404 elsewhere, for at most 4 requests; returns the endpoint and a count of
+/// the requests it answered.
+fn serve_hub(
+    path: &'static str,
+    file: Vec<u8>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let mut header = String::from("x");
+            while header != "\r\n" && !header.is_empty() {
+                header.clear();
+                reader.read_line(&mut header).unwrap();
+            }
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (status, body) = match line.split_whitespace().nth(1) == Some(path) {
+                true => ("200 OK", &file[..]),
+                false => ("404 Not Found", &[][..]),
+            };
+            let sha = runner::hub::sha256_hex(body);
+            let head = format!("HTTP/1.1 {status}\r\nX-Linked-Etag: \"{sha}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+/// Shipped weights named `hf:OWNER/REPO/FILE` download once: `inspect` fetches them into the
+/// cache and `sample` reads the cached copy without a request; a file the hub lacks is a
+/// one-line error naming the revision.
+#[test]
+fn hub_weights_download_once_and_sample_from_the_cache() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vae.safetensors");
+    let bytes = std::fs::read(&shipped).unwrap();
+    let (endpoint, requests) = serve_hub("/genzoo/zoo/resolve/main/vae.safetensors", bytes.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let genzoo_hub = |args: &[&str]| {
+        let mut c = genzoo();
+        c.args(args)
+            .env("GENZOO_HUB_ENDPOINT", &endpoint)
+            .env("GENZOO_CACHE", &cache);
+        for var in ["GENZOO_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"] {
+            c.env_remove(var);
+        }
+        c.output().expect("genzoo runs")
+    };
+    let spec = "hf:genzoo/zoo/vae.safetensors";
+    let i = stdout(&ok(genzoo_hub(&["inspect", spec])));
+    assert!(i.contains("genzoo.model = vae"), "{i}");
+    let png = tmp.path().join("s.png");
+    ok(genzoo_hub(&[
+        "sample",
+        spec,
+        "-n",
+        "4",
+        "--nrow",
+        "4",
+        "--out",
+        s(&png),
+    ]));
+    assert_eq!(png_size(&png), (4 * 30 + 2, 30 + 2));
+    let cached = cache.join("hub/genzoo/zoo/main/vae.safetensors");
+    assert_eq!(std::fs::read(cached).unwrap(), bytes);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let o = genzoo_hub(&[
+        "sample",
+        "hf:genzoo/zoo@v9/vae.safetensors",
+        "--out",
+        s(&png),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the hub has no file `vae.safetensors` at revision `v9` of genzoo/zoo"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 2, "{err}");
+}
+
 #[test]
 fn bad_inputs_are_clear_errors_that_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -68,6 +68,7 @@ enum Command {
     Eval(EvalCmd),
     /// List the tensors, shapes, dtypes, metadata and parameter count of a safetensors file.
     Inspect {
+        /// A path, or hf:OWNER/REPO[@REVISION]/FILE.safetensors (see `genzoo sample --help`).
         file: PathBuf,
         #[arg(long)]
         json: bool,
@@ -91,6 +92,7 @@ enum Command {
     },
     /// Copy a checkpoint's weights and metadata without the optimizer state (to share or ship).
     Export {
+        /// A path, or hf:OWNER/REPO[@REVISION]/FILE.safetensors (see `genzoo sample --help`).
         checkpoint: PathBuf,
         out: PathBuf,
         /// Keep only the weight average, as the weights (half the size of a GAN's file; `--raw`

@@ -24,6 +24,8 @@ use layers::CodedModel;
 
 #[derive(Args)]
 pub struct EvalCmd {
+    /// Checkpoint or weights file: a path, or hf:OWNER/REPO[@REVISION]/FILE.safetensors (see
+    /// `genzoo sample --help`).
     checkpoint: PathBuf,
     /// MNIST-format IDX directory or image folder; its test split is used.
     #[arg(long)]

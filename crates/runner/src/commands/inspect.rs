@@ -4,10 +4,9 @@ use std::path::Path;
 
 use anyhow::Result;
 use candle_core::Device;
-use layers::Checkpoint;
 use serde::Serialize;
 
-use crate::run::checkpoint::OPTIMIZER_PREFIX;
+use crate::run::checkpoint::{load_checkpoint, OPTIMIZER_PREFIX};
 
 #[derive(Debug, Serialize)]
 pub struct TensorInfo {
@@ -28,7 +27,7 @@ pub struct Inspection {
 }
 
 pub fn inspect(path: &Path) -> Result<Inspection> {
-    let ck = Checkpoint::load(path, &Device::Cpu)?;
+    let ck = load_checkpoint(path, &Device::Cpu)?;
     let mut tensors: Vec<TensorInfo> = ck
         .tensors
         .iter()

@@ -50,6 +50,9 @@ pub enum SampleMode {
 
 #[derive(Args)]
 pub struct SampleCmd {
+    /// Checkpoint or weights file: a path, or hf:OWNER/REPO[@REVISION]/FILE.safetensors to
+    /// download from the Hugging Face Hub once (SHA-256 checked, cached; GENZOO_HUB_ENDPOINT,
+    /// HF_TOKEN, GENZOO_CACHE, GENZOO_OFFLINE=1).
     checkpoint: PathBuf,
     #[arg(short, default_value_t = 64)]
     n: usize,

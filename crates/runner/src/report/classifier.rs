@@ -167,7 +167,7 @@ pub fn accuracy(net: &LeNet, data: &Dataset, labels: &[u32], device: &Device) ->
 /// Loads a classifier file, or the shipped one when `path` is None.
 pub fn load(path: Option<&Path>, device: &Device) -> Result<LeNet> {
     let checkpoint = match path {
-        Some(p) => Checkpoint::load(p, device)?,
+        Some(p) => crate::run::checkpoint::load_checkpoint(p, device)?,
         None => {
             let tensors = candle_core::safetensors::load_buffer(SHIPPED, device)?;
             Checkpoint {

@@ -305,11 +305,17 @@ fn checkpoint_run(
     Ok(run)
 }
 
+/// Reads the checkpoint or weights file a command was given: a path, or an `hf:` spec
+/// downloaded into the cache first ([`crate::hub`]). Every command that reads one comes here.
+pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
+    Checkpoint::load(&crate::hub::local_path(path)?, device)
+}
+
 /// Loads a genzoo checkpoint, or a plain weights file (e.g. converted from PyTorch) when
 /// `plain` gives the run config to interpret it with. The variables hold the trained weights;
 /// [`Loaded::use_average`] swaps in the averaged ones.
 pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
-    let checkpoint = Checkpoint::load(path, device)?;
+    let checkpoint = load_checkpoint(path, device)?;
     let run = checkpoint_run(&checkpoint, path, plain)?;
     // Every variable is loaded from the file, so a model larger than the file holds cannot
     // load: a config claiming a huge model fails before it is allocated. The slack (twice the
@@ -473,7 +479,7 @@ pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path
 /// the state sampling reads ([`layers::step::SAMPLING_STATE`]). With `averaged`, the average
 /// replaces the weights it averages (marked in [`META_WEIGHTS`]), so the file holds one copy.
 pub fn export_weights(src: &Path, dst: &Path, averaged: bool) -> Result<(usize, usize)> {
-    let mut ck = Checkpoint::load(src, &Device::Cpu)?;
+    let mut ck = load_checkpoint(src, &Device::Cpu)?;
     ck.require_meta(META_MODEL, src)?;
     let before = ck.tensors.len();
     let optimizer = format!("{OPTIMIZER_PREFIX}.");
