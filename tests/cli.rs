@@ -621,6 +621,24 @@ fn bad_inputs_are_clear_errors_that_change_nothing() {
         &["unknown model `puzzel-gan`", "puzzle-gan"],
     );
     fails_with(&["train"], &["name a model"]);
+    // The evaluators' classifier files are not a model's checkpoint: say what they are for.
+    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models");
+    let digits = format!("{models}/mnist-classifier.safetensors");
+    fails_with(
+        &["sample", &digits, "--out", s(&png)],
+        &[
+            "mnist-classifier.safetensors holds an evaluator's classifier (`mnist-classifier`",
+            "--classifier FILE",
+        ],
+    );
+    let attributes = format!("{models}/stargan-digits-attributes.safetensors");
+    fails_with(
+        &["eval", &attributes],
+        &[
+            "holds an evaluator's classifier (`attribute-classifier`",
+            "--attribute-classifier FILE",
+        ],
+    );
 
     let cfg = run_file(t.join("bad.toml"), "model = \"vae\"\n[train]\nepoks = 3\n");
     fails_with(

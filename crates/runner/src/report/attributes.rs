@@ -20,9 +20,9 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::data::pipeline::SplitSources;
 use crate::data::{batch_indices, batches_per_epoch, epoch_order, Binarization, Split};
+use crate::run::checkpoint::{KIND_ATTRIBUTE_CLASSIFIER, META_KIND};
 
-const META_KIND: &str = "genzoo.kind";
-const KIND: &str = "attribute-classifier";
+const KIND: &str = KIND_ATTRIBUTE_CLASSIFIER;
 const META_NAMES: &str = "genzoo.attributes";
 const META_CONFIG: &str = "genzoo.config";
 

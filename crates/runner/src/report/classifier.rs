@@ -14,13 +14,12 @@ use layers::{Adam, AdamConfig, Checkpoint, Rng, Stream};
 use serde::Serialize;
 
 use crate::data::{batch_indices, batches_per_epoch, epoch_order, load_split, Dataset, Split};
+use crate::run::checkpoint::{KIND_DIGIT_CLASSIFIER, META_KIND};
 
 /// The shipped classifier's weights.
 pub const SHIPPED: &[u8] = include_bytes!("../../../../models/mnist-classifier.safetensors");
 
-/// Metadata key naming what a classifier file is.
-const META_KIND: &str = "genzoo.kind";
-const KIND: &str = "mnist-classifier";
+const KIND: &str = KIND_DIGIT_CLASSIFIER;
 
 pub struct TrainArgs {
     pub data: Option<PathBuf>,

@@ -20,6 +20,11 @@ use crate::registry::{self, BuildInput};
 pub const META_FORMAT: &str = "genzoo.format";
 pub const META_MODEL: &str = "genzoo.model";
 pub const META_CONFIG: &str = "genzoo.config";
+/// Set by the evaluators' classifier files (no run config of their own): what the file holds,
+/// one of the two kinds below.
+pub const META_KIND: &str = "genzoo.kind";
+pub const KIND_DIGIT_CLASSIFIER: &str = "mnist-classifier";
+pub const KIND_ATTRIBUTE_CLASSIFIER: &str = "attribute-classifier";
 pub const META_STEP: &str = "genzoo.step";
 pub const META_EPOCH: &str = "genzoo.epoch";
 pub const META_DATASET: &str = "genzoo.dataset";
@@ -268,6 +273,26 @@ fn parse_meta<T: std::str::FromStr>(ck: &Checkpoint, key: &str, path: &Path) -> 
     })
 }
 
+/// The evaluators' classifiers (models/mnist-classifier.safetensors, a translation model's
+/// attribute classifier) are safetensors files with a `genzoo.config` too, but not a run's: say
+/// what the file is and where it goes, rather than that its config has unknown fields.
+fn refuse_classifier_weights(checkpoint: &Checkpoint, path: &Path) -> Result<()> {
+    let Some(kind) = checkpoint.meta(META_KIND) else {
+        return Ok(());
+    };
+    let used_by = match kind {
+        KIND_DIGIT_CLASSIFIER => {
+            "`genzoo classifier eval` and `genzoo eval CKPT --classifier FILE`"
+        }
+        KIND_ATTRIBUTE_CLASSIFIER => "`genzoo eval CKPT --attribute-classifier FILE`",
+        _ => "an evaluator",
+    };
+    bail!(
+        "{} holds an evaluator's classifier (`{kind}`, for {used_by}), not a generative model's checkpoint",
+        path.display()
+    )
+}
+
 /// The run config a checkpoint was trained with, or `plain`'s for a weights file without
 /// genzoo metadata.
 fn checkpoint_run(
@@ -275,6 +300,7 @@ fn checkpoint_run(
     path: &Path,
     plain: Option<&RunConfig>,
 ) -> Result<RunConfig> {
+    refuse_classifier_weights(checkpoint, path)?;
     let run = match (checkpoint.meta(META_CONFIG), plain) {
         (Some(json), _) => {
             let run = RunConfig::from_json(json).with_context(|| {
