@@ -270,6 +270,17 @@ mod tests {
         let b = standard_normal_log_density(&z)?.to_vec1::<f64>()?[0];
         close(a, -LN_2PI - 2.5, 1e-12);
         close(b, a, 1e-12);
+        // Off the standard normal: each dimension's -1/2 ((z - mu)^2 / var + log var + log 2 pi).
+        let mu = Tensor::new(&[[0.5f64, -1.0]], &dev)?;
+        let lv = Tensor::new(&[[0.7f64, -1.2]], &dev)?;
+        let a = gaussian_log_density(&z, &mu, &lv)?.to_vec1::<f64>()?[0];
+        let expected: f64 = [(1.0, 0.5, 0.7), (-2.0, -1.0, -1.2)]
+            .iter()
+            .map(|&(z, mu, lv): &(f64, f64, f64)| {
+                -0.5 * ((z - mu).powi(2) / lv.exp() + lv + LN_2PI)
+            })
+            .sum();
+        close(a, expected, 1e-12);
         let x = Tensor::new(&[[1000.0f64, 1000.0], [-5.0, 0.0]], &dev)?;
         let l = log_sum_exp(&x, 1)?.to_vec1::<f64>()?;
         close(l[0], 1000.0 + 2f64.ln(), 1e-9);
