@@ -1224,3 +1224,178 @@ fn gans_train_alike_on_any_thread_count() {
     let config = run_file(tmp.path().join("puzzle.toml"), shipped("puzzle"));
     assert_thread_count_changes_nothing("puzzle", &["--config", s(&config)]);
 }
+
+/// `export --sampling-only` leaves a GAN's discriminator out: the file is smaller, samples and
+/// evaluates bit-identically to the whole export, says what it left out, cannot be resumed;
+/// and only the networks a file says it left out may be missing.
+#[test]
+fn a_sampling_only_export_leaves_the_discriminator_out_and_samples_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = run_file(tmp.path().join("dcgan.toml"), "model = \"dcgan\"\n[train]\nlimit = 64\nbatch_size = 32\nepochs = 1\nsample_count = 4\n[model_config]\nngf = 8\nndf = 8\n");
+    let out = tmp.path().join("run");
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
+    let ck = out.join("checkpoints/last.safetensors");
+    let whole = tmp.path().join("whole.safetensors");
+    let slim = tmp.path().join("slim.safetensors");
+    ok(run(&["export", "--averaged", s(&ck), s(&whole)]));
+    let said = stdout(&ok(run(&[
+        "export",
+        "--averaged",
+        "--sampling-only",
+        s(&ck),
+        s(&slim),
+    ])));
+    assert!(said.contains("left out `discriminator`"), "{said}");
+
+    // Smaller, no discriminator tensor, the omission in the metadata and in `inspect`.
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&slim) < size(&whole),
+        "{} vs {}",
+        size(&slim),
+        size(&whole)
+    );
+    let kept = Checkpoint::load(&slim, &Device::Cpu).unwrap();
+    assert!(kept
+        .tensors
+        .keys()
+        .all(|n| !n.starts_with("discriminator.")));
+    assert!(kept.tensors.keys().any(|n| n.starts_with("generator.")));
+    assert_eq!(kept.meta("genzoo.omitted"), Some("discriminator"));
+    let i = stdout(&ok(run(&["inspect", s(&slim)])));
+    assert!(
+        i.contains("left out (training only, --sampling-only): `discriminator`"),
+        "{i}"
+    );
+    // Exporting the exported file the same way (shipped files are re-exported) changes nothing.
+    let again = tmp.path().join("again.safetensors");
+    ok(run(&[
+        "export",
+        "--averaged",
+        "--sampling-only",
+        s(&slim),
+        s(&again),
+    ]));
+    assert_eq!(weights(&again), weights(&slim));
+    let again = Checkpoint::load(&again, &Device::Cpu).unwrap();
+    assert_eq!(again.meta("genzoo.omitted"), Some("discriminator"));
+    assert_eq!(again.meta("genzoo.weights"), Some("averaged"));
+
+    // Bit-identical samples and the same evaluation.
+    let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    ok(run(&[
+        "sample",
+        s(&whole),
+        "-n",
+        "8",
+        "--seed",
+        "3",
+        "--out",
+        s(&a),
+    ]));
+    ok(run(&[
+        "sample",
+        s(&slim),
+        "-n",
+        "8",
+        "--seed",
+        "3",
+        "--out",
+        s(&b),
+    ]));
+    let same = std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap();
+    assert!(same, "the stripped file samples other images");
+    // Without --averaged (models without a weight average export so), the file keeps the
+    // average beside the weights and samples with it as the checkpoint does.
+    let slim_raw = tmp.path().join("slim-raw.safetensors");
+    ok(run(&["export", "--sampling-only", s(&ck), s(&slim_raw)]));
+    ok(run(&[
+        "sample",
+        s(&slim_raw),
+        "-n",
+        "8",
+        "--seed",
+        "3",
+        "--out",
+        s(&b),
+    ]));
+    let same = std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap();
+    assert!(
+        same,
+        "the stripped file without --averaged samples other images"
+    );
+    let eval = |p: &Path| stdout(&ok(run(&["eval", s(p), "--json", "--samples", "64"])));
+    let (e_whole, e_slim) = (eval(&whole), eval(&slim));
+    let figures = |e: &str| {
+        let mut v: Value = serde_json::from_str(e).unwrap();
+        v.as_object_mut().unwrap().remove("checkpoint");
+        v
+    };
+    assert_eq!(figures(&e_whole), figures(&e_slim));
+
+    // Nothing that needs the discriminator takes the file.
+    fails_with(
+        &["train", "dcgan", "--resume", s(&slim)],
+        &["slim.safetensors leaves out `discriminator`", "not resumed"],
+    );
+
+    // A file that lacks a discriminator tensor without saying so is refused by its name.
+    let mut lacking = Checkpoint::load(&whole, &Device::Cpu).unwrap();
+    let d: String = lacking
+        .tensors
+        .keys()
+        .filter(|n| n.starts_with("discriminator."))
+        .min()
+        .unwrap()
+        .clone();
+    lacking.tensors.remove(&d);
+    let lacking_path = tmp.path().join("lacking.safetensors");
+    lacking.save(&lacking_path).unwrap();
+    for args in [
+        vec!["sample", s(&lacking_path), "--out", s(&a)],
+        vec!["export", "--sampling-only", s(&lacking_path), s(&b)],
+    ] {
+        fails_with(
+            &args,
+            &[
+                "lacking.safetensors",
+                "missing tensor(s)",
+                &format!("`{d}`"),
+            ],
+        );
+    }
+
+    // A file that left the discriminator out still needs every other tensor.
+    let mut broken = kept.clone();
+    let g: String = broken
+        .tensors
+        .keys()
+        .filter(|n| n.starts_with("generator."))
+        .min()
+        .unwrap()
+        .clone();
+    broken.tensors.remove(&g);
+    let broken_path = tmp.path().join("broken.safetensors");
+    broken.save(&broken_path).unwrap();
+    fails_with(
+        &["sample", s(&broken_path), "--out", s(&a)],
+        &["broken.safetensors", "missing tensor(s)", &format!("`{g}`")],
+    );
+
+    // And it may say it left out only a training-only network.
+    let mut claims = kept.clone();
+    claims
+        .metadata
+        .insert("genzoo.omitted".into(), "discriminator,generator".into());
+    for name in claims.tensors.keys().cloned().collect::<Vec<_>>() {
+        if name.starts_with("generator.") {
+            claims.tensors.remove(&name);
+        }
+    }
+    let claims_path = tmp.path().join("claims.safetensors");
+    claims.save(&claims_path).unwrap();
+    fails_with(
+        &["eval", s(&claims_path), "--samples", "64"],
+        &["`genzoo.omitted` says `generator` was left out", "needs it"],
+    );
+}

@@ -313,6 +313,11 @@ impl Trainable for CycleGan {
         Some("d_loss")
     }
 
+    /// Both discriminators: translation (and so `eval`) runs the generators only.
+    fn training_only(&self) -> Vec<String> {
+        vec!["netD_A".to_string(), "netD_B".to_string()]
+    }
+
     fn headline_terms(&self) -> Vec<String> {
         ["g_loss", "d_loss", "cycle_a", "cycle_b"]
             .map(String::from)

@@ -501,6 +501,12 @@ impl Trainable for ProGan {
         true
     }
 
+    /// The critic: sampling (per stage too) runs the generator, and `as_generated` only
+    /// resizes real images.
+    fn training_only(&self) -> Vec<String> {
+        vec!["discriminator".to_string()]
+    }
+
     fn headline_terms(&self) -> Vec<String> {
         ["wasserstein", "resolution", "alpha"]
             .map(String::from)

@@ -575,6 +575,11 @@ impl Trainable for PuzzleGan {
         Some("d_real")
     }
 
+    /// The discriminator: completion runs the part encoder, the mask and image generators.
+    fn training_only(&self) -> Vec<String> {
+        vec!["discriminator".to_string()]
+    }
+
     fn headline_terms(&self) -> Vec<String> {
         ["d_loss", "g_loss", "g_mask_l1"].map(String::from).to_vec()
     }

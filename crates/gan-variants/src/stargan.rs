@@ -399,6 +399,12 @@ impl Trainable for StarGan {
         true
     }
 
+    /// The critic (and its domain classifier): `translate` runs the generator only, and
+    /// `eval` judges attributes with its own attribute classifier.
+    fn training_only(&self) -> Vec<String> {
+        vec!["discriminator".to_string()]
+    }
+
     fn headline_terms(&self) -> Vec<String> {
         ["d_loss", "g_loss", "d_loss_cls", "g_loss_rec"]
             .map(String::from)

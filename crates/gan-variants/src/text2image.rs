@@ -687,6 +687,12 @@ impl Trainable for TextToImageGan {
         Some("d_loss")
     }
 
+    /// The discriminator, and the image encoder that only the first stage's joint embedding
+    /// learns with: drawing from captions runs the text encoder and the generator.
+    fn training_only(&self) -> Vec<String> {
+        vec!["discriminator".to_string(), "image_encoder".to_string()]
+    }
+
     fn headline_terms(&self) -> Vec<String> {
         ["embed_loss", "d_loss", "g_loss"]
             .map(String::from)

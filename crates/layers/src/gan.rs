@@ -374,6 +374,15 @@ impl<M: Adversarial> Trainable for AdversarialTraining<M> {
         vec!["d_loss".to_string(), "g_loss".to_string()]
     }
 
+    /// The discriminator, unless the model has codes: then its trunk and Q head are what
+    /// [`CodedModel::category_logits`] (`eval`'s code accuracy) reads.
+    fn training_only(&self) -> Vec<String> {
+        match self.model.categories() {
+            None => vec!["discriminator".to_string()],
+            Some(_) => Vec::new(),
+        }
+    }
+
     /// The model's grid input (classes or codes along the rows), from the generator in
     /// inference mode.
     fn grid(&self, count: usize, rng: &mut Rng, _held_out: Option<&Batch>) -> Result<Grid> {

@@ -441,6 +441,26 @@ pub trait Trainable {
     fn restarts_average(&self) -> bool {
         false
     }
+
+    /// The networks only training needs, by variable prefix without its dot (a GAN's
+    /// `discriminator`: every variable named `discriminator.…`): sampling and every capability
+    /// of [`GenerativeModel`] (evaluation included) read none of their variables, so a file
+    /// for sampling may leave them out (`genzoo export --sampling-only`), and a loader for
+    /// sampling accepts their absence where the file says so. A network a capability reads
+    /// (InfoGAN's Q head on its discriminator's trunk, which `eval` scores its codes with) is
+    /// never one of them. Default: none.
+    fn training_only(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Whether variable `name` belongs to one of the networks `prefixes` names (without their
+/// dots, as [`Trainable::training_only`] gives them): `P` itself or `P.…`.
+pub fn under_any(name: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| {
+        name.strip_prefix(p.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
 }
 
 /// The keys of [`Trainable::training_state`] that sampling reads too (a Progressive GAN's
@@ -643,5 +663,20 @@ mod tests {
             e.contains("`critic`") && e.contains("owns no variable"),
             "{e}"
         );
+    }
+
+    /// A network's prefix covers its variables and nothing that merely starts alike.
+    #[test]
+    fn under_any_matches_whole_network_names() {
+        let d = vec!["discriminator".to_string(), "netD_A".to_string()];
+        assert!(under_any("discriminator.main.0.weight", &d));
+        assert!(under_any("netD_A.model.8.bias", &d));
+        assert!(under_any("discriminator", &d));
+        assert!(!under_any("discriminator2.weight", &d));
+        assert!(!under_any("netD_AB.weight", &d));
+        assert!(!under_any("netD_B.model.0.weight", &d));
+        assert!(!under_any("generator.main.0.weight", &d));
+        assert!(!under_any("ema.discriminator.x", &d));
+        assert!(!under_any("discriminator.x", &[]));
     }
 }

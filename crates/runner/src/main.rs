@@ -99,6 +99,11 @@ enum Command {
         /// then has no trained weights to use).
         #[arg(long)]
         averaged: bool,
+        /// Leave out the networks only training uses (a GAN's discriminator; not InfoGAN's,
+        /// whose Q head `eval` reads): the file samples and evaluates alike, and cannot be
+        /// resumed.
+        #[arg(long)]
+        sampling_only: bool,
     },
     /// Turn PyTorch weights (.pth, .pt, .ckpt, safetensors) into a genzoo file for a model.
     Convert(ConvertCmd),
@@ -144,7 +149,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             checkpoint,
             out,
             averaged,
-        } => done(commands::export::run(&checkpoint, &out, averaged)),
+            sampling_only,
+        } => done(commands::export::run(
+            &checkpoint,
+            &out,
+            averaged,
+            sampling_only,
+        )),
         Command::Convert(cmd) => done(commands::convert::run(cmd)),
         Command::List { json, weights_dir } => done(commands::list::run(json, &weights_dir)),
         Command::Classifier(cmd) => done(commands::classifier::run(cmd, device()?)),

@@ -129,11 +129,25 @@ pub fn load_into_varmap(
     tensors: &HashMap<String, Tensor>,
     source: &Path,
 ) -> Result<Vec<String>> {
+    load_into_varmap_except(varmap, tensors, source, |_| false)
+}
+
+/// [`load_into_varmap`], where the variables `may_lack` accepts may be absent from `tensors`
+/// (networks a file says it left out): those keep their values. Any other absence, and any
+/// present tensor of the wrong shape, is still an error naming it.
+pub fn load_into_varmap_except(
+    varmap: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+    source: &Path,
+    may_lack: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
     let data = varmap.data().lock().expect("varmap lock poisoned");
     let mut missing = Vec::new();
     for (name, var) in data.iter() {
         let Some(found) = tensors.get(name) else {
-            missing.push(name.clone());
+            if !may_lack(name) {
+                missing.push(name.clone());
+            }
             continue;
         };
         if found.shape() != var.shape() {
@@ -322,6 +336,37 @@ mod tests {
                 .contains("`fc1.weight` has shape [3, 2], the model expects [2, 3]"),
             "{e}"
         );
+        Ok(())
+    }
+
+    /// Variables the caller lets be absent keep their values; every other absence is still
+    /// named, and a present tensor is still checked.
+    #[test]
+    fn only_the_variables_let_off_may_be_absent() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let mut data = varmap.data().lock().unwrap();
+        data.insert("fc1.weight".into(), Var::zeros((2, 3), DType::F32, &dev)?);
+        data.insert("d.weight".into(), Var::ones(4, DType::F32, &dev)?);
+        data.insert("e.weight".into(), Var::ones(4, DType::F32, &dev)?);
+        drop(data);
+        let ck = sample()?;
+        let path = Path::new("x.safetensors");
+        let e = load_into_varmap_except(&varmap, &ck.tensors, path, |n| n.starts_with("d."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing tensor(s) `e.weight`"), "{e}");
+        assert!(!e.contains("d.weight"), "{e}");
+        let let_off = |n: &str| n.starts_with("d.") || n.starts_with("e.");
+        load_into_varmap_except(&varmap, &ck.tensors, path, let_off)?;
+        let data = varmap.data().lock().unwrap();
+        assert_eq!(data["d.weight"].to_vec1::<f32>()?, vec![1.0; 4]);
+        assert_eq!(data["fc1.weight"].to_vec2::<f32>()?[1], vec![3.0, 4.0, 5.0]);
+        drop(data);
+        let mut wrong = ck.tensors.clone();
+        wrong.insert("d.weight".into(), Tensor::zeros(5, DType::F32, &dev)?);
+        let e = load_into_varmap_except(&varmap, &wrong, path, let_off).unwrap_err();
+        assert!(e.to_string().contains("`d.weight` has shape [5]"), "{e}");
         Ok(())
     }
 }

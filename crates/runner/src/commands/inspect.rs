@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::run::checkpoint::{load_checkpoint, OPTIMIZER_PREFIX};
+use crate::run::checkpoint::{load_checkpoint, omitted_networks, OPTIMIZER_PREFIX};
 
 #[derive(Debug, Serialize)]
 pub struct TensorInfo {
@@ -24,6 +24,8 @@ pub struct Inspection {
     /// Scalars in the model's tensors (optimizer state excluded).
     pub parameters: usize,
     pub optimizer_values: usize,
+    /// Networks the file left out as only training uses them (`export --sampling-only`).
+    pub omitted: Vec<String>,
 }
 
 pub fn inspect(path: &Path) -> Result<Inspection> {
@@ -44,6 +46,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         file: path.display().to_string(),
         parameters: ck.parameter_count(|n| !is_opt(n)),
         optimizer_values: ck.parameter_count(is_opt),
+        omitted: omitted_networks(&ck),
         tensors,
         metadata: ck.metadata,
     })
@@ -99,6 +102,13 @@ pub fn render(i: &Inspection) -> String {
     if i.optimizer_values > 0 {
         let _ = writeln!(out, "optimizer state: {} values", i.optimizer_values);
     }
+    if !i.omitted.is_empty() {
+        let _ = writeln!(
+            out,
+            "left out (training only, --sampling-only): `{}`: samples and evaluates, cannot be resumed",
+            i.omitted.join("`, `")
+        );
+    }
     if !i.metadata.is_empty() {
         let _ = writeln!(out, "\nmetadata:");
         for (k, v) in &i.metadata {
@@ -128,6 +138,7 @@ mod tests {
             metadata: [("note".to_string(), value.clone())].into(),
             parameters: 0,
             optimizer_values: 0,
+            omitted: vec![],
         };
         let text = render(&i);
         assert!(

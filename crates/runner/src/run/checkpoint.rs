@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use layers::step::{state_under, Optimizers};
+use layers::step::{state_under, under_any, Optimizers};
 use layers::train::average::WeightAverage;
-use layers::train::checkpoint::{load_into_varmap, varmap_tensors};
+use layers::train::checkpoint::{load_into_varmap_except, varmap_tensors};
 use layers::{Checkpoint, Model, Values};
 
 use crate::config::RunConfig;
@@ -36,6 +36,13 @@ pub const META_AVERAGE_UPDATES: &str = "genzoo.average.updates";
 /// `averaged` where the weights are the average itself (`genzoo export --averaged`).
 pub const META_WEIGHTS: &str = "genzoo.weights";
 const WEIGHTS_AVERAGED: &str = "averaged";
+/// The networks a file left out as only training needs them (`genzoo export --sampling-only`,
+/// [`layers::Trainable::training_only`]), comma-separated: `discriminator`, `netD_A,netD_B`.
+/// Sampling and evaluation accept their absence; resuming refuses the file.
+pub const META_OMITTED: &str = "genzoo.omitted";
+/// Values a model may have beyond those in a file that left networks out (as `genzoo convert`
+/// allows for the networks it leaves as initialised: StarGAN's 128 x 128 critic has 45M).
+const OMITTED_VALUES: usize = 1 << 26;
 pub const FORMAT_VERSION: &str = "1";
 /// Prefix of the optimisers' tensors, kept apart from the model's reference names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer";
@@ -337,18 +344,64 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     Checkpoint::load(&crate::hub::local_path(path)?, device)
 }
 
+/// The networks `checkpoint` says it left out ([`META_OMITTED`]); empty for a whole file.
+pub fn omitted_networks(checkpoint: &Checkpoint) -> Vec<String> {
+    checkpoint
+        .meta(META_OMITTED)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Loads a genzoo checkpoint, or a plain weights file (e.g. converted from PyTorch) when
-/// `plain` gives the run config to interpret it with. The variables hold the trained weights;
+/// `plain` gives the run config to interpret it with, with every network: to resume, or
+/// anything else that may need a training-only network. A file that left networks out
+/// ([`META_OMITTED`]) is refused by name. The variables hold the trained weights;
 /// [`Loaded::use_average`] swaps in the averaged ones.
 pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Result<Loaded> {
+    load_model_with(path, device, plain, false)
+}
+
+/// [`load_model`]; with `sampling`, a file may lack the training-only networks it says it
+/// left out, which then keep their initial values (nothing that samples or evaluates reads
+/// them).
+fn load_model_with(
+    path: &Path,
+    device: &Device,
+    plain: Option<&RunConfig>,
+    sampling: bool,
+) -> Result<Loaded> {
     let checkpoint = load_checkpoint(path, device)?;
+    let omitted = omitted_networks(&checkpoint);
+    if !sampling && !omitted.is_empty() {
+        bail!(
+            "{} leaves out `{}` (exported with --sampling-only: only what sampling and \
+             evaluation use): it can be sampled and evaluated, not resumed or trained on",
+            path.display(),
+            omitted.join("`, `")
+        );
+    }
     let run = checkpoint_run(&checkpoint, path, plain)?;
     // Every variable is loaded from the file, so a model larger than the file holds cannot
     // load: a config claiming a huge model fails before it is allocated. The slack (twice the
     // file, and a million values) leaves a file that lacks a few tensors to the clearer
-    // "missing tensor(s)" error of `load_into_varmap`.
+    // "missing tensor(s)" error of `load_into_varmap`; a file that left networks out may lack
+    // up to `OMITTED_VALUES` more.
     let held = checkpoint.parameter_count(|_| true);
-    let budget = held.saturating_mul(2).saturating_add(1 << 20);
+    let slack = if omitted.is_empty() {
+        0
+    } else {
+        OMITTED_VALUES
+    };
+    let budget = held
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
+        .saturating_add(slack);
     let (mut model, varmap, run) =
         build_model_within(&run, device, Some(budget)).with_context(|| {
             format!(
@@ -357,7 +410,10 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
                 run.model
             )
         })?;
-    let unused = load_into_varmap(&varmap, &checkpoint.tensors, path)?;
+    check_omitted(model.as_ref(), &run, &omitted, path)?;
+    let unused = load_into_varmap_except(&varmap, &checkpoint.tensors, path, |name| {
+        under_any(name, &omitted)
+    })?;
     warn_unused(&unused, path);
     let progress = read_progress(&checkpoint, path)?;
     // Before sampling as before resuming: a Progressive GAN draws at the stage it reached.
@@ -374,15 +430,41 @@ pub fn load_model(path: &Path, device: &Device, plain: Option<&RunConfig>) -> Re
     })
 }
 
+/// A file may leave out only networks its model declares training-only: one that claims to
+/// have left out a network sampling reads (a generator, InfoGAN's discriminator) is refused,
+/// not loaded with that network as initialised.
+fn check_omitted(
+    model: &dyn Model,
+    run: &RunConfig,
+    omitted: &[String],
+    path: &Path,
+) -> Result<()> {
+    let training_only = model.training_only();
+    if let Some(needed) = omitted.iter().find(|p| !training_only.contains(p)) {
+        let declared = match training_only.is_empty() {
+            true => "none".to_string(),
+            false => format!("`{}`", training_only.join("`, `")),
+        };
+        bail!(
+            "{}: metadata `{META_OMITTED}` says `{needed}` was left out, but model `{}` needs it \
+             to sample or evaluate (its training-only networks: {declared})",
+            path.display(),
+            run.model
+        );
+    }
+    Ok(())
+}
+
 /// Loads a checkpoint to sample or evaluate: with the weight average where the file has one,
-/// unless `raw` asks for the trained weights themselves.
+/// unless `raw` asks for the trained weights themselves. A file exported with
+/// `--sampling-only` loads without the training-only networks it left out.
 pub fn load_for_sampling(
     path: &Path,
     device: &Device,
     plain: Option<&RunConfig>,
     raw: bool,
 ) -> Result<Loaded> {
-    let loaded = load_model(path, device, plain)?;
+    let loaded = load_model_with(path, device, plain, true)?;
     if raw && loaded.checkpoint.meta(META_WEIGHTS) == Some(WEIGHTS_AVERAGED) {
         bail!(
             "{} holds the weight average only (exported with --averaged): it has no trained weights for --raw",
@@ -499,14 +581,57 @@ pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path
     Ok(())
 }
 
+/// What [`export_weights`] wrote and left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exported {
+    /// Tensors written.
+    pub kept: usize,
+    /// Optimizer and training-state tensors left out.
+    pub dropped: usize,
+    /// With `sampling_only`: the training-only networks left out (those an earlier export
+    /// left out too), and how many tensors of them this export dropped.
+    pub omitted: Vec<String>,
+    pub omitted_tensors: usize,
+}
+
 /// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state or
 /// the training-only state (image pools): a file to share or ship, which `sample` and `eval`
 /// read like the checkpoint. The weight average stays (samples are drawn with it), and so does
 /// the state sampling reads ([`layers::step::SAMPLING_STATE`]). With `averaged`, the average
 /// replaces the weights it averages (marked in [`META_WEIGHTS`]), so the file holds one copy.
-pub fn export_weights(src: &Path, dst: &Path, averaged: bool) -> Result<(usize, usize)> {
+/// With `sampling_only`, the networks the model declares training-only
+/// ([`layers::Trainable::training_only`], a GAN's discriminator) are left out too, and named
+/// in [`META_OMITTED`]; `src` must load for sampling first, so a file that lacks a tensor
+/// without saying so stays refused.
+pub fn export_weights(
+    src: &Path,
+    dst: &Path,
+    averaged: bool,
+    sampling_only: bool,
+) -> Result<Exported> {
     let mut ck = load_checkpoint(src, &Device::Cpu)?;
     ck.require_meta(META_MODEL, src)?;
+    let mut omitted = omitted_networks(&ck);
+    let mut omitted_tensors = 0;
+    if sampling_only {
+        let loaded = load_model_with(src, &Device::Cpu, None, true)?;
+        for network in loaded.model.training_only() {
+            if !omitted.contains(&network) {
+                omitted.push(network);
+            }
+        }
+        let average = format!("{AVERAGE_PREFIX}.");
+        let count = ck.tensors.len();
+        ck.tensors.retain(|name, _| {
+            let net = name.strip_prefix(&average).unwrap_or(name);
+            !under_any(net, &omitted)
+        });
+        omitted_tensors = count - ck.tensors.len();
+        if !omitted.is_empty() {
+            ck.metadata
+                .insert(META_OMITTED.to_string(), omitted.join(","));
+        }
+    }
     let before = ck.tensors.len();
     let optimizer = format!("{OPTIMIZER_PREFIX}.");
     let state = format!("{STATE_PREFIX}.");
@@ -523,11 +648,21 @@ pub fn export_weights(src: &Path, dst: &Path, averaged: bool) -> Result<(usize, 
         fold_average(&mut ck, src)?;
     }
     ck.save(dst)?;
-    Ok((ck.tensors.len(), before - ck.tensors.len()))
+    Ok(Exported {
+        kept: ck.tensors.len(),
+        dropped: before - ck.tensors.len(),
+        omitted,
+        omitted_tensors,
+    })
 }
 
-/// Puts each `ema.NAME` in place of `NAME`, and says so in the metadata.
+/// Puts each `ema.NAME` in place of `NAME`, and says so in the metadata. A file whose weights
+/// are the average already (an earlier `--averaged` export) stays as it is, so shipped files
+/// re-export with the same command.
 fn fold_average(ck: &mut Checkpoint, src: &Path) -> Result<()> {
+    if ck.meta(META_WEIGHTS) == Some(WEIGHTS_AVERAGED) {
+        return Ok(());
+    }
     let prefix = format!("{AVERAGE_PREFIX}.");
     let names: Vec<String> = ck
         .tensors
@@ -638,6 +773,84 @@ mod tests {
             e.contains("side.safetensors: cannot build model `vae`"),
             "{e}"
         );
+        Ok(())
+    }
+
+    /// Every variable under `networks` set to NaN: anything that reads one turns NaN.
+    fn poison(varmap: &VarMap, networks: &[String]) -> Result<usize> {
+        let data = varmap.data().lock().expect("varmap lock poisoned");
+        let mut n = 0;
+        for (_, var) in data.iter().filter(|(n, _)| under_any(n, networks)) {
+            var.set(&(var.as_tensor().zeros_like()? + f64::NAN)?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// What each model declares training-only is what sampling, translation and InfoGAN's code
+    /// predictions never read: with those variables NaN, every output is as it was. InfoGAN
+    /// declares nothing, because its code predictions read the discriminator (NaN there
+    /// reaches them).
+    #[test]
+    fn training_only_networks_are_never_read_by_sampling_or_evaluation() -> Result<()> {
+        use layers::{Rng, Stream, Target};
+        let dev = Device::Cpu;
+        let cases: [(&str, &str, &[&str]); 7] = [
+            ("gan", "", &["discriminator"]),
+            ("dcgan", "ngf = 8\nndf = 8", &["discriminator"]),
+            ("cgan", "", &["discriminator"]),
+            ("infogan", "", &[]),
+            ("progan", "resolution = 16\nlatent_dim = 8\ndepths = [8, 8, 4]", &["discriminator"]),
+            ("cyclegan", "image_size = 16\nchannels = 1\nngf = 4\nndf = 4\nn_blocks = 1\nn_layers_d = 1", &["netD_A", "netD_B"]),
+            ("stargan", "image_size = 16\nchannels = 1\nc_dim = 3\ng_conv_dim = 4\nd_conv_dim = 4\ng_repeat_num = 1\nd_repeat_num = 3", &["discriminator"]),
+        ];
+        for (name, config, declared) in cases {
+            let mut run = RunConfig::new(name);
+            run.model_config = toml::from_str(config)?;
+            let (model, varmap, _) = build_model(&run, &dev)?;
+            let training_only = model.training_only();
+            assert_eq!(training_only, declared, "{name}");
+            let x = Rng::derive(2, Stream::Sample, 0).uniform(2 * 256, &dev)?;
+            let x = x.reshape((2, 1, 16, 16))?;
+            let outputs = || -> Result<Vec<Vec<f32>>> {
+                let mut out = Vec::new();
+                let mut rng = Rng::derive(1, Stream::Sample, 0);
+                if let Some(t) = model.as_translator() {
+                    let targets = match name {
+                        "stargan" => vec![Target::Attributes(Tensor::new(
+                            &[[1f32, 0.0, 1.0], [0.0, 1.0, 0.0]],
+                            &dev,
+                        )?)],
+                        _ => vec![Target::AToB, Target::BToA],
+                    };
+                    for target in &targets {
+                        out.push(t.translate(&x, target)?.flatten_all()?.to_vec1()?);
+                    }
+                } else {
+                    let samples = model.sample(2, &mut rng)?;
+                    out.push(samples.flatten_all()?.to_vec1()?);
+                    if let Some(coded) = model.as_coded() {
+                        let logits = coded.category_logits(&samples)?;
+                        out.push(logits.flatten_all()?.to_vec1()?);
+                    }
+                }
+                Ok(out)
+            };
+            let before = outputs()?;
+            assert!(before.iter().flatten().all(|v| v.is_finite()), "{name}");
+            let poisoned = poison(&varmap, &training_only)?;
+            assert_eq!(poisoned > 0, !declared.is_empty(), "{name}");
+            assert_eq!(
+                outputs()?,
+                before,
+                "{name}: a training-only network was read"
+            );
+            if name == "infogan" {
+                poison(&varmap, &["discriminator".to_string()])?;
+                let after = outputs()?;
+                assert!(after[1].iter().any(|v| v.is_nan()), "infogan's Q reads D");
+            }
+        }
         Ok(())
     }
 }
