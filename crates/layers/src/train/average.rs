@@ -86,6 +86,13 @@ mod tests {
         v.set(&t(&[2.0, 2.0]))?;
         avg.update()?;
         assert_eq!(avg.slots[0].2.to_vec1::<f32>()?, vec![1.0, 6.0]);
+        // Each update counts: the warm-up's decay (1 + n) / (10 + n) moves on with it.
+        assert_eq!(avg.updates, 101);
+        let mut fresh = WeightAverage::new(vec![], 0.999)?;
+        fresh.update()?;
+        fresh.update()?;
+        assert_eq!(fresh.updates, 2);
+        assert!((fresh.current_decay() - 3.0 / 12.0).abs() < 1e-12);
         assert!((WeightAverage::new(vec![], 0.999)?.current_decay() - 0.1).abs() < 1e-12);
         avg.swap()?;
         assert_eq!(v.as_tensor().to_vec1::<f32>()?, vec![1.0, 6.0]);
