@@ -339,6 +339,47 @@ mod tests {
         Ok(())
     }
 
+    /// What a checkpoint writer collects: every variable by name, or those of one network (its
+    /// optimiser's parameter group), sorted; and metadata a reader requires.
+    #[test]
+    fn variables_by_name_and_by_prefix_and_required_metadata() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        for (name, value) in [
+            ("generator.b", 1f32),
+            ("generator.a", 2.0),
+            ("discriminator.a", 3.0),
+        ] {
+            let var = Var::from_tensor(&Tensor::new(&[value], &dev)?)?;
+            varmap.data().lock().unwrap().insert(name.into(), var);
+        }
+        let all = varmap_tensors(&varmap);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all["discriminator.a"].to_vec1::<f32>()?, vec![3.0]);
+        let names = |prefix| -> Vec<String> {
+            vars_with_prefix(&varmap, prefix)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        };
+        assert_eq!(names("generator."), vec!["generator.a", "generator.b"]);
+        assert_eq!(names("discriminator."), vec!["discriminator.a"]);
+        assert!(names("ema.").is_empty());
+
+        let ck = sample()?;
+        let path = Path::new("runs/x.safetensors");
+        assert_eq!(ck.require_meta("genzoo.model", path)?, "vae");
+        let e = ck
+            .require_meta("genzoo.step", path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runs/x.safetensors") && e.contains("`genzoo.step`"),
+            "{e}"
+        );
+        Ok(())
+    }
+
     /// Variables the caller lets be absent keep their values; every other absence is still
     /// named, and a present tensor is still checked.
     #[test]

@@ -386,6 +386,48 @@ mod tests {
             assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
         assert_ne!(fused, init.flatten_all()?.to_vec1::<f32>()?);
+        // The f32 run above took the fused path (else it compared the op-by-op update with
+        // itself), the f64 one the op-by-op path.
+        let slot = |dtype: DType| Slot::new(Var::from_tensor(&init.to_dtype(dtype)?)?);
+        assert!(slot(DType::F32)?.fused(&init));
+        assert!(!slot(DType::F64)?.fused(&init.to_dtype(DType::F64)?));
+        assert!(!slot(DType::F32)?.fused(&init.to_dtype(DType::F64)?));
+        Ok(())
+    }
+
+    /// A schedule's `set_lr` takes effect at the next step, and `reset` starts Adam afresh: the
+    /// step after it moves each weight by exactly the learning rate again, as a first step does.
+    #[test]
+    fn set_lr_and_reset_act_on_the_next_step() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::new(&[3.0f32, -2.0], &dev)?;
+        let mut opt = Adam::from_named_vars(
+            vec![("w".into(), w.clone())],
+            AdamConfig {
+                lr: 0.1,
+                ..Default::default()
+            },
+        )?;
+        let quadratic = |w: &Var| w.as_tensor().sqr()?.sum_all();
+        for _ in 0..5 {
+            opt.backward_step(&quadratic(&w)?)?;
+        }
+        opt.set_lr(0.01);
+        assert_eq!(opt.config().lr, 0.01);
+        opt.reset()?;
+        let before = w.as_tensor().to_vec1::<f32>()?;
+        opt.backward_step(&quadratic(&w)?)?;
+        let after = w.as_tensor().to_vec1::<f32>()?;
+        for (b, a) in before.iter().zip(&after) {
+            // Both weights are still positive / negative: each moves 0.01 towards zero.
+            assert!(
+                ((b - a).abs() - 0.01).abs() < 1e-6,
+                "{before:?} -> {after:?}"
+            );
+        }
+        let (state, step) = opt.state("o")?;
+        assert_eq!(step, 1);
+        assert!(state.values().all(|t| t.dims() == [2]));
         Ok(())
     }
 
