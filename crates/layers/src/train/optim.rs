@@ -358,6 +358,8 @@ mod tests {
         let cfg = AdamConfig {
             lr: 0.05,
             weight_decay: 0.01,
+            // Large enough that eps's place in the denominator shows in the weights.
+            eps: 1e-2,
             ..Default::default()
         };
         let run = |dtype: DType| -> Result<(Vec<f32>, Vec<f32>)> {
