@@ -263,7 +263,11 @@ mod tests {
     #[test]
     fn bits_per_dim_and_the_mean() -> Result<()> {
         // 784 dimensions at 1.5 bits each; PixelCNN's 81.30 nats on binarized MNIST.
-        close(bits_per_dim(784.0 * 1.5 * std::f64::consts::LN_2, 784), 1.5, 1e-12);
+        close(
+            bits_per_dim(784.0 * 1.5 * std::f64::consts::LN_2, 784),
+            1.5,
+            1e-12,
+        );
         close(bits_per_dim(81.30, 784), 0.149_606, 1e-6);
         let per_image = Tensor::new(&[1f32, 2.0, 3.0, 6.5], &Device::Cpu)?;
         close(mean_f64(&per_image)?, 3.125, 1e-12);
