@@ -100,11 +100,15 @@ mod tests {
     fn fills_then_swaps_about_half_and_restores_exactly() -> Result<()> {
         let mut pool = ImagePool::new(4);
         let mut rng = Rng::new(0);
+        assert!(pool.is_empty());
         // Filling: the images come back as they are.
         assert_eq!(
-            values(&pool.query(&batch(0.0, 4), &mut rng)?),
-            [0.0, 1.0, 2.0, 3.0]
+            values(&pool.query(&batch(0.0, 3), &mut rng)?),
+            [0.0, 1.0, 2.0]
         );
+        assert_eq!((pool.len(), pool.is_empty()), (3, false));
+        assert_eq!(values(&pool.query(&batch(3.0, 1), &mut rng)?), [3.0]);
+        assert_eq!(pool.len(), 4);
         let mut swapped = 0;
         for k in 0..50 {
             let fresh = batch(100.0 + 10.0 * k as f32, 4);
