@@ -145,4 +145,32 @@ mod tests {
         v.sort();
         assert_eq!(v, (0..100).collect::<Vec<_>>());
     }
+
+    /// Every order of three items equally often (1/6 each): a shuffle that never leaves an
+    /// item in place (Sattolo's, `below(i)` for `below(i + 1)`) draws only the two cycles.
+    #[test]
+    fn shuffle_draws_every_order_alike() {
+        let mut rng = Rng::new(6);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..6_000 {
+            let mut v = [0, 1, 2];
+            rng.shuffle(&mut v);
+            *counts.entry(v).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 6, "{counts:?}");
+        assert!(counts.values().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+    }
+
+    /// The raw draws (an augmentation's per-image seeds) vary and follow the seed.
+    #[test]
+    fn raw_draws_vary_and_repeat_with_the_seed() {
+        let draws = |seed| -> Vec<u64> {
+            let mut rng = Rng::new(seed);
+            (0..4).map(|_| rng.next_u64()).collect()
+        };
+        let a = draws(1);
+        assert_eq!(a, draws(1));
+        assert_ne!(a, draws(2));
+        assert!(a.windows(2).all(|w| w[0] != w[1]), "{a:?}");
+    }
 }
