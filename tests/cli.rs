@@ -122,8 +122,10 @@ fn every_shipped_weights_file_samples() {
     // The README's list: a file that disappears (or stops loading) fails here.
     for shipped in [
         "vae",
+        "conv-vae",
         "fvsbn",
         "nade",
+        "ar-n",
         "gan",
         "cgan",
         "dcgan",
@@ -136,7 +138,7 @@ fn every_shipped_weights_file_samples() {
             "{shipped}: {sampled:?}"
         );
     }
-    assert!(sampled.len() >= 12, "{sampled:?}");
+    assert!(sampled.len() >= 14, "{sampled:?}");
 }
 
 #[test]

@@ -158,7 +158,10 @@ mod tests {
             *counts.entry(v).or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 6, "{counts:?}");
-        assert!(counts.values().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+        assert!(
+            counts.values().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     /// The raw draws (an augmentation's per-image seeds) vary and follow the seed.
