@@ -109,13 +109,10 @@ pub fn optimizer_prefix(name: &str) -> String {
     }
 }
 
-/// The metadata key of the step count of the optimiser saved under `prefix`.
+/// The metadata key of the step count of the optimiser saved under `prefix`
+/// ([`META_OPTIMIZER_STEP`] for a one-optimiser model's `optimizer`).
 fn optimizer_step_key(prefix: &str) -> String {
-    if prefix == OPTIMIZER_PREFIX {
-        META_OPTIMIZER_STEP.to_string()
-    } else {
-        format!("genzoo.{prefix}.step")
-    }
+    format!("genzoo.{prefix}.step")
 }
 
 /// Everything a training run saves.
@@ -688,6 +685,17 @@ fn fold_average(ck: &mut Checkpoint, src: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checkpoints written before the optimisers were grouped keep loading: the one optimiser's
+    /// step count is still under `genzoo.optimizer.step`.
+    #[test]
+    fn the_main_optimizer_keeps_its_step_key() {
+        assert_eq!(optimizer_step_key(OPTIMIZER_PREFIX), META_OPTIMIZER_STEP);
+        assert_eq!(
+            optimizer_step_key(&optimizer_prefix("generator")),
+            "genzoo.optimizer.generator.step"
+        );
+    }
 
     /// A tiny VAE's checkpoint at `path` whose `[model_config]` is `model_config`, and with
     /// `extra` tensors beside its weights.

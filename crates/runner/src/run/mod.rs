@@ -643,4 +643,34 @@ mod tests {
         assert!(stepped(&groups[1].1).iter().all(|n| n.starts_with("netD_")));
         Ok(())
     }
+
+    /// Each group steps at the rates its role says: the run's `[train]` Adam, G's own rate, and
+    /// a model's own settings (the text encoders' stage here): mutants that dropped them to
+    /// Adam's defaults survived every training test, whose runs compare with themselves.
+    #[test]
+    fn each_optimizer_takes_the_rates_of_its_role() -> Result<()> {
+        let mut run = RunConfig::new("text2image-gan");
+        (run.train.lr, run.train.beta1, run.train.beta2) = (2e-4, 0.5, 0.99);
+        run.gan.g_lr = 3e-4;
+        run.model_config =
+            toml::from_str("ngf = 4\nndf = 4\nencoder_width = 8\nencoder_lr = 0.0042")?;
+        let (model, varmap, run) = build_model(&run, &Device::Cpu)?;
+        let groups = optimizers(model.as_ref(), &varmap, &run)?.groups;
+        let rates: Vec<(&str, f64, f64, f64)> = groups
+            .iter()
+            .map(|(name, adam)| {
+                let c = adam.config();
+                (name.as_str(), c.lr, c.beta1, c.beta2)
+            })
+            .collect();
+        assert_eq!(
+            rates,
+            [
+                ("encoder", 0.0042, 0.9, 0.999),
+                ("generator", 3e-4, 0.5, 0.99),
+                ("discriminator", 2e-4, 0.5, 0.99)
+            ]
+        );
+        Ok(())
+    }
 }
