@@ -41,10 +41,6 @@ pub const META_INITIALISED: &str = "genzoo.converted_initialised";
 /// checkpoints' InstanceNorm running statistics) and which never decide where a dict goes.
 const BUFFERS: [&str; 3] = ["num_batches_tracked", "running_mean", "running_var"];
 
-/// Parameters a converted model may have beyond those in its files: the networks left as
-/// initialised (the largest default, StarGAN's 128 x 128 critic, has 45M).
-const FRESH_PARAMETERS: usize = 1 << 26;
-
 fn is_buffer(key: &str) -> bool {
     BUFFERS.iter().any(|b| key.rsplit('.').next() == Some(b))
 }
@@ -518,7 +514,7 @@ impl Weights {
 
     /// Refuses a model larger than the weights justify before it is built: its config comes
     /// from the files' shapes, and a damaged or hostile file could otherwise ask for terabytes.
-    /// Networks left as initialised may add up to [`FRESH_PARAMETERS`].
+    /// Networks left as initialised may add up to [`ck::ABSENT_NETWORK_VALUES`].
     fn check_model_size(&self, run: &RunConfig) -> Result<()> {
         let model: usize = model_shapes(run)?
             .values()
@@ -530,7 +526,7 @@ impl Weights {
             .chain(self.average.values())
             .map(|e| e.tensor.elem_count())
             .sum();
-        if model > held.saturating_add(FRESH_PARAMETERS) {
+        if model > held.saturating_add(ck::ABSENT_NETWORK_VALUES) {
             bail!(
                 "model `{}` with [model_config] {} would have {model} parameters, far more than \
                  the {held} values in the files: not weights of this model (a damaged file?)",

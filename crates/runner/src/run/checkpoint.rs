@@ -40,9 +40,10 @@ const WEIGHTS_AVERAGED: &str = "averaged";
 /// [`layers::Trainable::training_only`]), comma-separated: `discriminator`, `netD_A,netD_B`.
 /// Sampling and evaluation accept their absence; resuming refuses the file.
 pub const META_OMITTED: &str = "genzoo.omitted";
-/// Values a model may have beyond those in a file that left networks out (as `genzoo convert`
-/// allows for the networks it leaves as initialised: StarGAN's 128 x 128 critic has 45M).
-const OMITTED_VALUES: usize = 1 << 26;
+/// Values a model may have beyond those its file holds, where the file lacks whole networks:
+/// left out by `--sampling-only`, or left as initialised by `genzoo convert` (the largest
+/// default, StarGAN's 128 x 128 critic, has 45M).
+pub const ABSENT_NETWORK_VALUES: usize = 1 << 26;
 pub const FORMAT_VERSION: &str = "1";
 /// Prefix of the optimisers' tensors, kept apart from the model's reference names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer";
@@ -388,12 +389,12 @@ fn load_model_with(
     // load: a config claiming a huge model fails before it is allocated. The slack (twice the
     // file, and a million values) leaves a file that lacks a few tensors to the clearer
     // "missing tensor(s)" error of `load_into_varmap`; a file that left networks out may lack
-    // up to `OMITTED_VALUES` more.
+    // up to `ABSENT_NETWORK_VALUES` more.
     let held = checkpoint.parameter_count(|_| true);
     let slack = if omitted.is_empty() {
         0
     } else {
-        OMITTED_VALUES
+        ABSENT_NETWORK_VALUES
     };
     let budget = held
         .saturating_mul(2)
@@ -606,13 +607,19 @@ pub fn export_weights(
     averaged: bool,
     sampling_only: bool,
 ) -> Result<Exported> {
-    let mut ck = load_checkpoint(src, &Device::Cpu)?;
+    // To leave networks out, the model (which declares them) is built from the file, and the
+    // file it was loaded from is the one exported.
+    let (mut ck, training_only) = if sampling_only {
+        let loaded = load_model_with(src, &Device::Cpu, None, true)?;
+        (loaded.checkpoint, loaded.model.training_only())
+    } else {
+        (load_checkpoint(src, &Device::Cpu)?, Vec::new())
+    };
     ck.require_meta(META_MODEL, src)?;
     let mut omitted = omitted_networks(&ck);
     let mut omitted_tensors = 0;
     if sampling_only {
-        let loaded = load_model_with(src, &Device::Cpu, None, true)?;
-        for network in loaded.model.training_only() {
+        for network in training_only {
             if !omitted.contains(&network) {
                 omitted.push(network);
             }
