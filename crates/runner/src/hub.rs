@@ -209,15 +209,31 @@ impl Hub {
         let dir = target.parent().expect("a cache path has a directory");
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
-        let mut part = Partial::create(target)?;
-        let (found, bytes) = self.stream(spec, &url, response, &mut part.file)?;
+        // A temporary file beside the target (so the rename is atomic), removed on drop: no
+        // error leaves a partial file in the cache.
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let mut part = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".part")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let (found, bytes) = self.stream(spec, &url, response, part.as_file_mut())?;
         if let Some(expected) = expected.as_ref().filter(|e| **e != found) {
             bail!(
                 "{spec} from {url}: SHA-256 {found} does not match the {expected} the hub \
                  published; the file was not saved"
             );
         }
-        part.keep_as(target)?;
+        part.as_file()
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", part.path().display()))?;
+        part.persist(target).map_err(|e| {
+            anyhow!(
+                "cannot move the download to {}: {}",
+                target.display(),
+                e.error
+            )
+        })?;
         layers::train::checkpoint::write_atomically(
             &sidecar(target),
             format!("{found}  {}\n", spec.path.last().expect("parsed")).as_bytes(),
@@ -302,7 +318,7 @@ impl Hub {
         if bytes > cap {
             return Err(too_large("over".into()));
         }
-        Ok((hex(&sink.hasher.finalize()), bytes))
+        Ok((format!("{:x}", sink.hasher.finalize()), bytes))
     }
 }
 
@@ -355,15 +371,11 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex(&hasher.finalize()))
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// The SHA-256 the hub's answer names: `X-Linked-Etag` (an LFS file's sha256, sent with the
@@ -445,47 +457,6 @@ impl Write for HashingWriter<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
-    }
-}
-
-/// A download in progress: a temporary file beside its target (so the rename is atomic),
-/// removed on drop unless kept, so no error leaves a partial file in the cache.
-struct Partial {
-    file: File,
-    path: PathBuf,
-    kept: bool,
-}
-
-impl Partial {
-    fn create(target: &Path) -> Result<Partial> {
-        let name = target.file_name().unwrap_or_default().to_string_lossy();
-        let path = target.with_file_name(format!(".{name}.{}.part", std::process::id()));
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Partial {
-            file,
-            path,
-            kept: false,
-        })
-    }
-
-    /// Syncs the download and renames it to `target`.
-    fn keep_as(mut self, target: &Path) -> Result<()> {
-        self.file
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", self.path.display()))?;
-        std::fs::rename(&self.path, target)
-            .with_context(|| format!("cannot move the download to {}", target.display()))?;
-        self.kept = true;
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 

@@ -43,10 +43,7 @@ impl Dataset {
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
-    Md5::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{:x}", Md5::digest(bytes))
 }
 
 /// Downloads the four files of `dataset` from `mirror` into `out`. `expected` overrides the
