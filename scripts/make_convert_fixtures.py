@@ -24,6 +24,11 @@ Files:
   vae.ckpt: a PyTorch Lightning-style wrapped checkpoint: `{epoch, global_step, state_dict,
     optimizer_states, hyper_parameters}` with pytorch/examples' VAE (hidden 4, latent 2) under the
     LightningModule's attribute `model.`.
+  netG_epoch_24.protocol4.pth, netG_epoch_24.protocol5.pth, pgan.protocol4.pth,
+    old_net_G.protocol4.pth: the files above saved again with `torch.save(...,
+    pickle_protocol=4 or 5)` (frames, short strings, MEMOIZE, STACK_GLOBAL; the last in the legacy
+    format), which must convert to the same tensors as the protocol-2 files torch.save writes by
+    default.
   forward.safetensors: per network its fixed input and output:
     cyclegan.x (2, 1, 16, 16) in [-1, 1]; cyclegan.G_A, cyclegan.G_B, cyclegan.old_G: each generator
     on x;
@@ -152,6 +157,16 @@ def vae(t):
           "optimizer_states": [opt.state_dict()], "hyper_parameters": {"hidden": 4, "latent": 2}}, "vae.ckpt")
 
 
+def protocols():
+    """Some files above again, pickled at higher protocols (written from the files, so this alone can
+    be rerun: `python -c 'import make_convert_fixtures as m; m.protocols()'` in scripts/)."""
+    for name, protocol, legacy in [("netG_epoch_24", 4, False), ("netG_epoch_24", 5, False), ("pgan", 4, False),
+                                   ("old_net_G", 4, True)]:
+        obj = torch.load(os.path.join(OUT, f"{name}.pth"), weights_only=False)
+        torch.save(obj, os.path.join(OUT, f"{name}.protocol{protocol}.pth"), pickle_protocol=protocol,
+                   _use_new_zipfile_serialization=not legacy)
+
+
 def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -159,6 +174,7 @@ def main():
     t = {}
     for make in [cyclegan, stargan, dcgan, pgan, vae]:
         make(t)
+    protocols()
     t = {k: v.detach().float().contiguous() for k, v in t.items()}
     save_file(t, os.path.join(OUT, "forward.safetensors"), metadata={"torch": torch.__version__})
     sizes = {f: os.path.getsize(os.path.join(OUT, f)) for f in sorted(os.listdir(OUT))}

@@ -2,8 +2,8 @@
 //! `scripts/make_convert_fixtures.py`, read here without Python): junyanz's CycleGAN networks
 //! (zip, and a legacy-format generator with old InstanceNorm running statistics), yunjey's
 //! StarGAN G (legacy format) and D, pytorch/examples' DCGAN netG with DataParallel's `module.`, a
-//! pytorch_GAN_zoo checkpoint with its weight average, a Lightning-style wrapped VAE, and a plain
-//! safetensors file. Each converted file is loaded as `sample` and `eval` load it and reproduces
+//! pytorch_GAN_zoo checkpoint with its weight average, a Lightning-style wrapped VAE, a plain
+//! safetensors file, and some of these pickled again at protocols 4 and 5. Each converted file is loaded as `sample` and `eval` load it and reproduces
 //! the reference's forward pass to 1e-5 (`--nocapture` prints the largest differences); bad
 //! inputs are one-line errors naming the file, the key and the shapes, with nothing left behind.
 
@@ -414,6 +414,63 @@ fn pytorch_gan_zoo_checkpoint_keeps_its_weight_average() -> Result<()> {
     );
     let ck = Checkpoint::load(&out, &Device::Cpu)?;
     assert!(!ck.tensors.keys().any(|k| k.starts_with("ema.")));
+    Ok(())
+}
+
+/// Every tensor and the config of two converted files, which must be the same.
+fn assert_same_conversion(a: &Path, b: &Path) -> Result<()> {
+    let (a, b) = (
+        Checkpoint::load(a, &Device::Cpu)?,
+        Checkpoint::load(b, &Device::Cpu)?,
+    );
+    assert_eq!(a.meta(META_CONFIG), b.meta(META_CONFIG));
+    let mut keys: Vec<_> = a.tensors.keys().collect();
+    keys.sort();
+    let mut other: Vec<_> = b.tensors.keys().collect();
+    other.sort();
+    assert_eq!(keys, other);
+    for key in keys {
+        let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        assert_eq!(flat(&a.tensors[key])?, flat(&b.tensors[key])?, "{key}");
+    }
+    Ok(())
+}
+
+/// `torch.save(..., pickle_protocol=4 or 5)` (frames, short strings, MEMOIZE, STACK_GLOBAL), in
+/// the zip format and the legacy one, converts to what the protocol-2 file of the same state
+/// dict converts to.
+#[test]
+fn higher_pickle_protocols_convert_as_protocol_2_does() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = run_file(
+        tmp.path(),
+        "cyclegan",
+        "image_size = 16\nndf = 2\nn_layers_d = 2",
+    );
+    let cyclegan = ["--config", s(&cfg)];
+    let cases: [(&str, &str, &str, &[&str]); 4] = [
+        ("netG_epoch_24", "protocol4", "dcgan", &[]),
+        ("netG_epoch_24", "protocol5", "dcgan", &[]),
+        ("pgan", "protocol4", "progan", &[]),
+        ("old_net_G", "protocol4", "cyclegan", &cyclegan),
+    ];
+    for (name, protocol, model, extra) in cases {
+        let file = |suffix: &str| match model {
+            // Placed by name, as the legacy generator's own test does.
+            "cyclegan" => format!("netG_B={}", fx(&format!("{name}{suffix}.pth"))),
+            _ => fx(&format!("{name}{suffix}.pth")),
+        };
+        let (two, _) = convert(tmp.path(), name, &[&file("")], model, extra);
+        let newer = format!("{name}.{protocol}");
+        let (higher, _) = convert(
+            tmp.path(),
+            &newer,
+            &[&file(&format!(".{protocol}"))],
+            model,
+            extra,
+        );
+        assert_same_conversion(&two, &higher)?;
+    }
     Ok(())
 }
 
@@ -893,6 +950,19 @@ fn damaged_files_convert_or_fail_cleanly_and_never_panic() -> Result<()> {
             model_config: "",
         });
     }
+    // Pickle protocol 4, rewritten into protocol 2 on the way: zip and legacy.
+    targets.push(Damaged {
+        file: fixture("netG_epoch_24.protocol4.pth"),
+        others: vec![],
+        model: "dcgan",
+        model_config: "ndf = 4",
+    });
+    targets.push(Damaged {
+        file: fixture("old_net_G.protocol4.pth"),
+        others: vec![],
+        model: "cyclegan",
+        model_config: "image_size = 16\nndf = 2\nn_layers_d = 2",
+    });
     let mut failures = Vec::new();
     for (seed, target) in targets.iter().enumerate() {
         let dir = tempfile::tempdir()?;

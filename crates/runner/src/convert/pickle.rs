@@ -6,9 +6,20 @@
 //! stack). The walk mirrors what the parser will build, in sizes only, and refuses a pickle
 //! whose lengths exceed the bytes there are or whose objects would outgrow [`budget`] or
 //! [`MAX_DEPTH`].
+//!
+//! Candle's parser knows protocol 2, `torch.save`'s default. A file saved with
+//! `pickle_protocol=3, 4 or 5` is rewritten into protocol 2 on the way, opcode by opcode, with the
+//! meaning kept: `FRAME` dropped, `SHORT_BINUNICODE` / `BINUNICODE8` as `BINUNICODE`, `MEMOIZE`
+//! as `LONG_BINPUT` of the index Python's unpickler gives it (the memo's size), and
+//! `STACK_GLOBAL`, which takes the module and class names from the stack, as `GLOBAL` with the
+//! two names written out in place of the opcodes that pushed them (a name put in the memo there
+//! and read back later is then written out where it is read). Byte strings (protocol 3), which no
+//! tensor's description holds, become `None`, as integers past 8 bytes do.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
+use std::rc::Rc;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -27,7 +38,7 @@ fn budget(len: usize) -> u64 {
 }
 
 /// One object of the parser's stack, as sizes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Item {
     /// Bytes it takes with everything inside it.
     bytes: u64,
@@ -35,6 +46,9 @@ struct Item {
     depth: u32,
     /// The parser's `MARK`, which `TUPLE`, `APPENDS`, `SETITEMS` look back to.
     mark: bool,
+    /// A string's text, and the byte where the opcode that pushed it begins: what rewriting a
+    /// `STACK_GLOBAL` needs.
+    text: Option<(Rc<str>, usize)>,
 }
 
 impl Item {
@@ -43,6 +57,15 @@ impl Item {
             bytes: OBJECT_BYTES + text as u64,
             depth: 1,
             mark: false,
+            text: None,
+        }
+    }
+
+    /// A string pushed by the opcode at byte `at`.
+    fn string(raw: &[u8], at: usize) -> Self {
+        Self {
+            text: std::str::from_utf8(raw).ok().map(|t| (Rc::from(t), at)),
+            ..Self::leaf(raw.len())
         }
     }
 
@@ -53,8 +76,16 @@ impl Item {
                 .fold(OBJECT_BYTES, |sum, i| sum.saturating_add(i.bytes)),
             depth: 1 + items.iter().map(|i| i.depth).max().unwrap_or(0),
             mark: false,
+            text: None,
         }
     }
+}
+
+/// Bytes of the pickle that Candle's parser reads as something else.
+#[derive(Debug)]
+struct Edit {
+    range: Range<usize>,
+    with: Vec<u8>,
 }
 
 /// The parser's state, in sizes.
@@ -66,13 +97,21 @@ struct Walk<'a> {
     /// Bytes allocated so far (copies included), and the most allowed.
     spent: u64,
     budget: u64,
-    /// `LONG1` opcodes of more than 8 bytes, read as `None` instead (see [`check`]).
-    too_long: Vec<std::ops::Range<usize>>,
+    /// What Candle's parser reads instead, in the order of the bytes (see [`check`]).
+    edits: Vec<Edit>,
+    /// Where the run of opcodes that only push strings, read or write the memo or frame the
+    /// pickle began: the opcodes a `STACK_GLOBAL` may replace.
+    names_from: usize,
+    /// The memo puts of that run: (byte, id).
+    names_put: Vec<(usize, u32)>,
+    /// Memo entries whose put a `STACK_GLOBAL` replaced, with their text: read back, they are
+    /// written out.
+    written_out: HashMap<u32, Rc<str>>,
 }
 
-/// Checks the pickle at the front of `bytes` and returns it as Candle's parser may read it,
-/// with the number of bytes it spans (its `STOP` included). Integers of more than 8 bytes,
-/// which no tensor's size, offset or stride can be, are replaced by `None`, so that a
+/// Checks the pickle at the front of `bytes` and returns it as Candle's parser may read it
+/// (protocol 2), with the number of bytes it spans (its `STOP` included). Integers of more than
+/// 8 bytes, which no tensor's size, offset or stride can be, are replaced by `None`, so that a
 /// checkpoint carrying one elsewhere (a seed, a hash) is still read.
 pub(super) fn check(bytes: &[u8]) -> Result<(Cow<'_, [u8]>, usize)> {
     let mut walk = Walk {
@@ -82,22 +121,34 @@ pub(super) fn check(bytes: &[u8]) -> Result<(Cow<'_, [u8]>, usize)> {
         memo: HashMap::new(),
         spent: 0,
         budget: budget(bytes.len()),
-        too_long: Vec::new(),
+        edits: Vec::new(),
+        names_from: 0,
+        names_put: Vec::new(),
+        written_out: HashMap::new(),
     };
     while !walk.step()? {}
     let end = walk.at;
-    if walk.too_long.is_empty() {
+    if walk.edits.is_empty() {
         return Ok((Cow::Borrowed(&bytes[..end]), end));
     }
     let mut fixed = Vec::with_capacity(end);
     let mut from = 0;
-    for long in &walk.too_long {
-        fixed.extend_from_slice(&bytes[from..long.start]);
-        fixed.push(b'N');
-        from = long.end;
+    for edit in &walk.edits {
+        fixed.extend_from_slice(&bytes[from..edit.range.start]);
+        fixed.extend_from_slice(&edit.with);
+        from = edit.range.end;
     }
     fixed.extend_from_slice(&bytes[from..end]);
     Ok((Cow::Owned(fixed), end))
+}
+
+/// `BINUNICODE` of `text`.
+fn binunicode(text: &[u8]) -> Result<Vec<u8>> {
+    let len = u32::try_from(text.len()).context("a string of 4 GiB or more in the pickle")?;
+    let mut op = vec![b'X'];
+    op.extend(len.to_le_bytes());
+    op.extend_from_slice(text);
+    Ok(op)
 }
 
 impl Walk<'_> {
@@ -119,6 +170,100 @@ impl Walk<'_> {
 
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into()?))
+    }
+
+    /// An 8-byte length, which must fit in what is left of the pickle.
+    fn len8(&mut self) -> Result<usize> {
+        let len = u64::from_le_bytes(self.take(8)?.try_into()?);
+        let left = self.bytes.len() - self.at;
+        usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= left)
+            .with_context(|| format!("truncated pickle: {len} bytes wanted at byte {}", self.at))
+    }
+
+    /// Candle's parser reads `with` for the opcode that began at `from` and ends here.
+    fn edit(&mut self, from: usize, with: Vec<u8>) {
+        self.edits.push(Edit {
+            range: from..self.at,
+            with,
+        });
+    }
+
+    /// A string of `len` bytes, pushed by the opcode at `from`; written as `BINUNICODE` unless
+    /// `as_is`.
+    fn string(&mut self, from: usize, len: usize, as_is: bool) -> Result<()> {
+        let raw = self.take(len)?;
+        let item = Item::string(raw, from);
+        if !as_is {
+            let with = binunicode(raw)?;
+            self.edit(from, with);
+        }
+        self.push(item)
+    }
+
+    /// Puts the top of the stack in the memo at `id` (the opcode began at `from`).
+    fn memo_put(&mut self, from: usize, id: u32) -> Result<()> {
+        let top = self
+            .stack
+            .last()
+            .context("damaged pickle: BINPUT on an empty stack")?
+            .clone();
+        // The parser stores a copy.
+        self.spent = self.spent.saturating_add(top.bytes);
+        ensure!(self.spent <= self.budget, "its pickle copies too much");
+        self.memo.insert(id, top);
+        self.written_out.remove(&id);
+        self.names_put.push((from, id));
+        Ok(())
+    }
+
+    /// `STACK_GLOBAL` (the opcode began at `from`): the class whose module and name are the top
+    /// two strings, as a `GLOBAL` that replaces the opcodes from the module's push on.
+    fn stack_global(&mut self, from: usize) -> Result<()> {
+        let name = self.pop()?;
+        let module = self.pop()?;
+        let (Some((module, start)), Some((name, _))) = (module.text, name.text) else {
+            bail!("damaged pickle: STACK_GLOBAL at byte {from} without a module and a name");
+        };
+        ensure!(
+            start >= self.names_from && !module.contains('\n') && !name.contains('\n'),
+            "a STACK_GLOBAL at byte {from} whose names genzoo cannot write as GLOBAL: a pickle \
+             torch.save did not write"
+        );
+        // The memo puts in the replaced opcodes are written out wherever they are read.
+        while let Some(&(_, id)) = self.names_put.last().filter(|(at, _)| *at >= start) {
+            self.names_put.pop();
+            if let Some((text, _)) = self.memo.get(&id).and_then(|i| i.text.clone()) {
+                self.written_out.insert(id, text);
+            }
+        }
+        while self.edits.last().is_some_and(|e| e.range.start >= start) {
+            self.edits.pop();
+        }
+        let with = format!("c{module}\n{name}\n").into_bytes();
+        self.edits.push(Edit {
+            range: start..self.at,
+            with,
+        });
+        self.push(Item::leaf(module.len() + name.len()))
+    }
+
+    /// `BINGET` / `LONG_BINGET` of `id` (the opcode began at `from`).
+    fn memo_get(&mut self, from: usize, id: u32) -> Result<()> {
+        let mut item = self
+            .memo
+            .get(&id)
+            .with_context(|| format!("damaged pickle: BINGET of {id}, never put"))?
+            .clone();
+        if let Some(text) = self.written_out.get(&id) {
+            let with = binunicode(text.as_bytes())?;
+            self.edit(from, with);
+        }
+        if let Some((_, start)) = item.text.as_mut() {
+            *start = from;
+        }
+        self.push(item)
     }
 
     /// A line of `GLOBAL`'s text, its length.
@@ -189,6 +334,16 @@ impl Walk<'_> {
     fn step(&mut self) -> Result<bool> {
         let at = self.at;
         let op = self.u8()?;
+        // The opcodes a STACK_GLOBAL may replace: strings, the memo, frames.
+        if !matches!(
+            op,
+            b'X' | 0x8c | 0x8d | b'q' | b'r' | 0x94 | b'h' | b'j' | 0x95 | 0x93
+        ) {
+            self.names_from = usize::MAX;
+            self.names_put.clear();
+        } else if self.names_from == usize::MAX {
+            self.names_from = at;
+        }
         match op {
             b'.' => return Ok(true),
             0x80 => {
@@ -200,14 +355,39 @@ impl Walk<'_> {
             }
             b'X' => {
                 let len = self.u32()? as usize;
-                self.take(len)?;
-                self.push(Item::leaf(len))?;
+                self.string(at, len, true)?;
             }
+            // SHORT_BINUNICODE, BINUNICODE8 (protocol 4).
+            0x8c => {
+                let len = self.u8()? as usize;
+                self.string(at, len, false)?;
+            }
+            0x8d => {
+                let len = self.len8()?;
+                self.string(at, len, false)?;
+            }
+            // SHORT_BINBYTES, BINBYTES (protocol 3), BINBYTES8 (4): read as None.
+            b'C' | b'B' | 0x8e => {
+                let len = match op {
+                    b'C' => self.u8()? as usize,
+                    b'B' => self.u32()? as usize,
+                    _ => self.len8()?,
+                };
+                self.take(len)?;
+                self.edit(at, vec![b'N']);
+                self.push(Item::leaf(0))?;
+            }
+            // FRAME (protocol 4): only a hint for buffering.
+            0x95 => {
+                self.len8()?;
+                self.edit(at, Vec::new());
+            }
+            0x93 => self.stack_global(at)?,
             0x8a => {
                 let n = self.u8()? as usize;
                 self.take(n)?;
                 if n > 8 {
-                    self.too_long.push(at..self.at);
+                    self.edit(at, vec![b'N']);
                 }
                 self.push(Item::leaf(0))?;
             }
@@ -262,14 +442,15 @@ impl Walk<'_> {
                 } else {
                     self.u32()?
                 };
-                let top = *self
-                    .stack
-                    .last()
-                    .context("damaged pickle: BINPUT on an empty stack")?;
-                // The parser stores a copy.
-                self.spent = self.spent.saturating_add(top.bytes);
-                ensure!(self.spent <= self.budget, "its pickle copies too much");
-                self.memo.insert(id, top);
+                self.memo_put(at, id)?;
+            }
+            // MEMOIZE (protocol 4): the next index, as Python's unpickler counts it.
+            0x94 => {
+                let id = u32::try_from(self.memo.len()).context("a memo of 2^32 entries")?;
+                let mut put = vec![b'r'];
+                put.extend(id.to_le_bytes());
+                self.edit(at, put);
+                self.memo_put(at, id)?;
             }
             b'h' | b'j' => {
                 let id = if op == b'h' {
@@ -277,16 +458,12 @@ impl Walk<'_> {
                 } else {
                     self.u32()?
                 };
-                let item = *self
-                    .memo
-                    .get(&id)
-                    .with_context(|| format!("damaged pickle: BINGET of {id}, never put"))?;
-                self.push(item)?;
+                self.memo_get(at, id)?;
             }
             other => bail!(
-                "unknown pickle opcode 0x{other:02x} at byte {at}: genzoo reads pickle protocol 2, \
-                 torch.save's default; a file saved with a higher pickle_protocol, or a damaged \
-                 one, cannot be read"
+                "unknown pickle opcode 0x{other:02x} at byte {at}: genzoo reads the pickles \
+                 torch.save writes (protocols 2 to 5); this one holds something a state dict does \
+                 not (a set, keyword arguments, an out-of-band buffer) or is damaged"
             ),
         }
         Ok(false)
@@ -317,6 +494,57 @@ mod tests {
         assert_eq!(len, long.len());
         assert_eq!(&*pickle, b"\x80\x02}X\x01\x00\x00\x00aNs.");
         Ok(())
+    }
+
+    /// Python's `pickle.dumps([collections.OrderedDict, "collections", b"xy"], protocol=4)`: a
+    /// frame, short strings, MEMOIZE, a STACK_GLOBAL whose module name is read back from the
+    /// memo afterwards, and bytes.
+    const PROTOCOL_4: &[u8] =
+        b"\x80\x04\x95*\x00\x00\x00\x00\x00\x00\x00]\x94(\x8c\x0bcollections\x94\
+        \x8c\x0bOrderedDict\x94\x93\x94h\x01C\x02xy\x94e.";
+
+    #[test]
+    fn protocol_4_is_rewritten_into_protocol_2_with_its_meaning() -> Result<()> {
+        let (pickle, len) = check(PROTOCOL_4)?;
+        assert_eq!(len, PROTOCOL_4.len());
+        // The frame gone, MEMOIZE as LONG_BINPUT of Python's index, the two names and their
+        // memo puts as one GLOBAL, the module name read back written out, the bytes as None.
+        let expected: &[u8] =
+            b"\x80\x04]r\x00\x00\x00\x00(ccollections\nOrderedDict\nr\x03\x00\x00\x00\
+            X\x0b\x00\x00\x00collectionsNr\x04\x00\x00\x00e.";
+        assert_eq!(&*pickle, expected);
+        let mut stack = candle_core::pickle::Stack::empty();
+        stack.read_loop(&mut &pickle[..])?;
+        use candle_core::pickle::Object;
+        let class = Object::Class {
+            module_name: "collections".into(),
+            class_name: "OrderedDict".into(),
+        };
+        let read = vec![class, Object::Unicode("collections".into()), Object::None];
+        assert_eq!(stack.finalize()?, Object::List(read));
+        Ok(())
+    }
+
+    #[test]
+    fn what_protocol_2_cannot_say_is_refused_by_name() {
+        // STACK_GLOBAL of an integer and a string.
+        let e = check(b"\x80\x04K\x01\x8c\x01a\x93.").unwrap_err();
+        assert!(e.to_string().contains("without a module and a name"), "{e}");
+        assert!(check(b"\x80\x04]\x8c\x01m\x8c\x01n\x93.").is_ok());
+        let e = check(b"\x80\x04\x8c\x01m]\x8c\x01n\x93.").unwrap_err();
+        assert!(e.to_string().contains("without a module and a name"), "{e}");
+        // Names with another opcode between them (PROTO), or a line break inside, cannot be
+        // written as one GLOBAL in their place.
+        let e = check(b"\x80\x04\x8c\x01m\x80\x04\x8c\x01n\x93.").unwrap_err();
+        assert!(e.to_string().contains("cannot write as GLOBAL"), "{e}");
+        let e = check(b"\x80\x04\x8c\x02m\n\x8c\x01n\x93.").unwrap_err();
+        assert!(e.to_string().contains("cannot write as GLOBAL"), "{e}");
+        // A set (EMPTY_SET), which no state dict holds.
+        let e = check(b"\x80\x04\x8f.").unwrap_err();
+        assert!(e.to_string().contains("opcode 0x8f"), "{e}");
+        // A frame longer than the file.
+        let e = check(b"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00.").unwrap_err();
+        assert!(e.to_string().contains("truncated pickle"), "{e}");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! The pickle is parsed by Candle's `candle_core::pickle::Stack`, which builds a tree of objects
 //! and executes nothing; here that tree becomes [`Value`]s, with every tensor read from the
 //! storage it names (any offset and strides, shared storages read once). Candle's parser knows
-//! pickle protocol 2, `torch.save`'s default; a file saved with a higher `pickle_protocol` is
-//! refused with an error that says so.
+//! pickle protocol 2, `torch.save`'s default; a file saved with `pickle_protocol` 3 to 5 is
+//! rewritten into it on the way (`pickle`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -49,12 +49,25 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// The legacy format's first pickle: protocol 2, then `LONG1` of the 10-byte magic number
+/// The legacy format's first pickle after its `PROTO`: `LONG1` of the 10-byte magic number
 /// 0x1950a86a20f9469cfc6c, then `STOP`. Matched as bytes: Candle's `LONG1` decoder shifts past
 /// 64 bits on a 10-byte integer.
-const LEGACY_MAGIC: [u8; 15] = [
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
+const LEGACY_MAGIC: [u8; 13] = [
+    0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
 ];
+
+/// The length of the legacy format's first pickle at the front of `bytes`, if it is there:
+/// `PROTO` 2 (torch.save's default) or 3, or 4 or 5 with the `FRAME` that announces the magic
+/// number's 13 bytes, then [`LEGACY_MAGIC`].
+fn legacy_header_len(bytes: &[u8]) -> Option<usize> {
+    let (proto, rest) = match bytes {
+        [0x80, 2 | 3, rest @ ..] => (2, rest),
+        [0x80, 4 | 5, 0x95, 13, 0, 0, 0, 0, 0, 0, 0, rest @ ..] => (11, rest),
+        _ => return None,
+    };
+    rest.starts_with(&LEGACY_MAGIC)
+        .then_some(proto + LEGACY_MAGIC.len())
+}
 
 /// Reads `path` as whichever of the three formats its first bytes say it is.
 pub fn read(path: &Path) -> Result<(Value, Format)> {
@@ -89,7 +102,7 @@ pub fn read(path: &Path) -> Result<(Value, Format)> {
 fn sniff(bytes: &[u8]) -> Option<Format> {
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         Some(Format::Zip)
-    } else if bytes.starts_with(&LEGACY_MAGIC) {
+    } else if legacy_header_len(bytes).is_some() {
         Some(Format::Legacy)
     } else if safetensors::SafeTensors::read_metadata(bytes).is_ok() {
         Some(Format::Safetensors)
@@ -262,7 +275,8 @@ impl StorageBytes for LegacyStorages<'_> {
 }
 
 fn read_legacy(bytes: &[u8]) -> Result<Value> {
-    let mut r = &bytes[LEGACY_MAGIC.len()..];
+    let header = legacy_header_len(bytes).context("no legacy header")?;
+    let mut r = &bytes[header..];
     let _protocol = unpickle(&mut r)?;
     let _sys_info = unpickle(&mut r)?;
     let object = unpickle(&mut r)?;
@@ -681,7 +695,14 @@ mod tests {
     #[test]
     fn formats_are_told_by_their_first_bytes() {
         assert_eq!(sniff(b"PK\x03\x04rest"), Some(Format::Zip));
-        assert_eq!(sniff(&LEGACY_MAGIC), Some(Format::Legacy));
+        let legacy = |head: &[u8]| [head, &LEGACY_MAGIC[..]].concat();
+        assert_eq!(sniff(&legacy(b"\x80\x02")), Some(Format::Legacy));
+        let framed = b"\x80\x04\x95\x0d\0\0\0\0\0\0\0";
+        assert_eq!(sniff(&legacy(framed)), Some(Format::Legacy));
+        assert_eq!(legacy_header_len(&legacy(framed)), Some(24));
+        // A frame of another length does not hold the magic number alone.
+        assert_eq!(sniff(&legacy(b"\x80\x04\x95\x0e\0\0\0\0\0\0\0")), None);
+        assert_eq!(sniff(&LEGACY_MAGIC), None);
         assert_eq!(sniff(b"hello, not weights"), None);
         assert_eq!(sniff(b""), None);
     }
