@@ -38,6 +38,8 @@ fn model(ck: &Checkpoint) -> Result<(CycleGan, VarMap)> {
         lambda_identity: 0.5,
         pool_size: 0,
         coordinates: false,
+        symmetries: false,
+        symmetry_lr: 1e-2,
     };
     let m = CycleGan::new(&cfg, vb)?;
     let unused = load_into_varmap(&varmap, &tagged(ck, "before"), &fixture("cyclegan"))?;

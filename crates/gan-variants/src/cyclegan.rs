@@ -16,6 +16,11 @@
 //!
 //! Variables `netG_A.model.N`, `netG_B.model.N`, `netD_A.model.N`, `netD_B.model.N`: the keys of
 //! junyanz's `latest_net_G_A.pth` and the others under the attribute names of the model.
+//!
+//! Beyond junyanz (off by default, so his weights load as they are): `coordinates` (CoordConv)
+//! and `symmetries`, a learned choice among the input's quarter turns and mirrors before each
+//! generator (`layers::nn::symmetry`, `netG_A.symmetry_logits`), for maps between domains that
+//! differ by a turn of the whole image, which the generators alone do not learn.
 
 use std::collections::HashMap;
 
@@ -23,6 +28,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::gan::{target_loss, to_tanh_range, to_unit_range, GanLoss};
 use layers::nn::sequential::Stack;
+use layers::nn::symmetry::SymmetryChoice;
 use layers::nn::translation::{patch_discriminator, resnet_generator, with_coordinates};
 use layers::step::{Batch, DataSpec, Grid, LrRole, OptimizerSpec, StepContext, Trainable};
 use layers::train::pool::ImagePool;
@@ -59,6 +65,13 @@ pub struct Config {
     /// networks, whose weights load only without it): what a map that moves pixels by where
     /// they are, such as a rotation, needs.
     pub coordinates: bool,
+    /// Each generator first blends its input's 8 quarter turns and mirrors with learned
+    /// weights, which the training drives to one of them (`layers::nn::symmetry`): for domains
+    /// that differ by a turn of the whole image. The weights step with their own Adam.
+    pub symmetries: bool,
+    /// The symmetry weights' learning rate: their logits must travel a few units while the
+    /// generators' weights move by thousandths, so they get a rate of their own.
+    pub symmetry_lr: f64,
 }
 
 impl Default for Config {
@@ -76,6 +89,8 @@ impl Default for Config {
             lambda_identity: 0.5,
             pool_size: 50,
             coordinates: false,
+            symmetries: false,
+            symmetry_lr: 1e-2,
         }
     }
 }
@@ -98,6 +113,12 @@ impl Config {
                 self.n_layers_d
             );
         }
+        if !(self.symmetry_lr.is_finite() && self.symmetry_lr > 0.0) {
+            candle_core::bail!(
+                "CycleGAN symmetry_lr must be a positive number, got {}",
+                self.symmetry_lr
+            );
+        }
         if self.gan_loss == GanLoss::WganGp {
             candle_core::bail!(
                 "CycleGAN trains with lsgan or non-saturating losses here (wgan-gp needs its penalty)"
@@ -111,6 +132,9 @@ pub struct CycleGan {
     cfg: Config,
     g_a: Stack,
     g_b: Stack,
+    /// The learned symmetry in front of each generator, with `symmetries`.
+    symmetry_a: Option<SymmetryChoice>,
+    symmetry_b: Option<SymmetryChoice>,
     d_a: Stack,
     d_b: Stack,
     /// Past `G_B(b)` for `D_B`.
@@ -140,6 +164,9 @@ pub struct GeneratorTerms {
     pub total: Tensor,
 }
 
+/// The symmetry weights' variables, which step with their own optimiser.
+const SYMMETRY_LOGITS: [&str; 2] = ["netG_A.symmetry_logits", "netG_B.symmetry_logits"];
+
 fn l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     (a - b)?.abs()?.mean_all()
 }
@@ -149,10 +176,18 @@ impl CycleGan {
         cfg.validate()?;
         let c = cfg.channels;
         let input = c + if cfg.coordinates { 2 } else { 0 };
+        let symmetry = |net: &str| -> Result<Option<SymmetryChoice>> {
+            match cfg.symmetries {
+                true => SymmetryChoice::new(vb.pp(net)).map(Some),
+                false => Ok(None),
+            }
+        };
         Ok(Self {
             cfg: cfg.clone(),
             g_a: resnet_generator(vb.pp("netG_A"), (input, c), cfg.ngf, cfg.n_blocks)?,
             g_b: resnet_generator(vb.pp("netG_B"), (input, c), cfg.ngf, cfg.n_blocks)?,
+            symmetry_a: symmetry("netG_A")?,
+            symmetry_b: symmetry("netG_B")?,
             d_a: patch_discriminator(vb.pp("netD_A"), c, cfg.ndf, cfg.n_layers_d)?,
             d_b: patch_discriminator(vb.pp("netD_B"), c, cfg.ndf, cfg.n_layers_d)?,
             pool_a: ImagePool::new(cfg.pool_size),
@@ -162,20 +197,34 @@ impl CycleGan {
 
     /// `G_A` on images in [-1, 1].
     pub fn g_a(&self, x: &Tensor) -> Result<Tensor> {
-        self.generate(&self.g_a, x)
+        self.generate(&self.g_a, self.symmetry_a.as_ref(), x)
     }
 
     /// `G_B` on images in [-1, 1].
     pub fn g_b(&self, x: &Tensor) -> Result<Tensor> {
-        self.generate(&self.g_b, x)
+        self.generate(&self.g_b, self.symmetry_b.as_ref(), x)
     }
 
-    /// A generator on images in [-1, 1] (with their coordinates, if the config says so).
-    /// Instance statistics without running ones: the same in training and inference.
-    fn generate(&self, g: &Stack, x: &Tensor) -> Result<Tensor> {
+    /// A generator on images in [-1, 1]: turned by its learned symmetry and given their
+    /// coordinates, if the config says so. Instance statistics without running ones: the same
+    /// in training and inference.
+    fn generate(&self, g: &Stack, symmetry: Option<&SymmetryChoice>, x: &Tensor) -> Result<Tensor> {
+        let x = match symmetry {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
         match self.cfg.coordinates {
-            true => g.forward(&with_coordinates(x)?, true),
-            false => g.forward(x, true),
+            true => g.forward(&with_coordinates(&x)?, true),
+            false => g.forward(&x, true),
+        }
+    }
+
+    /// The symmetry each generator has chosen so far and its weight (`G_A`'s, `G_B`'s), with
+    /// `symmetries`.
+    pub fn chosen_symmetries(&self) -> Result<Option<[(usize, f32); 2]>> {
+        match (&self.symmetry_a, &self.symmetry_b) {
+            (Some(a), Some(b)) => Ok(Some([a.chosen()?, b.chosen()?])),
+            _ => Ok(None),
         }
     }
 
@@ -268,12 +317,32 @@ impl Trainable for CycleGan {
     }
 
     /// One Adam over both generators, one over both discriminators (junyanz's
-    /// `itertools.chain`).
+    /// `itertools.chain`), and with `symmetries` one over the symmetry weights.
     fn optimizers(&self) -> Vec<OptimizerSpec> {
-        vec![
-            OptimizerSpec::new("generator", &["netG_A.", "netG_B."], LrRole::Generator),
-            OptimizerSpec::new("discriminator", &["netD_A.", "netD_B."], LrRole::Main),
-        ]
+        let mut generator =
+            OptimizerSpec::new("generator", &["netG_A.", "netG_B."], LrRole::Generator);
+        let discriminator =
+            OptimizerSpec::new("discriminator", &["netD_A.", "netD_B."], LrRole::Main);
+        let mut symmetry = None;
+        if self.cfg.symmetries {
+            let logits = SYMMETRY_LOGITS.map(String::from).to_vec();
+            generator.excluded = logits.clone();
+            symmetry = Some(OptimizerSpec {
+                name: "symmetry".to_string(),
+                prefixes: logits,
+                excluded: Vec::new(),
+                // The generators' betas (junyanz's 0.5), at the symmetries' own rate.
+                lr: LrRole::Own {
+                    lr: self.cfg.symmetry_lr,
+                    beta1: 0.5,
+                    beta2: 0.999,
+                },
+            });
+        }
+        [Some(generator), Some(discriminator), symmetry]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// junyanz's `optimize_parameters`: the forward pass, the generators' step, then the
@@ -282,7 +351,10 @@ impl Trainable for CycleGan {
         let batch = ctx.batch()?;
         let f = self.forward(&batch)?;
         let g = self.generator_terms(&f)?;
-        ctx.minimize("generator", &g.total)?;
+        match self.cfg.symmetries {
+            true => ctx.minimize_together(&["generator", "symmetry"], &g.total)?,
+            false => ctx.minimize("generator", &g.total)?,
+        }
         let fake_b = self.pool_b.query(&f.fake_b, &mut ctx.rng)?;
         let d_a = self.d_a_loss(&f.real_b, &fake_b)?;
         let fake_a = self.pool_a.query(&f.fake_a, &mut ctx.rng)?;
@@ -304,6 +376,11 @@ impl Trainable for CycleGan {
             ("d_loss", &d_loss),
         ] {
             ctx.record(name, t)?;
+        }
+        // The weight of the symmetry each generator leans to: 1/8 at the start, 1 once chosen.
+        if let Some([(_, a), (_, b)]) = self.chosen_symmetries()? {
+            ctx.record_value("symmetry_a", a as f64);
+            ctx.record_value("symmetry_b", b as f64);
         }
         Ok(())
     }
@@ -370,14 +447,15 @@ impl Translator for CycleGan {
     }
 
     fn translate(&self, x: &Tensor, target: &Target) -> Result<Tensor> {
-        let g = match target {
-            Target::AToB => &self.g_a,
-            Target::BToA => &self.g_b,
+        let x = to_tanh_range(x)?;
+        let y = match target {
+            Target::AToB => self.g_a(&x)?,
+            Target::BToA => self.g_b(&x)?,
             Target::Attributes(_) => {
                 candle_core::bail!("CycleGAN translates between two domains, not to attributes")
             }
         };
-        to_unit_range(&self.generate(g, &to_tanh_range(x)?)?)
+        to_unit_range(&y)
     }
 }
 
@@ -467,6 +545,66 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--translate"));
+        Ok(())
+    }
+
+    #[test]
+    fn symmetries_turn_the_input_and_step_with_their_own_optimizer() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &dev);
+        let cfg = Config {
+            image_size: 8,
+            channels: 1,
+            ngf: 2,
+            ndf: 2,
+            n_blocks: 1,
+            n_layers_d: 1,
+            symmetries: true,
+            ..Config::default()
+        };
+        let m = CycleGan::new(&cfg, vb)?;
+        // Each variable in exactly one optimiser; the logits in the symmetry one only.
+        let specs = m.optimizers();
+        let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        for n in &names {
+            let owners: Vec<&str> = specs
+                .iter()
+                .filter(|s| s.owns(n))
+                .map(|s| s.name.as_str())
+                .collect();
+            let expected = match SYMMETRY_LOGITS.contains(&n.as_str()) {
+                true => "symmetry",
+                false if n.starts_with("netG") => "generator",
+                false => "discriminator",
+            };
+            assert_eq!(owners, [expected], "{n}");
+        }
+        assert!(SYMMETRY_LOGITS.iter().all(|l| names.iter().any(|n| n == l)));
+        // With the weight on one quarter turn, G_A is the generator on the turned input.
+        let x = Tensor::randn(0f32, 1., (2, 1, 8, 8), &dev)?;
+        let pick = |k: usize| -> Result<()> {
+            let mut logits = vec![0f32; layers::nn::symmetry::COUNT];
+            logits[k] = 40.0;
+            varmap.data().lock().unwrap()["netG_A.symmetry_logits"].set(&Tensor::new(logits, &dev)?)
+        };
+        pick(1)?;
+        let turned_by_the_choice = m.g_a(&x)?;
+        assert_eq!(m.chosen_symmetries()?.map(|c| c[0].0), Some(1));
+        pick(0)?;
+        let turned_first = m.g_a(&layers::nn::symmetry::quarter_turn(&x)?)?;
+        let diff = (turned_by_the_choice - turned_first)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        let bad = Config {
+            symmetry_lr: 0.0,
+            ..cfg
+        };
+        let vb = layers::nn::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &dev);
+        let e = CycleGan::new(&bad, vb).err().unwrap().to_string();
+        assert!(e.contains("symmetry_lr"), "{e}");
         Ok(())
     }
 }

@@ -333,6 +333,20 @@ impl<'a> StepContext<'a> {
             .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }
 
+    /// One backward pass of `loss` and one step of each optimiser in `optimizers`: for
+    /// variables one loss trains at different rates (CycleGAN's symmetry weights beside its
+    /// generators).
+    pub fn minimize_together(&mut self, optimizers: &[&str], loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        for name in optimizers {
+            self.optimizers
+                .get_mut(name)?
+                .step(&grads)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+
     /// Records a named scalar term for the log (a loss, a critic value, an accuracy).
     pub fn record(&mut self, name: &str, value: &Tensor) -> Result<()> {
         let v = value.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;

@@ -5,4 +5,5 @@ pub mod masked;
 pub mod progressive;
 pub mod resample;
 pub mod sequential;
+pub mod symmetry;
 pub mod translation;
