@@ -370,5 +370,17 @@ mod tests {
         assert_eq!(p, vec![1, 0, 1]);
         assert_eq!(class_coverage(&p, 2), vec![1.0 / 3.0, 2.0 / 3.0]);
         assert!((accuracy(&p, &[1, 1, 1]) - 2.0 / 3.0).abs() < 1e-12);
+        // A prediction outside the classes counts in the total, in no class.
+        assert_eq!(class_coverage(&[0, 2, 1, 1], 2), vec![0.25, 0.5]);
+    }
+
+    #[test]
+    fn clusters_and_labels_outside_the_classes_are_misses() {
+        // Cluster 3 and label 3 do not exist among k = 3: each such image is a miss, and the
+        // cluster-3 image is in no cluster's count.
+        let a = best_assignment(&[0, 3, 1, 2], &[0, 1, 3, 2], 3);
+        assert_eq!(a.images, vec![1, 1, 1]);
+        assert_eq!(a.matched.iter().sum::<usize>(), 2, "{a:?}");
+        assert!((a.accuracy - 0.5).abs() < 1e-12, "{}", a.accuracy);
     }
 }
