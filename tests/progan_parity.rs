@@ -67,7 +67,7 @@ fn used_vars(
 }
 
 fn one_stage(tag: &str) -> Result<()> {
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let ck = Checkpoint::load(&fixture("progan"), &Device::Cpu)?;
     let (m, varmap) = model(&ck)?;
     let t = |name: &str| ck.tensors[&format!("{tag}.{name}")].clone();

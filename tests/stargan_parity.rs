@@ -69,7 +69,7 @@ fn scalar(name: &str, got: &Tensor, ck: &Checkpoint) -> Result<()> {
 
 #[test]
 fn one_iteration_matches_yunjey() -> Result<()> {
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let ck = Checkpoint::load(&fixture("stargan"), &Device::Cpu)?;
     let (m, varmap) = model(&ck, LabelMode::MultiLabel)?;
     let t = |name: &str| ck.tensors[name].clone();
@@ -147,7 +147,7 @@ fn one_iteration_matches_yunjey() -> Result<()> {
 
 #[test]
 fn running_statistics_follow_three_training_passes() -> Result<()> {
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let ck = Checkpoint::load(&fixture("stargan"), &Device::Cpu)?;
     let (m, varmap) = model(&ck, LabelMode::MultiLabel)?;
     let Inputs {

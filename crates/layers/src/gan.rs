@@ -11,6 +11,9 @@
 //! - WGAN-GP (Gulrajani et al. 2017): `D(G(z)) - D(x) + lambda (|grad D(x_hat)| - 1)^2` for D at
 //!   random interpolates `x_hat`, `-D(G(z))` for G.
 
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -81,10 +84,10 @@ pub fn target_loss(loss: GanLoss, prediction: &Tensor, real: bool) -> Result<Ten
 }
 
 /// `mean_b (|grad_x D(x_hat_b)|_2 - 1)^2` at `x_hat = alpha real + (1 - alpha) fake`, with
-/// `alpha (b)` uniform in [0, 1). Differentiable with respect to D's parameters, which needs
-/// Candle's second-order gradients: call [`enable_second_order_gradients`] before the first
-/// backward pass of the thread. The critic's pass at `x_hat` and its gradient are recorded in a
-/// [`differentiable_twice`] scope (Candle's ops); the rest of the step keeps the fused kernels.
+/// `alpha (b)` uniform in [0, 1). Differentiable with respect to D's parameters: the gradient at
+/// `x_hat` comes from [`backward_keeping_graph`]. The critic's pass at `x_hat` and its gradient
+/// are recorded in a [`differentiable_twice`] scope (Candle's ops); the rest of the step keeps
+/// the fused kernels.
 pub fn gradient_penalty(
     critic: &dyn Fn(&Tensor) -> Result<Tensor>,
     real: &Tensor,
@@ -99,7 +102,7 @@ pub fn gradient_penalty(
     let input = Var::from_tensor(&mixed.detach())?;
     differentiable_twice(|| {
         let out = critic(input.as_tensor())?.sum_all()?;
-        let grads = out.backward()?;
+        let grads = backward_keeping_graph(&out)?;
         let grad = grads
             .get(input.as_tensor())
             .ok_or_else(|| candle_core::Error::Msg("the critic ignores its input".into()))?;
@@ -108,12 +111,85 @@ pub fn gradient_penalty(
     })
 }
 
-/// Candle detaches gradients unless `CANDLE_GRAD_DO_NOT_DETACH` is set before a thread's
-/// first backward pass; the gradient penalty needs the gradient of a gradient.
-pub fn enable_second_order_gradients() {
-    // SAFETY: called before training starts; no other thread reads or writes the environment
-    // concurrently (Candle reads this variable once per thread, at its first backward pass).
-    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
+/// The gradients of `out`, recorded as ops so that they can be differentiated again (the
+/// gradient penalty's gradient with respect to the critic's weights).
+///
+/// Candle detaches every gradient it computes unless `CANDLE_GRAD_DO_NOT_DETACH` was set when a
+/// thread made its first backward pass, and then keeps the whole graph of every later gradient
+/// of that thread alive until its `GradStore` goes: for a WGAN-GP step, every intermediate
+/// gradient of the outer backward pass too (5.2 GB for the progan workload against PyTorch's
+/// 1.7). So only these gradients are taken on a thread of their own that keeps graphs, and
+/// every other backward pass, the outer one included, frees its intermediate gradients as
+/// Candle goes. Runs inside a [`differentiable_twice`] scope there, as the caller's pass does.
+pub fn backward_keeping_graph(out: &Tensor) -> Result<GradStore> {
+    let (reply, answer) = std::sync::mpsc::channel();
+    let thread = second_order_thread()?;
+    thread
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("the second-order gradient thread failed".into()))?
+        .send((out.clone(), reply))
+        .map_err(|_| candle_core::Error::Msg("the second-order gradient thread is gone".into()))?;
+    answer
+        .recv()
+        .map_err(|_| candle_core::Error::Msg("the second-order gradient thread is gone".into()))?
+}
+
+/// A tensor to take the gradients of, and where to send them.
+type SecondOrderJob = (Tensor, std::sync::mpsc::Sender<Result<GradStore>>);
+
+/// The thread whose backward passes keep their graphs, started once.
+fn second_order_thread() -> Result<&'static Mutex<std::sync::mpsc::Sender<SecondOrderJob>>> {
+    static THREAD: OnceLock<
+        std::result::Result<Mutex<std::sync::mpsc::Sender<SecondOrderJob>>, String>,
+    > = OnceLock::new();
+    let started = THREAD.get_or_init(|| {
+        let (jobs, inbox) = std::sync::mpsc::channel::<SecondOrderJob>();
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("second-order-gradients".into())
+            .spawn(move || {
+                let _ = ready.send(keep_gradient_graphs_in_this_thread());
+                for (out, reply) in inbox {
+                    let _ = reply.send(differentiable_twice(|| out.backward()));
+                }
+            })
+            .map_err(|e| format!("cannot start the second-order gradient thread: {e}"))?;
+        match started.recv() {
+            Ok(Ok(())) => Ok(Mutex::new(jobs)),
+            Ok(Err(e)) => Err(format!(
+                "the second-order gradient thread failed to start: {e}"
+            )),
+            Err(_) => Err("the second-order gradient thread failed to start".to_string()),
+        }
+    });
+    started
+        .as_ref()
+        .map_err(|e| candle_core::Error::Msg(e.clone()))
+}
+
+/// Makes Candle keep gradient graphs in the calling thread (which must not have made a
+/// backward pass yet): `CANDLE_GRAD_DO_NOT_DETACH` set while its first backward pass reads it,
+/// then restored, so that threads started later detach as usual.
+fn keep_gradient_graphs_in_this_thread() -> Result<()> {
+    const KEY: &str = "CANDLE_GRAD_DO_NOT_DETACH";
+    let before = std::env::var_os(KEY);
+    // SAFETY: done once, before any gradient penalty runs; Candle reads this variable once per
+    // thread, at the thread's first backward pass, and genzoo reads it nowhere else.
+    unsafe { std::env::set_var(KEY, "1") };
+    let probe = Var::new(1f32, &candle_core::Device::Cpu)?;
+    let first = (probe.as_tensor() * 2.0)?.backward();
+    match before {
+        // SAFETY: as above.
+        Some(v) => unsafe { std::env::set_var(KEY, v) },
+        None => unsafe { std::env::remove_var(KEY) },
+    }
+    first.map(|_| ())
+}
+
+/// Starts the thread that takes the gradient penalty's gradients, before a training run's
+/// first step (a failure to start is reported here rather than at the first penalty).
+pub fn enable_second_order_gradients() -> Result<()> {
+    second_order_thread().map(|_| ())
 }
 
 /// The generator's input: noise, and for conditional models the classes asked for and any

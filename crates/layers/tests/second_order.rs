@@ -1,10 +1,10 @@
-//! Second-order gradients (WGAN-GP's penalty) against finite differences. Their own test
-//! binary: `enable_second_order_gradients` sets `CANDLE_GRAD_DO_NOT_DETACH` for the whole
-//! process, which changes how Candle keeps every gradient. The fused first-order kernels stay
-//! on outside the penalty's `differentiable_twice` scope (last test).
+//! Second-order gradients (WGAN-GP's penalty) against finite differences: the inner gradients
+//! from `backward_keeping_graph`, on the one thread where Candle keeps gradient graphs. The
+//! fused first-order kernels stay on outside the penalty's `differentiable_twice` scope, and
+//! every other backward pass detaches its gradients as before.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use layers::gan::{enable_second_order_gradients, gradient_penalty};
+use layers::gan::{backward_keeping_graph, enable_second_order_gradients, gradient_penalty};
 use layers::kernels::conv::{conv2d, ConvSpec};
 use layers::kernels::instance_norm::{InstanceNorm, EPS};
 use layers::kernels::pad::reflection_pad2d;
@@ -15,7 +15,7 @@ use layers::Rng;
 /// finite differences, so conv critics can train with WGAN-GP.
 #[test]
 fn second_order_gradients_match_finite_differences() -> Result<()> {
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let dev = Device::Cpu;
     let spec = ConvSpec {
         stride: (2, 2),
@@ -29,10 +29,7 @@ fn second_order_gradients_match_finite_differences() -> Result<()> {
         .to_dtype(DType::F64)?;
     let penalty = |k: &Tensor| -> Result<Tensor> {
         let x = Var::from_tensor(&x0)?;
-        let g = conv2d(x.as_tensor(), k, spec)?
-            .sqr()?
-            .sum_all()?
-            .backward()?;
+        let g = backward_keeping_graph(&conv2d(x.as_tensor(), k, spec)?.sqr()?.sum_all()?)?;
         g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
     };
     let k = Var::from_tensor(&k0)?;
@@ -63,7 +60,7 @@ fn second_order_gradients_match_finite_differences() -> Result<()> {
 /// the critic, against central finite differences (f64).
 #[test]
 fn gradient_penalty_gradient_matches_finite_differences() -> Result<()> {
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let dev = Device::Cpu;
     let mut rng = Rng::new(3);
     let (b, d, h) = (4, 3, 5);
@@ -147,7 +144,7 @@ fn assert_penalty_gradients(
 /// ops, which second-order gradients take, differentiates twice correctly.
 #[test]
 fn instance_norm_second_order_gradients_match_finite_differences() -> Result<()> {
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let dev = Device::Cpu;
     let mut rng = Rng::new(4);
     let x0 = rng.normal((2, 2, 4, 4), &dev)?.to_dtype(DType::F64)?;
@@ -160,7 +157,7 @@ fn instance_norm_second_order_gradients_match_finite_differences() -> Result<()>
         let x = Var::from_tensor(&x0)?;
         let h = conv2d(x.as_tensor(), &p[0], ConvSpec::same_padding(3, 3))?;
         let critic = (norm.forward_t(&h, true)?.tanh()? * &probe)?.sum_all()?;
-        let g = critic.backward()?;
+        let g = backward_keeping_graph(&critic)?;
         g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
     };
     assert_penalty_gradients(
@@ -175,7 +172,7 @@ fn instance_norm_second_order_gradients_match_finite_differences() -> Result<()>
 /// differentiates to any order through its adjoint.
 #[test]
 fn reflection_pad_second_order_gradients_match_finite_differences() -> Result<()> {
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let dev = Device::Cpu;
     let mut rng = Rng::new(5);
     let x0 = rng.normal((2, 2, 4, 5), &dev)?.to_dtype(DType::F64)?;
@@ -188,7 +185,7 @@ fn reflection_pad_second_order_gradients_match_finite_differences() -> Result<()
             &p[0],
             ConvSpec::default(),
         )?;
-        let g = (h.tanh()? * &probe)?.sum_all()?.backward()?;
+        let g = backward_keeping_graph(&(h.tanh()? * &probe)?.sum_all()?)?;
         g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
     };
     assert_penalty_gradients(&penalty, &[kernel], &["kernel"], 7)
@@ -201,7 +198,7 @@ fn reflection_pad_second_order_gradients_match_finite_differences() -> Result<()
 fn a_fused_step_around_the_penalty_differentiates_like_candles_ops() -> Result<()> {
     use layers::kernels::activation::{bias_activation, Activation};
     use layers::kernels::ops::fused_cpu_f32;
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let dev = Device::Cpu;
     let probe = Tensor::zeros(1, DType::F32, &dev)?;
     assert!(
@@ -264,10 +261,10 @@ fn resampling_second_order_gradients_match_finite_differences() -> Result<()> {
         let f = ((resample::upscale2d(&resample::downscale2d(x.as_tensor())?)? * x.as_tensor())?
             * &p)?
             .sum_all()?;
-        let g = f.backward()?;
+        let g = backward_keeping_graph(&f)?;
         g.get(x.as_tensor()).unwrap().sqr()?.sum_all()
     };
-    enable_second_order_gradients();
+    enable_second_order_gradients()?;
     let x = Var::from_tensor(&x0)?;
     let grads = penalty(&x)?.backward()?;
     let analytic = grads
@@ -290,5 +287,39 @@ fn resampling_second_order_gradients_match_finite_differences() -> Result<()> {
             analytic[i]
         );
     }
+    Ok(())
+}
+
+/// Only the penalty's own gradients keep their graph: every other backward pass of the process
+/// detaches its gradients, so Candle frees the intermediate ones as it goes. (With
+/// `CANDLE_GRAD_DO_NOT_DETACH` set for the whole process, as before, the outer pass of a
+/// WGAN-GP step kept all of them: the progan workload peaked at 5.2 GB.)
+#[test]
+fn only_the_penalty_keeps_gradient_graphs() -> Result<()> {
+    enable_second_order_gradients()?;
+    let dev = Device::Cpu;
+    let w = Var::new(&[1.5f32, -0.5], &dev)?;
+    let x = Var::new(&[2f32, 3.0], &dev)?;
+    let out = (w.as_tensor() * x.as_tensor())?.sqr()?.sum_all()?;
+    let kept = backward_keeping_graph(&out)?;
+    let plain = out.backward()?;
+    let (inner, outer) = (
+        kept.get(x.as_tensor()).expect("out depends on x"),
+        plain.get(x.as_tensor()).expect("out depends on x"),
+    );
+    // Both are d out / dx = 2 w^2 x.
+    assert_eq!(inner.to_vec1::<f32>()?, vec![9.0, 1.5]);
+    assert_eq!(outer.to_vec1::<f32>()?, vec![9.0, 1.5]);
+    // Differentiated again: 2 w^2 through the kept graph; nothing through the detached one,
+    // whose x enters only through a gradient Candle detached.
+    let again = |g: &Tensor| -> Result<Option<Vec<f32>>> {
+        let grads = g.sum_all()?.backward()?;
+        grads
+            .get(x.as_tensor())
+            .map(|t| t.to_vec1::<f32>())
+            .transpose()
+    };
+    assert_eq!(again(inner)?, Some(vec![4.5, 0.5]));
+    assert_eq!(again(outer)?, None, "a first-order gradient kept its graph");
     Ok(())
 }

@@ -259,7 +259,7 @@ pub fn run_workload(w: &Workload, device: &Device, steps: usize) -> Result<Bench
     }
     let (mut model, varmap, run) = build_model(&run, device)?;
     if model.needs_second_order() {
-        layers::gan::enable_second_order_gradients();
+        layers::gan::enable_second_order_gradients()?;
     }
     let mut optimizers = crate::run::optimizers(model.as_ref(), &varmap, &run)?;
     reset_peak_memory();

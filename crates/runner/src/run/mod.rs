@@ -255,7 +255,7 @@ fn start_progress(total: u64, step: u64) -> ProgressBar {
 pub fn train(args: TrainArgs) -> Result<TrainOutcome> {
     let mut s = start(&args)?;
     if s.model.needs_second_order() {
-        layers::gan::enable_second_order_gradients();
+        layers::gan::enable_second_order_gradients()?;
     }
     let spec = s.model.data_spec();
     let t = s.run.train.clone();
