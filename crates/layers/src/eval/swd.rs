@@ -278,6 +278,61 @@ mod tests {
         }
     }
 
+    /// The filter on impulses, by hand: in the middle, the outer product of
+    /// `[1 4 6 4 1] / 16` centred on the impulse; at a corner, the taps that fall outside
+    /// mirror onto other pixels (`mode='mirror'`), so the corner keeps only `6/16` per axis;
+    /// one pixel in from the edge, the mirrored taps land back on the impulse.
+    #[test]
+    fn the_binomial_filter_by_hand() {
+        let side = 8;
+        let impulse = |y: usize, x: usize| {
+            let mut p = vec![0f32; side * side];
+            p[y * side + x] = 1.0;
+            blur(&p, side, 1.0)
+        };
+        let taps = [1.0, 4.0, 6.0, 4.0, 1.0].map(|t: f32| t / 16.0);
+        let middle = impulse(4, 3);
+        for y in 0..side {
+            for x in 0..side {
+                let (dy, dx) = (y as isize - 4 + 2, x as isize - 3 + 2);
+                let want = match (0..5).contains(&dy) && (0..5).contains(&dx) {
+                    true => taps[dy as usize] * taps[dx as usize],
+                    false => 0.0,
+                };
+                assert!((middle[y * side + x] - want).abs() < 1e-7, "({y}, {x})");
+            }
+        }
+        // The top-left 4 x 4 of `blurred` is the outer product of `axis / 16` with itself.
+        let assert_corner = |blurred: &[f32], axis: [f32; 4]| {
+            for y in 0..4 {
+                for x in 0..4 {
+                    let (got, want) = (blurred[y * side + x], axis[y] * axis[x] / 256.0);
+                    assert!((got - want).abs() < 1e-7, "({y}, {x}): {got}, not {want}");
+                }
+            }
+        };
+        // The corner: per axis 6/16 at 0, 4/16 at 1, 1/16 at 2.
+        assert_corner(&impulse(0, 0), [6.0, 4.0, 1.0, 0.0]);
+        // One in from the edge: at 0 the taps at -1 (mirrored to 1) and +1 both read it, at 1
+        // the centre tap and the one at -2 (mirrored to 1).
+        assert_corner(&impulse(1, 1), [8.0, 7.0, 4.0, 1.0]);
+        // The gain scales everything.
+        let p: Vec<f32> = (0..side * side).map(|i| (i % 7) as f32).collect();
+        let (one, four) = (blur(&p, side, 1.0), blur(&p, side, 4.0));
+        assert!(one
+            .iter()
+            .zip(&four)
+            .all(|(a, b)| (4.0 * a - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn the_average_is_over_the_levels() {
+        let d = SlicedWasserstein {
+            per_level: vec![(32, 1.0), (16, 4.0)],
+        };
+        assert_eq!(d.average(), 2.5);
+    }
+
     /// A constant plane has no detail: its Laplacian levels are zero and its coarsest level is
     /// the constant (the filter sums to one, mirrored edges lose nothing).
     #[test]
