@@ -325,6 +325,43 @@ mod tests {
             .all(|(a, b)| (4.0 * a - b).abs() < 1e-5));
     }
 
+    /// The Laplacian pyramid by its definition: a level down keeps every second pixel of the
+    /// blurred image, a level up spreads the pixels apart and blurs with gain 4 (impulses by
+    /// hand), and the detail level with the coarsest one gives back the image.
+    #[test]
+    fn the_pyramid_by_hand_and_back() {
+        let close = |got: f32, want: f32| assert!((got - want).abs() < 1e-7, "{got} vs {want}");
+        let impulse = |side: usize, y: usize, x: usize| {
+            let mut p = vec![0f32; side * side];
+            p[y * side + x] = 1.0;
+            p
+        };
+        // Down: the impulse at (4, 4) of 16 x 16 is at (2, 2) of 8 x 8, its neighbours two
+        // pixels away at (1, 1), (3, 2), (3, 3).
+        let down = pyramid_down(&impulse(16, 4, 4), 16);
+        assert_eq!(down.len(), 64);
+        close(down[2 * 8 + 2], 36.0 / 256.0);
+        close(down[8 + 1], 1.0 / 256.0);
+        close(down[3 * 8 + 2], 6.0 / 256.0);
+        close(down[3 * 8 + 3], 1.0 / 256.0);
+        // Up: the impulse at (1, 1) of 8 x 8 is spread to (2, 2) of 16 x 16, then blurred
+        // with gain 4.
+        let up = pyramid_up(&impulse(8, 1, 1), 8);
+        assert_eq!(up.len(), 256);
+        close(up[2 * 16 + 2], 4.0 * 36.0 / 256.0);
+        close(up[3 * 16 + 3], 4.0 * 16.0 / 256.0);
+        close(up[3 * 16 + 2], 4.0 * 24.0 / 256.0);
+        // Back: detail plus the coarse level brought up.
+        let plane = Rng::new(7).normal_vec(32 * 32);
+        let levels = laplacian_pyramid(&plane, 32);
+        let sizes: Vec<(usize, usize)> = levels.iter().map(|(s, v)| (*s, v.len())).collect();
+        assert_eq!(sizes, [(32, 1024), (16, 256)]);
+        let coarse_up = pyramid_up(&levels[1].1, 16);
+        for ((d, c), p) in levels[0].1.iter().zip(&coarse_up).zip(&plane) {
+            assert!((d + c - p).abs() < 1e-5, "{d} + {c} != {p}");
+        }
+    }
+
     #[test]
     fn the_average_is_over_the_levels() {
         let d = SlicedWasserstein {
