@@ -362,6 +362,39 @@ mod tests {
         }
     }
 
+    /// A descriptor holds one neighbourhood of every channel of one image at one place: with
+    /// the second channel twice the first, every row's second block is twice its first; each
+    /// level holds `PER_IMAGE` rows per image of `7 x 7 x channels` values.
+    #[test]
+    fn descriptors_take_every_channel_of_one_place() {
+        let (count, side) = (3, 32);
+        let mut values = Vec::new();
+        for i in 0..count {
+            let first = Rng::new(10 + i as u64).normal_vec(side * side);
+            let second: Vec<f32> = first.iter().map(|v| 2.0 * v).collect();
+            values.extend(first);
+            values.extend(second);
+        }
+        let set = ImageSet {
+            values: &values,
+            count,
+            channels: 2,
+            side,
+        };
+        let levels = descriptors(&set, &mut Rng::new(0));
+        assert_eq!(levels.iter().map(|l| l.0).collect::<Vec<_>>(), [32, 16]);
+        let block = NEIGHBOURHOOD * NEIGHBOURHOOD;
+        for (_, rows) in &levels {
+            assert_eq!(rows.len(), count * PER_IMAGE);
+            for row in rows {
+                assert_eq!(row.len(), 2 * block);
+                for (a, b) in row[..block].iter().zip(&row[block..]) {
+                    assert!((2.0 * a - b).abs() < 1e-5, "{a} and {b}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_average_is_over_the_levels() {
         let d = SlicedWasserstein {
