@@ -395,6 +395,42 @@ mod tests {
         }
     }
 
+    /// Each channel's block, over all rows, to mean 0 and standard deviation 1 (population),
+    /// each channel by its own statistics.
+    #[test]
+    fn normalise_standardises_each_channel_apart() {
+        let block = NEIGHBOURHOOD * NEIGHBOURHOOD;
+        let mut rng = Rng::new(3);
+        let mut rows: Vec<Vec<f32>> = (0..20)
+            .map(|_| {
+                let mut row: Vec<f32> = rng
+                    .normal_vec(block)
+                    .iter()
+                    .map(|v| 3.0 + 2.0 * v)
+                    .collect();
+                row.extend(rng.normal_vec(block).iter().map(|v| -1.0 + 0.5 * v));
+                row
+            })
+            .collect();
+        let before = rows.clone();
+        normalise(&mut rows, 2);
+        for c in 0..2 {
+            let values: Vec<f64> = rows
+                .iter()
+                .flat_map(|r| &r[c * block..(c + 1) * block])
+                .map(|&v| v as f64)
+                .collect();
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            assert!(mean.abs() < 1e-6, "channel {c}: mean {mean}");
+            assert!((var - 1.0).abs() < 1e-5, "channel {c}: variance {var}");
+        }
+        // An affine map of each value: the order within a channel is kept.
+        let (a, b) = (&before[4], &rows[4]);
+        assert_eq!(a[0] < a[1], b[0] < b[1]);
+    }
+
     #[test]
     fn the_average_is_over_the_levels() {
         let d = SlicedWasserstein {
