@@ -370,7 +370,12 @@ mod tests {
         let (count, side) = (3, 32);
         let mut values = Vec::new();
         for i in 0..count {
-            let first = Rng::new(10 + i as u64).normal_vec(side * side);
+            // Image i's first channel sits near 100 i, which the coarsest level keeps.
+            let first: Vec<f32> = Rng::new(10 + i as u64)
+                .normal_vec(side * side)
+                .iter()
+                .map(|v| v + 100.0 * i as f32)
+                .collect();
             let second: Vec<f32> = first.iter().map(|v| 2.0 * v).collect();
             values.extend(first);
             values.extend(second);
@@ -389,10 +394,50 @@ mod tests {
             for row in rows {
                 assert_eq!(row.len(), 2 * block);
                 for (a, b) in row[..block].iter().zip(&row[block..]) {
-                    assert!((2.0 * a - b).abs() < 1e-5, "{a} and {b}");
+                    assert!((2.0 * a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} and {b}");
                 }
             }
         }
+        // The coarsest level's rows come image by image, each from its own image.
+        for (k, row) in levels[1].1.iter().enumerate() {
+            let mean = row[..block].iter().sum::<f32>() / block as f32;
+            let image = (k / PER_IMAGE) as f32;
+            assert!((mean - 100.0 * image).abs() < 10.0, "row {k}: {mean}");
+        }
+    }
+
+    /// At 16 x 16 the pyramid is the image itself, so every descriptor is a 7 x 7 window of
+    /// it: with each pixel holding its own index, a row steps by 1 along and by 16 down.
+    #[test]
+    fn descriptors_are_windows_of_the_image() {
+        let side = 16;
+        let values: Vec<f32> = (0..side * side).map(|i| i as f32).collect();
+        let levels = descriptors(&set(&values, 1, side), &mut Rng::new(5));
+        assert_eq!(levels.len(), 1);
+        for row in &levels[0].1 {
+            let (y0, x0) = (row[0] as usize / side, row[0] as usize % side);
+            assert!(
+                y0 + NEIGHBOURHOOD <= side && x0 + NEIGHBOURHOOD <= side,
+                "{y0}, {x0}"
+            );
+            for r in 0..NEIGHBOURHOOD {
+                for q in 0..NEIGHBOURHOOD {
+                    assert_eq!(row[r * NEIGHBOURHOOD + q], row[0] + (r * side + q) as f32);
+                }
+            }
+        }
+    }
+
+    /// Two point sets in the plane, one twice the other along x: each direction at angle t
+    /// sees them `|cos t| / 2` apart on average, so over random directions the distance is
+    /// near `E|cos t| / 2 = 1 / pi`.
+    #[test]
+    fn the_sliced_distance_of_scaled_points() {
+        let a = vec![vec![0.0, 0.0], vec![1.0, 0.0]];
+        let b = vec![vec![0.0, 0.0], vec![2.0, 0.0]];
+        let d = sliced_distance(&a, &b, &mut Rng::new(1));
+        assert!((d - std::f64::consts::FRAC_1_PI).abs() < 0.03, "{d}");
+        assert_eq!(sliced_distance(&a, &a, &mut Rng::new(1)), 0.0);
     }
 
     /// Each channel's block, over all rows, to mean 0 and standard deviation 1 (population),
@@ -471,7 +516,10 @@ mod tests {
             .collect();
         let same = sliced_wasserstein(&set(&a, n, side), &set(&b, n, side), 0)?.average();
         let other = sliced_wasserstein(&set(&a, n, side), &set(&smooth, n, side), 0)?.average();
-        assert!(same < 0.2 * other, "alike {same}, unlike {other}");
+        assert!(
+            same > 0.0 && same < 0.2 * other,
+            "alike {same}, unlike {other}"
+        );
         let e = sliced_wasserstein(&set(&a, n, side), &set(&b[..side * side], 1, side), 0);
         assert!(e.unwrap_err().to_string().contains("against 1"));
         Ok(())
