@@ -414,18 +414,24 @@ mod tests {
         let values: Vec<f32> = (0..side * side).map(|i| i as f32).collect();
         let levels = descriptors(&set(&values, 1, side), &mut Rng::new(5));
         assert_eq!(levels.len(), 1);
+        let (mut rows_seen, mut columns_seen) = (vec![false; side], vec![false; side]);
         for row in &levels[0].1 {
             let (y0, x0) = (row[0] as usize / side, row[0] as usize % side);
             assert!(
                 y0 + NEIGHBOURHOOD <= side && x0 + NEIGHBOURHOOD <= side,
                 "{y0}, {x0}"
             );
+            (rows_seen[y0], columns_seen[x0]) = (true, true);
             for r in 0..NEIGHBOURHOOD {
                 for q in 0..NEIGHBOURHOOD {
                     assert_eq!(row[r * NEIGHBOURHOOD + q], row[0] + (r * side + q) as f32);
                 }
             }
         }
+        // 128 windows reach every place a window fits, the last one included.
+        let fits = side - NEIGHBOURHOOD + 1;
+        assert!(rows_seen[..fits].iter().all(|s| *s), "{rows_seen:?}");
+        assert!(columns_seen[..fits].iter().all(|s| *s), "{columns_seen:?}");
     }
 
     /// Two point sets in the plane, one twice the other along x: each direction at angle t

@@ -90,23 +90,6 @@ impl SymmetryChoice {
     }
 }
 
-/// A symmetry's name, in the order of [`symmetries`].
-pub fn name(k: usize) -> &'static str {
-    [
-        "identity",
-        "quarter turn counter-clockwise",
-        "half turn",
-        "quarter turn clockwise",
-        "mirrored",
-        "quarter turn counter-clockwise, mirrored",
-        "half turn, mirrored",
-        "quarter turn clockwise, mirrored",
-    ]
-    .get(k)
-    .copied()
-    .unwrap_or("unknown")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +102,20 @@ mod tests {
 
     fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
         t.reshape((3, 3))?.to_vec2::<f32>()
+    }
+
+    /// A symmetry's name, in the order of [`symmetries`].
+    fn name(k: usize) -> &'static str {
+        [
+            "identity",
+            "quarter turn counter-clockwise",
+            "half turn",
+            "quarter turn clockwise",
+            "mirrored",
+            "quarter turn counter-clockwise, mirrored",
+            "half turn, mirrored",
+            "quarter turn clockwise, mirrored",
+        ][k]
     }
 
     #[test]
