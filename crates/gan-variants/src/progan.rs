@@ -402,20 +402,41 @@ impl ProGan {
         phase: Phase,
     ) -> Result<CriticTerms> {
         let fake = self.generate(z, phase)?.detach();
-        let d_real = self.critique(real, phase)?;
-        let d_fake = self.critique(&fake, phase)?;
-        let critic = |x: &Tensor| self.critique(x, phase);
-        let gp = gradient_penalty(&critic, real, &fake, mix)?;
-        let drift = d_real.sqr()?.mean_all()?;
-        let wasserstein = (d_real.mean_all()? - d_fake.mean_all()?)?;
-        let total =
-            ((wasserstein.neg()? + (&gp * self.cfg.lambda_gp)?)? + (&drift * self.cfg.drift)?)?;
+        let (wasserstein, drift) = self.plain_critic_terms(real, &fake, phase)?;
+        let gp = self.penalty(real, &fake, mix, phase)?;
+        let total = (self.plain_critic_loss(&wasserstein, &drift)? + (&gp * self.cfg.lambda_gp)?)?;
         Ok(CriticTerms {
             wasserstein,
             gp,
             drift,
             total,
         })
+    }
+
+    /// The critic's passes on real and generated images: the Wasserstein estimate
+    /// `mean D(real) - mean D(fake)` and the drift `mean D(real)^2`.
+    fn plain_critic_terms(
+        &self,
+        real: &Tensor,
+        fake: &Tensor,
+        phase: Phase,
+    ) -> Result<(Tensor, Tensor)> {
+        let d_real = self.critique(real, phase)?;
+        let d_fake = self.critique(fake, phase)?;
+        let drift = d_real.sqr()?.mean_all()?;
+        let wasserstein = (d_real.mean_all()? - d_fake.mean_all()?)?;
+        Ok((wasserstein, drift))
+    }
+
+    /// The critic's loss without its penalty: `-wasserstein + drift weight x drift`.
+    fn plain_critic_loss(&self, wasserstein: &Tensor, drift: &Tensor) -> Result<Tensor> {
+        wasserstein.neg()? + (drift * self.cfg.drift)?
+    }
+
+    /// WGAN-GP's penalty at the interpolates `mix` of the way from fake to real.
+    fn penalty(&self, real: &Tensor, fake: &Tensor, mix: &Tensor, phase: Phase) -> Result<Tensor> {
+        let critic = |x: &Tensor| self.critique(x, phase);
+        gradient_penalty(&critic, real, fake, mix)
     }
 
     pub fn generator_loss(&self, z: &Tensor, phase: Phase) -> Result<Tensor> {
@@ -478,16 +499,39 @@ impl Trainable for ProGan {
         let (b, dev) = (real.dim(0)?, real.device().clone());
         let z = ctx.rng.normal((b, self.cfg.latent_dim), &dev)?;
         let mix = ctx.rng.uniform(b, &dev)?;
-        let d = self.critic_terms(&real, &z, &mix, phase)?;
-        ctx.minimize("discriminator", &d.total)?;
+        // The critic's loss in two parts, the plain passes and the penalty, each differentiated
+        // and dropped before the next is built: the step holds one of their graphs at a time
+        // (critic_terms, the same loss in one part, is what the parity test checks).
+        let fake = self.generate(&z, phase)?.detach();
+        let (mut plain, mut gp) = (None, None);
+        let d_parts = ctx.minimize_in_parts(
+            "discriminator",
+            &mut [
+                &mut || {
+                    let (wasserstein, drift) = self.plain_critic_terms(&real, &fake, phase)?;
+                    let loss = self.plain_critic_loss(&wasserstein, &drift)?;
+                    plain = Some((wasserstein.detach(), drift.detach()));
+                    Ok(loss)
+                },
+                &mut || {
+                    let penalty = self.penalty(&real, &fake, &mix, phase)?;
+                    gp = Some(penalty.detach());
+                    penalty * self.cfg.lambda_gp
+                },
+            ],
+        )?;
+        let d_loss = (&d_parts[0] + &d_parts[1])?;
         let z = ctx.rng.normal((b, self.cfg.latent_dim), &dev)?;
         let g_loss = self.generator_loss(&z, phase)?;
         ctx.minimize("generator", &g_loss)?;
-        ctx.record("d_loss", &d.total)?;
+        let (Some((wasserstein, drift)), Some(gp)) = (plain, gp) else {
+            candle_core::bail!("the critic's terms were not computed");
+        };
+        ctx.record("d_loss", &d_loss)?;
         ctx.record("g_loss", &g_loss)?;
-        ctx.record("wasserstein", &d.wasserstein)?;
-        ctx.record("gp", &d.gp)?;
-        ctx.record("drift", &d.drift)?;
+        ctx.record("wasserstein", &wasserstein)?;
+        ctx.record("gp", &gp)?;
+        ctx.record("drift", &drift)?;
         ctx.record_value("resolution", phase.side() as f64);
         ctx.record_value("alpha", phase.alpha);
         Ok(())

@@ -347,6 +347,30 @@ impl<'a> StepContext<'a> {
         Ok(())
     }
 
+    /// One step of optimiser `name` on the sum of the losses `parts` build, each part built,
+    /// differentiated and dropped before the next, so that the step holds one part's graph at a
+    /// time, not all of them (WGAN-GP: the critic's plain passes, then the penalty's
+    /// twice-differentiated one). Returns each part's loss, detached, for the log.
+    pub fn minimize_in_parts(
+        &mut self,
+        optimizer: &str,
+        parts: &mut [&mut dyn FnMut() -> Result<Tensor>],
+    ) -> Result<Vec<Tensor>> {
+        let adam = self.optimizers.get_mut(optimizer)?;
+        let mut sum = candle_core::backprop::GradStore::default();
+        let mut losses = Vec::with_capacity(parts.len());
+        for part in parts.iter_mut() {
+            let loss = part()?;
+            let mut grads = loss.backward()?;
+            adam.accumulate(&mut grads, &mut sum)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+            losses.push(loss.detach());
+        }
+        adam.step(&sum)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        Ok(losses)
+    }
+
     /// Records a named scalar term for the log (a loss, a critic value, an accuracy).
     pub fn record(&mut self, name: &str, value: &Tensor) -> Result<()> {
         let v = value.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;

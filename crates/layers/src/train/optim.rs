@@ -172,6 +172,23 @@ impl Adam {
     }
 
     /// Backward pass and update in one call.
+    /// Moves this optimiser's variables' gradients out of `grads` into `sum`, detached (so that
+    /// the graph they were computed from can go) and added to what `sum` already holds.
+    pub fn accumulate(&self, grads: &mut GradStore, sum: &mut GradStore) -> Result<()> {
+        for slot in self.slots.values() {
+            let var = slot.var.as_tensor();
+            let Some(grad) = grads.remove(var) else {
+                continue;
+            };
+            let total = match sum.remove(var) {
+                Some(before) => (before + grad.detach())?,
+                None => grad.detach(),
+            };
+            sum.insert(var, total);
+        }
+        Ok(())
+    }
+
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         let grads = loss.backward()?;
         self.step(&grads)
@@ -394,6 +411,40 @@ mod tests {
         assert!(slot(DType::F32)?.fused(&init));
         assert!(!slot(DType::F64)?.fused(&init.to_dtype(DType::F64)?));
         assert!(!slot(DType::F32)?.fused(&init.to_dtype(DType::F64)?));
+        Ok(())
+    }
+
+    /// Gradients accumulated over parts, each part's backward pass apart, are the gradient of
+    /// the sum, detached; a variable of another optimiser is left where it was.
+    #[test]
+    fn accumulated_parts_are_the_gradient_of_the_sum() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::new(&[3.0f32, -2.0], &dev)?;
+        let other = Var::new(&[1.0f32], &dev)?;
+        let opt = Adam::from_named_vars(vec![("w".into(), w.clone())], AdamConfig::default())?;
+        let first = || -> candle_core::Result<Tensor> {
+            (w.as_tensor().sqr()?.sum_all()? * other.as_tensor().sum_all()?)?.exp()
+        };
+        let second = || -> candle_core::Result<Tensor> { (w.as_tensor() * 3.0)?.sin()?.sum_all() };
+        let mut sum = GradStore::default();
+        let mut grads = first()?.backward()?;
+        opt.accumulate(&mut grads, &mut sum)?;
+        assert!(
+            grads.get(other.as_tensor()).is_some(),
+            "not this optimiser's"
+        );
+        assert!(grads.get(w.as_tensor()).is_none());
+        opt.accumulate(&mut second()?.backward()?, &mut sum)?;
+        let whole = (first()? + second()?)?.backward()?;
+        let (parts, whole) = (
+            &sum.get(w.as_tensor()).unwrap(),
+            whole.get(w.as_tensor()).unwrap(),
+        );
+        assert!(!parts.track_op(), "an accumulated gradient keeps its graph");
+        let (p, q) = (parts.to_vec1::<f32>()?, whole.to_vec1::<f32>()?);
+        for (a, b) in p.iter().zip(&q) {
+            assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{p:?} vs {q:?}");
+        }
         Ok(())
     }
 
