@@ -11,6 +11,7 @@
 //! - WGAN-GP (Gulrajani et al. 2017): `D(G(z)) - D(x) + lambda (|grad D(x_hat)| - 1)^2` for D at
 //!   random interpolates `x_hat`, `-D(G(z))` for G.
 
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::backprop::GradStore;
@@ -122,7 +123,7 @@ pub fn gradient_penalty(
 /// every other backward pass, the outer one included, frees its intermediate gradients as
 /// Candle goes. Runs inside a [`differentiable_twice`] scope there, as the caller's pass does.
 pub fn backward_keeping_graph(out: &Tensor) -> Result<GradStore> {
-    let (reply, answer) = std::sync::mpsc::channel();
+    let (reply, answer) = channel();
     let thread = second_order_thread()?;
     thread
         .lock()
@@ -135,16 +136,15 @@ pub fn backward_keeping_graph(out: &Tensor) -> Result<GradStore> {
 }
 
 /// A tensor to take the gradients of, and where to send them.
-type SecondOrderJob = (Tensor, std::sync::mpsc::Sender<Result<GradStore>>);
+type SecondOrderJob = (Tensor, Sender<Result<GradStore>>);
 
 /// The thread whose backward passes keep their graphs, started once.
-fn second_order_thread() -> Result<&'static Mutex<std::sync::mpsc::Sender<SecondOrderJob>>> {
-    static THREAD: OnceLock<
-        std::result::Result<Mutex<std::sync::mpsc::Sender<SecondOrderJob>>, String>,
-    > = OnceLock::new();
+fn second_order_thread() -> Result<&'static Mutex<Sender<SecondOrderJob>>> {
+    static THREAD: OnceLock<std::result::Result<Mutex<Sender<SecondOrderJob>>, String>> =
+        OnceLock::new();
     let started = THREAD.get_or_init(|| {
-        let (jobs, inbox) = std::sync::mpsc::channel::<SecondOrderJob>();
-        let (ready, started) = std::sync::mpsc::channel();
+        let (jobs, inbox) = channel::<SecondOrderJob>();
+        let (ready, started) = channel();
         std::thread::Builder::new()
             .name("second-order-gradients".into())
             .spawn(move || {

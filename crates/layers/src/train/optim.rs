@@ -171,7 +171,6 @@ impl Adam {
         Ok(())
     }
 
-    /// Backward pass and update in one call.
     /// Moves this optimiser's variables' gradients out of `grads` into `sum`, detached (so that
     /// the graph they were computed from can go) and added to what `sum` already holds.
     pub fn accumulate(&self, grads: &mut GradStore, sum: &mut GradStore) -> Result<()> {
@@ -189,6 +188,7 @@ impl Adam {
         Ok(())
     }
 
+    /// Backward pass and update in one call.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         let grads = loss.backward()?;
         self.step(&grads)

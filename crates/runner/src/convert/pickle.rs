@@ -182,7 +182,7 @@ impl Walk<'_> {
             .with_context(|| format!("truncated pickle: {len} bytes wanted at byte {}", self.at))
     }
 
-    /// Candle's parser reads `with` for the opcode that began at `from` and ends here.
+    /// Candle's parser reads `with` for the opcodes from byte `from` to here.
     fn edit(&mut self, from: usize, with: Vec<u8>) {
         self.edits.push(Edit {
             range: from..self.at,
@@ -241,11 +241,7 @@ impl Walk<'_> {
         while self.edits.last().is_some_and(|e| e.range.start >= start) {
             self.edits.pop();
         }
-        let with = format!("c{module}\n{name}\n").into_bytes();
-        self.edits.push(Edit {
-            range: start..self.at,
-            with,
-        });
+        self.edit(start, format!("c{module}\n{name}\n").into_bytes());
         self.push(Item::leaf(module.len() + name.len()))
     }
 
