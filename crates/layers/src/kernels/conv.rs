@@ -665,20 +665,37 @@ pub fn conv_transpose2d_padded(
     apply(Pass::InputGrad, x, kernel, &pass)
 }
 
-/// The same convolution with Candle's own ops (used off the CPU, and as the tests' reference).
+/// The same convolution with Candle's own ops (used off the CPU, and as the tests' reference),
+/// routed around two limits of Candle 0.11's conv2d: it has one stride and one padding for both
+/// axes, and its backward pass takes the transposed convolution's output padding from the
+/// height alone, so it fails wherever the stride leaves a different number of unread rows than
+/// columns (or any, for strides above 2). Here the input is padded explicitly and cut to exactly
+/// the rows and columns the windows read, so the backward pass needs no output padding; unequal
+/// strides run at stride 1 and keep every `sh`-th row and `sw`-th column.
 pub fn candle_conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+    let g = Geometry::new(&dims4(x)?, &dims4(kernel)?, spec)?;
     let (ph, pw) = spec.padding;
     let (sh, sw) = spec.stride;
-    if sh != sw {
-        candle_core::bail!("Candle's conv2d needs equal strides, got {sh} and {sw}");
+    let rows = (g.ho - 1) * sh + g.kh;
+    let cols = (g.wo - 1) * sw + g.kw;
+    if sh == sw && ph == pw && rows == g.h + 2 * ph && cols == g.w + 2 * pw {
+        return x.conv2d(kernel, ph, sh, 1, 1);
     }
-    if ph == pw {
-        x.conv2d(kernel, ph, sh, 1, 1)
-    } else {
-        x.pad_with_zeros(2, ph, ph)?
-            .pad_with_zeros(3, pw, pw)?
-            .conv2d(kernel, 0, sh, 1, 1)
+    let read = x
+        .pad_with_zeros(2, ph, ph)?
+        .narrow(2, 0, rows)?
+        .pad_with_zeros(3, pw, pw)?
+        .narrow(3, 0, cols)?
+        .contiguous()?;
+    if sh == sw {
+        return read.conv2d(kernel, 0, sh, 1, 1);
     }
+    let every = |t: &Tensor, dim: usize, step: usize, n: usize| -> Result<Tensor> {
+        let index = Tensor::arange_step(0u32, (n * step) as u32, step as u32, t.device())?;
+        t.index_select(&index, dim)
+    };
+    let full = read.conv2d(kernel, 0, 1, 1, 1)?;
+    every(&every(&full, 2, sh, g.ho)?, 3, sw, g.wo)
 }
 
 /// The four dims of a rank-4 tensor as an array.
@@ -831,25 +848,65 @@ mod tests {
         Ok(())
     }
 
-    /// The Candle bug this op also fixes: with a stride that leaves input rows unused, Candle's
-    /// conv2d backward computes an input gradient of the wrong size and fails.
+    /// The Candle bugs this op also fixes: with a stride that leaves input rows unused, or
+    /// leaves a different number of rows unused than columns, Candle's conv2d backward computes
+    /// an input gradient of the wrong size and fails (its output padding comes from the height
+    /// alone); and it has no unequal strides. `candle_conv2d`, the path off the CPU, routes
+    /// around both: its gradients equal the fused op's.
     #[test]
-    fn candle_backward_fails_on_uneven_strides_and_ours_does_not() -> Result<()> {
+    fn candle_backward_fails_on_uneven_strides_and_both_our_paths_do_not() -> Result<()> {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Rng::new(1).normal((1, 2, 15, 12), &dev)?)?;
-        let k = Var::from_tensor(&Rng::new(2).normal((3, 2, 3, 2), &dev)?)?;
-        let spec = ConvSpec {
-            stride: (3, 3),
-            padding: (0, 0),
+        let same = |s: usize, p: usize| ConvSpec {
+            stride: (s, s),
+            padding: (p, p),
         };
-        assert!(candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?
-            .sum_all()?
-            .backward()
-            .is_err());
-        let g = conv2d(x.as_tensor(), k.as_tensor(), spec)?
-            .sum_all()?
-            .backward()?;
-        assert_eq!(g.get(&x).unwrap().dims(), &[1, 2, 15, 12]);
+        // (x, kernel, spec): rows and columns left over by the stride differ, or exceed one.
+        let uneven: [([usize; 4], [usize; 4], ConvSpec); 3] = [
+            ([1, 2, 15, 12], [3, 2, 3, 2], same(3, 0)),
+            ([2, 3, 8, 9], [4, 3, 3, 3], same(2, 1)),
+            ([2, 3, 9, 8], [4, 3, 4, 4], same(2, 1)),
+        ];
+        for (i, (xd, kd, spec)) in uneven.into_iter().enumerate() {
+            let x = Var::from_tensor(&Rng::new(i as u64).normal(xd.to_vec(), &dev)?)?;
+            let k = Var::from_tensor(&Rng::new(9 + i as u64).normal(kd.to_vec(), &dev)?)?;
+            let (s, p) = (spec.stride.0, spec.padding.0);
+            let candle = x.as_tensor().conv2d(k.as_tensor(), p, s, 1, 1)?;
+            assert!(candle.sum_all()?.backward().is_err(), "case {i}");
+            let fused = conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+            let routed = candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+            assert!(max_diff(&fused, &routed) < 1e-4, "case {i} forward");
+            let weights = Rng::new(20).normal(fused.dims().to_vec(), &dev)?;
+            let g1 = (fused * &weights)?.sum_all()?.backward()?;
+            let g2 = (routed * &weights)?.sum_all()?.backward()?;
+            for (name, v) in [("input", &x), ("kernel", &k)] {
+                assert_eq!(g1.get(v).unwrap().dims(), v.dims());
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-3, "case {i}: {name} gradient differs by {d}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Unequal strides and paddings, which Candle's conv2d cannot express, through
+    /// `candle_conv2d`'s route: values and gradients equal the fused op's.
+    #[test]
+    fn unequal_strides_and_paddings_run_off_the_cpu_path() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, (xd, kd, stride, padding)) in uneven_cases().into_iter().enumerate() {
+            let spec = ConvSpec { stride, padding };
+            let x = Var::from_tensor(&Rng::new(30 + i as u64).normal(xd.to_vec(), &dev)?)?;
+            let k = Var::from_tensor(&Rng::new(40 + i as u64).normal(kd.to_vec(), &dev)?)?;
+            let fused = conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+            let routed = candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+            assert_eq!(fused.dims(), routed.dims(), "case {i}");
+            assert!(max_diff(&fused, &routed) < 1e-4, "case {i} forward");
+            let weights = Rng::new(50).normal(fused.dims().to_vec(), &dev)?;
+            let g1 = (fused * &weights)?.sum_all()?.backward()?;
+            let g2 = (routed * &weights)?.sum_all()?.backward()?;
+            for v in [&x, &k] {
+                assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-3, "case {i}");
+            }
+        }
         Ok(())
     }
 
