@@ -1,7 +1,10 @@
 """The workloads of docs/BENCHMARKS.md in PyTorch, printing the JSON `genzoo bench --json` prints, so
 the two can be compared side by side on one machine (scripts/bench_compare.py alternates them).
 
-    .venv/bin/python scripts/bench_pytorch.py [WORKLOAD ...] [--steps 10] [--threads 2]
+    .venv/bin/python scripts/bench_pytorch.py [WORKLOAD ...] [--steps 10] [--threads 2] [--device cpu|cuda]
+
+With --device cuda every tensor and module is made on the GPU (torch.set_default_device) and each timed
+step ends with torch.cuda.synchronize(), as `genzoo bench --device cuda` synchronises its device.
 """
 import argparse
 import json
@@ -42,19 +45,29 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+DEVICE = "cpu"
+
+
+def synchronize():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def timed(step, steps):
-    """Seconds for `steps` calls of `step` after 2 warm-up calls."""
+    """Seconds for `steps` calls of `step` after 2 warm-up calls, the device's queue drained."""
     for _ in range(2):
         step()
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    synchronize()
     return time.perf_counter() - start
 
 
 def result(name, threads, batch, steps, seconds, images_per_step=None):
     images = batch if images_per_step is None else images_per_step
-    return {"workload": name, "device": "cpu", "threads": threads, "batch": batch, "steps": steps,
+    return {"workload": name, "device": DEVICE.split(":")[0], "threads": threads, "batch": batch, "steps": steps,
             "images_per_sec": images * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_mib": peak_mib()}
 
 
@@ -78,6 +91,7 @@ def run(name, steps, threads):
             for i in range(784):
                 p = torch.sigmoid(model(img)[:, i])
                 img[:, i] = (torch.rand(batch) < p).float()
+        synchronize()
         seconds, steps = time.perf_counter() - start, 1
         return result(name, threads, batch, steps, seconds)
     else:
@@ -183,8 +197,12 @@ def main():
     parser.add_argument("workloads", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
+    torch.set_default_device(DEVICE)
     print(json.dumps([run(w, args.steps, args.threads) for w in args.workloads], indent=2))
 
 

@@ -89,7 +89,8 @@ class VAE(nn.Module):
         return torch.logsumexp(log_w, 1) - np.log(k)
 
 
-GENZOO = os.path.join(ROOT, "target", "release", "genzoo")
+# The binary to run: a release build here, or the one a GPU check carries (GENZOO=...).
+GENZOO = os.environ.get("GENZOO", os.path.join(ROOT, "target", "release", "genzoo"))
 
 
 def run(cmd):

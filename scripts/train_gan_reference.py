@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from common import load_mnist
 
@@ -66,6 +65,10 @@ def update_average(average, net, steps, ema):
 
 def save_prefixed(nets, out):
     """Saves the floating-point state of each (prefix, module) under genzoo's names."""
+    # Imported here: scripts/bench_pytorch.py imports this module on GPU machines that may have
+    # PyTorch without safetensors.
+    from safetensors.torch import save_file
+
     tensors = {}
     for prefix, net in nets:
         for k, v in net.state_dict().items():

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The GPU check of issue 16, for a machine with CUDA and PyTorch but no Rust. Build here first:
+#
+#     scripts/build_cuda.sh                          # target/gpu/{genzoo,cuda_matches_cpu}
+#     scripts/gpu_check.sh [OUT_DIR]                 # on the GPU machine, carrying target/gpu
+#
+# In about 6 minutes it runs, each part under its own time limit so that one slow part cannot
+# take the rest:
+#   1. a CUDA smoke test of the carried binary (stops here, with the library search, if CUDA does
+#      not open);
+#   2. every fused CPU op against the same op on CUDA, values and gradients (cuda_matches_cpu);
+#   3. `genzoo bench --device cuda` beside `scripts/bench_pytorch.py --device cuda`, alternately,
+#      for every workload of docs/BENCHMARKS.md, with the GPU memory each process held;
+#   4. a short CUDA training run per family (vae, pixelcnn, dcgan) whose checkpoint is then
+#      evaluated and sampled on the CPU and on CUDA, and shipped CPU-trained weights evaluated on
+#      CUDA and on the CPU;
+# and prints one table (scripts/gpu_check_report.py), also written to OUT_DIR/table.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR="${1:-${OUT:-gpu-check}}"
+mkdir -p "$OUT_DIR"
+BIN="${GENZOO_BIN:-$PWD/target/gpu/genzoo}"
+TESTS="${CUDA_TESTS:-$PWD/target/gpu/cuda_matches_cpu}"
+PY="${PYTHON:-python3}"
+WORKLOADS="${GPU_CHECK_WORKLOADS:-dcgan vae pixelcnn cyclegan stargan progan nade rowlstm diagbilstm pixelcnn_sample}"
+LOG="$OUT_DIR/check.log"
+WORK=$(mktemp -d)
+
+section() { echo "== $* (at ${SECONDS}s)" | tee -a "$LOG"; }
+
+# Candle (cudarc) loads cuBLAS and cuRAND at run time. They are looked for where a CUDA toolkit or
+# PyTorch's wheels keep them, and handed to genzoo alone, so that PyTorch keeps its own.
+cuda_libs=$("$PY" - <<'EOF'
+import glob, os, site
+dirs = []
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
+    dirs.append(os.path.join(sp, "torch", "lib"))
+dirs += sorted(glob.glob("/usr/local/cuda*/lib64")) + sorted(glob.glob("/usr/local/cuda*/targets/*/lib"))
+print(":".join(d for d in dirs if os.path.isdir(d)))
+EOF
+)
+# ...after the CUDA runtime that build_cuda.sh carries beside the binary.
+cuda_libs="$(dirname "$BIN")/lib${cuda_libs:+:$cuda_libs}"
+# The genzoo that the benchmark script runs: the carried binary with those libraries (exec keeps
+# the process id, so its GPU memory is its own).
+G="$WORK/genzoo"
+printf '#!/bin/sh\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' \
+    "$cuda_libs" "$BIN" > "$G"
+chmod +x "$G"
+
+section environment
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
+"$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "available", torch.cuda.is_available())' \
+    2>&1 | tee -a "$LOG"
+ls -l "$BIN" "$TESTS" | tee -a "$LOG"
+
+section "smoke: genzoo bench vae --device cuda"
+if ! timeout 90 "$G" bench vae --device cuda --steps 2 > "$OUT_DIR/smoke.txt" 2>&1; then
+    cat "$OUT_DIR/smoke.txt" | tee -a "$LOG"
+    echo "CUDA did not open; libraries searched: $cuda_libs" | tee -a "$LOG"
+    ldd "$BIN" | tee -a "$LOG"
+    find / \( -name 'libcublas.so*' -o -name 'libcurand.so*' -o -name 'libcuda.so*' \) 2>/dev/null \
+        | head -20 | tee -a "$LOG"
+    exit 1
+fi
+cat "$OUT_DIR/smoke.txt" | tee -a "$LOG"
+
+section "fused CPU ops against CUDA"
+timeout 100 env LD_LIBRARY_PATH="${cuda_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    "$TESTS" --test-threads 1 --nocapture > "$OUT_DIR/cuda_matches_cpu.txt" 2>&1
+echo "exit $?" >> "$OUT_DIR/cuda_matches_cpu.txt"
+grep -E '^(cuda-vs-cpu|test |test result)|panicked' "$OUT_DIR/cuda_matches_cpu.txt" | tee -a "$LOG"
+
+section "benchmarks: genzoo against PyTorch on CUDA"
+# shellcheck disable=SC2086 # the workloads are words
+timeout 220 env GENZOO="$G" "$PY" scripts/bench_compare.py --device cuda --pairs 2 --steps 10 \
+    --timeout 60 --json "$OUT_DIR/bench.jsonl" $WORKLOADS > "$OUT_DIR/bench.txt" 2>&1
+tail -15 "$OUT_DIR/bench.txt" | tee -a "$LOG"
+
+section "training on CUDA, then the checkpoint on the CPU and on CUDA"
+train_then_evaluate() { # NAME MAX_STEPS EVAL_ARGS...
+    local name=$1 steps=$2
+    shift 2
+    local run="$WORK/$name"
+    # SIGINT, as Ctrl-C: a run cut short still saves its checkpoint.
+    timeout -s INT -k 20 100 "$G" train "$name" --device cuda --max-steps "$steps" --out "$run" \
+        > "$OUT_DIR/train-$name.txt" 2>&1
+    echo "exit $?" >> "$OUT_DIR/train-$name.txt"
+    cp "$run/log.jsonl" "$OUT_DIR/train-$name.log.jsonl" 2>/dev/null
+    evaluate "trained-$name" "$run/checkpoints/last.safetensors" "$@"
+    for device in cpu cuda; do
+        timeout 60 "$G" sample "$run/checkpoints/last.safetensors" --device "$device" -n 16 --nrow 4 \
+            --out "$OUT_DIR/sample-$name-$device.png" > "$OUT_DIR/sample-$name-$device.txt" 2>&1
+        echo "exit $?" >> "$OUT_DIR/sample-$name-$device.txt"
+    done
+}
+evaluate() { # LABEL CHECKPOINT EVAL_ARGS...: the same evaluation on both devices
+    local label=$1 checkpoint=$2
+    shift 2
+    for device in cpu cuda; do
+        timeout 60 "$G" eval "$checkpoint" --device "$device" --json "$@" \
+            > "$OUT_DIR/eval-$label-$device.json" 2> "$OUT_DIR/eval-$label-$device.err"
+    done
+}
+train_then_evaluate vae 300 --limit 200 --k 20 --samples 500
+train_then_evaluate pixelcnn 150 --limit 100 --samples 0
+train_then_evaluate dcgan 400 --samples 500
+
+section "shipped CPU-trained weights on CUDA and on the CPU"
+evaluate shipped-vae models/vae.safetensors --limit 200 --k 20 --samples 500
+evaluate shipped-nade models/nade.safetensors --limit 200 --samples 0
+evaluate shipped-dcgan models/dcgan.safetensors --samples 500
+
+section report
+"$PY" scripts/gpu_check_report.py "$OUT_DIR" | tee "$OUT_DIR/table.md"
+rm -rf "$WORK"
