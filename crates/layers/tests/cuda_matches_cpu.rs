@@ -81,12 +81,17 @@ fn normal(seed: u64, shape: &[usize]) -> Tensor {
     Rng::new(seed).normal(shape, &Device::Cpu).unwrap()
 }
 
+/// (x dims, kernel dims, stride, padding).
+type ConvCase = ([usize; 4], [usize; 4], usize, (usize, usize));
+/// (x dims, kernel dims, stride, padding, output padding).
+type TransposedCase = ([usize; 4], [usize; 4], usize, usize, usize);
+
 #[test]
 fn convolutions_match() {
     // (x, kernel, stride, padding): square, 4x4 stride 2, unequal paddings, and a stride-2
     // input whose height and width leave different remainders (Candle's conv backward takes
     // its output padding from the height only).
-    let cases: [([usize; 4], [usize; 4], usize, (usize, usize)); 5] = [
+    let cases: [ConvCase; 5] = [
         ([4, 3, 12, 12], [8, 3, 3, 3], 1, (1, 1)),
         ([4, 8, 16, 16], [16, 8, 4, 4], 2, (1, 1)),
         ([2, 3, 9, 7], [5, 3, 3, 1], 1, (1, 0)),
@@ -105,7 +110,7 @@ fn convolutions_match() {
         );
     }
     // Transposed: DCGAN's 4x4 stride 2, CycleGAN's 3x3 stride 2 with output padding 1.
-    let transposed: [([usize; 4], [usize; 4], usize, usize, usize); 2] = [
+    let transposed: [TransposedCase; 2] = [
         ([4, 16, 8, 8], [16, 8, 4, 4], 2, 1, 0),
         ([2, 8, 7, 7], [8, 4, 3, 3], 2, 1, 1),
     ];
@@ -149,10 +154,17 @@ fn pointwise_and_dense_ops_match() {
     assert_close("exclusive_cumsum", &[normal(8, &[3, 10, 4])], &|t| {
         exclusive_cumsum(&t[0], 1, false)? + exclusive_cumsum(&t[0], 2, true)?
     });
-    assert_close("skew_rows / unskew_rows", &[normal(9, &[2, 3, 6, 5])], &|t| {
-        let skewed = skew_rows(&t[0])?;
-        skewed.sqr()?.sum_all()?.broadcast_add(&unskew_rows(&skewed, 5)?)
-    });
+    assert_close(
+        "skew_rows / unskew_rows",
+        &[normal(9, &[2, 3, 6, 5])],
+        &|t| {
+            let skewed = skew_rows(&t[0])?;
+            skewed
+                .sqr()?
+                .sum_all()?
+                .broadcast_add(&unskew_rows(&skewed, 5)?)
+        },
+    );
     assert_close(
         "sigmoid_scan_readout",
         &[
@@ -179,8 +191,13 @@ fn normalisations_match() {
             &|t| {
                 let mean = Tensor::zeros(6, DType::F32, t[0].device())?;
                 let var = Tensor::ones(6, DType::F32, t[0].device())?;
-                InstanceNorm::new(6, Some((t[1].clone(), t[2].clone())), Some((mean, var)), EPS)?
-                    .forward_t(&t[0], train)
+                InstanceNorm::new(
+                    6,
+                    Some((t[1].clone(), t[2].clone())),
+                    Some((mean, var)),
+                    EPS,
+                )?
+                .forward_t(&t[0], train)
             },
         );
     }
@@ -234,8 +251,7 @@ fn gradient_penalty_matches() {
         &|t| {
             let alpha = Tensor::new(&[0.1f32, 0.4, 0.6, 0.9], t[0].device())?;
             let kernel = t[2].clone();
-            let critic =
-                move |x: &Tensor| -> Result<Tensor> { conv2d(x, &kernel, spec)?.tanh() };
+            let critic = move |x: &Tensor| -> Result<Tensor> { conv2d(x, &kernel, spec)?.tanh() };
             gradient_penalty(&critic, &t[0].detach(), &t[1].detach(), &alpha)
         },
     );

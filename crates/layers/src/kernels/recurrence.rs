@@ -77,9 +77,15 @@ pub fn lstm_scan_reference(input_gates: &Tensor, kernel: &Tensor, pad: usize) ->
         if s > 0 {
             let padded = h.pad_with_zeros(2, pad, taps - 1 - pad)?; // (b, h, L + K - 1)
             for k in 0..taps {
-                let w = kernel.narrow(2, k, 1)?.squeeze(2)?; // (4h, h)
+                // (b, 4h, h): a copy per image, not a broadcast view, because Candle's CUDA
+                // matmul refuses a batch stride of 0 (the CPU's accepts it).
+                let w = kernel
+                    .narrow(2, k, 1)?
+                    .squeeze(2)?
+                    .broadcast_left(b)?
+                    .contiguous()?;
                 let shifted = padded.narrow(2, k, len)?.contiguous()?;
-                gates = (gates + w.broadcast_left(b)?.matmul(&shifted)?)?;
+                gates = (gates + w.matmul(&shifted)?)?;
             }
         }
         (h, c) = lstm_update(&gates, &c, hidden)?;
