@@ -60,8 +60,10 @@ def one(cmd, on_gpu, timeout):
         stdout, stderr = out.read(), err.read()
     results = json.loads(stdout[stdout.index("["):]) if proc.returncode == 0 and "[" in stdout else []
     if not results:
-        last = [line for line in stderr.splitlines() if line.strip()][-3:]
-        raise RuntimeError(f"{os.path.basename(cmd[0])} exit {proc.returncode}: {' | '.join(last)}")
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        # genzoo bench reports a failed workload as "NAME skipped: ..." (before any backtrace).
+        said = [line for line in lines if "skipped:" in line or line.startswith("error")] or lines[-3:]
+        raise RuntimeError(f"{os.path.basename(cmd[0])} exit {proc.returncode}: {' | '.join(said)}")
     result = results[0]
     if on_gpu:
         result["gpu_mib"] = peak

@@ -18,6 +18,8 @@ fi
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
 export CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-target/cuda}"
 
+# CI lints without CUDA: the code behind `cfg(feature = "cuda")` is linted here.
+cargo clippy --workspace --all-targets --features cuda -- -D warnings
 cargo build --release --features cuda --bin genzoo
 test_binary=$(cargo test --release --features cuda -p layers --test cuda_matches_cpu --no-run \
     --message-format=json | sed -n 's/.*"executable":"\([^"]*cuda_matches_cpu[^"]*\)".*/\1/p' | tail -1)
@@ -36,6 +38,13 @@ strip target/gpu/genzoo target/gpu/cuda_matches_cpu
 cudart=$(ldd target/gpu/genzoo | sed -n 's/.*libcudart[^ ]* => \([^ ]*\) .*/\1/p' | head -1)
 if [ -n "$cudart" ]; then
     cp -L "$cudart" target/gpu/lib/
+fi
+# A machine with only a newer cuBLAS gets a libcublas.so.11 that forwards to it (scripts/gpu/).
+if ldd target/gpu/genzoo | grep -q 'libcublas.so.11 '; then
+    mkdir -p target/gpu/compat
+    gcc -shared -fPIC -O2 -Wall -Wextra -Wl,-soname,libcublas.so.11 \
+        -Wl,--version-script=scripts/gpu/cublas11_shim.map -o target/gpu/compat/libcublas.so.11 \
+        scripts/gpu/cublas11_shim.c -ldl
 fi
 # One compressed file to carry (the two binaries hold Candle's kernels twice: ~140 MB, ~25 MB in xz).
 mkdir -p target/gpu-carry

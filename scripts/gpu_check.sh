@@ -14,7 +14,9 @@
 #   4. a short CUDA training run per family (vae, pixelcnn, dcgan) whose checkpoint is then
 #      evaluated and sampled on the CPU and on CUDA, and shipped CPU-trained weights evaluated on
 #      CUDA and on the CPU;
-# and prints one table (scripts/gpu_check_report.py), also written to OUT_DIR/table.md.
+# and prints one table (scripts/gpu_check_report.py), also written to OUT_DIR/table.md; the rest
+# (grids, logs, JSON) is packed into OUT_DIR/details.tar.gz. GPU_CHECK_PARTS="ops bench train" and
+# GPU_CHECK_WORKLOADS pick what a rerun repeats.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,10 @@ BIN="${GENZOO_BIN:-$PWD/target/gpu/genzoo}"
 TESTS="${CUDA_TESTS:-$PWD/target/gpu/cuda_matches_cpu}"
 PY="${PYTHON:-python3}"
 WORKLOADS="${GPU_CHECK_WORKLOADS:-dcgan vae pixelcnn cyclegan stargan progan nade rowlstm diagbilstm pixelcnn_sample}"
+PARTS="${GPU_CHECK_PARTS:-ops bench train}" # a rerun may take a part alone
+wants() { [[ " $PARTS " == *" $1 "* ]]; }
+# Errors stay one line (Candle attaches a backtrace to its errors when this is set).
+unset RUST_BACKTRACE
 LOG="$OUT_DIR/check.log"
 WORK=$(mktemp -d)
 
@@ -43,6 +49,10 @@ EOF
 )
 # ...after the CUDA runtime that build_cuda.sh carries beside the binary.
 cuda_libs="$(dirname "$BIN")/lib${cuda_libs:+:$cuda_libs}"
+# ...and, where the binary's cuBLAS (11, from nvcc 11.8) is missing, the forwarder to the newer one.
+if LD_LIBRARY_PATH="$cuda_libs" ldd "$BIN" | grep -q 'libcublas.so.11 => not found'; then
+    cuda_libs="$(dirname "$BIN")/compat:$cuda_libs"
+fi
 # The genzoo that the benchmark script runs: the carried binary with those libraries (exec keeps
 # the process id, so its GPU memory is its own).
 G="$WORK/genzoo"
@@ -60,26 +70,29 @@ section "smoke: genzoo bench vae --device cuda"
 if ! timeout 90 "$G" bench vae --device cuda --steps 2 > "$OUT_DIR/smoke.txt" 2>&1; then
     cat "$OUT_DIR/smoke.txt" | tee -a "$LOG"
     echo "CUDA did not open; libraries searched: $cuda_libs" | tee -a "$LOG"
-    ldd "$BIN" | tee -a "$LOG"
+    LD_LIBRARY_PATH="$cuda_libs" ldd "$BIN" | tee -a "$LOG"
     find / \( -name 'libcublas.so*' -o -name 'libcurand.so*' -o -name 'libcuda.so*' \) 2>/dev/null \
         | head -20 | tee -a "$LOG"
     exit 1
 fi
 cat "$OUT_DIR/smoke.txt" | tee -a "$LOG"
 
-section "fused CPU ops against CUDA"
-timeout 100 env LD_LIBRARY_PATH="${cuda_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-    "$TESTS" --test-threads 1 --nocapture > "$OUT_DIR/cuda_matches_cpu.txt" 2>&1
-echo "exit $?" >> "$OUT_DIR/cuda_matches_cpu.txt"
-grep -E '^(cuda-vs-cpu|test |test result)|panicked' "$OUT_DIR/cuda_matches_cpu.txt" | tee -a "$LOG"
+if wants ops; then
+    section "fused CPU ops against CUDA"
+    timeout 100 env LD_LIBRARY_PATH="${cuda_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        "$TESTS" --test-threads 1 --nocapture > "$OUT_DIR/cuda_matches_cpu.txt" 2>&1
+    echo "exit $?" >> "$OUT_DIR/cuda_matches_cpu.txt"
+    grep -E '^(cuda-vs-cpu|test |test result)|panicked' -A1 "$OUT_DIR/cuda_matches_cpu.txt" | tee -a "$LOG"
+fi
 
-section "benchmarks: genzoo against PyTorch on CUDA"
-# shellcheck disable=SC2086 # the workloads are words
-timeout 220 env GENZOO="$G" "$PY" scripts/bench_compare.py --device cuda --pairs 2 --steps 10 \
-    --timeout 60 --json "$OUT_DIR/bench.jsonl" $WORKLOADS > "$OUT_DIR/bench.txt" 2>&1
-tail -15 "$OUT_DIR/bench.txt" | tee -a "$LOG"
+if wants bench; then
+    section "benchmarks: genzoo against PyTorch on CUDA"
+    # shellcheck disable=SC2086 # the workloads are words
+    timeout 220 env GENZOO="$G" "$PY" scripts/bench_compare.py --device cuda --pairs 2 --steps 10 \
+        --timeout 60 --json "$OUT_DIR/bench.jsonl" $WORKLOADS > "$OUT_DIR/bench.txt" 2>&1
+    tail -15 "$OUT_DIR/bench.txt" | tee -a "$LOG"
+fi
 
-section "training on CUDA, then the checkpoint on the CPU and on CUDA"
 train_then_evaluate() { # NAME MAX_STEPS EVAL_ARGS...
     local name=$1 steps=$2
     shift 2
@@ -104,15 +117,21 @@ evaluate() { # LABEL CHECKPOINT EVAL_ARGS...: the same evaluation on both device
             > "$OUT_DIR/eval-$label-$device.json" 2> "$OUT_DIR/eval-$label-$device.err"
     done
 }
-train_then_evaluate vae 300 --limit 200 --k 20 --samples 500
-train_then_evaluate pixelcnn 150 --limit 100 --samples 0
-train_then_evaluate dcgan 400 --samples 500
+if wants train; then
+    section "training on CUDA, then the checkpoint on the CPU and on CUDA"
+    train_then_evaluate vae 300 --limit 200 --k 20 --samples 500
+    train_then_evaluate pixelcnn 150 --limit 100 --samples 0
+    train_then_evaluate dcgan 400 --samples 500
 
-section "shipped CPU-trained weights on CUDA and on the CPU"
-evaluate shipped-vae models/vae.safetensors --limit 200 --k 20 --samples 500
-evaluate shipped-nade models/nade.safetensors --limit 200 --samples 0
-evaluate shipped-dcgan models/dcgan.safetensors --samples 500
+    section "shipped CPU-trained weights on CUDA and on the CPU"
+    evaluate shipped-vae models/vae.safetensors --limit 200 --k 20 --samples 500
+    evaluate shipped-nade models/nade.safetensors --limit 200 --samples 0
+    evaluate shipped-dcgan models/dcgan.safetensors --samples 500
+fi
 
 section report
 "$PY" scripts/gpu_check_report.py "$OUT_DIR" | tee "$OUT_DIR/table.md"
+# Few files to fetch back: the table, the log and one archive of the rest (grids, logs, JSON).
+(cd "$OUT_DIR" && find . -maxdepth 1 -type f ! -name table.md ! -name check.log ! -name details.tar.gz \
+    -printf '%P\n' | tar -czf details.tar.gz -T - --remove-files)
 rm -rf "$WORK"
