@@ -154,6 +154,12 @@ fn pointwise_and_dense_ops_match() {
     assert_close("exclusive_cumsum", &[normal(8, &[3, 10, 4])], &|t| {
         exclusive_cumsum(&t[0], 1, false)? + exclusive_cumsum(&t[0], 2, true)?
     });
+    // Long enough for the blocked scan of the CUDA path (NADE's 784 pixels).
+    assert_close(
+        "exclusive_cumsum 784 long",
+        &[normal(13, &[2, 784, 5])],
+        &|t| exclusive_cumsum(&t[0], 1, false)? + exclusive_cumsum(&t[0], 1, true)?,
+    );
     assert_close(
         "skew_rows / unskew_rows",
         &[normal(9, &[2, 3, 6, 5])],

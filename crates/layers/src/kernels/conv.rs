@@ -904,7 +904,10 @@ mod tests {
             let g1 = (fused * &weights)?.sum_all()?.backward()?;
             let g2 = (routed * &weights)?.sum_all()?.backward()?;
             for v in [&x, &k] {
-                assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-3, "case {i}");
+                assert!(
+                    max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-3,
+                    "case {i}"
+                );
             }
         }
         Ok(())
