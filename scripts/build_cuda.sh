@@ -40,7 +40,9 @@ if [ -n "$cudart" ]; then
     cp -L "$cudart" target/gpu/lib/
 fi
 # A machine with only a newer cuBLAS gets a libcublas.so.11 that forwards to it (scripts/gpu/).
-if ldd target/gpu/genzoo | grep -q 'libcublas.so.11 '; then
+# (ldd's output is read whole first: `grep -q` leaving a pipe early fails it under pipefail.)
+linked=$(ldd target/gpu/genzoo)
+if grep -q 'libcublas.so.11 ' <<< "$linked"; then
     mkdir -p target/gpu/compat
     gcc -shared -fPIC -O2 -Wall -Wextra -Wl,-soname,libcublas.so.11 \
         -Wl,--version-script=scripts/gpu/cublas11_shim.map -o target/gpu/compat/libcublas.so.11 \

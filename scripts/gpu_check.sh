@@ -50,7 +50,8 @@ EOF
 # ...after the CUDA runtime that build_cuda.sh carries beside the binary.
 cuda_libs="$(dirname "$BIN")/lib${cuda_libs:+:$cuda_libs}"
 # ...and, where the binary's cuBLAS (11, from nvcc 11.8) is missing, the forwarder to the newer one.
-if LD_LIBRARY_PATH="$cuda_libs" ldd "$BIN" | grep -q 'libcublas.so.11 => not found'; then
+linked=$(LD_LIBRARY_PATH="$cuda_libs" ldd "$BIN")
+if grep -q 'libcublas.so.11 => not found' <<< "$linked"; then
     cuda_libs="$(dirname "$BIN")/compat:$cuda_libs"
 fi
 # The genzoo that the benchmark script runs: the carried binary with those libraries (exec keeps
