@@ -141,17 +141,22 @@ fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T], ld: usize, col0: us
             for kx in 0..g.kw {
                 let (x0, x1) = Geometry::valid_range(g.wo, g.w, sw, pw, kx);
                 let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * ld + col0..][..n];
-                row.fill(T::default());
+                // Zeros only where the window reads padding: the rest is written below.
+                row[..y0 * g.wo].fill(T::default());
+                row[y1.max(y0) * g.wo..].fill(T::default());
                 for oy in y0..y1 {
                     let iy = oy * sh + ky - ph;
                     let src = &x[(ci * g.h + iy) * g.w..][..g.w];
                     let dst = &mut row[oy * g.wo..][..g.wo];
+                    dst[..x0].fill(T::default());
+                    dst[x1.max(x0)..].fill(T::default());
                     if sw == 1 {
                         let ix0 = x0 + kx - pw;
                         dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
-                    } else {
-                        for ox in x0..x1 {
-                            dst[ox] = src[ox * sw + kx - pw];
+                    } else if x1 > x0 {
+                        let from = src[x0 * sw + kx - pw..].iter().step_by(sw);
+                        for (d, &v) in dst[x0..x1].iter_mut().zip(from) {
+                            *d = v;
                         }
                     }
                 }
@@ -176,8 +181,18 @@ fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T], ld: usize, col0: us
                     let iy = oy * sh + ky - ph;
                     let dst = &mut x[(ci * g.h + iy) * g.w..][..g.w];
                     let src = &row[oy * g.wo..][..g.wo];
-                    for ox in x0..x1 {
-                        dst[ox * sw + kx - pw] += src[ox];
+                    if sw == 1 {
+                        // Slices of equal length: no index checks, so the adds vectorize.
+                        let ix0 = x0 + kx - pw;
+                        let dst = &mut dst[ix0..ix0 + (x1 - x0)];
+                        for (d, &v) in dst.iter_mut().zip(&src[x0..x1]) {
+                            *d += v;
+                        }
+                    } else if x1 > x0 {
+                        let to = dst[x0 * sw + kx - pw..].iter_mut().step_by(sw);
+                        for (d, &v) in to.zip(&src[x0..x1]) {
+                            *d += v;
+                        }
                     }
                 }
             }
