@@ -153,10 +153,9 @@ fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T], ld: usize, col0: us
                     if sw == 1 {
                         let ix0 = x0 + kx - pw;
                         dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
-                    } else if x1 > x0 {
-                        let from = src[x0 * sw + kx - pw..].iter().step_by(sw);
-                        for (d, &v) in dst[x0..x1].iter_mut().zip(from) {
-                            *d = v;
+                    } else {
+                        for ox in x0..x1 {
+                            dst[ox] = src[ox * sw + kx - pw];
                         }
                     }
                 }
@@ -188,10 +187,9 @@ fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T], ld: usize, col0: us
                         for (d, &v) in dst.iter_mut().zip(&src[x0..x1]) {
                             *d += v;
                         }
-                    } else if x1 > x0 {
-                        let to = dst[x0 * sw + kx - pw..].iter_mut().step_by(sw);
-                        for (d, &v) in to.zip(&src[x0..x1]) {
-                            *d += v;
+                    } else {
+                        for ox in x0..x1 {
+                            dst[ox * sw + kx - pw] += src[ox];
                         }
                     }
                 }
