@@ -98,6 +98,40 @@ impl Progress {
         self.epoch_counts.clear();
         self.epoch_steps = 0;
     }
+
+    /// The epoch's sums as a checkpoint keeps them: each term's sum, `__steps`, and
+    /// `__count.NAME` for each term recorded on fewer steps than the epoch's.
+    fn sums_to_save(&self) -> BTreeMap<String, f64> {
+        let mut sums = self.epoch_sums.clone();
+        sums.insert("__steps".into(), self.epoch_steps as f64);
+        for (name, n) in &self.epoch_counts {
+            if *n != self.epoch_steps {
+                sums.insert(format!("__count.{name}"), *n as f64);
+            }
+        }
+        sums
+    }
+
+    /// The epoch's sums, steps and counts back from [`Progress::sums_to_save`]'s map.
+    fn restore_sums(&mut self, mut sums: BTreeMap<String, f64>) {
+        self.epoch_steps = sums.remove("__steps").unwrap_or(0.0) as u64;
+        let counted: Vec<String> = sums
+            .keys()
+            .filter(|k| k.starts_with("__count."))
+            .cloned()
+            .collect();
+        self.epoch_counts = sums
+            .keys()
+            .filter(|k| !k.starts_with("__"))
+            .map(|k| (k.clone(), self.epoch_steps))
+            .collect();
+        for key in counted {
+            let n = sums.remove(&key).unwrap_or(0.0) as u64;
+            self.epoch_counts
+                .insert(key["__count.".len()..].to_string(), n);
+        }
+        self.epoch_sums = sums;
+    }
 }
 
 /// The tensor prefix of an optimiser's moments: `optimizer` for a likelihood model's unnamed
@@ -177,13 +211,7 @@ pub fn save_train_state(state: &TrainState, path: &Path) -> Result<()> {
             .insert(optimizer_step_key(&prefix), step.to_string());
     }
     let p = state.progress;
-    let mut sums = p.epoch_sums.clone();
-    sums.insert("__steps".into(), p.epoch_steps as f64);
-    for (name, n) in &p.epoch_counts {
-        if *n != p.epoch_steps {
-            sums.insert(format!("__count.{name}"), *n as f64);
-        }
-    }
+    let sums = p.sums_to_save();
     ck.metadata.extend(identity_metadata(
         state.run,
         p.step,
@@ -506,7 +534,7 @@ fn read_progress(checkpoint: &Checkpoint, path: &Path) -> Result<Progress> {
     if checkpoint.meta(META_STEP).is_none() {
         return Ok(Progress::default());
     }
-    let mut sums: BTreeMap<String, f64> = match checkpoint.meta(META_EPOCH_SUMS) {
+    let sums: BTreeMap<String, f64> = match checkpoint.meta(META_EPOCH_SUMS) {
         Some(s) => serde_json::from_str(s).with_context(|| {
             format!(
                 "{}: metadata `{META_EPOCH_SUMS}` is not valid",
@@ -515,28 +543,13 @@ fn read_progress(checkpoint: &Checkpoint, path: &Path) -> Result<Progress> {
         })?,
         None => BTreeMap::new(),
     };
-    let epoch_steps = sums.remove("__steps").unwrap_or(0.0) as u64;
-    let counted: Vec<String> = sums
-        .keys()
-        .filter(|k| k.starts_with("__count."))
-        .cloned()
-        .collect();
-    let mut epoch_counts: BTreeMap<String, u64> = sums
-        .keys()
-        .filter(|k| !k.starts_with("__"))
-        .map(|k| (k.clone(), epoch_steps))
-        .collect();
-    for key in counted {
-        let n = sums.remove(&key).unwrap_or(0.0) as u64;
-        epoch_counts.insert(key["__count.".len()..].to_string(), n);
-    }
-    Ok(Progress {
+    let mut progress = Progress {
         step: parse_meta(checkpoint, META_STEP, path)?,
         epoch: parse_meta(checkpoint, META_EPOCH, path)?,
-        epoch_sums: sums,
-        epoch_steps,
-        epoch_counts,
-    })
+        ..Progress::default()
+    };
+    progress.restore_sums(sums);
+    Ok(progress)
 }
 
 /// Restores every optimiser's moments from a checkpoint.
@@ -702,6 +715,53 @@ mod tests {
             optimizer_step_key(&optimizer_prefix("generator")),
             "genzoo.optimizer.generator.step"
         );
+    }
+
+    /// A resumed epoch averages each term over the steps that recorded it: a term logged on
+    /// every second step (StarGAN's generator terms) keeps its own count through the
+    /// checkpoint's metadata, and the others count the epoch's steps.
+    #[test]
+    fn epoch_sums_and_counts_survive_the_checkpoint() {
+        let mut progress = Progress::default();
+        for step in 0..6 {
+            let mut terms = vec![("d_loss".to_string(), 1.0)];
+            if step % 2 == 1 {
+                terms.push(("g_loss".to_string(), 3.0));
+            }
+            progress.add_terms(&terms);
+        }
+        let saved = progress.sums_to_save();
+        assert_eq!(saved.get("__count.g_loss"), Some(&3.0));
+        assert!(!saved.contains_key("__count.d_loss"), "{saved:?}");
+        let mut restored = Progress::default();
+        restored.restore_sums(saved);
+        assert_eq!(restored, progress);
+        assert_eq!(
+            restored.epoch_means(),
+            [("d_loss".to_string(), 1.0), ("g_loss".to_string(), 3.0)]
+        );
+    }
+
+    /// Sampling and evaluation draw with the weight average where the file has one; `raw`
+    /// keeps the trained weights.
+    #[test]
+    fn sampling_loads_the_weight_average_unless_raw() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("avg.safetensors");
+        let average = Tensor::full(0.25f32, (3, 16), &Device::Cpu)?;
+        let config = "hidden_dim = 3\nlatent_dim = 2\nimage_size = 4";
+        write_checkpoint(&path, config, &[("ema.fc1.weight", average.clone())])?;
+        let weight = |raw: bool| -> Result<Tensor> {
+            let loaded = load_for_sampling(&path, &Device::Cpu, None, raw)?;
+            let data = loaded.varmap.data().lock().expect("varmap lock");
+            Ok(data["fc1.weight"].as_tensor().clone())
+        };
+        let same = |t: &Tensor| -> Result<bool> {
+            Ok((t - &average)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0)
+        };
+        assert!(same(&weight(false)?)?);
+        assert!(!same(&weight(true)?)?);
+        Ok(())
     }
 
     /// A tiny VAE's checkpoint at `path` whose `[model_config]` is `model_config`, and with

@@ -671,6 +671,19 @@ mod tests {
                 ("discriminator", 2e-4, 0.5, 0.99)
             ]
         );
+        // CycleGAN's symmetries: their own rate at the generators' beta1 (Adam's default beta2,
+        // which every model's own group keeps, so a mutant dropping it cannot be told apart).
+        let mut run = RunConfig::new("cyclegan");
+        run.model_config = toml::from_str(
+            "image_size = 16\nngf = 2\nndf = 2\nn_blocks = 1\nn_layers_d = 1\nsymmetries = true\nsymmetry_lr = 0.02",
+        )?;
+        let (model, varmap, run) = build_model(&run, &Device::Cpu)?;
+        let groups = optimizers(model.as_ref(), &varmap, &run)?.groups;
+        let (_, symmetry) = groups
+            .iter()
+            .find(|(name, _)| name == "symmetry")
+            .expect("a symmetry optimiser");
+        assert_eq!((symmetry.config().lr, symmetry.config().beta1), (0.02, 0.5));
         Ok(())
     }
 }
