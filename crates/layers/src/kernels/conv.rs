@@ -738,6 +738,31 @@ mod tests {
             .unwrap()
     }
 
+    /// The fused convolution and `candle_conv2d` of `x` and `k` agree in shape, values and
+    /// the gradients (input and kernel) of a random weighting of the output (seeded by `seed`).
+    fn assert_both_paths_agree(
+        case: usize,
+        x: &Var,
+        k: &Var,
+        spec: ConvSpec,
+        seed: u64,
+    ) -> Result<()> {
+        let fused = conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+        let routed = candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?;
+        assert_eq!(fused.dims(), routed.dims(), "case {case}");
+        assert!(max_diff(&fused, &routed) < 1e-4, "case {case} forward");
+        // A weighted sum, so every output's gradient differs.
+        let weights = Rng::new(seed).normal(fused.dims().to_vec(), x.device())?;
+        let g1 = (fused * &weights)?.sum_all()?.backward()?;
+        let g2 = (routed * &weights)?.sum_all()?.backward()?;
+        for (name, v) in [("input", x), ("kernel", k)] {
+            assert_eq!(g1.get(v).unwrap().dims(), v.dims(), "case {case}: {name}");
+            let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(d < 1e-3, "case {case}: {name} gradient differs by {d}");
+        }
+        Ok(())
+    }
+
     /// (x dims, kernel dims, stride, padding).
     type Case = ([usize; 4], [usize; 4], (usize, usize), (usize, usize));
 
@@ -794,18 +819,7 @@ mod tests {
             let mut rng = Rng::new(i as u64);
             let x = Var::from_tensor(&rng.normal(xd.to_vec(), &dev)?)?;
             let k = Var::from_tensor(&rng.normal(kd.to_vec(), &dev)?)?;
-            let ours = conv2d(x.as_tensor(), k.as_tensor(), spec)?;
-            let theirs = candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?;
-            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
-            assert!(max_diff(&ours, &theirs) < 1e-4, "case {i} forward");
-            // A weighted sum, so every output's gradient differs.
-            let weights = rng.normal(ours.dims().to_vec(), &dev)?;
-            let g1 = (ours * &weights)?.sum_all()?.backward()?;
-            let g2 = (theirs * &weights)?.sum_all()?.backward()?;
-            for (name, v) in [("input", &x), ("kernel", &k)] {
-                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(d < 1e-3, "case {i}: {name} gradient differs by {d}");
-            }
+            assert_both_paths_agree(i, &x, &k, spec, 60 + i as u64)?;
         }
         Ok(())
     }
@@ -885,17 +899,7 @@ mod tests {
             let (s, p) = (spec.stride.0, spec.padding.0);
             let candle = x.as_tensor().conv2d(k.as_tensor(), p, s, 1, 1)?;
             assert!(candle.sum_all()?.backward().is_err(), "case {i}");
-            let fused = conv2d(x.as_tensor(), k.as_tensor(), spec)?;
-            let routed = candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?;
-            assert!(max_diff(&fused, &routed) < 1e-4, "case {i} forward");
-            let weights = Rng::new(20).normal(fused.dims().to_vec(), &dev)?;
-            let g1 = (fused * &weights)?.sum_all()?.backward()?;
-            let g2 = (routed * &weights)?.sum_all()?.backward()?;
-            for (name, v) in [("input", &x), ("kernel", &k)] {
-                assert_eq!(g1.get(v).unwrap().dims(), v.dims());
-                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(d < 1e-3, "case {i}: {name} gradient differs by {d}");
-            }
+            assert_both_paths_agree(i, &x, &k, spec, 20)?;
         }
         Ok(())
     }
@@ -909,19 +913,7 @@ mod tests {
             let spec = ConvSpec { stride, padding };
             let x = Var::from_tensor(&Rng::new(30 + i as u64).normal(xd.to_vec(), &dev)?)?;
             let k = Var::from_tensor(&Rng::new(40 + i as u64).normal(kd.to_vec(), &dev)?)?;
-            let fused = conv2d(x.as_tensor(), k.as_tensor(), spec)?;
-            let routed = candle_conv2d(x.as_tensor(), k.as_tensor(), spec)?;
-            assert_eq!(fused.dims(), routed.dims(), "case {i}");
-            assert!(max_diff(&fused, &routed) < 1e-4, "case {i} forward");
-            let weights = Rng::new(50).normal(fused.dims().to_vec(), &dev)?;
-            let g1 = (fused * &weights)?.sum_all()?.backward()?;
-            let g2 = (routed * &weights)?.sum_all()?.backward()?;
-            for v in [&x, &k] {
-                assert!(
-                    max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-3,
-                    "case {i}"
-                );
-            }
+            assert_both_paths_agree(i, &x, &k, spec, 50)?;
         }
         Ok(())
     }
