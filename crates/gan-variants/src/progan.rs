@@ -300,7 +300,7 @@ impl ProGan {
     }
 
     fn leaky(&self) -> Activation {
-        Activation::LeakyRelu(self.cfg.leaky_slope as f32)
+        Activation::LeakyRelu(self.cfg.leaky_slope)
     }
 
     fn check_phase(&self, phase: Phase) -> Result<()> {

@@ -547,9 +547,13 @@ pub fn to_unit_range(x: &Tensor) -> Result<Tensor> {
     ((x + 1.0)? * 0.5)?.clamp(0f32, 1f32)
 }
 
-/// `[0, 1] -> [-1, 1]`.
+/// `[0, 1] -> [-1, 1]`, in `x`'s float type (f32 for images of bytes).
 pub fn to_tanh_range(x: &Tensor) -> Result<Tensor> {
-    (x.to_dtype(DType::F32)? * 2.0)? - 1.0
+    let x = match x.dtype().is_float() {
+        true => x.clone(),
+        false => x.to_dtype(DType::F32)?,
+    };
+    (x * 2.0)? - 1.0
 }
 
 #[cfg(test)]

@@ -16,8 +16,10 @@ use crate::kernels::ops::{cpu_slice, fused_cpu_f32, twice_differentiable_cpu_f32
 pub enum Activation {
     Identity,
     Relu,
-    /// `max(x, slope x)` for a slope in [0, 1).
-    LeakyRelu(f32),
+    /// `max(x, slope x)` for a slope in [0, 1). An f64, so that a float64 model's slope is the
+    /// decimal one (0.1f32 is 0.10000000149 in f64: a 1.5e-8 change that InfoGAN's first three
+    /// training steps grew into 1e-2 in its losses, in torch against itself).
+    LeakyRelu(f64),
 }
 
 impl Activation {
@@ -26,7 +28,7 @@ impl Activation {
         match self {
             Activation::Identity => v,
             Activation::Relu => v.max(0.0),
-            Activation::LeakyRelu(slope) => v.max(slope * v),
+            Activation::LeakyRelu(slope) => v.max(slope as f32 * v),
         }
     }
 
@@ -40,7 +42,7 @@ impl Activation {
                 if y > 0.0 {
                     1.0
                 } else {
-                    slope
+                    slope as f32
                 }
             }
         }
@@ -51,7 +53,7 @@ impl Activation {
         match self {
             Activation::Identity => Ok(x.clone()),
             Activation::Relu => x.relu(),
-            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope as f64),
+            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope),
         }
     }
 }

@@ -52,7 +52,7 @@ impl Layer {
     fn activation(&self) -> Option<Activation> {
         match self {
             Layer::Relu => Some(Activation::Relu),
-            Layer::LeakyRelu(slope) => Some(Activation::LeakyRelu(*slope as f32)),
+            Layer::LeakyRelu(slope) => Some(Activation::LeakyRelu(*slope)),
             _ => None,
         }
     }
