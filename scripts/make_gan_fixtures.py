@@ -24,7 +24,8 @@ Names (float32; losses and means have shape [1]), with genzoo's parameter names:
   init.<name> [shift, scale] and shape.<name> of every parameter and buffer;
   step<k>.images (B, 1, 28, 28) in [0, 1], step<k>.labels (cgan), step<k>.{d,g}_input.noise,
     .classes (cgan), .codes (infogan: one-hot categories, then the continuous codes), for each
-    training step k (3 of the gan and cgan, 1 of infogan); the terms genzoo's step records,
+    training step k (3 of the gan and cgan, 1 of infogan, and 3 for infogan's float64 run); the
+    terms genzoo's step records,
     step<k>.d_loss, g_loss, d_real, d_fake (mean logits of the discriminator step), info_loss;
   first.<output> at the initial weights on step 1's inputs: the discriminator step's fake_d
     (G(z)), d_real_logits, d_fake_logits, q_real and q_fake (infogan), d_loss; the generator
@@ -39,7 +40,9 @@ Names (float32; losses and means have shape [1]), with genzoo's parameter names:
     D's first step;
   after.fake (G on step 1's generator input), after.d_real_logits, after.q_real (on step 1's
     images) in training mode after the last step, and after.fake_eval in inference mode (gan,
-    cgan).
+    cgan);
+  f64.step<k>.{d_loss,g_loss,d_real,d_fake,info_loss} and f64.after.{fake,d_real_logits,q_real}
+    (infogan, float64): three steps and the outputs after them, from the same weights in float64.
 """
 import argparse
 import copy
@@ -259,9 +262,12 @@ def specs():
     # their float64 values (1e-5 with these). One training step: by the second, the
     # discriminator's Adam step has amplified float32 rounding in its gradient's smallest entries
     # (an update of lr g / (|g| + 1e-8) swings by up to lr for a change of 1e-8 in g) into
-    # outputs that differ by 1e-3, and by the third into different images.
+    # outputs that differ by 1e-3, and by the third into different images. So three steps also run
+    # in float64 on both sides (double_steps), where that rounding is 1e-16. How sensitive these
+    # steps are: a LeakyReLU slope of 0.1 changed by 1.5e-8 (0.1 as a float32) moves the float64
+    # losses by 3e-10 at step 1, 3e-6 at step 2 and 1e-2 at step 3, in torch against itself.
     infogan = dict(G=infogan_ref.Generator(), D=InfoDiscriminator(), loss="non-saturating", lr=(2e-4, 1e-3),
-                   classes=0, head="discriminator.q_head.", steps=1,
+                   classes=0, head="discriminator.q_head.", steps=1, double_steps=3,
                    reference="scripts/train_infogan_reference.py (Chen et al. 2016, table 1)")
     return {"gan": gan, "cgan": cgan, "infogan": infogan}
 
@@ -371,7 +377,7 @@ def inputs(t, tag):
 
 def draw_steps(spec, t):
     """Each training step's digits (in [0, 1]) and generator inputs."""
-    for k in range(1, spec["steps"] + 1):
+    for k in range(1, max(spec["steps"], spec.get("double_steps", 0)) + 1):
         images, labels = digits(k - 1, spec["classes"])
         t[f"step{k}.images"] = images
         if labels is not None:
@@ -406,6 +412,37 @@ def train(m, t):
             t[f"{tag}.info_loss"] = info
 
 
+def train_double(m, t, steps):
+    """The training steps in float64 from the initial weights (f64.step<k>.* terms), and the
+    networks' outputs after them (f64.after.*), on the same digits and generator inputs."""
+    nets = {k: copy.deepcopy(m.spec[k]).double() for k in ("G", "D")}
+    for net in nets.values():
+        for module in net.modules():
+            module._forward_hooks.clear()
+    md = Model(dict(m.spec, **nets))
+    cast = lambda d: {k: v.double() if v.is_floating_point() else v for k, v in d.items()}
+    betas = (0.5, 0.999)
+    opt_d = torch.optim.Adam([p for *_, p in md.d_params], lr=md.spec["lr"][0], betas=betas)
+    opt_g = torch.optim.Adam([p for *_, p in md.g_params], lr=md.spec["lr"][1], betas=betas)
+    for k in range(1, steps + 1):
+        tag = f"step{k}"
+        _, real_logits, _, fake_logits, _, d_loss = md.d_pass(t[f"{tag}.images"].double() * 2 - 1, None,
+                                                              cast(inputs(t, f"{tag}.d_input")))
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        *_, info, g_loss = md.g_pass(cast(inputs(t, f"{tag}.g_input")))
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        t.update({f"f64.{tag}.d_loss": d_loss, f"f64.{tag}.g_loss": g_loss, f"f64.{tag}.d_real": real_logits.mean(),
+                  f"f64.{tag}.d_fake": fake_logits.mean(), f"f64.{tag}.info_loss": info})
+    g_in = cast(inputs(t, "step1.g_input"))
+    t["f64.after.fake"] = md.G(torch.cat([g_in["noise"], g_in["codes"]], 1).view(B, -1, 1, 1))
+    logits, q = md.D(t["step1.images"].double() * 2 - 1, None)
+    t["f64.after.d_real_logits"], t["f64.after.q_real"] = logits, q
+
+
 def after(m, t):
     """The networks after the steps, on step 1's inputs: training mode, then G in inference mode."""
     g_in, labels = inputs(t, "step1.g_input"), t.get("step1.labels")
@@ -428,14 +465,19 @@ def build(name, spec):
     first_step(m, t)
     m.G.load_state_dict(initial[0])
     m.D.load_state_dict(initial[1])
+    if spec.get("double_steps"):
+        train_double(m, t, spec["double_steps"])
     train(m, t)
     if spec["steps"] > 1:
         after(m, t)
-    t = {k: (v.reshape(1) if v.dim() == 0 else v).detach().float().contiguous() for k, v in t.items()}
+    # float32, but for the float64 run's references.
+    t = {k: (v.reshape(1) if v.dim() == 0 else v).detach().contiguous() for k, v in t.items()}
+    t = {k: v if k.startswith("f64.") else v.float() for k, v in t.items()}
     path = os.path.join(FIXTURES, f"{name}.safetensors")
     save_file(t, path, metadata={"torch": torch.__version__, "script": "scripts/make_gan_fixtures.py",
                                  "reference": spec["reference"], "loss": spec["loss"], "lr": str(spec["lr"]),
-                                 "batch": str(B), "steps": str(spec["steps"])})
+                                 "batch": str(B), "steps": str(spec["steps"]),
+                                 "double_steps": str(spec.get("double_steps", 0))})
     print(f"{name}: {len(t)} tensors, {os.path.getsize(path) / 1024:.0f} KiB, g_loss {t['first.g_loss'].item():.4f}")
 
 

@@ -23,7 +23,11 @@ pub fn tagged(ck: &Checkpoint, tag: &str) -> HashMap<String, Tensor> {
 }
 
 pub fn max_abs(t: &Tensor) -> Result<f32> {
-    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    Ok(t.abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?)
 }
 
 pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
