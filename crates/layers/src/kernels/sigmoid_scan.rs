@@ -8,7 +8,8 @@
 //! `H`-vector per image: the forward pass writes only `(batch, D)`; the backward pass recomputes
 //! an image's D hidden vectors into a per-thread buffer and walks them in reverse, carrying
 //! `sum_{d' >= d} dL/da_{d'}`. Images run in parallel, each thread with its own gradient sums.
-//! Other devices, other dtypes and second-order gradients use the tensor formula.
+//! Other devices, other dtypes and second-order gradients use the tensor formula, its scan as
+//! one matrix product ([`sigmoid_scan_readout_by_product`]).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -32,8 +33,34 @@ pub fn sigmoid_scan_readout(x: &Tensor, u: &Tensor, v: &Tensor) -> Result<Tensor
         x.contiguous()?
             .apply_op3(&u.contiguous()?, &v.contiguous()?, SigmoidScan)
     } else {
-        sigmoid_scan_readout_reference(x, u, v)
+        sigmoid_scan_readout_by_product(x, u, v)
     }
+}
+
+/// The tensor formula with the scan as one product: the contributions laid out `(D, batch H)`
+/// and multiplied by the lower triangle of ones, `a = L c`, so that no pass broadcasts over the
+/// `(batch, D, H)` activations but the two products with `u` and `v`.
+///
+/// Why: on CUDA the scan by Candle's ops (cumsums, broadcast sums and differences) made NADE's
+/// step some 22 passes over 200 MB tensors, 77% of its GPU time (`scripts/gpu_profile.sh`, H200,
+/// 2026-11-30); the product is one cuBLAS call of `2 D^2 batch H` operations. Not yet timed on
+/// a GPU.
+pub fn sigmoid_scan_readout_by_product(x: &Tensor, u: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (batch, d) = x.dims2()?;
+    let h = u.dim(1)?;
+    let contributions = x
+        .t()?
+        .contiguous()?
+        .unsqueeze(2)?
+        .broadcast_mul(&u.unsqueeze(1)?)?; // (D, b, H)
+    let lower = Tensor::tril2(d, x.dtype(), x.device())?;
+    let a = lower
+        .matmul(&contributions.reshape((d, batch * h))?)?
+        .reshape((d, batch, h))?;
+    candle_nn::ops::sigmoid(&a)?
+        .broadcast_mul(&v.unsqueeze(1)?)?
+        .sum(2)? // (D, b)
+        .t()
 }
 
 /// The same with Candle's ops, materialising `(batch, D, H)`.
@@ -205,15 +232,20 @@ mod tests {
             let v = Var::from_tensor(&rng.normal((d, h), &Device::Cpu)?)?;
             let probe = rng.normal((batch, d), &Device::Cpu)?;
             let fused = sigmoid_scan_readout(&x, &u, &v)?;
-            let reference = sigmoid_scan_readout_reference(&x, &u, &v)?;
             let shape = (batch, d, h);
-            assert!(max_diff(&fused, &reference)? < 1e-5, "{shape:?} forward");
             let g_fused = (&fused * &probe)?.sum_all()?.backward()?;
-            let g_ref = (&reference * &probe)?.sum_all()?.backward()?;
-            for (t, what) in [(&x, "x"), (&u, "u"), (&v, "v")] {
-                let (a, b) = (g_fused.get(t).unwrap(), g_ref.get(t).unwrap());
-                let diff = max_diff(a, b)?;
-                assert!(diff < 1e-4, "{shape:?} d{what}: {diff}");
+            // The materialising formula, and the one off the CPU (the scan as a product).
+            for other in [
+                sigmoid_scan_readout_reference(&x, &u, &v)?,
+                sigmoid_scan_readout_by_product(&x, &u, &v)?,
+            ] {
+                assert!(max_diff(&fused, &other)? < 1e-5, "{shape:?} forward");
+                let g_other = (&other * &probe)?.sum_all()?.backward()?;
+                for (t, what) in [(&x, "x"), (&u, "u"), (&v, "v")] {
+                    let (a, b) = (g_fused.get(t).unwrap(), g_other.get(t).unwrap());
+                    let diff = max_diff(a, b)?;
+                    assert!(diff < 1e-4, "{shape:?} d{what}: {diff}");
+                }
             }
         }
         Ok(())
