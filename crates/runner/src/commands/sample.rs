@@ -21,8 +21,7 @@ use layers::{Batch, Domains, Target};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SampleMode {
     /// Fresh samples from the model. The autoregressive models' fast samplers (one pixel at a
-    /// time from cached activations or states) run on the CPU whatever `--device` says; the
-    /// Diagonal BiLSTM, which has none yet, runs the reference loop on the device.
+    /// time from cached activations or states) run on the CPU whatever `--device` says.
     Sample,
     /// Fresh samples through the model's reference sampler (for autoregressive models, the loop
     /// that re-runs the whole network per pixel): the same images as `sample`, slower.
