@@ -35,25 +35,9 @@ WORK=$(mktemp -d)
 
 section() { echo "== $* (at ${SECONDS}s)" | tee -a "$LOG"; }
 
-# Candle (cudarc) loads cuBLAS and cuRAND at run time. They are looked for where a CUDA toolkit or
-# PyTorch's wheels keep them, and handed to genzoo alone, so that PyTorch keeps its own.
-cuda_libs=$("$PY" - <<'EOF'
-import glob, os, site
-dirs = []
-for sp in site.getsitepackages() + [site.getusersitepackages()]:
-    dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
-    dirs.append(os.path.join(sp, "torch", "lib"))
-dirs += sorted(glob.glob("/usr/local/cuda*/lib64")) + sorted(glob.glob("/usr/local/cuda*/targets/*/lib"))
-print(":".join(d for d in dirs if os.path.isdir(d)))
-EOF
-)
-# ...after the CUDA runtime that build_cuda.sh carries beside the binary.
-cuda_libs="$(dirname "$BIN")/lib${cuda_libs:+:$cuda_libs}"
-# ...and, where the binary's cuBLAS (11, from nvcc 11.8) is missing, the forwarder to the newer one.
-linked=$(LD_LIBRARY_PATH="$cuda_libs" ldd "$BIN")
-if grep -q 'libcublas.so.11 => not found' <<< "$linked"; then
-    cuda_libs="$(dirname "$BIN")/compat:$cuda_libs"
-fi
+# shellcheck source=scripts/gpu/cuda_libs.sh
+source scripts/gpu/cuda_libs.sh
+cuda_libs=$(cuda_library_path "$BIN" "$PY")
 # The genzoo that the benchmark script runs: the carried binary with those libraries (exec keeps
 # the process id, so its GPU memory is its own).
 G="$WORK/genzoo"

@@ -21,16 +21,10 @@ if [ -z "$NCU" ]; then
     echo "gpu_profile.sh: ncu (Nsight Compute) not found" >&2
     exit 1
 fi
-# The libraries scripts/gpu_check.sh hands genzoo: the carried runtime, the toolkit's, and the
-# forwarder to a newer cuBLAS where the binary's is missing.
-libs="$(dirname "$BIN")/lib"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && libs="$libs:$d"
-done
-linked=$(LD_LIBRARY_PATH="$libs" ldd "$BIN")
-if grep -q 'libcublas.so.11 => not found' <<< "$linked"; then
-    libs="$(dirname "$BIN")/compat:$libs"
-fi
+# The libraries scripts/gpu_check.sh hands genzoo.
+# shellcheck source=scripts/gpu/cuda_libs.sh
+source scripts/gpu/cuda_libs.sh
+libs=$(cuda_library_path "$BIN" "$PY")
 
 for w in "$@"; do
     LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 120 "$NCU" \

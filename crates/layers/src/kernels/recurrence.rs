@@ -71,19 +71,23 @@ pub fn lstm_scan_reference(input_gates: &Tensor, kernel: &Tensor, pad: usize) ->
     let (_, hidden, taps) = kernel.dims3()?;
     let zeros = Tensor::zeros((b, hidden, len), input_gates.dtype(), input_gates.device())?;
     let (mut h, mut c) = (zeros.clone(), zeros);
+    // Each tap's weights `(b, 4h, h)`, made once: a copy per image, not a broadcast view,
+    // because Candle's CUDA matmul refuses a batch stride of 0 (the CPU's accepts it).
+    let taps_weights = (0..taps)
+        .map(|k| {
+            kernel
+                .narrow(2, k, 1)?
+                .squeeze(2)?
+                .broadcast_left(b)?
+                .contiguous()
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut states = Vec::with_capacity(slices);
     for s in 0..slices {
         let mut gates = input_gates.narrow(1, s, 1)?.squeeze(1)?; // (b, 4h, L)
         if s > 0 {
             let padded = h.pad_with_zeros(2, pad, taps - 1 - pad)?; // (b, h, L + K - 1)
-            for k in 0..taps {
-                // (b, 4h, h): a copy per image, not a broadcast view, because Candle's CUDA
-                // matmul refuses a batch stride of 0 (the CPU's accepts it).
-                let w = kernel
-                    .narrow(2, k, 1)?
-                    .squeeze(2)?
-                    .broadcast_left(b)?
-                    .contiguous()?;
+            for (k, w) in taps_weights.iter().enumerate() {
                 let shifted = padded.narrow(2, k, len)?.contiguous()?;
                 gates = (gates + w.matmul(&shifted)?)?;
             }
