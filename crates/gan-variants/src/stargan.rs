@@ -67,6 +67,14 @@ pub struct Config {
     /// networks, whose weights load only without it): what a map that moves pixels by where
     /// they are, such as a rotation, needs.
     pub coordinates: bool,
+    /// Every instance norm of the generator scaled and shifted per channel by a linear map of
+    /// the target `c` (conditional instance normalisation; not in yunjey's network, whose
+    /// weights load only without it). yunjey's generator reads `c` only as constant planes
+    /// beside the image, and its first instance norm subtracts each channel's mean, which
+    /// removes a constant plane's contribution everywhere but near the borders (zero
+    /// padding): the target reaches the middle of the image only through the network's
+    /// receptive field. Conditioned norms give every layer the target at every pixel.
+    pub conditional_norm: bool,
     /// Stride-2 layers of the critic.
     pub d_repeat_num: usize,
     pub lambda_cls: f64,
@@ -91,6 +99,7 @@ impl Default for Config {
             g_repeat_num: 6,
             g_down_num: 2,
             coordinates: false,
+            conditional_norm: false,
             d_repeat_num: 6,
             lambda_cls: 1.0,
             lambda_rec: 10.0,
@@ -169,6 +178,7 @@ impl StarGan {
                 (cfg.channels, cfg.c_dim + g_extra),
                 cfg.g_conv_dim,
                 (cfg.g_down_num, cfg.g_repeat_num),
+                cfg.conditional_norm.then_some(cfg.c_dim),
             )?,
             critic: stargan_discriminator(
                 vb.pp("discriminator"),
@@ -183,14 +193,14 @@ impl StarGan {
     /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
     pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
-        let c = c
-            .reshape((b, self.cfg.c_dim, 1, 1))?
-            .broadcast_as((b, self.cfg.c_dim, h, w))?;
-        let mut input = Tensor::cat(&[x, &c.contiguous()?], 1)?;
+        let planes =
+            c.reshape((b, self.cfg.c_dim, 1, 1))?
+                .broadcast_as((b, self.cfg.c_dim, h, w))?;
+        let mut input = Tensor::cat(&[x, &planes.contiguous()?], 1)?;
         if self.cfg.coordinates {
             input = with_coordinates(&input)?;
         }
-        self.generator.forward(&input, true)
+        self.generator.forward_conditioned(&input, Some(c), true)
     }
 
     /// `D(x)`: critic values per patch and domain logits.
@@ -496,6 +506,42 @@ mod tests {
     }
 
     fn small_with(lambda_id: f64) -> Result<(StarGan, VarMap)> {
+        small_config(Config {
+            lambda_id,
+            ..Config::default()
+        })
+    }
+
+    fn keys(varmap: &VarMap) -> Vec<String> {
+        let mut keys: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Conditioned norms add one map per generator norm under its own name and leave
+    /// yunjey's names and indices as they are.
+    #[test]
+    fn conditioned_norms_add_maps_beside_yunjeys_names() -> Result<()> {
+        let (_, plain) = small()?;
+        let (conditioned, varmap) = small_config(Config {
+            conditional_norm: true,
+            ..Config::default()
+        })?;
+        let (maps, rest): (Vec<String>, Vec<String>) = keys(&varmap)
+            .into_iter()
+            .partition(|k| k.contains(".cond."));
+        assert_eq!(rest, keys(&plain));
+        // c7s1, two downsamplings, one residual block's two norms, two upsamplings.
+        assert_eq!(maps.len(), 2 * 7, "{maps:?}");
+        assert!(maps.iter().all(|k| k.starts_with("generator.main.")));
+        assert!(maps.contains(&"generator.main.1.cond.weight".to_string()));
+        let x = to_tanh_range(&Rng::new(2).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
+        let c = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        assert_eq!(conditioned.generate(&x, &c)?.dims(), &[2, 3, 16, 16]);
+        Ok(())
+    }
+
+    fn small_config(base: Config) -> Result<(StarGan, VarMap)> {
         let varmap = VarMap::new();
         let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
         let cfg = Config {
@@ -505,8 +551,7 @@ mod tests {
             d_conv_dim: 4,
             g_repeat_num: 1,
             d_repeat_num: 3,
-            lambda_id,
-            ..Config::default()
+            ..base
         };
         Ok((StarGan::new(&cfg, vb)?, varmap))
     }

@@ -62,6 +62,11 @@ struct Planes {
 }
 
 impl InstanceNorm {
+    /// The channels it normalises.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
     /// `affine`: `(weight, bias)`; `running`: `(running_mean, running_var)`, each of
     /// `channels` values. Buffers that are variables of a `VarMap` stay shared with it, so
     /// saving the map saves the updated statistics.

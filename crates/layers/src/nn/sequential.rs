@@ -31,6 +31,12 @@ pub enum Layer {
     /// `nn.InstanceNorm2d`: instance statistics in training mode, running ones (if tracked)
     /// in evaluation mode.
     InstanceNorm(InstanceNorm),
+    /// An instance norm whose output is then scaled and shifted per channel by the condition
+    /// `c (b, c_dim)` given to [`Stack::forward_conditioned`]: `h (1 + gamma(c)) + beta(c)`,
+    /// `[gamma, beta]` one linear map of `c` (conditional instance normalisation, Dumoulin et
+    /// al. 2017). Its weights live under the norm's own name (`main.1.cond.weight`), so the
+    /// indices stay the reference's.
+    ConditionedInstanceNorm(InstanceNorm, Linear),
     /// `nn.ReflectionPad2d(p)`: no weights, but it takes an index.
     ReflectionPad(usize),
     LeakyRelu(f64),
@@ -69,6 +75,9 @@ impl Layer {
             }
             Layer::BatchNorm(n) => n.forward_t(x, train),
             Layer::InstanceNorm(n) => n.forward_t(x, train),
+            Layer::ConditionedInstanceNorm(..) => {
+                candle_core::bail!("a conditioned instance norm needs the condition: call Stack::forward_conditioned")
+            }
             Layer::ReflectionPad(p) => reflection_pad2d(x, *p),
             Layer::LeakyRelu(_) | Layer::Relu => {
                 bias_activation(x, None, self.activation().unwrap_or(Activation::Identity))
@@ -239,6 +248,23 @@ impl<'a> Sequential<'a> {
         Ok(self)
     }
 
+    /// Makes the instance norm just added a conditioned one ([`Layer::ConditionedInstanceNorm`])
+    /// reading a condition of `c_dim` numbers. Its map starts at zero, so a new network
+    /// computes what the plain one does.
+    pub fn conditioned(mut self, c_dim: usize) -> Result<Self> {
+        let Some(Layer::InstanceNorm(norm)) = self.layers.pop() else {
+            candle_core::bail!("conditioned: the layer before is not an instance norm");
+        };
+        let vb = self.vb.pp(self.layers.len()).pp("cond");
+        let channels = norm.channels();
+        let zero = Init::Const(0.0);
+        let weight = vb.get_with_hints((2 * channels, c_dim), "weight", zero)?;
+        let bias = vb.get_with_hints(2 * channels, "bias", zero)?;
+        let map = Linear::new(weight, Some(bias));
+        self.layers.push(Layer::ConditionedInstanceNorm(norm, map));
+        Ok(self)
+    }
+
     /// `nn.ReflectionPad2d(p)` (no weights; it takes the next index).
     pub fn reflection_pad(self, p: usize) -> Self {
         self.push(Layer::ReflectionPad(p))
@@ -297,7 +323,9 @@ impl Stack {
     pub fn freeze_instance_statistics(&self, frozen: bool) {
         for layer in &self.0 {
             match layer {
-                Layer::InstanceNorm(n) => n.freeze_running(frozen),
+                Layer::InstanceNorm(n) | Layer::ConditionedInstanceNorm(n, _) => {
+                    n.freeze_running(frozen)
+                }
                 Layer::Residual(block) => block.freeze_instance_statistics(frozen),
                 _ => {}
             }
@@ -307,6 +335,17 @@ impl Stack {
     /// Runs the layers in order; a linear layer or a (transposed) convolution with a bias
     /// followed by an activation runs as one fused op.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_conditioned(x, None, train)
+    }
+
+    /// [`Stack::forward`] with the condition `c (b, c_dim)` that conditioned instance norms
+    /// read, residual blocks included.
+    pub fn forward_conditioned(
+        &self,
+        x: &Tensor,
+        c: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let mut h = x.clone();
         let mut i = 0;
         while i < self.0.len() {
@@ -319,15 +358,45 @@ impl Stack {
                 (layer @ Layer::ConvTransposeWith { bias: Some(_), .. }, Some(act)) => {
                     Some(layer.conv_transpose_activated(&h, act)?)
                 }
+                (Layer::ConditionedInstanceNorm(norm, map), _) => {
+                    Some(conditioned_norm(&h, norm, map, c, train)?)
+                }
+                (Layer::Residual(block), _) => {
+                    Some((&h + block.forward_conditioned(&h, c, train)?)?)
+                }
                 _ => None,
             };
+            let step = match &self.0[i] {
+                Layer::ConditionedInstanceNorm(..) | Layer::Residual(_) => 1,
+                _ => 2,
+            };
             (h, i) = match fused {
-                Some(y) => (y, i + 2),
+                Some(y) => (y, i + step),
                 None => (self.0[i].forward(&h, train)?, i + 1),
             };
         }
         Ok(h)
     }
+}
+
+/// `norm(h) (1 + gamma(c)) + beta(c)`, `[gamma, beta] = map(c)` per image and channel.
+fn conditioned_norm(
+    h: &Tensor,
+    norm: &InstanceNorm,
+    map: &Linear,
+    c: Option<&Tensor>,
+    train: bool,
+) -> Result<Tensor> {
+    let Some(c) = c else {
+        candle_core::bail!("a conditioned instance norm needs the condition, and none was given");
+    };
+    let (b, channels, _, _) = h.dims4()?;
+    let scale_shift = map.forward(c)?.reshape((b, 2, channels, 1, 1))?;
+    let scale = (scale_shift.get_on_dim(1, 0)? + 1.0)?;
+    let shift = scale_shift.get_on_dim(1, 1)?;
+    norm.forward_t(h, train)?
+        .broadcast_mul(&scale)?
+        .broadcast_add(&shift)
 }
 
 #[cfg(test)]
@@ -446,5 +515,115 @@ mod tests {
             "evaluation must read the updated running statistics"
         );
         Ok(())
+    }
+
+    /// An instance norm conditioned on 2 numbers, alone and inside a residual block (tanh
+    /// between them: smooth, for finite differences).
+    fn conditioned_like(varmap: &VarMap) -> Result<Stack> {
+        let vb = seeded_var_builder(varmap, 9, DType::F32, &Device::Cpu);
+        let same = ConvSpec {
+            stride: (1, 1),
+            padding: (1, 1),
+        };
+        Ok(Sequential::new(vb)
+            .instance_norm(3, true, false)?
+            .conditioned(2)?
+            .push(Layer::Tanh)
+            .residual("main", |b| {
+                b.conv((3, 3, 3), same, false, None)?
+                    .instance_norm(3, true, false)?
+                    .conditioned(2)
+            })?
+            .build())
+    }
+
+    fn set(varmap: &VarMap, name: &str, values: &[f32]) -> Result<()> {
+        let data = varmap.data().lock().unwrap();
+        let var = &data[name];
+        var.set(&Tensor::from_slice(values, var.shape(), &Device::Cpu)?)
+    }
+
+    /// The condition's map lives under the norm's name without taking an index, starts at
+    /// zero (the plain norm), and then scales and shifts each image's channels by
+    /// `1 + gamma(c)` and `beta(c)`, computed here by hand.
+    #[test]
+    fn conditioned_norm_scales_and_shifts_each_image_by_its_condition() -> Result<()> {
+        let varmap = VarMap::new();
+        let stack = conditioned_like(&varmap)?;
+        let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        let want = [
+            "0.bias",
+            "0.cond.bias",
+            "0.cond.weight",
+            "0.weight",
+            "2.main.0.weight",
+            "2.main.1.bias",
+            "2.main.1.cond.bias",
+            "2.main.1.cond.weight",
+            "2.main.1.weight",
+        ];
+        assert_eq!(names, want);
+
+        let dev = Device::Cpu;
+        let x = crate::Rng::new(10).normal((2, 3, 4, 4), &dev)?;
+        let cs = [[1f32, 0.0], [0.5, -2.0]];
+        let c = Tensor::new(&cs, &dev)?;
+        let Layer::ConditionedInstanceNorm(norm, _) = &stack.0[0] else {
+            panic!("layer 0 is not a conditioned norm")
+        };
+        let plain = norm.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
+        let first = || -> Result<Vec<f32>> {
+            let Layer::ConditionedInstanceNorm(norm, map) = &stack.0[0] else {
+                unreachable!()
+            };
+            conditioned_norm(&x, norm, map, Some(&c), true)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        assert_eq!(first()?, plain, "a new conditioned norm is the plain norm");
+
+        // weight (6, 2): row r is [0.1 r, -0.2]; bias (6): 0.05 r.
+        let weight: Vec<f32> = (0..6).flat_map(|r| [0.1 * r as f32, -0.2]).collect();
+        let bias: Vec<f32> = (0..6).map(|r| 0.05 * r as f32).collect();
+        set(&varmap, "0.cond.weight", &weight)?;
+        set(&varmap, "0.cond.bias", &bias)?;
+        for (i, (g, p)) in first()?.into_iter().zip(plain).enumerate() {
+            let (image, channel) = (i / 48, (i / 16) % 3);
+            let map = |r: usize| {
+                weight[2 * r] * cs[image][0] + weight[2 * r + 1] * cs[image][1] + bias[r]
+            };
+            let want = p * (1.0 + map(channel)) + map(3 + channel);
+            assert!((g - want).abs() < 1e-5, "element {i}: {g} against {want}");
+        }
+        Ok(())
+    }
+
+    /// The whole stack needs its condition, and its gradient with respect to the condition,
+    /// through both conditioned norms, matches finite differences.
+    #[test]
+    fn conditioned_stack_needs_its_condition_and_differentiates_through_it() -> Result<()> {
+        let varmap = VarMap::new();
+        let stack = conditioned_like(&varmap)?;
+        let dev = Device::Cpu;
+        let x = crate::Rng::new(11).normal((2, 3, 4, 4), &dev)?;
+        let err = stack.forward(&x, true).unwrap_err().to_string();
+        assert!(err.contains("needs the condition"), "{err}");
+
+        for (name, n) in [("0.cond.weight", 12), ("2.main.1.cond.weight", 12)] {
+            let w: Vec<f32> = (0..n).map(|i| 0.3 * ((i % 5) as f32 - 2.0)).collect();
+            set(&varmap, name, &w)?;
+        }
+        let c = Tensor::new(&[[0.3f32, -0.7], [1.1, 0.2]], &dev)?;
+        let probe = crate::Rng::new(12).normal((2, 3, 4, 4), &dev)?;
+        let f = |c: &Tensor| stack.forward_conditioned(&x, Some(c), true);
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
+            f,
+            &c,
+            &probe,
+            &[0, 1, 2, 3],
+            1e-2,
+            2e-2,
+        )
     }
 }

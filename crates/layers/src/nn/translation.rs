@@ -142,43 +142,62 @@ pub fn patch_discriminator(
     )
 }
 
+/// yunjey's instance norm (affine, tracked), conditioned on the target when asked.
+fn stargan_norm(
+    s: Sequential<'_>,
+    channels: usize,
+    conditioned_on: Option<usize>,
+) -> Result<Sequential<'_>> {
+    let s = s.instance_norm(channels, true, true)?;
+    match conditioned_on {
+        Some(c_dim) => s.conditioned(c_dim),
+        None => Ok(s),
+    }
+}
+
 /// yunjey's StarGAN `Generator(conv_dim, c_dim, repeat_num)` as a stack over the image with
 /// its target domain tiled and concatenated (`3 + c_dim` channels): c7s1-conv_dim, `down`
 /// stride-2 4x4 convolutions (yunjey's two), `repeat_num` residual blocks, as many stride-2 4x4
 /// transposed convolutions, c7s1-`channels` and tanh; every convolution bias-free, each followed
-/// by an affine instance norm that keeps running statistics.
+/// by an affine instance norm that keeps running statistics. `conditioned_on: Some(c_dim)`
+/// conditions every norm on the target (not in yunjey's network; see [`Sequential::conditioned`]).
 pub fn stargan_generator(
     vb: VarBuilder,
     (channels, c_dim): (usize, usize),
     conv_dim: usize,
     (down, repeat_num): (usize, usize),
+    conditioned_on: Option<usize>,
 ) -> Result<Stack> {
-    let mut g = Sequential::new(vb.pp("main"))
-        .conv((channels + c_dim, conv_dim, 7), spec(1, 3), false, None)?
-        .instance_norm(conv_dim, true, true)?
-        .push(Layer::Relu);
+    let norm = |s, ch| stargan_norm(s, ch, conditioned_on);
+    let mut g = norm(
+        Sequential::new(vb.pp("main")).conv(
+            (channels + c_dim, conv_dim, 7),
+            spec(1, 3),
+            false,
+            None,
+        )?,
+        conv_dim,
+    )?
+    .push(Layer::Relu);
     let mut ch = conv_dim;
     for _ in 0..down {
-        g = g
-            .conv((ch, 2 * ch, 4), spec(2, 1), false, None)?
-            .instance_norm(2 * ch, true, true)?
-            .push(Layer::Relu);
+        g = norm(g.conv((ch, 2 * ch, 4), spec(2, 1), false, None)?, 2 * ch)?.push(Layer::Relu);
         ch *= 2;
     }
     for _ in 0..repeat_num {
         g = g.residual("main", |b| {
-            b.conv((ch, ch, 3), spec(1, 1), false, None)?
-                .instance_norm(ch, true, true)?
+            let b = norm(b.conv((ch, ch, 3), spec(1, 1), false, None)?, ch)?
                 .push(Layer::Relu)
-                .conv((ch, ch, 3), spec(1, 1), false, None)?
-                .instance_norm(ch, true, true)
+                .conv((ch, ch, 3), spec(1, 1), false, None)?;
+            norm(b, ch)
         })?;
     }
     for _ in 0..down {
-        g = g
-            .conv_transpose_with((ch, ch / 2, 4), spec(2, 1), (0, 0), false, None)?
-            .instance_norm(ch / 2, true, true)?
-            .push(Layer::Relu);
+        g = norm(
+            g.conv_transpose_with((ch, ch / 2, 4), spec(2, 1), (0, 0), false, None)?,
+            ch / 2,
+        )?
+        .push(Layer::Relu);
         ch /= 2;
     }
     Ok(g.conv((ch, channels, 7), spec(1, 3), false, None)?
@@ -292,7 +311,7 @@ mod tests {
     fn stargan_networks_take_the_reference_keys_and_shapes() -> Result<()> {
         let varmap = VarMap::new();
         let vb = crate::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
-        let g = stargan_generator(vb.pp("generator"), (3, 5), 8, (2, 6))?;
+        let g = stargan_generator(vb.pp("generator"), (3, 5), 8, (2, 6), None)?;
         let d = stargan_discriminator(vb.pp("discriminator"), (3, 5), 128, 8, 6)?;
         let n = names(&varmap);
         for key in [
