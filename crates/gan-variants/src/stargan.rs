@@ -27,6 +27,7 @@ use candle_nn::VarBuilder;
 use layers::gan::{gradient_penalty, to_tanh_range, to_unit_range};
 use layers::loss::bce_with_logits_per_image;
 use layers::nn::sequential::Stack;
+use layers::nn::symmetry::ConditionedSymmetryChoice;
 use layers::nn::translation::{
     stargan_discriminator, stargan_generator, with_coordinates, StarGanCritic,
 };
@@ -75,6 +76,14 @@ pub struct Config {
     /// padding): the target reaches the middle of the image only through the network's
     /// receptive field. Conditioned norms give every layer the target at every pixel.
     pub conditional_norm: bool,
+    /// A choice among the input's quarter turns and mirrors made per image from the image and
+    /// the target, in front of the generator (`layers::nn::symmetry::ConditionedSymmetryChoice`,
+    /// variables `symmetry.*`; not in yunjey's network). For attributes that move every pixel
+    /// by where it is (a quarter turn), which a convolutional generator redraws instead of
+    /// turning, as CycleGAN's did before its own symmetry front (models/translation.md).
+    pub symmetries: bool,
+    /// The symmetry choice's learning rate (its own Adam, the generator's betas).
+    pub symmetry_lr: f64,
     /// Stride-2 layers of the critic.
     pub d_repeat_num: usize,
     pub lambda_cls: f64,
@@ -100,6 +109,8 @@ impl Default for Config {
             g_down_num: 2,
             coordinates: false,
             conditional_norm: false,
+            symmetries: false,
+            symmetry_lr: 1e-3,
             d_repeat_num: 6,
             lambda_cls: 1.0,
             lambda_rec: 10.0,
@@ -113,6 +124,8 @@ impl Default for Config {
 pub struct StarGan {
     cfg: Config,
     generator: Stack,
+    /// In front of the generator, with `symmetries`.
+    symmetry: Option<ConditionedSymmetryChoice>,
     critic: StarGanCritic,
 }
 
@@ -161,6 +174,12 @@ impl StarGan {
         if cfg.n_critic == 0 {
             candle_core::bail!("StarGAN n_critic must be positive");
         }
+        if !(cfg.symmetry_lr.is_finite() && cfg.symmetry_lr > 0.0) {
+            candle_core::bail!(
+                "StarGAN symmetry_lr must be a positive number, got {}",
+                cfg.symmetry_lr
+            );
+        }
         if cfg.g_down_num == 0 || !cfg.image_size.is_multiple_of(1 << cfg.g_down_num) {
             candle_core::bail!(
                 "StarGAN's generator halves image_size {} {} times: it must be a multiple of 2^{}",
@@ -180,6 +199,14 @@ impl StarGan {
                 (cfg.g_down_num, cfg.g_repeat_num),
                 cfg.conditional_norm.then_some(cfg.c_dim),
             )?,
+            symmetry: match cfg.symmetries {
+                true => Some(ConditionedSymmetryChoice::new(
+                    vb.pp("symmetry"),
+                    cfg.channels,
+                    cfg.c_dim,
+                )?),
+                false => None,
+            },
             critic: stargan_discriminator(
                 vb.pp("discriminator"),
                 dims,
@@ -192,6 +219,14 @@ impl StarGan {
 
     /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
     pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        match &self.symmetry {
+            Some(symmetry) => self.generate_in_place(&symmetry.forward(x, c)?, c),
+            None => self.generate_in_place(x, c),
+        }
+    }
+
+    /// yunjey's generator alone, without the symmetry choice in front.
+    fn generate_in_place(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let planes =
             c.reshape((b, self.cfg.c_dim, 1, 1))?
@@ -358,11 +393,26 @@ impl Trainable for StarGan {
         }
     }
 
+    /// yunjey's two Adams, and with `symmetries` one over the symmetry choice.
     fn optimizers(&self) -> Vec<OptimizerSpec> {
-        vec![
+        let mut specs = vec![
             OptimizerSpec::new("generator", &["generator."], LrRole::Generator),
             OptimizerSpec::new("discriminator", &["discriminator."], LrRole::Main),
-        ]
+        ];
+        if self.cfg.symmetries {
+            specs.push(OptimizerSpec {
+                name: "symmetry".to_string(),
+                prefixes: vec!["symmetry.".to_string()],
+                excluded: Vec::new(),
+                // yunjey's betas (0.5, 0.999), at the choice's own rate.
+                lr: LrRole::Own {
+                    lr: self.cfg.symmetry_lr,
+                    beta1: 0.5,
+                    beta2: 0.999,
+                },
+            });
+        }
+        specs
     }
 
     /// One iteration of yunjey's `Solver.train`: a critic step on this iteration's batch, and
@@ -389,7 +439,16 @@ impl Trainable for StarGan {
         }
         if (ctx.progress.step + 1).is_multiple_of(self.cfg.n_critic) {
             let g = self.generator_terms(&x_real, &c_org, &c_trg)?;
-            ctx.minimize("generator", &g.total)?;
+            match &self.symmetry {
+                Some(symmetry) => {
+                    ctx.minimize_together(&["generator", "symmetry"], &g.total)?;
+                    // How decided the choices are: the mean of each translation's largest
+                    // weight (1 / 8 at the start).
+                    let weights = symmetry.weights(&x_real, &c_trg)?;
+                    ctx.record("g_symmetry_weight", &weights.max(1)?.mean_all()?)?;
+                }
+                None => ctx.minimize("generator", &g.total)?,
+            }
             for (name, t) in [
                 ("g_loss_fake", &g.fake),
                 ("g_loss_rec", &g.rec),
@@ -538,6 +597,51 @@ mod tests {
         let x = to_tanh_range(&Rng::new(2).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
         let c = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
         assert_eq!(conditioned.generate(&x, &c)?.dims(), &[2, 3, 16, 16]);
+        Ok(())
+    }
+
+    /// With `symmetries` the choice's variables step with their own optimiser and nothing else
+    /// does; a choice set on one quarter turn gives yunjey's generator on the turned input.
+    #[test]
+    fn symmetries_turn_each_input_and_step_with_their_own_optimizer() -> Result<()> {
+        let (m, varmap) = small_config(Config {
+            symmetries: true,
+            conditional_norm: true,
+            ..Config::default()
+        })?;
+        let specs = m.optimizers();
+        for key in keys(&varmap) {
+            let owners: Vec<&str> = specs
+                .iter()
+                .filter(|s| s.prefixes.iter().any(|p| key.starts_with(p.as_str())))
+                .map(|s| s.name.as_str())
+                .collect();
+            let want = if key.starts_with("symmetry.") {
+                "symmetry"
+            } else if key.starts_with("generator.") {
+                "generator"
+            } else {
+                "discriminator"
+            };
+            assert_eq!(owners, [want], "{key}");
+        }
+        let mut bias = vec![0f32; layers::nn::symmetry::COUNT];
+        bias[1] = 40.0;
+        varmap.data().lock().unwrap()["symmetry.head.2.bias"]
+            .set(&Tensor::new(bias, &Device::Cpu)?)?;
+        let x = to_tanh_range(&Rng::new(3).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
+        let c = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        let turned = layers::nn::symmetry::quarter_turn(&x)?;
+        let d = (m.generate(&x, &c)? - m.generate_in_place(&turned, &c)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5, "{d}");
+        let bad = Config {
+            symmetry_lr: 0.0,
+            ..Config::default()
+        };
+        assert!(small_config(bad).is_err());
         Ok(())
     }
 

@@ -14,6 +14,11 @@
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use crate::kernels::activation::Activation;
+use crate::kernels::conv::ConvSpec;
+use crate::kernels::linear::Linear;
+use crate::nn::sequential::{Layer, Sequential, Stack};
+
 /// How many symmetries the square has.
 pub const COUNT: usize = 8;
 
@@ -46,6 +51,36 @@ pub fn symmetries(x: &Tensor) -> Result<Vec<Tensor>> {
     Ok(turns)
 }
 
+/// `sum_k weights_k T_k(x)` for `weights (n, COUNT)`: one row for the whole batch (`n = 1`)
+/// or one per image.
+fn blend(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let weights = weights.to_dtype(x.dtype())?;
+    let n = weights.dim(0)?;
+    let mut sum: Option<Tensor> = None;
+    for (k, t) in symmetries(x)?.iter().enumerate() {
+        let term = t.broadcast_mul(&weights.narrow(1, k, 1)?.reshape((n, 1, 1, 1))?)?;
+        sum = Some(match sum {
+            Some(sum) => (sum + term)?,
+            None => term,
+        });
+    }
+    sum.ok_or_else(|| candle_core::Error::Msg("no symmetries".into()))
+}
+
+/// The index of each row's largest weight and that weight.
+fn largest(weights: &Tensor) -> Result<Vec<(usize, f32)>> {
+    let rows = weights.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok(rows
+        .iter()
+        .map(|w| {
+            w.iter().enumerate().fold(
+                (0, f32::MIN),
+                |best, (k, p)| if *p > best.1 { (k, *p) } else { best },
+            )
+        })
+        .collect())
+}
+
 /// The learned blend: `sum_k softmax(logits)_k T_k(x)`, the logits (named `symmetry_logits`)
 /// starting equal.
 pub struct SymmetryChoice {
@@ -66,27 +101,78 @@ impl SymmetryChoice {
 
     /// The blend of `x`'s symmetries, `(b, c, s, s)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let weights = self.weights()?.to_dtype(x.dtype())?;
-        let mut blend: Option<Tensor> = None;
-        for (k, t) in symmetries(x)?.iter().enumerate() {
-            let term = t.broadcast_mul(&weights.narrow(0, k, 1)?.reshape((1, 1, 1, 1))?)?;
-            blend = Some(match blend {
-                Some(sum) => (sum + term)?,
-                None => term,
-            });
-        }
-        blend.ok_or_else(|| candle_core::Error::Msg("no symmetries".into()))
+        blend(x, &self.weights()?.unsqueeze(0)?)
     }
 
     /// The symmetry with the largest weight and that weight: what the training chose.
     pub fn chosen(&self) -> Result<(usize, f32)> {
-        let w = self.weights()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let (k, p) =
-            w.iter().enumerate().fold(
-                (0, f32::MIN),
-                |best, (k, p)| if *p > best.1 { (k, *p) } else { best },
-            );
-        Ok((k, p))
+        Ok(largest(&self.weights()?.unsqueeze(0)?)?[0])
+    }
+}
+
+/// A choice among the symmetries made for each image from the image and a condition `c (b,
+/// c_dim)` (StarGAN's target attributes): which turn a translation needs depends on both, on
+/// whether the input is already turned and whether the target is. Three stride-2 convolutions
+/// read the image's stroke directions, averaged over the image; a two-layer head reads them
+/// beside `c` (the turn is a nonlinear function of the two: an exclusive or) and gives the
+/// logits, starting at zero (the even blend, as [`SymmetryChoice`]'s). Names: `features.N`,
+/// `head.N`.
+pub struct ConditionedSymmetryChoice {
+    features: Stack,
+    hidden: Linear,
+    logits: Linear,
+}
+
+impl ConditionedSymmetryChoice {
+    /// The feature widths and the head's hidden width.
+    const WIDTH: usize = 32;
+
+    pub fn new(vb: VarBuilder, channels: usize, c_dim: usize) -> Result<Self> {
+        let down = ConvSpec {
+            stride: (2, 2),
+            padding: (1, 1),
+        };
+        let w = Self::WIDTH;
+        let mut features = Sequential::new(vb.pp("features"));
+        let mut inputs = channels;
+        for _ in 0..3 {
+            features = features
+                .conv((inputs, w, 4), down, true, None)?
+                .push(Layer::LeakyRelu(0.2));
+            inputs = w;
+        }
+        let head = vb.pp("head");
+        let hidden = crate::nn::init::linear(w + c_dim, w, head.pp(0))?;
+        let zero = Init::Const(0.0);
+        let logits = Linear::new(
+            head.pp(2).get_with_hints((COUNT, w), "weight", zero)?,
+            Some(head.pp(2).get_with_hints(COUNT, "bias", zero)?),
+        );
+        Ok(Self {
+            features: features.build(),
+            hidden,
+            logits,
+        })
+    }
+
+    /// Each image's weights `(b, COUNT)`, in the order of [`symmetries`].
+    pub fn weights(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let read = self.features.forward(x, true)?.mean((2, 3))?;
+        let h = self.hidden.forward_activated(
+            &Tensor::cat(&[&read, &c.to_dtype(read.dtype())?], 1)?,
+            Activation::LeakyRelu(0.2),
+        )?;
+        candle_nn::ops::softmax(&self.logits.forward_activated(&h, Activation::Identity)?, 1)
+    }
+
+    /// Each image's blend of its symmetries, `(b, c, s, s)`.
+    pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        blend(x, &self.weights(x, c)?)
+    }
+
+    /// Each image's symmetry with the largest weight, and that weight.
+    pub fn chosen(&self, x: &Tensor, c: &Tensor) -> Result<Vec<(usize, f32)>> {
+        largest(&self.weights(x, c)?)
     }
 }
 
@@ -219,5 +305,66 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    fn conditioned(varmap: &VarMap) -> Result<ConditionedSymmetryChoice> {
+        let vb = crate::nn::init::seeded_var_builder(varmap, 4, DType::F32, &Device::Cpu);
+        ConditionedSymmetryChoice::new(vb, 1, 2)
+    }
+
+    /// A new per-image choice blends evenly; a large logit picks its symmetry for every image.
+    #[test]
+    fn a_new_conditioned_choice_blends_evenly_and_a_large_logit_picks() -> Result<()> {
+        let varmap = VarMap::new();
+        let choice = conditioned(&varmap)?;
+        let x = crate::Rng::new(5).normal((3, 1, 8, 8), &Device::Cpu)?;
+        let c = Tensor::new(&[[1f32, 0.], [0., 1.], [1., 1.]], &Device::Cpu)?;
+        let weights = choice.weights(&x, &c)?.to_vec2::<f32>()?;
+        for w in weights.iter().flatten() {
+            assert!((w - 1.0 / COUNT as f32).abs() < 1e-6, "{weights:?}");
+        }
+        let mut bias = vec![0f32; COUNT];
+        bias[6] = 40.0;
+        varmap.data().lock().unwrap()["head.2.bias"].set(&Tensor::new(bias, &Device::Cpu)?)?;
+        let d = (choice.forward(&x, &c)? - &symmetries(&x)?[6])?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5, "{d}");
+        assert!(choice.chosen(&x, &c)?.iter().all(|&(k, _)| k == 6));
+        Ok(())
+    }
+
+    /// With a trained-looking head each image gets its own weights, and the blend's gradient
+    /// with respect to the condition matches finite differences.
+    #[test]
+    fn conditioned_weights_differ_by_image_and_differentiate_through_the_condition() -> Result<()> {
+        let varmap = VarMap::new();
+        let choice = conditioned(&varmap)?;
+        let w: Vec<f32> = (0..COUNT * ConditionedSymmetryChoice::WIDTH)
+            .map(|i| 0.5 * (((i * 7) % 11) as f32 / 10.0 - 0.5))
+            .collect();
+        let shape = (COUNT, ConditionedSymmetryChoice::WIDTH);
+        varmap.data().lock().unwrap()["head.2.weight"].set(&Tensor::from_vec(
+            w,
+            shape,
+            &Device::Cpu,
+        )?)?;
+        let x = crate::Rng::new(6).normal((2, 1, 8, 8), &Device::Cpu)?;
+        let c = Tensor::new(&[[1f32, -1.], [0.5, 2.]], &Device::Cpu)?;
+        let rows = choice.weights(&x, &c)?.to_vec2::<f32>()?;
+        assert_ne!(rows[0], rows[1]);
+        for row in &rows {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+        }
+        let probe = crate::Rng::new(7).normal((2, 1, 8, 8), &Device::Cpu)?;
+        crate::kernels::ops::assert_gradient_matches_finite_differences(
+            |c| choice.forward(&x, c),
+            &c,
+            &probe,
+            &[0, 1, 2, 3],
+            1e-2,
+            1e-2,
+        )
     }
 }
