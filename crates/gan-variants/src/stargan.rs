@@ -37,6 +37,15 @@ use layers::step::{
 use layers::{Domains, Rng, Target, Translator};
 use serde::{Deserialize, Serialize};
 
+/// `a x + t (1 - |a|)` for `maps = [a, t]` along the channels (`pixel_affine`): in [-1, 1]
+/// when `x`, `a` and `t` are.
+fn apply_pixel_affine(maps: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let channels = x.dim(1)?;
+    let a = maps.narrow(1, 0, channels)?;
+    let t = maps.narrow(1, channels, channels)?;
+    a.mul(x)? + t.mul(&(1.0 - a.abs()?)?)?
+}
+
 /// How domains are labelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -84,6 +93,13 @@ pub struct Config {
     pub symmetries: bool,
     /// The symmetry choice's learning rate (its own Adam, the generator's betas).
     pub symmetry_lr: f64,
+    /// The generator draws, for each pixel and channel, an affine map of its input pixel
+    /// instead of the pixel: its last layer gives `a` and `t` (tanh of twice the channels), and
+    /// the translation is `a x + t (1 - |a|)`, in [-1, 1] for any `a`, `t` (not in yunjey's
+    /// network). Inversion (`a = -1`), a tint and the identity are each one such map, so the
+    /// stroke the input has is carried to the output instead of redrawn; what the generator
+    /// learns is which map each pixel needs.
+    pub pixel_affine: bool,
     /// Stride-2 layers of the critic.
     pub d_repeat_num: usize,
     pub lambda_cls: f64,
@@ -111,6 +127,7 @@ impl Default for Config {
             conditional_norm: false,
             symmetries: false,
             symmetry_lr: 1e-3,
+            pixel_affine: false,
             d_repeat_num: 6,
             lambda_cls: 1.0,
             lambda_rec: 10.0,
@@ -198,6 +215,7 @@ impl StarGan {
                 cfg.g_conv_dim,
                 (cfg.g_down_num, cfg.g_repeat_num),
                 cfg.conditional_norm.then_some(cfg.c_dim),
+                cfg.channels * if cfg.pixel_affine { 2 } else { 1 },
             )?,
             symmetry: match cfg.symmetries {
                 true => Some(ConditionedSymmetryChoice::new(
@@ -235,7 +253,11 @@ impl StarGan {
         if self.cfg.coordinates {
             input = with_coordinates(&input)?;
         }
-        self.generator.forward_conditioned(&input, Some(c), true)
+        let out = self.generator.forward_conditioned(&input, Some(c), true)?;
+        match self.cfg.pixel_affine {
+            true => apply_pixel_affine(&out, x),
+            false => Ok(out),
+        }
     }
 
     /// `D(x)`: critic values per patch and domain logits.
@@ -607,6 +629,7 @@ mod tests {
         let (m, varmap) = small_config(Config {
             symmetries: true,
             conditional_norm: true,
+            pixel_affine: true,
             ..Config::default()
         })?;
         let specs = m.optimizers();
@@ -642,6 +665,34 @@ mod tests {
             ..Config::default()
         };
         assert!(small_config(bad).is_err());
+        Ok(())
+    }
+
+    /// The identity, the inversion and the red tint of the run file are each one pixel map:
+    /// `a = 1`, `a = -1`, and `a = 0.3`, `t = -1` on the tinted channels (in [0, 1]: `0.3 x`).
+    #[test]
+    fn pixel_maps_give_the_identity_the_inversion_and_a_tint() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[-1f32, -0.2, 0.5, 1.0], &dev)?.reshape((1, 1, 2, 2))?;
+        let map = |a: f32, t: f32| -> Result<Vec<f32>> {
+            let maps = Tensor::new(&[a, a, a, a, t, t, t, t], &dev)?.reshape((1, 2, 2, 2))?;
+            apply_pixel_affine(&maps, &x)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        assert_eq!(map(1.0, 0.7)?, [-1.0, -0.2, 0.5, 1.0]);
+        assert_eq!(map(-1.0, 0.7)?, [1.0, 0.2, -0.5, -1.0]);
+        let tinted: Vec<f32> = [0.0f32, 0.4, 0.75, 1.0]
+            .iter()
+            .map(|p| 2.0 * (0.3 * p) - 1.0)
+            .collect();
+        for (got, want) in map(0.3, -1.0)?.iter().zip(&tinted) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        // Any a and t in [-1, 1] stay in range.
+        for (a, t) in [(0.5, 1.0), (-0.5, -1.0), (0.0, 1.0), (0.9, -1.0)] {
+            assert!(map(a, t)?.iter().all(|v| v.abs() <= 1.0 + 1e-6));
+        }
         Ok(())
     }
 

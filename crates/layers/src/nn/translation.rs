@@ -160,13 +160,15 @@ fn stargan_norm(
 /// stride-2 4x4 convolutions (yunjey's two), `repeat_num` residual blocks, as many stride-2 4x4
 /// transposed convolutions, c7s1-`channels` and tanh; every convolution bias-free, each followed
 /// by an affine instance norm that keeps running statistics. `conditioned_on: Some(c_dim)`
-/// conditions every norm on the target (not in yunjey's network; see [`Sequential::conditioned`]).
+/// conditions every norm on the target (not in yunjey's network; see [`Sequential::conditioned`]);
+/// `outputs`: the last convolution's maps (yunjey's: the image's channels).
 pub fn stargan_generator(
     vb: VarBuilder,
     (channels, c_dim): (usize, usize),
     conv_dim: usize,
     (down, repeat_num): (usize, usize),
     conditioned_on: Option<usize>,
+    outputs: usize,
 ) -> Result<Stack> {
     let norm = |s, ch| stargan_norm(s, ch, conditioned_on);
     let mut g = norm(
@@ -200,7 +202,7 @@ pub fn stargan_generator(
         .push(Layer::Relu);
         ch /= 2;
     }
-    Ok(g.conv((ch, channels, 7), spec(1, 3), false, None)?
+    Ok(g.conv((ch, outputs, 7), spec(1, 3), false, None)?
         .push(Layer::Tanh)
         .build())
 }
@@ -311,7 +313,7 @@ mod tests {
     fn stargan_networks_take_the_reference_keys_and_shapes() -> Result<()> {
         let varmap = VarMap::new();
         let vb = crate::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
-        let g = stargan_generator(vb.pp("generator"), (3, 5), 8, (2, 6), None)?;
+        let g = stargan_generator(vb.pp("generator"), (3, 5), 8, (2, 6), None, 3)?;
         let d = stargan_discriminator(vb.pp("discriminator"), (3, 5), 128, 8, 6)?;
         let n = names(&varmap);
         for key in [
