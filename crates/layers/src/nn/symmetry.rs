@@ -115,8 +115,11 @@ impl SymmetryChoice {
 /// whether the input is already turned and whether the target is. Three stride-2 convolutions
 /// read the image's stroke directions, averaged over the image; a two-layer head reads them
 /// beside `c` (the turn is a nonlinear function of the two: an exclusive or) and gives the
-/// logits, starting at zero (the even blend, as [`SymmetryChoice`]'s). Names: `features.N`,
-/// `head.N`.
+/// logits. They start at the identity with weight 0.8 (a fixed prior added to the identity's
+/// logit, the head starting at zero): unlike [`SymmetryChoice`]'s one choice for all images,
+/// an even blend here hands the generator the orbit's mean, from which no digit can be read
+/// back, and the choice did not leave it (StarGAN's digits, models/translation.md). Names:
+/// `features.N`, `head.N`.
 pub struct ConditionedSymmetryChoice {
     features: Stack,
     hidden: Linear,
@@ -126,6 +129,8 @@ pub struct ConditionedSymmetryChoice {
 impl ConditionedSymmetryChoice {
     /// The feature widths and the head's hidden width.
     const WIDTH: usize = 32;
+    /// The identity's weight before training.
+    const IDENTITY_PRIOR: f64 = 0.8;
 
     pub fn new(vb: VarBuilder, channels: usize, c_dim: usize) -> Result<Self> {
         let down = ConvSpec {
@@ -162,7 +167,13 @@ impl ConditionedSymmetryChoice {
             &Tensor::cat(&[&read, &c.to_dtype(read.dtype())?], 1)?,
             Activation::LeakyRelu(0.2),
         )?;
-        candle_nn::ops::softmax(&self.logits.forward_activated(&h, Activation::Identity)?, 1)
+        let logits = self.logits.forward_activated(&h, Activation::Identity)?;
+        // ln(p (COUNT - 1) / (1 - p)) on the identity: weight p against 0 logits elsewhere.
+        let p = Self::IDENTITY_PRIOR;
+        let mut prior = vec![0f32; COUNT];
+        prior[0] = (p * (COUNT - 1) as f64 / (1.0 - p)).ln() as f32;
+        let prior = Tensor::new(prior, logits.device())?.to_dtype(logits.dtype())?;
+        candle_nn::ops::softmax(&logits.broadcast_add(&prior)?, 1)
     }
 
     /// Each image's blend of its symmetries, `(b, c, s, s)`.
@@ -312,16 +323,20 @@ mod tests {
         ConditionedSymmetryChoice::new(vb, 1, 2)
     }
 
-    /// A new per-image choice blends evenly; a large logit picks its symmetry for every image.
+    /// A new per-image choice gives the identity 0.8 and the others alike; a large logit
+    /// picks its symmetry for every image.
     #[test]
-    fn a_new_conditioned_choice_blends_evenly_and_a_large_logit_picks() -> Result<()> {
+    fn a_new_conditioned_choice_starts_at_the_identity_and_a_large_logit_picks() -> Result<()> {
         let varmap = VarMap::new();
         let choice = conditioned(&varmap)?;
         let x = crate::Rng::new(5).normal((3, 1, 8, 8), &Device::Cpu)?;
         let c = Tensor::new(&[[1f32, 0.], [0., 1.], [1., 1.]], &Device::Cpu)?;
         let weights = choice.weights(&x, &c)?.to_vec2::<f32>()?;
-        for w in weights.iter().flatten() {
-            assert!((w - 1.0 / COUNT as f32).abs() < 1e-6, "{weights:?}");
+        for row in &weights {
+            assert!((row[0] - 0.8).abs() < 1e-6, "{weights:?}");
+            for w in &row[1..] {
+                assert!((w - 0.2 / 7.0).abs() < 1e-6, "{weights:?}");
+            }
         }
         let mut bias = vec![0f32; COUNT];
         bias[6] = 40.0;
