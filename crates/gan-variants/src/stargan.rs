@@ -155,13 +155,14 @@ pub struct CriticTerms {
     pub total: Tensor,
 }
 
-/// yunjey's `g_loss_fake`, `g_loss_rec`, `g_loss_cls`, the identity term when it is on, and
-/// their weighted sum.
+/// yunjey's `g_loss_fake`, `g_loss_rec`, `g_loss_cls`, the identity term and the symmetry
+/// choice's term when they are on, and their weighted sum.
 pub struct GeneratorTerms {
     pub fake: Tensor,
     pub rec: Tensor,
     pub cls: Tensor,
     pub id: Option<Tensor>,
+    pub front: Option<Tensor>,
     pub total: Tensor,
 }
 
@@ -364,13 +365,34 @@ impl StarGan {
         } else {
             None
         };
+        let g_front = match &self.symmetry {
+            Some(symmetry) => {
+                let g_front = self.front_terms(&symmetry.forward(x_real, c_trg)?, c_trg)?;
+                total = (total + &g_front)?;
+                Some(g_front)
+            }
+            None => None,
+        };
         Ok(GeneratorTerms {
             fake: g_fake,
             rec: g_rec,
             cls: g_cls,
             id: g_id,
+            front: g_front,
             total,
         })
+    }
+
+    /// The symmetry choice's own term: the turned input judged as a translation is,
+    /// `-D_src(T(x)) + lambda_cls L_cls(D_cls(T(x)), c)`. A turn changes only what a turn can
+    /// (the quarter turn, not the inversion or the tint), so the critic's gradient through the
+    /// turned input tells the choice which turn the target needs, and which way: the critic's
+    /// real turned images all turn one way. Without it the choice learns only through the
+    /// generator behind it, which redraws instead, and it stayed at the identity.
+    fn front_terms(&self, turned: &Tensor, c_trg: &Tensor) -> Result<Tensor> {
+        let judged = self.critique(turned)?;
+        let cls = self.classification_loss(&judged.cls, c_trg)?;
+        judged.src.mean_all()?.neg()? + (cls * self.cfg.lambda_cls)?
     }
 
     /// The attribute names, or `attr0`, `attr1`, ... when the data gave none.
@@ -481,6 +503,9 @@ impl Trainable for StarGan {
             }
             if let Some(id) = &g.id {
                 ctx.record("g_loss_id", id)?;
+            }
+            if let Some(front) = &g.front {
+                ctx.record("g_loss_front", front)?;
             }
         }
         Ok(())
@@ -660,6 +685,13 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(d < 1e-5, "{d}");
+        // The choice's own term judges the turned input: -D_src + lambda_cls L_cls, by hand.
+        let g = m.generator_terms(&x, &c, &c)?;
+        let judged = m.critique(&turned)?;
+        let want = judged.src.mean_all()?.neg()?.to_scalar::<f32>()?
+            + m.classification_loss(&judged.cls, &c)?.to_scalar::<f32>()?;
+        let front = g.front.expect("the choice's term").to_scalar::<f32>()?;
+        assert!((front - want).abs() < 1e-5, "{front} vs {want}");
         let bad = Config {
             symmetry_lr: 0.0,
             ..Config::default()
