@@ -579,6 +579,64 @@ fn serve_hub(
 /// Shipped weights named `hf:OWNER/REPO/FILE` download once: `inspect` fetches them into the
 /// cache and `sample` reads the cached copy without a request; a file the hub lacks is a
 /// one-line error naming the revision.
+/// genzoo with `args`, its hub at `endpoint` and its cache in `cache`.
+fn with_hub(endpoint: &str, cache: &Path, args: &[&str]) -> Output {
+    let mut c = genzoo();
+    c.args(args)
+        .env("GENZOO_HUB_ENDPOINT", endpoint)
+        .env("GENZOO_CACHE", cache);
+    for var in ["GENZOO_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"] {
+        c.env_remove(var);
+    }
+    c.output().expect("genzoo runs")
+}
+
+/// A checkpoint on the hub resumes exactly, into the run directory --out names; without
+/// --out it is refused before anything is downloaded.
+#[test]
+fn a_checkpoint_on_the_hub_resumes_exactly_into_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, split) = (tmp.path().join("whole"), tmp.path().join("split"));
+    ok(train_small(&whole, &["--epochs", "2"]));
+    ok(train_small(&split, &["--epochs", "2", "--max-steps", "13"]));
+    let bytes = std::fs::read(split.join("checkpoints/last.safetensors")).unwrap();
+    let (endpoint, requests) = serve_hub("/genzoo/runs/resolve/main/vae/last.safetensors", bytes);
+    let cache = tmp.path().join("cache");
+    let spec = "hf:genzoo/runs/vae/last.safetensors";
+
+    let o = with_hub(
+        &endpoint,
+        &cache,
+        &["train", "--resume", spec, "--max-steps", "0"],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("pass --out"), "{err}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let resumed = tmp.path().join("resumed");
+    let args = [
+        "train",
+        "--resume",
+        spec,
+        "--max-steps",
+        "0",
+        "--out",
+        s(&resumed),
+    ];
+    ok(with_hub(&endpoint, &cache, &args));
+    assert_eq!(
+        weights(&resumed.join("checkpoints/last.safetensors")),
+        weights(&whole.join("checkpoints/last.safetensors")),
+        "the run resumed from the hub ends elsewhere than the uninterrupted one"
+    );
+    let steps: Vec<u64> = step_losses(&resumed)
+        .iter()
+        .map(|(step, _)| *step)
+        .collect();
+    assert_eq!(steps, (14..=20).collect::<Vec<u64>>());
+}
+
 #[test]
 fn hub_weights_download_once_and_sample_from_the_cache() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vae.safetensors");
@@ -586,16 +644,7 @@ fn hub_weights_download_once_and_sample_from_the_cache() {
     let (endpoint, requests) = serve_hub("/genzoo/zoo/resolve/main/vae.safetensors", bytes.clone());
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let genzoo_hub = |args: &[&str]| {
-        let mut c = genzoo();
-        c.args(args)
-            .env("GENZOO_HUB_ENDPOINT", &endpoint)
-            .env("GENZOO_CACHE", &cache);
-        for var in ["GENZOO_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"] {
-            c.env_remove(var);
-        }
-        c.output().expect("genzoo runs")
-    };
+    let genzoo_hub = |args: &[&str]| with_hub(&endpoint, &cache, args);
     let spec = "hf:genzoo/zoo/vae.safetensors";
     let i = stdout(&ok(genzoo_hub(&["inspect", spec])));
     assert!(i.contains("genzoo.model = vae"), "{i}");

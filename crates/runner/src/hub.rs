@@ -322,10 +322,15 @@ impl Hub {
     }
 }
 
+/// Whether `path` names a file on the hub (an `hf:` spec) rather than a local file.
+pub fn is_spec(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| p.starts_with(PREFIX))
+}
+
 /// A file's local path: `path` itself, or the cached download of an `hf:` spec. The one place
 /// every command that reads a checkpoint or weights goes through.
 pub fn local_path(path: &Path) -> Result<Cow<'_, Path>> {
-    match path.to_str().filter(|p| p.starts_with(PREFIX)) {
+    match path.to_str().filter(|_| is_spec(path)) {
         None => Ok(Cow::Borrowed(path)),
         Some(text) => {
             let spec = Spec::parse(text)?;

@@ -37,7 +37,8 @@ pub struct TrainCmd {
     /// Run directory (default: runs/<model>-<date>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue exactly from a checkpoint of this model.
+    /// Continue exactly from a checkpoint of this model: a path, or a file on the Hugging Face
+    /// Hub (`hf:OWNER/REPO[@REVISION]/PATH.safetensors`, with --out for the resumed run).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Attributes of an attribute file to train on (StarGAN on your own images):
@@ -56,7 +57,7 @@ fn run_config(cmd: &TrainCmd) -> Result<RunConfig> {
             RunConfig::new(model)
         }
         (None, None, Some(resume)) => {
-            let ck = layers::Checkpoint::load(resume, &Device::Cpu)?;
+            let ck = crate::run::checkpoint::load_checkpoint(resume, &Device::Cpu)?;
             RunConfig::new(ck.require_meta(META_MODEL, resume)?)
         }
         (None, None, None) => anyhow::bail!(
@@ -76,6 +77,10 @@ fn run_config(cmd: &TrainCmd) -> Result<RunConfig> {
 }
 
 pub fn run(cmd: TrainCmd, device: Device) -> Result<ExitCode> {
+    if let Some(resume) = &cmd.resume {
+        // Before anything is read (or downloaded): where the resumed run will write.
+        crate::run::dir::resumed_run_dir(cmd.out.as_deref(), resume)?;
+    }
     let run = run_config(&cmd)?;
     let outcome = train(TrainArgs {
         run,

@@ -60,6 +60,12 @@ pub fn open_run(dir: &RunDir, run: &RunConfig, step: u64) -> Result<Logger> {
 
 /// The directory a resumed run continues in: `--out`, or the one holding its checkpoint.
 pub fn resumed_run_dir(out: Option<&Path>, checkpoint: &Path) -> Result<PathBuf> {
+    if out.is_none() && crate::hub::is_spec(checkpoint) {
+        bail!(
+            "{} is on the hub, so its run directory is not here: pass --out for the resumed run",
+            checkpoint.display()
+        );
+    }
     out.map(Path::to_path_buf)
         .or_else(|| run_dir_of(checkpoint))
         .with_context(|| {
