@@ -637,6 +637,38 @@ fn a_checkpoint_on_the_hub_resumes_exactly_into_out() {
     assert_eq!(steps, (14..=20).collect::<Vec<u64>>());
 }
 
+/// An attribute classifier on the hub judges a StarGAN's translations as a local one does.
+#[test]
+fn an_attribute_classifier_on_the_hub_judges_translations() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let classifier = models.join("stargan-digits-attributes.safetensors");
+    let bytes = std::fs::read(&classifier).unwrap();
+    let (endpoint, _) = serve_hub("/genzoo/zoo/resolve/main/attributes.safetensors", bytes);
+    let tmp = tempfile::tempdir().unwrap();
+    let eval = |classifier: &str| {
+        let model = models.join("stargan-digits.safetensors");
+        let args = [
+            "eval",
+            s(&model),
+            "--limit",
+            "3",
+            "--attribute-classifier",
+            classifier,
+        ];
+        stdout(&ok(with_hub(&endpoint, &tmp.path().join("cache"), &args)))
+    };
+    let from_hub = eval("hf:genzoo/zoo/attributes.safetensors");
+    assert!(from_hub.contains("attributes right, each"), "{from_hub}");
+    let local = eval(s(&classifier));
+    let figures = |report: &str| -> Vec<String> {
+        let rows = report
+            .lines()
+            .filter(|l| !l.starts_with("attribute classifier:"));
+        rows.map(String::from).collect()
+    };
+    assert_eq!(figures(&from_hub), figures(&local));
+}
+
 #[test]
 fn hub_weights_download_once_and_sample_from_the_cache() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vae.safetensors");

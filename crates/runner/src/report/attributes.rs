@@ -177,7 +177,7 @@ fn accuracy(net: &LeNet, sources: &SplitSources, k: usize, device: &Device) -> R
 
 /// Loads an attribute classifier file.
 pub fn load(path: &Path, device: &Device) -> Result<AttributeClassifier> {
-    let ck = Checkpoint::load(path, device)?;
+    let ck = crate::run::checkpoint::load_checkpoint(path, device)?;
     match ck.meta(META_KIND) {
         Some(KIND) => {}
         Some(other) => bail!(

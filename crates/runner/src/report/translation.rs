@@ -287,7 +287,7 @@ fn attribute_classifier(
         .attribute_classifier
         .clone()
         .unwrap_or_else(|| attributes::beside(args.checkpoint));
-    if !path.exists() {
+    if !crate::hub::is_spec(&path) && !path.exists() {
         let why = format!(
             "no attribute classifier at {}: train one with `genzoo classifier train --attributes --config RUN.toml --out {}` (or pass --attribute-classifier)",
             path.display(),
