@@ -350,30 +350,24 @@ impl Stack {
         let mut i = 0;
         while i < self.0.len() {
             let next = self.0.get(i + 1).and_then(Layer::activation);
-            let fused = match (&self.0[i], next) {
-                (Layer::Linear(l), Some(act)) => Some(l.forward_activated(&h, act)?),
+            // The output and how many layers it took: two where an activation was fused.
+            let (y, taken) = match (&self.0[i], next) {
+                (Layer::Linear(l), Some(act)) => (l.forward_activated(&h, act)?, 2),
                 (Layer::Conv(k, Some(b), spec), Some(act)) => {
-                    Some(bias_activation(&conv2d(&h, k, *spec)?, Some(b), act)?)
+                    (bias_activation(&conv2d(&h, k, *spec)?, Some(b), act)?, 2)
                 }
                 (layer @ Layer::ConvTransposeWith { bias: Some(_), .. }, Some(act)) => {
-                    Some(layer.conv_transpose_activated(&h, act)?)
+                    (layer.conv_transpose_activated(&h, act)?, 2)
                 }
                 (Layer::ConditionedInstanceNorm(norm, map), _) => {
-                    Some(conditioned_norm(&h, norm, map, c, train)?)
+                    (conditioned_norm(&h, norm, map, c, train)?, 1)
                 }
                 (Layer::Residual(block), _) => {
-                    Some((&h + block.forward_conditioned(&h, c, train)?)?)
+                    ((&h + block.forward_conditioned(&h, c, train)?)?, 1)
                 }
-                _ => None,
+                (layer, _) => (layer.forward(&h, train)?, 1),
             };
-            let step = match &self.0[i] {
-                Layer::ConditionedInstanceNorm(..) | Layer::Residual(_) => 1,
-                _ => 2,
-            };
-            (h, i) = match fused {
-                Some(y) => (y, i + step),
-                None => (self.0[i].forward(&h, train)?, i + 1),
-            };
+            (h, i) = (y, i + taken);
         }
         Ok(h)
     }
