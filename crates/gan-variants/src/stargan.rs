@@ -239,13 +239,13 @@ impl StarGan {
     /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
     pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         match &self.symmetry {
-            Some(symmetry) => self.generate_in_place(&symmetry.forward(x, c)?, c),
-            None => self.generate_in_place(x, c),
+            Some(symmetry) => self.generate_unturned(&symmetry.forward(x, c)?, c),
+            None => self.generate_unturned(x, c),
         }
     }
 
     /// yunjey's generator alone, without the symmetry choice in front.
-    fn generate_in_place(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+    fn generate_unturned(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let planes =
             c.reshape((b, self.cfg.c_dim, 1, 1))?
@@ -680,7 +680,7 @@ mod tests {
         let x = to_tanh_range(&Rng::new(3).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
         let c = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
         let turned = layers::nn::symmetry::quarter_turn(&x)?;
-        let d = (m.generate(&x, &c)? - m.generate_in_place(&turned, &c)?)?
+        let d = (m.generate(&x, &c)? - m.generate_unturned(&turned, &c)?)?
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
