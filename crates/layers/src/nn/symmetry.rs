@@ -180,11 +180,6 @@ impl ConditionedSymmetryChoice {
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         blend(x, &self.weights(x, c)?)
     }
-
-    /// Each image's symmetry with the largest weight, and that weight.
-    pub fn chosen(&self, x: &Tensor, c: &Tensor) -> Result<Vec<(usize, f32)>> {
-        largest(&self.weights(x, c)?)
-    }
 }
 
 #[cfg(test)]
@@ -346,7 +341,9 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(d < 1e-5, "{d}");
-        assert!(choice.chosen(&x, &c)?.iter().all(|&(k, _)| k == 6));
+        assert!(largest(&choice.weights(&x, &c)?)?
+            .iter()
+            .all(|&(k, _)| k == 6));
         Ok(())
     }
 
