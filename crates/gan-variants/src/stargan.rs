@@ -244,7 +244,7 @@ impl StarGan {
         }
     }
 
-    /// yunjey's generator alone, without the symmetry choice in front.
+    /// The generator without the symmetry choice in front (with its pixel maps, if any).
     fn generate_unturned(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let planes =
