@@ -126,6 +126,9 @@ fn every_shipped_weights_file_samples() {
         "fvsbn",
         "nade",
         "ar-n",
+        "pixelcnn",
+        "row-lstm",
+        "diagonal-bilstm",
         "gan",
         "cgan",
         "dcgan",
@@ -138,7 +141,7 @@ fn every_shipped_weights_file_samples() {
             "{shipped}: {sampled:?}"
         );
     }
-    assert!(sampled.len() >= 14, "{sampled:?}");
+    assert!(sampled.len() >= 17, "{sampled:?}");
 }
 
 #[test]
