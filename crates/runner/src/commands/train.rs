@@ -77,8 +77,8 @@ fn run_config(cmd: &TrainCmd) -> Result<RunConfig> {
 }
 
 pub fn run(cmd: TrainCmd, device: Device) -> Result<ExitCode> {
-    if let Some(resume) = &cmd.resume {
-        // Before anything is read (or downloaded): where the resumed run will write.
+    if let Some(resume) = cmd.resume.as_deref().filter(|r| crate::hub::is_spec(r)) {
+        // Before anything is downloaded: a checkpoint on the hub has no run directory here.
         crate::run::dir::resumed_run_dir(cmd.out.as_deref(), resume)?;
     }
     let run = run_config(&cmd)?;
