@@ -349,7 +349,12 @@ impl StarGan {
         c_trg: &Tensor,
     ) -> Result<GeneratorTerms> {
         let cfg = &self.cfg;
-        let x_fake = self.generate(x_real, c_trg)?;
+        // The turned input, once: the translation and the choice's own term both read it.
+        let turned = match &self.symmetry {
+            Some(symmetry) => Some(symmetry.forward(x_real, c_trg)?),
+            None => None,
+        };
+        let x_fake = self.generate_unturned(turned.as_ref().unwrap_or(x_real), c_trg)?;
         let fake = self.critique(&x_fake)?;
         let g_fake = fake.src.mean_all()?.neg()?;
         let g_cls = self.classification_loss(&fake.cls, c_trg)?;
@@ -365,9 +370,9 @@ impl StarGan {
         } else {
             None
         };
-        let g_front = match &self.symmetry {
-            Some(symmetry) => {
-                let g_front = self.front_terms(&symmetry.forward(x_real, c_trg)?, c_trg)?;
+        let g_front = match &turned {
+            Some(turned) => {
+                let g_front = self.front_terms(turned, c_trg)?;
                 total = (total + &g_front)?;
                 Some(g_front)
             }
