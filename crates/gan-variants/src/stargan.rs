@@ -85,7 +85,8 @@ pub struct Config {
     /// padding): the target reaches the middle of the image only through the network's
     /// receptive field. Conditioned norms give every layer the target at every pixel.
     pub conditional_norm: bool,
-    /// A choice among the input's quarter turns and mirrors made per image from the image and
+    /// A choice among the input's quarter turns and mirrors made per image from the image's
+    /// own attributes (as the choice predicts them, learned from the real images' labels) and
     /// the target, in front of the generator (`layers::nn::symmetry::ConditionedSymmetryChoice`,
     /// variables `symmetry.*`; not in yunjey's network). For attributes that move every pixel
     /// by where it is (a quarter turn), which a convolutional generator redraws instead of
@@ -93,6 +94,13 @@ pub struct Config {
     pub symmetries: bool,
     /// The symmetry choice's learning rate (its own Adam, the generator's betas).
     pub symmetry_lr: f64,
+    /// The attributes the symmetry choice serves: those a turn or a mirror changes (the run
+    /// file's `rotated`). The choice predicts where an image stands on them, reads the target's,
+    /// and its own term classifies the turned input on them alone. Empty: every attribute.
+    /// A turn cannot change the others (an inversion, a tint), and with them in its term the
+    /// choice drifted into blends (its largest weight 0.3 after 900 steps) while the term stood
+    /// at 8 to 14, most of it the attributes no turn can change (models/translation.md).
+    pub symmetry_attributes: Vec<String>,
     /// The generator draws, for each pixel and channel, an affine map of its input pixel
     /// instead of the pixel: its last layer gives `a` and `t` (tanh of twice the channels), and
     /// the translation is `a x + t (1 - |a|)`, in [-1, 1] for any `a`, `t` (not in yunjey's
@@ -127,6 +135,7 @@ impl Default for Config {
             conditional_norm: false,
             symmetries: false,
             symmetry_lr: 1e-3,
+            symmetry_attributes: Vec::new(),
             pixel_affine: false,
             d_repeat_num: 6,
             lambda_cls: 1.0,
@@ -143,6 +152,8 @@ pub struct StarGan {
     generator: Stack,
     /// In front of the generator, with `symmetries`.
     symmetry: Option<ConditionedSymmetryChoice>,
+    /// The attributes it serves, as indices into `c` (`symmetry_attributes`).
+    served: Vec<u32>,
     critic: StarGanCritic,
 }
 
@@ -163,6 +174,8 @@ pub struct GeneratorTerms {
     pub cls: Tensor,
     pub id: Option<Tensor>,
     pub front: Option<Tensor>,
+    /// The symmetry choice's prediction of the real images' own domains, against their labels.
+    pub source: Option<Tensor>,
     pub total: Tensor,
 }
 
@@ -172,6 +185,28 @@ pub struct Critique {
     pub src: Tensor,
     /// `(b, c_dim)` domain logits.
     pub cls: Tensor,
+}
+
+/// The indices of `symmetry_attributes` among the attribute names (all of them when empty).
+fn served_attributes(cfg: &Config) -> Result<Vec<u32>> {
+    if cfg.symmetry_attributes.is_empty() {
+        return Ok((0..cfg.c_dim as u32).collect());
+    }
+    if cfg.mode != LabelMode::MultiLabel {
+        candle_core::bail!(
+            "StarGAN symmetry_attributes are attributes: they need multi-label mode"
+        );
+    }
+    cfg.symmetry_attributes
+        .iter()
+        .map(|name| match cfg.attributes.iter().position(|a| a == name) {
+            Some(i) => Ok(i as u32),
+            None => candle_core::bail!(
+                "StarGAN symmetry_attributes names {name:?}, which is not among the attributes [{}]",
+                cfg.attributes.join(", ")
+            ),
+        })
+        .collect()
 }
 
 impl StarGan {
@@ -206,6 +241,7 @@ impl StarGan {
                 cfg.g_down_num
             );
         }
+        let served = served_attributes(cfg)?;
         let dims = (cfg.channels, cfg.c_dim);
         let g_extra = if cfg.coordinates { 2 } else { 0 };
         Ok(Self {
@@ -222,10 +258,11 @@ impl StarGan {
                 true => Some(ConditionedSymmetryChoice::new(
                     vb.pp("symmetry"),
                     cfg.channels,
-                    cfg.c_dim,
+                    served.len(),
                 )?),
                 false => None,
             },
+            served,
             critic: stargan_discriminator(
                 vb.pp("discriminator"),
                 dims,
@@ -239,7 +276,7 @@ impl StarGan {
     /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
     pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         match &self.symmetry {
-            Some(symmetry) => self.generate_unturned(&symmetry.forward(x, c)?, c),
+            Some(symmetry) => self.generate_unturned(&symmetry.forward(x, &self.served(c)?)?, c),
             None => self.generate_unturned(x, c),
         }
     }
@@ -351,7 +388,7 @@ impl StarGan {
         let cfg = &self.cfg;
         // The turned input, once: the translation and the choice's own term both read it.
         let turned = match &self.symmetry {
-            Some(symmetry) => Some(symmetry.forward(x_real, c_trg)?),
+            Some(symmetry) => Some(symmetry.forward(x_real, &self.served(c_trg)?)?),
             None => None,
         };
         let x_fake = self.generate_unturned(turned.as_ref().unwrap_or(x_real), c_trg)?;
@@ -378,12 +415,24 @@ impl StarGan {
             }
             None => None,
         };
+        // Where each real image stands, learned from its labels (weight 1: it reaches only the
+        // choice's features, which nothing else trains).
+        let g_source = match &self.symmetry {
+            Some(symmetry) => {
+                let g_source = self
+                    .classification_loss(&symmetry.source_logits(x_real)?, &self.served(c_org)?)?;
+                total = (total + &g_source)?;
+                Some(g_source)
+            }
+            None => None,
+        };
         Ok(GeneratorTerms {
             fake: g_fake,
             rec: g_rec,
             cls: g_cls,
             id: g_id,
             front: g_front,
+            source: g_source,
             total,
         })
     }
@@ -397,7 +446,16 @@ impl StarGan {
     /// that term too the choice went to the identity for every image within 250 steps.
     fn front_terms(&self, turned: &Tensor, c_trg: &Tensor) -> Result<Tensor> {
         let judged = self.critique(turned)?;
-        self.classification_loss(&judged.cls, c_trg)? * self.cfg.lambda_cls
+        let served = |c: &Tensor| self.served(c);
+        self.classification_loss(&served(&judged.cls)?, &served(c_trg)?)? * self.cfg.lambda_cls
+    }
+
+    /// The columns of `(b, c_dim)` attributes (or logits) that the symmetry choice serves.
+    fn served(&self, c: &Tensor) -> Result<Tensor> {
+        if self.served.len() == self.cfg.c_dim {
+            return Ok(c.clone());
+        }
+        c.index_select(&Tensor::new(self.served.as_slice(), c.device())?, 1)
     }
 
     /// The attribute names, or `attr0`, `attr1`, ... when the data gave none.
@@ -493,7 +551,7 @@ impl Trainable for StarGan {
                     ctx.minimize_together(&["generator", "symmetry"], &g.total)?;
                     // How decided the choices are: the mean of each translation's largest
                     // weight (1 / 8 at the start).
-                    let weights = symmetry.weights(&x_real, &c_trg)?;
+                    let weights = symmetry.weights(&x_real, &self.served(&c_trg)?)?;
                     ctx.record("g_symmetry_weight", &weights.max(1)?.mean_all()?)?;
                 }
                 None => ctx.minimize("generator", &g.total)?,
@@ -511,6 +569,9 @@ impl Trainable for StarGan {
             }
             if let Some(front) = &g.front {
                 ctx.record("g_loss_front", front)?;
+            }
+            if let Some(source) = &g.source {
+                ctx.record("g_loss_source", source)?;
             }
         }
         Ok(())
@@ -696,11 +757,64 @@ mod tests {
         let want = m.classification_loss(&judged.cls, &c)?.to_scalar::<f32>()?;
         let front = g.front.expect("the choice's term").to_scalar::<f32>()?;
         assert!((front - want).abs() < 1e-5, "{front} vs {want}");
+        // Its prediction of where the real images stand, against their own labels.
+        let c_org = Tensor::new(&[[0f32, 1., 1.], [1., 0., 0.]], &Device::Cpu)?;
+        let g = m.generator_terms(&x, &c_org, &c)?;
+        let symmetry = m.symmetry.as_ref().expect("a choice");
+        let want = m
+            .classification_loss(&symmetry.source_logits(&x)?, &c_org)?
+            .to_scalar::<f32>()?;
+        let source = g.source.expect("the source term").to_scalar::<f32>()?;
+        assert!((source - want).abs() < 1e-5, "{source} vs {want}");
         let bad = Config {
             symmetry_lr: 0.0,
             ..Config::default()
         };
         assert!(small_config(bad).is_err());
+        Ok(())
+    }
+
+    /// With `symmetry_attributes` the choice predicts, reads and is judged on those
+    /// attributes alone; a name outside the attributes is an error that names it.
+    #[test]
+    fn the_symmetry_choice_serves_the_attributes_it_is_given() -> Result<()> {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cfg = |served: &[&str]| Config {
+            symmetries: true,
+            attributes: names(&["inverted", "rotated", "red"]),
+            symmetry_attributes: names(served),
+            ..Config::default()
+        };
+        let (m, _) = small_config(cfg(&["rotated"]))?;
+        let x = to_tanh_range(&Rng::new(4).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
+        let c_org = Tensor::new(&[[0f32, 1., 1.], [1., 0., 0.]], &Device::Cpu)?;
+        let c_trg = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        let symmetry = m.symmetry.as_ref().expect("a choice");
+        assert_eq!(symmetry.source_logits(&x)?.dims(), &[2, 1]);
+        let column = |c: &Tensor| c.narrow(1, 1, 1);
+        let g = m.generator_terms(&x, &c_org, &c_trg)?;
+        let turned = symmetry.forward(&x, &column(&c_trg)?)?;
+        let judged = m.critique(&turned)?;
+        let want_front = m
+            .classification_loss(&column(&judged.cls)?, &column(&c_trg)?)?
+            .to_scalar::<f32>()?;
+        let want_source = m
+            .classification_loss(&symmetry.source_logits(&x)?, &column(&c_org)?)?
+            .to_scalar::<f32>()?;
+        let front = g.front.expect("the choice's term").to_scalar::<f32>()?;
+        let source = g.source.expect("the source term").to_scalar::<f32>()?;
+        assert!((front - want_front).abs() < 1e-5, "{front} vs {want_front}");
+        assert!(
+            (source - want_source).abs() < 1e-5,
+            "{source} vs {want_source}"
+        );
+        let err = small_config(cfg(&["slanted"])).err().expect("an error");
+        assert!(err.to_string().contains("\"slanted\""), "{err}");
+        let single = Config {
+            mode: LabelMode::SingleLabel,
+            ..cfg(&["rotated"])
+        };
+        assert!(small_config(single).is_err());
         Ok(())
     }
 
