@@ -28,6 +28,10 @@ use crate::report::HeldOutArgs;
 pub struct TraitAccuracy {
     pub name: String,
     pub accuracy: f64,
+    /// `confusion[asked][drawn]`: images whose caption asked for bin `asked` and whose
+    /// measured trait fell in bin `drawn`. It tells a model that draws every image in one bin
+    /// (a bias) from one that draws the bins at random.
+    pub confusion: [[usize; 3]; 3],
 }
 
 #[derive(Debug, Serialize)]
@@ -69,7 +73,15 @@ pub struct TextReport {
 /// What one image did against its caption.
 struct Judged {
     digit_right: bool,
-    bins_right: [bool; 3],
+    /// The bins the caption asked for and those measured on the image.
+    asked: [usize; 3],
+    drawn: [usize; 3],
+}
+
+impl Judged {
+    fn bin_right(&self, t: usize) -> bool {
+        self.asked[t] == self.drawn[t]
+    }
 }
 
 pub fn evaluate(model: &dyn Captioned, args: &HeldOutArgs) -> Result<TextReport> {
@@ -103,7 +115,8 @@ pub fn evaluate(model: &dyn Captioned, args: &HeldOutArgs) -> Result<TextReport>
     let traits = (0..3)
         .map(|t| TraitAccuracy {
             name: TRAITS[t].to_string(),
-            accuracy: share(&|j| j.bins_right[t]),
+            accuracy: share(&|j| j.bin_right(t)),
+            confusion: confusion(&judged, t),
         })
         .collect();
     let held_out = held_out_rows(
@@ -146,13 +159,21 @@ fn judge(
         .zip(wanted)
         .zip(read)
         .map(|((image, d), digit)| {
-            let got = bins.of(d.digit, &measure(image))?;
             Ok(Judged {
                 digit_right: digit == d.digit,
-                bins_right: std::array::from_fn(|t| got[t] == d.bins[t]),
+                asked: d.bins,
+                drawn: bins.of(d.digit, &measure(image))?,
             })
         })
         .collect()
+}
+
+fn confusion(judged: &[Judged], t: usize) -> [[usize; 3]; 3] {
+    let mut counts = [[0; 3]; 3];
+    for j in judged {
+        counts[j.asked[t]][j.drawn[t]] += 1;
+    }
+    counts
 }
 
 fn held_out_rows(
@@ -173,8 +194,7 @@ fn held_out_rows(
             HeldOutRow {
                 combination: c.name(),
                 images: of.len(),
-                trait_accuracy: of.iter().filter(|j| j.bins_right[c.trait_index]).count() as f64
-                    / n,
+                trait_accuracy: of.iter().filter(|j| j.bin_right(c.trait_index)).count() as f64 / n,
                 digit_accuracy: of.iter().filter(|j| j.digit_right).count() as f64 / n,
             }
         })
@@ -263,12 +283,21 @@ pub fn print(r: &TextReport) {
         100.0 * r.digit_accuracy
     );
     for t in &r.traits {
+        let names = BIN_NAMES[TRAITS.iter().position(|n| *n == t.name).unwrap_or(0)];
         println!(
             "{:<11} {:5.1}% in the caption's bin ({}; chance 33.3%)",
             t.name,
             100.0 * t.accuracy,
-            BIN_NAMES[TRAITS.iter().position(|n| *n == t.name).unwrap_or(0)].join(" / ")
+            names.join(" / ")
         );
+        for (asked, row) in names.iter().zip(&t.confusion) {
+            let drawn: Vec<String> = names
+                .iter()
+                .zip(row)
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
+            println!("  asked {:<8} drawn {}", asked, drawn.join(", "));
+        }
     }
     if let Some(acc) = r.held_out_trait_accuracy {
         println!(
@@ -310,5 +339,20 @@ mod tests {
         // x = 1..4, y with a tie: ranks 0, 1.5, 1.5, 3 -> 0.9487 (scipy.stats.spearmanr).
         let r = spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 2.0, 9.0]);
         assert!((r - 0.948_683_3).abs() < 1e-6, "{r}");
+    }
+
+    /// Rows are the caption's bins, columns the drawn ones; the diagonal is what the accuracy
+    /// counts.
+    #[test]
+    fn the_confusion_counts_asked_against_drawn() {
+        let j = |asked: usize, drawn: usize| Judged {
+            digit_right: true,
+            asked: [0, 0, asked],
+            drawn: [0, 1, drawn],
+        };
+        let judged = [j(0, 1), j(0, 1), j(2, 2), j(1, 1), j(2, 0)];
+        assert_eq!(confusion(&judged, 2), [[0, 2, 0], [0, 1, 0], [1, 0, 1]]);
+        assert_eq!(confusion(&judged, 1), [[0, 5, 0], [0, 0, 0], [0, 0, 0]]);
+        assert_eq!(judged.iter().filter(|j| j.bin_right(2)).count(), 2);
     }
 }
