@@ -101,6 +101,14 @@ pub struct Config {
     /// choice drifted into blends (its largest weight 0.3 after 900 steps) while the term stood
     /// at 8 to 14, most of it the attributes no turn can change (models/translation.md).
     pub symmetry_attributes: Vec<String>,
+    /// Iterations at the start during which the choice's head does not learn: the input is
+    /// blended by its starting weights (the identity's 0.8) with no gradient to them, and its
+    /// own term is left out, while its features learn where images stand from their labels.
+    /// A head that learns from the first step moves before that prediction tells the images
+    /// apart, and so moves alike for all of them: to one symmetry for every image (with
+    /// `pixel_affine`) or to blends that hedge the critic's classification (without), within
+    /// 200 iterations, when the prediction was still at chance (models/translation.md).
+    pub symmetry_warmup: u64,
     /// The generator draws, for each pixel and channel, an affine map of its input pixel
     /// instead of the pixel: its last layer gives `a` and `t` (tanh of twice the channels), and
     /// the translation is `a x + t (1 - |a|)`, in [-1, 1] for any `a`, `t` (not in yunjey's
@@ -136,6 +144,7 @@ impl Default for Config {
             symmetries: false,
             symmetry_lr: 1e-3,
             symmetry_attributes: Vec::new(),
+            symmetry_warmup: 0,
             pixel_affine: false,
             d_repeat_num: 6,
             lambda_cls: 1.0,
@@ -174,7 +183,8 @@ pub struct GeneratorTerms {
     pub cls: Tensor,
     pub id: Option<Tensor>,
     pub front: Option<Tensor>,
-    /// The symmetry choice's prediction of the real images' own domains, against their labels.
+    /// The symmetry choice's prediction of the real images' own attributes (those it serves),
+    /// against their labels.
     pub source: Option<Tensor>,
     pub total: Tensor,
 }
@@ -275,9 +285,18 @@ impl StarGan {
 
     /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
     pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        self.generate_unturned(&self.turn(x, c, true)?, c)
+    }
+
+    /// The input as the symmetry choice turns it for the target `c` (the input itself
+    /// without a choice); `learns`: whether the choice's head gets a gradient through it.
+    fn turn(&self, x: &Tensor, c: &Tensor, learns: bool) -> Result<Tensor> {
         match &self.symmetry {
-            Some(symmetry) => self.generate_unturned(&symmetry.forward(x, &self.served(c)?)?, c),
-            None => self.generate_unturned(x, c),
+            Some(symmetry) => {
+                let turned = symmetry.forward(x, &self.served(c)?)?;
+                Ok(if learns { turned } else { turned.detach() })
+            }
+            None => Ok(x.clone()),
         }
     }
 
@@ -379,41 +398,40 @@ impl StarGan {
 
     /// The generator's step: translate to `c_trg`, fool the critic and its classifier, and
     /// come back to `c_org`.
+    /// `choice_learns`: whether the symmetry choice's head learns this step (after its warm-up).
     pub fn generator_terms(
         &self,
         x_real: &Tensor,
         c_org: &Tensor,
         c_trg: &Tensor,
+        choice_learns: bool,
     ) -> Result<GeneratorTerms> {
         let cfg = &self.cfg;
+        let generate =
+            |x: &Tensor, c: &Tensor| self.generate_unturned(&self.turn(x, c, choice_learns)?, c);
         // The turned input, once: the translation and the choice's own term both read it.
-        let turned = match &self.symmetry {
-            Some(symmetry) => Some(symmetry.forward(x_real, &self.served(c_trg)?)?),
-            None => None,
-        };
-        let x_fake = self.generate_unturned(turned.as_ref().unwrap_or(x_real), c_trg)?;
+        let turned = self.turn(x_real, c_trg, choice_learns)?;
+        let x_fake = self.generate_unturned(&turned, c_trg)?;
         let fake = self.critique(&x_fake)?;
         let g_fake = fake.src.mean_all()?.neg()?;
         let g_cls = self.classification_loss(&fake.cls, c_trg)?;
-        let x_reconst = self.generate(&x_fake, c_org)?;
+        let x_reconst = generate(&x_fake, c_org)?;
         let g_rec = (x_real - x_reconst)?.abs()?.mean_all()?;
         let mut total = ((&g_fake + (&g_rec * cfg.lambda_rec)?)? + (&g_cls * cfg.lambda_cls)?)?;
         let g_id = if cfg.lambda_id > 0.0 {
-            let g_id = (x_real - self.generate(x_real, c_org)?)?
-                .abs()?
-                .mean_all()?;
+            let g_id = (x_real - generate(x_real, c_org)?)?.abs()?.mean_all()?;
             total = (total + (&g_id * cfg.lambda_id)?)?;
             Some(g_id)
         } else {
             None
         };
-        let g_front = match &turned {
-            Some(turned) => {
-                let g_front = self.front_terms(turned, c_trg)?;
+        let g_front = match self.symmetry.is_some() && choice_learns {
+            true => {
+                let g_front = self.front_terms(&turned, c_trg)?;
                 total = (total + &g_front)?;
                 Some(g_front)
             }
-            None => None,
+            false => None,
         };
         // Where each real image stands, learned from its labels (weight 1: it reaches only the
         // choice's features, which nothing else trains).
@@ -545,7 +563,8 @@ impl Trainable for StarGan {
             ctx.record(name, t)?;
         }
         if (ctx.progress.step + 1).is_multiple_of(self.cfg.n_critic) {
-            let g = self.generator_terms(&x_real, &c_org, &c_trg)?;
+            let choice_learns = ctx.progress.step >= self.cfg.symmetry_warmup;
+            let g = self.generator_terms(&x_real, &c_org, &c_trg, choice_learns)?;
             match &self.symmetry {
                 Some(symmetry) => {
                     ctx.minimize_together(&["generator", "symmetry"], &g.total)?;
@@ -752,14 +771,14 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(d < 1e-5, "{d}");
         // The choice's own term classifies the turned input: lambda_cls L_cls, by hand.
-        let g = m.generator_terms(&x, &c, &c)?;
+        let g = m.generator_terms(&x, &c, &c, true)?;
         let judged = m.critique(&turned)?;
         let want = m.classification_loss(&judged.cls, &c)?.to_scalar::<f32>()?;
         let front = g.front.expect("the choice's term").to_scalar::<f32>()?;
         assert!((front - want).abs() < 1e-5, "{front} vs {want}");
         // Its prediction of where the real images stand, against their own labels.
         let c_org = Tensor::new(&[[0f32, 1., 1.], [1., 0., 0.]], &Device::Cpu)?;
-        let g = m.generator_terms(&x, &c_org, &c)?;
+        let g = m.generator_terms(&x, &c_org, &c, true)?;
         let symmetry = m.symmetry.as_ref().expect("a choice");
         let want = m
             .classification_loss(&symmetry.source_logits(&x)?, &c_org)?
@@ -792,7 +811,7 @@ mod tests {
         let symmetry = m.symmetry.as_ref().expect("a choice");
         assert_eq!(symmetry.source_logits(&x)?.dims(), &[2, 1]);
         let column = |c: &Tensor| c.narrow(1, 1, 1);
-        let g = m.generator_terms(&x, &c_org, &c_trg)?;
+        let g = m.generator_terms(&x, &c_org, &c_trg, true)?;
         let turned = symmetry.forward(&x, &column(&c_trg)?)?;
         let judged = m.critique(&turned)?;
         let want_front = m
@@ -815,6 +834,39 @@ mod tests {
             ..cfg(&["rotated"])
         };
         assert!(small_config(single).is_err());
+        Ok(())
+    }
+
+    /// During the choice's warm-up its head gets no gradient from any term and its own term is
+    /// left out, while its features learn from the labels and the generator from the rest.
+    #[test]
+    fn during_the_warm_up_only_the_choice_s_features_learn() -> Result<()> {
+        let (m, varmap) = small_config(Config {
+            symmetries: true,
+            lambda_id: 10.0,
+            ..Config::default()
+        })?;
+        let x = to_tanh_range(&Rng::new(5).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
+        let c_org = Tensor::new(&[[0f32, 1., 1.], [1., 0., 0.]], &Device::Cpu)?;
+        let c_trg = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        let reached = |learns: bool, key: &str| -> Result<bool> {
+            let g = m.generator_terms(&x, &c_org, &c_trg, learns)?;
+            assert_eq!(g.front.is_some(), learns);
+            let grads = g.total.backward()?;
+            let data = varmap.data().lock().unwrap();
+            Ok(match grads.get(data[key].as_tensor()) {
+                Some(g) => g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0,
+                None => false,
+            })
+        };
+        for key in ["symmetry.features.0.weight", "generator.main.0.weight"] {
+            assert!(
+                reached(false, key)?,
+                "{key} did not learn during the warm-up"
+            );
+        }
+        assert!(!reached(false, "symmetry.head.2.weight")?);
+        assert!(reached(true, "symmetry.head.2.weight")?);
         Ok(())
     }
 
@@ -870,9 +922,9 @@ mod tests {
         let target = Tensor::new(&[[0f32, 1., 0.], [1., 0., 1.]], &Device::Cpu)?;
         let (plain, _) = small_with(0.0)?;
         let (with_id, _) = small_with(2.5)?;
-        let g0 = plain.generator_terms(&x, &own, &target)?;
+        let g0 = plain.generator_terms(&x, &own, &target, true)?;
         assert!(g0.id.is_none());
-        let g1 = with_id.generator_terms(&x, &own, &target)?;
+        let g1 = with_id.generator_terms(&x, &own, &target, true)?;
         let id = g1.id.expect("the identity term").to_scalar::<f32>()?;
         let want = (&x - with_id.generate(&x, &own)?)?
             .abs()?
