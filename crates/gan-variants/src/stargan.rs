@@ -109,13 +109,6 @@ pub struct Config {
     /// `pixel_affine`) or to blends that hedge the critic's classification (without), within
     /// 200 iterations, when the prediction was still at chance (models/translation.md).
     pub symmetry_warmup: u64,
-    /// The choice also offers each symmetry negated (`-x` in [-1, 1]: the inversion of a
-    /// [0, 1] image), for attributes that reverse intensities (the run file's `inverted`,
-    /// named in `symmetry_attributes` beside `rotated`). The generator redraws a digit where the
-    /// inversion changes instead of inverting it: with the quarter turn served by the choice it
-    /// kept 20.5% of the digits where the inversion changes and 90.1% where it stays
-    /// (models/translation.md).
-    pub symmetry_negation: bool,
     /// The generator draws, for each pixel and channel, an affine map of its input pixel
     /// instead of the pixel: its last layer gives `a` and `t` (tanh of twice the channels), and
     /// the translation is `a x + t (1 - |a|)`, in [-1, 1] for any `a`, `t` (not in yunjey's
@@ -152,7 +145,6 @@ impl Default for Config {
             symmetry_lr: 1e-3,
             symmetry_attributes: Vec::new(),
             symmetry_warmup: 0,
-            symmetry_negation: false,
             pixel_affine: false,
             d_repeat_num: 6,
             lambda_cls: 1.0,
@@ -259,16 +251,6 @@ impl StarGan {
                 cfg.g_down_num
             );
         }
-        if !cfg.symmetries
-            && (cfg.symmetry_negation
-                || cfg.symmetry_warmup > 0
-                || !cfg.symmetry_attributes.is_empty())
-        {
-            candle_core::bail!(
-                "StarGAN symmetry_negation, symmetry_warmup and symmetry_attributes set how the \
-                 symmetry choice works: they need symmetries = true"
-            );
-        }
         let served = served_attributes(cfg)?;
         let dims = (cfg.channels, cfg.c_dim);
         let g_extra = if cfg.coordinates { 2 } else { 0 };
@@ -287,7 +269,6 @@ impl StarGan {
                     vb.pp("symmetry"),
                     cfg.channels,
                     served.len(),
-                    cfg.symmetry_negation,
                 )?),
                 false => None,
             },
@@ -853,12 +834,6 @@ mod tests {
             ..cfg(&["rotated"])
         };
         assert!(small_config(single).is_err());
-        let without_choice = Config {
-            symmetries: false,
-            ..cfg(&["rotated"])
-        };
-        let err = small_config(without_choice).err().expect("an error");
-        assert!(err.to_string().contains("symmetries = true"), "{err}");
         Ok(())
     }
 

@@ -54,15 +54,10 @@ pub fn symmetries(x: &Tensor) -> Result<Vec<Tensor>> {
 /// `sum_k weights_k T_k(x)` for `weights (n, COUNT)`: one row for the whole batch (`n = 1`)
 /// or one per image.
 fn blend(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    blend_candidates(&symmetries(x)?, weights)
-}
-
-/// `sum_k weights_k candidates_k` for `weights (n, candidates)`.
-fn blend_candidates(candidates: &[Tensor], weights: &Tensor) -> Result<Tensor> {
-    let weights = weights.to_dtype(candidates[0].dtype())?;
+    let weights = weights.to_dtype(x.dtype())?;
     let n = weights.dim(0)?;
     let mut sum: Option<Tensor> = None;
-    for (k, t) in candidates.iter().enumerate() {
+    for (k, t) in symmetries(x)?.iter().enumerate() {
         let term = t.broadcast_mul(&weights.narrow(1, k, 1)?.reshape((n, 1, 1, 1))?)?;
         sum = Some(match sum {
             Some(sum) => (sum + term)?,
@@ -128,16 +123,13 @@ impl SymmetryChoice {
 /// (models/translation.md). The logits start at the identity with weight 0.8 (a fixed prior
 /// added to the identity's logit, the head starting at zero): unlike [`SymmetryChoice`]'s one
 /// choice for all images, an even blend here hands the generator the orbit's mean, from which
-/// no digit can be read back, and the choice did not leave it. With `negation` the candidates
-/// are the 8 symmetries and then the same 8 negated (`-x`: intensities reversed about the
-/// middle of the range, which for images in [-1, 1] is the inversion `1 - x` of [0, 1]). Names:
-/// `features.N`, `source`, `head.N`.
+/// no digit can be read back, and the choice did not leave it. Names: `features.N`, `source`,
+/// `head.N`.
 pub struct ConditionedSymmetryChoice {
     features: Stack,
     source: Linear,
     hidden: Linear,
     logits: Linear,
-    negation: bool,
 }
 
 impl ConditionedSymmetryChoice {
@@ -146,8 +138,7 @@ impl ConditionedSymmetryChoice {
     /// The identity's weight before training.
     const IDENTITY_PRIOR: f64 = 0.8;
 
-    pub fn new(vb: VarBuilder, channels: usize, c_dim: usize, negation: bool) -> Result<Self> {
-        let count = Self::count(negation);
+    pub fn new(vb: VarBuilder, channels: usize, c_dim: usize) -> Result<Self> {
         let down = ConvSpec {
             stride: (2, 2),
             padding: (1, 1),
@@ -166,36 +157,15 @@ impl ConditionedSymmetryChoice {
         let hidden = crate::nn::init::linear(2 * c_dim, w, head.pp(0))?;
         let zero = Init::Const(0.0);
         let logits = Linear::new(
-            head.pp(2).get_with_hints((count, w), "weight", zero)?,
-            Some(head.pp(2).get_with_hints(count, "bias", zero)?),
+            head.pp(2).get_with_hints((COUNT, w), "weight", zero)?,
+            Some(head.pp(2).get_with_hints(COUNT, "bias", zero)?),
         );
         Ok(Self {
             features: features.build(),
             source,
             hidden,
             logits,
-            negation,
         })
-    }
-
-    /// How many candidates the choice weighs.
-    fn count(negation: bool) -> usize {
-        if negation {
-            2 * COUNT
-        } else {
-            COUNT
-        }
-    }
-
-    /// The candidates, in the order of the weights: [`symmetries`], then with `negation`
-    /// the same negated.
-    pub fn candidates(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let mut all = symmetries(x)?;
-        if self.negation {
-            let negated = all.iter().map(|t| t.neg()).collect::<Result<Vec<_>>>()?;
-            all.extend(negated);
-        }
-        Ok(all)
     }
 
     /// The image's own attributes as the choice predicts them, `(b, c_dim)` logits: train them
@@ -206,7 +176,7 @@ impl ConditionedSymmetryChoice {
         self.source.forward_activated(&read, Activation::Identity)
     }
 
-    /// Each image's weights `(b, candidates)`, in the order of [`Self::candidates`].
+    /// Each image's weights `(b, COUNT)`, in the order of [`symmetries`].
     pub fn weights(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let stands = candle_nn::ops::sigmoid(&self.source_logits(x)?.detach())?;
         let h = self.hidden.forward_activated(
@@ -214,17 +184,17 @@ impl ConditionedSymmetryChoice {
             Activation::LeakyRelu(0.2),
         )?;
         let logits = self.logits.forward_activated(&h, Activation::Identity)?;
-        // ln(p (count - 1) / (1 - p)) on the identity: weight p against 0 logits elsewhere.
-        let (p, count) = (Self::IDENTITY_PRIOR, Self::count(self.negation));
-        let mut prior = vec![0f32; count];
-        prior[0] = (p * (count - 1) as f64 / (1.0 - p)).ln() as f32;
+        // ln(p (COUNT - 1) / (1 - p)) on the identity: weight p against 0 logits elsewhere.
+        let p = Self::IDENTITY_PRIOR;
+        let mut prior = vec![0f32; COUNT];
+        prior[0] = (p * (COUNT - 1) as f64 / (1.0 - p)).ln() as f32;
         let prior = Tensor::new(prior, logits.device())?.to_dtype(logits.dtype())?;
         candle_nn::ops::softmax(&logits.broadcast_add(&prior)?, 1)
     }
 
-    /// Each image's blend of its candidates, `(b, c, s, s)`.
+    /// Each image's blend of its symmetries, `(b, c, s, s)`.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        blend_candidates(&self.candidates(x)?, &self.weights(x, c)?)
+        blend(x, &self.weights(x, c)?)
     }
 }
 
@@ -361,43 +331,7 @@ mod tests {
 
     fn conditioned(varmap: &VarMap) -> Result<ConditionedSymmetryChoice> {
         let vb = crate::nn::init::seeded_var_builder(varmap, 4, DType::F32, &Device::Cpu);
-        ConditionedSymmetryChoice::new(vb, 1, 2, false)
-    }
-
-    /// With `negation` the choice weighs 16 candidates, the last 8 the first 8 negated, and
-    /// starts at the identity all the same; a large logit on a negated one picks it.
-    #[test]
-    fn with_negation_the_choice_also_offers_each_symmetry_negated() -> Result<()> {
-        let varmap = VarMap::new();
-        let vb = crate::nn::init::seeded_var_builder(&varmap, 4, DType::F32, &Device::Cpu);
-        let choice = ConditionedSymmetryChoice::new(vb, 1, 2, true)?;
-        let x = crate::Rng::new(11).normal((2, 1, 8, 8), &Device::Cpu)?;
-        let c = Tensor::new(&[[1f32, 0.], [0., 1.]], &Device::Cpu)?;
-        let candidates = choice.candidates(&x)?;
-        assert_eq!(candidates.len(), 2 * COUNT);
-        let turns = symmetries(&x)?;
-        for k in 0..COUNT {
-            let d = (&candidates[COUNT + k] + &turns[k])?.abs()?.max_all()?;
-            assert_eq!(
-                d.to_scalar::<f32>()?,
-                0.0,
-                "candidate {} is not -T_{k}",
-                COUNT + k
-            );
-        }
-        let weights = choice.weights(&x, &c)?.to_vec2::<f32>()?;
-        assert!(weights
-            .iter()
-            .all(|w| w.len() == 2 * COUNT && (w[0] - 0.8).abs() < 1e-6));
-        let mut bias = vec![0f32; 2 * COUNT];
-        bias[COUNT + 1] = 40.0;
-        varmap.data().lock().unwrap()["head.2.bias"].set(&Tensor::new(bias, &Device::Cpu)?)?;
-        let d = (choice.forward(&x, &c)? + &turns[1])?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
-        assert!(d < 1e-5, "{d}");
-        Ok(())
+        ConditionedSymmetryChoice::new(vb, 1, 2)
     }
 
     /// A new per-image choice gives the identity 0.8 and the others alike; a large logit
