@@ -251,6 +251,12 @@ impl StarGan {
                 cfg.g_down_num
             );
         }
+        if !cfg.symmetries && (cfg.symmetry_warmup > 0 || !cfg.symmetry_attributes.is_empty()) {
+            candle_core::bail!(
+                "StarGAN symmetry_warmup and symmetry_attributes set how the symmetry choice \
+                 works: they need symmetries = true"
+            );
+        }
         let served = served_attributes(cfg)?;
         let dims = (cfg.channels, cfg.c_dim);
         let g_extra = if cfg.coordinates { 2 } else { 0 };
@@ -834,6 +840,12 @@ mod tests {
             ..cfg(&["rotated"])
         };
         assert!(small_config(single).is_err());
+        let without_choice = Config {
+            symmetries: false,
+            ..cfg(&["rotated"])
+        };
+        let err = small_config(without_choice).err().expect("an error");
+        assert!(err.to_string().contains("symmetries = true"), "{err}");
         Ok(())
     }
 
