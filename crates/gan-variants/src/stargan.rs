@@ -291,7 +291,12 @@ impl StarGan {
 
     /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
     pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        self.generate_unturned(&self.turn(x, c, true)?, c)
+        self.generate_learning(x, c, true)
+    }
+
+    /// [`Self::generate`], the symmetry choice's head getting a gradient only if `learns`.
+    fn generate_learning(&self, x: &Tensor, c: &Tensor, learns: bool) -> Result<Tensor> {
+        self.generate_unturned(&self.turn(x, c, learns)?, c)
     }
 
     /// The input as the symmetry choice turns it for the target `c` (the input itself
@@ -413,19 +418,19 @@ impl StarGan {
         choice_learns: bool,
     ) -> Result<GeneratorTerms> {
         let cfg = &self.cfg;
-        let generate =
-            |x: &Tensor, c: &Tensor| self.generate_unturned(&self.turn(x, c, choice_learns)?, c);
         // The turned input, once: the translation and the choice's own term both read it.
         let turned = self.turn(x_real, c_trg, choice_learns)?;
         let x_fake = self.generate_unturned(&turned, c_trg)?;
         let fake = self.critique(&x_fake)?;
         let g_fake = fake.src.mean_all()?.neg()?;
         let g_cls = self.classification_loss(&fake.cls, c_trg)?;
-        let x_reconst = generate(&x_fake, c_org)?;
+        let x_reconst = self.generate_learning(&x_fake, c_org, choice_learns)?;
         let g_rec = (x_real - x_reconst)?.abs()?.mean_all()?;
         let mut total = ((&g_fake + (&g_rec * cfg.lambda_rec)?)? + (&g_cls * cfg.lambda_cls)?)?;
         let g_id = if cfg.lambda_id > 0.0 {
-            let g_id = (x_real - generate(x_real, c_org)?)?.abs()?.mean_all()?;
+            let g_id = (x_real - self.generate_learning(x_real, c_org, choice_learns)?)?
+                .abs()?
+                .mean_all()?;
             total = (total + (&g_id * cfg.lambda_id)?)?;
             Some(g_id)
         } else {
@@ -470,8 +475,8 @@ impl StarGan {
     /// that term too the choice went to the identity for every image within 250 steps.
     fn front_terms(&self, turned: &Tensor, c_trg: &Tensor) -> Result<Tensor> {
         let judged = self.critique(turned)?;
-        let served = |c: &Tensor| self.served(c);
-        self.classification_loss(&served(&judged.cls)?, &served(c_trg)?)? * self.cfg.lambda_cls
+        self.classification_loss(&self.served(&judged.cls)?, &self.served(c_trg)?)?
+            * self.cfg.lambda_cls
     }
 
     /// The columns of `(b, c_dim)` attributes (or logits) that the symmetry choice serves.
