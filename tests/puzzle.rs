@@ -44,7 +44,8 @@ fn puzzle_trains_resumes_draws_and_measures() {
         ],
     );
 
-    // Rows: patches on black, mask, image, real; 5 test digits each.
+    // Rows: patches on black, mask, image, image with the patches placed, real; 5 test digits
+    // each.
     for k in ["1", "3"] {
         let png = tmp.path().join(format!("puzzle{k}.png"));
         ok(run(&[
@@ -59,7 +60,7 @@ fn puzzle_trains_resumes_draws_and_measures() {
             "--out",
             s(&png),
         ]));
-        assert_eq!(png_size(&png), (2 + 5 * 34, 2 + 4 * 34));
+        assert_eq!(png_size(&png), (2 + 5 * 34, 2 + 5 * 34));
     }
     let o = ok(run(&["eval", s(&ck), "--json", "--limit", "40"]));
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -70,6 +71,9 @@ fn puzzle_trains_resumes_draws_and_measures() {
         for key in [
             "mask_iou",
             "digit_accuracy",
+            "placed_mask_iou",
+            "placed_error_in_mask",
+            "placed_digit_accuracy",
             "pasted_digit_accuracy",
             "nearest_digit_accuracy",
         ] {

@@ -585,7 +585,7 @@ impl Trainable for PuzzleGan {
     }
 
     /// Rows of `count / 4` held-out images: their patches pasted on black, the generated
-    /// mask, the generated image, the real image.
+    /// mask, the generated image, the image with the patches placed, the real image.
     fn grid(&self, count: usize, rng: &mut Rng, held_out: Option<&Batch>) -> Result<Grid> {
         let Some(batch) = held_out else {
             candle_core::bail!("Puzzle-GAN's grid shows held-out images, and none were given");

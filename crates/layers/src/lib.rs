@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod nn;
+pub mod placement;
 pub mod step;
 pub mod train;
 

@@ -151,9 +151,10 @@ pub trait Puzzle {
         rng: &mut Rng,
     ) -> Result<(Tensor, Tensor)>;
 
-    /// Four rows of the first `n` images of `batch` completed from their first `k` patches:
-    /// the patches on black, the generated mask, the generated image, the real image (all in
-    /// [0, 1], `(4 n, c, h, w)`).
+    /// Five rows of the first `n` images of `batch` completed from their first `k` patches:
+    /// the patches on black, the generated mask, the generated image, the generated image with
+    /// the patches placed ([`crate::placement`]), the real image (all in [0, 1],
+    /// `(5 n, c, h, w)`).
     fn rows(
         &self,
         batch: &crate::step::Batch,
@@ -166,8 +167,14 @@ pub trait Puzzle {
         let (_, c, h, w) = x.dims4()?;
         let (mask, image) = self.complete(&first, k, rng)?;
         let pasted = x.broadcast_mul(&first.union_mask(&first.counts(k), (h, w), x.device())?)?;
+        let placed = crate::placement::place(
+            &image,
+            &mask,
+            &first.crops(&x, k)?,
+            crate::placement::MASK_WEIGHT,
+        )?;
         let mask = mask.repeat((1, c, 1, 1))?;
-        Tensor::cat(&[&pasted, &mask, &image, &x], 0)
+        Tensor::cat(&[&pasted, &mask, &image, &placed.images, &x], 0)
     }
 }
 

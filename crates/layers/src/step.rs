@@ -43,6 +43,11 @@ pub struct Batch {
 /// A box `[x, y, w, h]` in pixels of the image as the model sees it.
 pub type PatchBox = [usize; 4];
 
+/// Whether two boxes share a pixel.
+pub fn overlap(a: &PatchBox, b: &PatchBox) -> bool {
+    a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3]
+}
+
 impl Patches {
     /// `(b, 1, h, w)`: 1 inside the union of each image's first `counts[i]` boxes (the true
     /// mask of Puzzle-GAN), cut at the image's edge.

@@ -43,7 +43,7 @@ pub enum SampleMode {
     Stages,
     /// For Puzzle-GAN: `--from-test` test images completed from their first `--patches` key
     /// patches, in rows: the patches on black, the generated mask, the generated image, the
-    /// real image.
+    /// generated image with the patches placed where they agree best with it, the real image.
     Puzzle,
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use image::{imageops, ImageBuffer, Luma};
-use layers::step::PatchBox;
+use layers::step::{overlap, PatchBox};
 
 use crate::data::transforms::Image;
 
@@ -55,10 +55,6 @@ pub fn key_patches(image: &Image, count: usize, size: usize) -> Vec<PatchBox> {
         }
     }
     chosen
-}
-
-fn overlap(a: &PatchBox, b: &PatchBox) -> bool {
-    a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3]
 }
 
 /// The crop of `b` resized to the image's own side, each channel through Catmull-Rom.

@@ -5,6 +5,9 @@
 //!   mask's pixels (values in [0, 1]);
 //! - digit: the shipped classifier names the source digit from the generated image;
 //!
+//! and the same three for G's image with the patches themselves placed where they agree best
+//! with G's image and mask (`layers::placement`: the placed boxes are its mask);
+//!
 //! beside baselines: the patches pasted on black (error 0 inside the mask by construction;
 //! the classifier reads the pasted patches); the nearest training digit to the patches (least
 //! squared difference over the true mask), which shows what looking up a known digit gives;
@@ -16,6 +19,7 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use layers::eval::classifier::LeNet;
 use layers::model::Puzzle;
+use layers::placement;
 use layers::step::{union_of_boxes, DataSpec, PatchBox, Patches};
 use layers::{Rng, Stream};
 use serde::Serialize;
@@ -39,6 +43,11 @@ pub struct PuzzleRow {
     pub nearest_digit_accuracy: f64,
     /// The training digit whose first k key patches' crops are nearest: its boxes' IoU.
     pub lookup_mask_iou: f64,
+    /// G's image with the patches placed (`layers::placement`): the placed boxes' IoU, the
+    /// error in the true mask, the digit.
+    pub placed_mask_iou: f64,
+    pub placed_error_in_mask: f64,
+    pub placed_digit_accuracy: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +67,9 @@ struct Tally {
     nearest_error: f64,
     nearest_digit: usize,
     lookup_iou: f64,
+    placed_iou: f64,
+    placed_error: f64,
+    placed_digit: usize,
 }
 
 pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Result<PuzzleReport> {
@@ -95,6 +107,15 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
             tally.iou += iou(&generated_mask, &mask)?.iter().sum::<f64>();
             tally.error += error_in_mask(&image, x, &mask)?.iter().sum::<f64>();
             tally.digit += right(&read(&net, &image)?, wanted);
+            let placed = placement::place(
+                &image,
+                &generated_mask,
+                &patches.crops(x, k)?,
+                placement::MASK_WEIGHT,
+            )?;
+            tally.placed_iou += iou(&placed.masks, &mask)?.iter().sum::<f64>();
+            tally.placed_error += error_in_mask(&placed.images, x, &mask)?.iter().sum::<f64>();
+            tally.placed_digit += right(&read(&net, &placed.images)?, wanted);
             tally.pasted += right(&read(&net, &x.broadcast_mul(&mask)?)?, wanted);
             let nearest = lookup.nearest(x, &mask)?;
             let found =
@@ -123,6 +144,9 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
                 nearest_error_in_mask: t.nearest_error / m,
                 nearest_digit_accuracy: t.nearest_digit as f64 / m,
                 lookup_mask_iou: t.lookup_iou / m,
+                placed_mask_iou: t.placed_iou / m,
+                placed_error_in_mask: t.placed_error / m,
+                placed_digit_accuracy: t.placed_digit as f64 / m,
             })
             .collect(),
     })
@@ -298,11 +322,12 @@ pub fn print(r: &PuzzleReport) {
     );
     println!();
     println!(
-        "{:>7} {:>9} {:>12} {:>7}   {:>13}   {:>14} {:>13}   {:>11}",
+        "{:>7} {:>9} {:>12} {:>7}   {:>25}   {:>13}   {:>14} {:>13}   {:>11}",
         "patches",
         "mask IoU",
         "error (mask)",
         "digit",
+        "placed: IoU / error / digit",
         "pasted: digit",
         "nearest: error",
         "nearest: digit",
@@ -310,11 +335,17 @@ pub fn print(r: &PuzzleReport) {
     );
     for row in &r.rows {
         println!(
-            "{:>7} {:>9.3} {:>12.4} {:>6.1}%   {:>12.1}%   {:>14.4} {:>12.1}%   {:>11.3}",
+            "{:>7} {:>9.3} {:>12.4} {:>6.1}%   {:>25}   {:>12.1}%   {:>14.4} {:>12.1}%   {:>11.3}",
             row.patches,
             row.mask_iou,
             row.error_in_mask,
             100.0 * row.digit_accuracy,
+            format!(
+                "{:.3} / {:.4} / {:.1}%",
+                row.placed_mask_iou,
+                row.placed_error_in_mask,
+                100.0 * row.placed_digit_accuracy
+            ),
             100.0 * row.pasted_digit_accuracy,
             row.nearest_error_in_mask,
             100.0 * row.nearest_digit_accuracy,
