@@ -74,6 +74,7 @@ fn puzzle_trains_resumes_draws_and_measures() {
             "placed_mask_iou",
             "placed_error_in_mask",
             "placed_digit_accuracy",
+            "placed_exactly",
             "pasted_digit_accuracy",
             "nearest_digit_accuracy",
         ] {

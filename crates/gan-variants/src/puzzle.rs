@@ -24,7 +24,10 @@
 //!   log-linearly per epoch from `l1_weight_start` to `l1_weight_end` over `l1_weight_epochs`
 //!   (the reference's `np.logspace(-2, -4, epochs)`), `a` the `adversarial_weight` (the
 //!   reference: 1). D steps every iteration, G every second (odd iterations), after a fresh
-//!   forward pass, as the reference's loop does.
+//!   forward pass, as the reference's loop does. Two terms not in the reference, off by
+//!   default: a soft Dice term on the mask (`mask_dice_weight`) and an L1 term over the whole
+//!   image `|y - x|_1` (`image_l1_weight`), which asks G to draw the rest of the digit where it
+//!   lies, not only the patches.
 //!
 //! Where the patches belong is uncertain, and the L1 mask term's optimum is the median: 1 only
 //! where a pixel is inside the boxes more often than not. Its pull is weak, and an adversarial
@@ -77,6 +80,9 @@ pub struct Config {
     /// the pixels more likely in than out, a shrunken blob; the Dice term pays for the area
     /// missed, so the mask commits to a whole box.
     pub mask_dice_weight: f64,
+    /// The weight of an L1 term over the whole image, `|y - x|` (the reference: 0, none): G
+    /// draws the rest of the digit where it lies in the real image, not only the patches.
+    pub image_l1_weight: f64,
 }
 
 impl Default for Config {
@@ -94,6 +100,7 @@ impl Default for Config {
             g_every: 2,
             adversarial_weight: 1.0,
             mask_dice_weight: 0.0,
+            image_l1_weight: 0.0,
         }
     }
 }
@@ -129,6 +136,7 @@ impl Config {
         for (name, v) in [
             ("adversarial_weight", self.adversarial_weight),
             ("mask_dice_weight", self.mask_dice_weight),
+            ("image_l1_weight", self.image_l1_weight),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 candle_core::bail!("puzzle-gan {name} must be finite and at least 0, got {v}");
@@ -389,7 +397,8 @@ impl PuzzleGan {
         Ok([total, real, fake, parts, background])
     }
 
-    /// G's loss and its terms `[total, adversarial, mask L1, appearance L1, mask Dice]` (the L1
+    /// G's loss and its terms `[total, adversarial, mask L1, appearance L1, mask Dice, image
+    /// L1]` (the first two L1
     /// terms weighted by `w`, the others by their own weights), from a fresh forward pass. The reference also runs D on the real
     /// images here (for nothing but D's BatchNorm statistics); so does this.
     pub fn generator_terms(
@@ -398,7 +407,7 @@ impl PuzzleGan {
         mask: &Tensor,
         completion: &Completion,
         w: f64,
-    ) -> Result<[Tensor; 5]> {
+    ) -> Result<[Tensor; 6]> {
         let _ = self.discriminate(x, true)?;
         let adversarial = (target_loss(
             GanLoss::NonSaturating,
@@ -409,8 +418,9 @@ impl PuzzleGan {
         let generated = completion.image.broadcast_mul(&completion.mask)?;
         let appearance = ((generated - x.broadcast_mul(mask)?)?.abs()?.mean_all()? * w)?;
         let dice = (soft_dice(&completion.mask, mask)? * self.cfg.mask_dice_weight)?;
-        let total = (((&adversarial + &mask_l1)? + &appearance)? + &dice)?;
-        Ok([total, adversarial, mask_l1, appearance, dice])
+        let whole = ((&completion.image - x)?.abs()?.mean_all()? * self.cfg.image_l1_weight)?;
+        let total = ((((&adversarial + &mask_l1)? + &appearance)? + &dice)? + &whole)?;
+        Ok([total, adversarial, mask_l1, appearance, dice, whole])
     }
 
     /// The true mask `(b, 1, h, w)`: the union of each image's first `counts[i]` boxes.
@@ -560,6 +570,9 @@ impl Trainable for PuzzleGan {
             }
             if self.cfg.mask_dice_weight > 0.0 {
                 ctx.record("g_mask_dice", &g[4])?;
+            }
+            if self.cfg.image_l1_weight > 0.0 {
+                ctx.record("g_image_l1", &g[5])?;
             }
         }
         Ok(())
@@ -851,6 +864,28 @@ mod tests {
         Ok(())
     }
 
+    /// The whole image's L1 term is `mean |y - x|` times its weight, off by default, and adds
+    /// to G's total and nothing else.
+    #[test]
+    fn the_whole_image_l1_term() -> Result<()> {
+        let (mut m, _) = build(&small())?;
+        let case = GeneratorCase::new(&m, 4, 3)?;
+        let without = case.terms(&m, 1.0)?;
+        assert_eq!(without[5], 0.0);
+        m.cfg.image_l1_weight = 3.0;
+        let with = case.terms(&m, 1.0)?;
+        let y = case.done.image.flatten_all()?.to_vec1::<f32>()?;
+        let x = case.x.flatten_all()?.to_vec1::<f32>()?;
+        let mean = y.iter().zip(&x).map(|(a, b)| (a - b).abs()).sum::<f32>() / y.len() as f32;
+        assert!(
+            (with[5] - 3.0 * mean).abs() < 1e-5 && mean > 0.0,
+            "{with:?} {mean}"
+        );
+        assert!((with[0] - without[0] - with[5]).abs() < 1e-5);
+        assert_eq!(with[1..5], without[1..5]);
+        Ok(())
+    }
+
     #[test]
     fn bad_configs_and_inputs_are_refused() -> Result<()> {
         for cfg in [
@@ -880,6 +915,10 @@ mod tests {
             },
             Config {
                 mask_dice_weight: -0.5,
+                ..small()
+            },
+            Config {
+                image_l1_weight: -1.0,
                 ..small()
             },
         ] {

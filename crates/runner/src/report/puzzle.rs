@@ -48,6 +48,8 @@ pub struct PuzzleRow {
     pub placed_mask_iou: f64,
     pub placed_error_in_mask: f64,
     pub placed_digit_accuracy: f64,
+    /// The share of patches placed exactly on their own box.
+    pub placed_exactly: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,6 +72,8 @@ struct Tally {
     placed_iou: f64,
     placed_error: f64,
     placed_digit: usize,
+    placed_exactly: usize,
+    patches: usize,
 }
 
 pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Result<PuzzleReport> {
@@ -116,6 +120,10 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
             tally.placed_iou += iou(&placed.masks, &mask)?.iter().sum::<f64>();
             tally.placed_error += error_in_mask(&placed.images, x, &mask)?.iter().sum::<f64>();
             tally.placed_digit += right(&read(&net, &placed.images)?, wanted);
+            for (got, truth) in placed.boxes.iter().zip(&patches.boxes) {
+                tally.patches += got.len();
+                tally.placed_exactly += got.iter().zip(truth).filter(|(a, b)| a == b).count();
+            }
             tally.pasted += right(&read(&net, &x.broadcast_mul(&mask)?)?, wanted);
             let nearest = lookup.nearest(x, &mask)?;
             let found =
@@ -147,6 +155,7 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
                 placed_mask_iou: t.placed_iou / m,
                 placed_error_in_mask: t.placed_error / m,
                 placed_digit_accuracy: t.placed_digit as f64 / m,
+                placed_exactly: t.placed_exactly as f64 / t.patches.max(1) as f64,
             })
             .collect(),
     })
@@ -322,12 +331,12 @@ pub fn print(r: &PuzzleReport) {
     );
     println!();
     println!(
-        "{:>7} {:>9} {:>12} {:>7}   {:>25}   {:>13}   {:>14} {:>13}   {:>11}",
+        "{:>7} {:>9} {:>12} {:>7}   {:>33}   {:>13}   {:>14} {:>13}   {:>11}",
         "patches",
         "mask IoU",
         "error (mask)",
         "digit",
-        "placed: IoU / error / digit",
+        "placed: IoU / error / digit / on box",
         "pasted: digit",
         "nearest: error",
         "nearest: digit",
@@ -335,16 +344,17 @@ pub fn print(r: &PuzzleReport) {
     );
     for row in &r.rows {
         println!(
-            "{:>7} {:>9.3} {:>12.4} {:>6.1}%   {:>25}   {:>12.1}%   {:>14.4} {:>12.1}%   {:>11.3}",
+            "{:>7} {:>9.3} {:>12.4} {:>6.1}%   {:>33}   {:>12.1}%   {:>14.4} {:>12.1}%   {:>11.3}",
             row.patches,
             row.mask_iou,
             row.error_in_mask,
             100.0 * row.digit_accuracy,
             format!(
-                "{:.3} / {:.4} / {:.1}%",
+                "{:.3} / {:.4} / {:.1}% / {:.1}%",
                 row.placed_mask_iou,
                 row.placed_error_in_mask,
-                100.0 * row.placed_digit_accuracy
+                100.0 * row.placed_digit_accuracy,
+                100.0 * row.placed_exactly
             ),
             100.0 * row.pasted_digit_accuracy,
             row.nearest_error_in_mask,
