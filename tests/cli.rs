@@ -1531,3 +1531,61 @@ fn a_sampling_only_export_leaves_the_discriminator_out_and_samples_alike() {
         &["`genzoo.omitted` says `generator` was left out", "needs it"],
     );
 }
+
+/// `--dtype f16` runs the convolutions and dense layers in f16 (on the CPU through Candle's f16
+/// ops) and keeps every saved tensor f32; bf16 on the CPU and unknown names are refused.
+#[test]
+fn reduced_precision_trains_and_samples_with_f32_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = run_file(
+        tmp.path().join("dcgan.toml"),
+        "model = \"dcgan\"\n[train]\nlimit = 64\nbatch_size = 32\nepochs = 1\nlog_every = 1\nsample_count = 4\n[model_config]\nimage_size = 32\nngf = 8\nndf = 8\n",
+    );
+    let (half, full) = (tmp.path().join("half"), tmp.path().join("full"));
+    ok(run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&half),
+        "--dtype",
+        "f16",
+    ]));
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&full)]));
+    let ck = half.join("checkpoints/last.safetensors");
+    let saved = Checkpoint::load(&ck, &Device::Cpu).unwrap();
+    assert!(!saved.tensors.is_empty());
+    for (name, t) in &saved.tensors {
+        assert_eq!(t.dtype(), candle_core::DType::F32, "{name}");
+    }
+    // The first step's losses (the same weights and batch, before any update) differ from
+    // f32's, so the products did run in f16, by less than f16's precision allows.
+    let (h, f) = (
+        step_losses_of(&half, "d_loss"),
+        step_losses_of(&full, "d_loss"),
+    );
+    assert_eq!(h.len(), 2);
+    assert!(h.iter().all(|(_, v)| v.is_finite()));
+    let gap = (h[0].1 - f[0].1).abs() / f[0].1.abs();
+    assert!(gap > 0.0 && gap < 1e-2, "{} vs {}", h[0].1, f[0].1);
+    let png = tmp.path().join("half.png");
+    ok(run(&[
+        "sample",
+        s(&ck),
+        "-n",
+        "4",
+        "--dtype",
+        "f16",
+        "--out",
+        s(&png),
+    ]));
+    assert!(png.exists());
+    fails_with(
+        &["sample", s(&ck), "--dtype", "bf16"],
+        &["--dtype bf16 needs a GPU", "f16 or f32"],
+    );
+    fails_with(
+        &["sample", s(&ck), "--dtype", "fp8"],
+        &["--dtype \"fp8\"", "f32, f16 or bf16"],
+    );
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use layers::kernels::precision;
 use runner::commands;
 use runner::commands::classifier::ClassifierCmd;
 use runner::commands::convert::ConvertCmd;
@@ -51,6 +52,11 @@ struct Cli {
     /// compute (inspect, params, export, convert, list and download read files on the CPU).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
+    /// f32, f16 or bf16: the precision of the convolutions and dense layers in train, sample,
+    /// eval, bench and classifier, as PyTorch's autocast (weights, gradients, optimiser state
+    /// and checkpoints stay f32; everything else computes in f32). bf16 needs a GPU.
+    #[arg(long, global = true, default_value = "f32")]
+    dtype: String,
     /// More log output (-v: debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -132,9 +138,30 @@ enum Command {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let device = || layers::device::parse_device(&cli.device);
+    let dtype = precision::parse_dtype(&cli.dtype)?;
+    let device = || -> Result<candle_core::Device> {
+        let device = layers::device::parse_device(&cli.device)?;
+        precision::check_device(dtype, &device)?;
+        if dtype != candle_core::DType::F32 {
+            tracing::info!("convolutions and dense layers compute in {dtype:?} (--dtype)");
+            if device.is_cpu() {
+                tracing::warn!(
+                    "on the CPU, --dtype {} runs Candle's generic ops instead of genzoo's f32 kernels: for checking numerics, many times slower than f32",
+                    cli.dtype
+                );
+            }
+        }
+        Ok(device)
+    };
+    precision::with_compute_dtype(dtype, || run_command(cli.command, device))
+}
+
+fn run_command(
+    command: Command,
+    device: impl Fn() -> Result<candle_core::Device>,
+) -> Result<ExitCode> {
     let done = |r: Result<()>| r.map(|_| ExitCode::SUCCESS);
-    match cli.command {
+    match command {
         Command::Train(cmd) => commands::train::run(cmd, device()?),
         Command::Sample(cmd) => done(commands::sample::run(cmd, device()?)),
         Command::Eval(cmd) => done(commands::eval::run(cmd, device()?)),

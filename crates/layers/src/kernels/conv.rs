@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
 use crate::kernels::ops::cpu_slice;
+use crate::kernels::precision;
 use crate::kernels::reduce;
 use rayon::prelude::*;
 
@@ -584,6 +585,9 @@ fn apply(pass: Pass, a: &Tensor, b: &Tensor, like: &ConvPass) -> Result<Tensor> 
 /// Cross-correlation of `x (b, c, h, w)` with `kernel (o, c, kh, kw)`, no bias:
 /// `(b, o, ho, wo)`. Differentiable; on the CPU in f32/f64 it runs through gemm.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+    if let Some([x, kernel]) = precision::lowered([x, kernel])? {
+        return conv2d(&x, &kernel, spec)?.to_dtype(DType::F32);
+    }
     let fast = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && x.dtype() == kernel.dtype();
@@ -625,6 +629,9 @@ pub fn conv_transpose2d_padded(
     spec: ConvSpec,
     output_padding: (usize, usize),
 ) -> Result<Tensor> {
+    if let Some([x, kernel]) = precision::lowered([x, kernel])? {
+        return conv_transpose2d_padded(&x, &kernel, spec, output_padding)?.to_dtype(DType::F32);
+    }
     let (b, c_in, h, w) = x.dims4()?;
     let (k_in, c_out, kh, kw) = kernel.dims4()?;
     if k_in != c_in {

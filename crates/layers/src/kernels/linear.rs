@@ -7,12 +7,13 @@
 //! bias and activation applied in place; the backward pass masks the output gradient once and
 //! runs two gemms (`dW = g^T x`, `dx = g W`), skipping `dx` when the input is data.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use gemm::Parallelism;
 
 use crate::kernels::activation::{bias_activation, Activation};
 use crate::kernels::conv::matmul;
 use crate::kernels::ops::{cpu_slice, fused_cpu_f32, twice_differentiable_cpu_f32, CpuValues};
+use crate::kernels::precision;
 
 /// `nn.Linear(in, out)` with PyTorch's parameter names `weight` and `bias`.
 #[derive(Debug, Clone)]
@@ -45,6 +46,15 @@ impl Linear {
                 self.weight.dims(),
                 self.bias.as_ref().map(|b| b.dims())
             );
+        }
+        // Reduced precision: the product alone lowered, the bias and activation in f32.
+        if let Some([x, weight]) = precision::lowered([x, &self.weight])? {
+            let product = x.broadcast_matmul(&weight.t()?)?.to_dtype(DType::F32)?;
+            let biased = match &self.bias {
+                Some(bias) => product.broadcast_add(bias)?,
+                None => product,
+            };
+            return act.reference(&biased);
         }
         match &self.bias {
             Some(bias) if x.rank() == 2 && fused_cpu_f32(&[x, &self.weight, bias]) => {

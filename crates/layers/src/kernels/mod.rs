@@ -12,6 +12,7 @@ pub mod norm;
 pub mod ops;
 pub mod pad;
 pub mod pixel_norm;
+pub mod precision;
 pub mod recurrence;
 mod reduce;
 pub mod sigmoid_scan;

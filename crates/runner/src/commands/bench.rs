@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use layers::kernels::precision;
 use layers::step::{LabelSpec, StepContext, StepProgress};
 use layers::{Batch, Labels, Model, Rng, Values};
 use serde::Serialize;
@@ -180,6 +181,8 @@ pub const WORKLOADS: &[Workload] = &[
 pub struct BenchResult {
     pub workload: String,
     pub device: String,
+    /// What the convolutions and dense layers computed in (`--dtype`).
+    pub dtype: String,
     pub threads: usize,
     pub batch: usize,
     pub steps: usize,
@@ -324,6 +327,7 @@ fn result(w: &Workload, device: &Device, seconds: f64, steps: usize) -> BenchRes
     BenchResult {
         workload: w.name.into(),
         device: layers::device::device_name(device),
+        dtype: format!("{:?}", precision::compute_dtype()).to_lowercase(),
         threads: rayon_threads(),
         batch: w.batch,
         steps,
@@ -386,8 +390,16 @@ pub fn print_line(r: &BenchResult) {
         .map(|m| format!("{m:.0} MiB"))
         .unwrap_or_else(|| "n/a".into());
     println!(
-        "{:<22} {:>10.1} img/s {:>11.1} ms/step  peak {:>9}  ({} x {} on {}, {} threads)",
-        r.workload, r.images_per_sec, r.ms_per_step, mem, r.steps, r.batch, r.device, r.threads
+        "{:<22} {:>10.1} img/s {:>11.1} ms/step  peak {:>9}  ({} x {} on {}, {}, {} threads)",
+        r.workload,
+        r.images_per_sec,
+        r.ms_per_step,
+        mem,
+        r.steps,
+        r.batch,
+        r.device,
+        r.dtype,
+        r.threads
     );
 }
 
