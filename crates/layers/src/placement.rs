@@ -291,6 +291,16 @@ mod tests {
         v
     }
 
+    /// A one-channel crop of one value.
+    fn flat_crop(height: usize, width: usize, value: f32) -> Crop {
+        Crop {
+            channels: 1,
+            height,
+            width,
+            data: vec![value; height * width],
+        }
+    }
+
     fn tensor(v: Vec<f32>, c: usize) -> Result<Tensor> {
         Tensor::from_vec(v, (1, c, 8, 8), &Device::Cpu)
     }
@@ -332,12 +342,7 @@ mod tests {
         for row in 1..5 {
             drawn[row * 8 + 2] = 0.6;
         }
-        let crop = Crop {
-            channels: 1,
-            height: 4,
-            width: 1,
-            data: vec![1.0; 4],
-        };
+        let crop = flat_crop(4, 1, 1.0);
         let placed = place(
             &tensor(drawn, 1)?,
             &tensor(vec![0.0; 64], 1)?,
@@ -361,12 +366,7 @@ mod tests {
                 mask[row * 8 + col] = 1.0;
             }
         }
-        let crop = Crop {
-            channels: 1,
-            height: 2,
-            width: 2,
-            data: vec![0.0; 4],
-        };
+        let crop = flat_crop(2, 2, 0.0);
         let placed = place(
             &blank,
             &tensor(mask.clone(), 1)?,
@@ -389,12 +389,7 @@ mod tests {
     fn mismatched_inputs_are_refused_by_name() -> Result<()> {
         let image = tensor(strokes(), 1)?;
         let mask = tensor(vec![0.0; 64], 1)?;
-        let big = Crop {
-            channels: 1,
-            height: 9,
-            width: 2,
-            data: vec![0.0; 18],
-        };
+        let big = flat_crop(9, 2, 0.0);
         let e = place(&image, &mask, &[vec![big]], 1.0)
             .unwrap_err()
             .to_string();
