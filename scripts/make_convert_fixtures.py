@@ -29,6 +29,10 @@ Files:
     pickle_protocol=4 or 5)` (frames, short strings, MEMOIZE, STACK_GLOBAL; the last in the legacy
     format), which must convert to the same tensors as the protocol-2 files torch.save writes by
     default.
+  netG_module.pth, netG_module_legacy.pth, netG_script.pt: the generator of netG_epoch_24.pth
+    saved whole, as older GAN code saves it (`torch.save(netG)`: the pickled module, its class
+    named; in the zip and the legacy format), and as TorchScript (`torch.jit.save(
+    torch.jit.script(netG))`), each of which must convert to what the state dict converts to.
   forward.safetensors: per network its fixed input and output:
     cyclegan.x (2, 1, 16, 16) in [-1, 1]; cyclegan.G_A, cyclegan.G_B, cyclegan.old_G: each generator
     on x;
@@ -167,6 +171,18 @@ def protocols():
                    _use_new_zipfile_serialization=not legacy)
 
 
+def modules():
+    """netG_epoch_24.pth's generator saved whole and as TorchScript (written from that file, so this
+    alone can be rerun: `python -c 'import make_convert_fixtures as m; m.modules()'` in scripts/)."""
+    state = torch.load(os.path.join(OUT, "netG_epoch_24.pth"))
+    net = DcganGenerator(8, 4, 1)
+    net.load_state_dict(collections.OrderedDict((k.removeprefix("module."), v) for k, v in state.items()))
+    net.eval()
+    save(net, "netG_module.pth")
+    save(net, "netG_module_legacy.pth", legacy=True)
+    torch.jit.save(torch.jit.script(net), os.path.join(OUT, "netG_script.pt"))
+
+
 def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -175,6 +191,7 @@ def main():
     for make in [cyclegan, stargan, dcgan, pgan, vae]:
         make(t)
     protocols()
+    modules()
     t = {k: v.detach().float().contiguous() for k, v in t.items()}
     save_file(t, os.path.join(OUT, "forward.safetensors"), metadata={"torch": torch.__version__})
     sizes = {f: os.path.getsize(os.path.join(OUT, f)) for f in sorted(os.listdir(OUT))}

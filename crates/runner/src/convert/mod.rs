@@ -1,6 +1,7 @@
 //! PyTorch weights into a self-describing genzoo file (`genzoo convert`), without Python.
 //!
-//! 1. [`torch`] reads each file (torch.save's zip or legacy format, or safetensors);
+//! 1. [`torch`] reads each file (torch.save's zip or legacy format, or safetensors), a whole
+//!    pickled module or a TorchScript module as its state dict;
 //! 2. [`state_dict`] finds the state dicts in it (a wrapper's `state_dict`, `netG`, `avgG`, ...)
 //!    and removes DataParallel's `module.`;
 //! 3. [`reference`] tells which of genzoo's networks each holds and renames its keys; a model

@@ -87,8 +87,7 @@ pub fn find(
             file.display()
         ),
         Value::Other(what) => bail!(
-            "{}: holds {what}, not a state dict (a whole pickled nn.Module cannot be read without \
-             its code: save its `state_dict()` instead)",
+            "{}: holds {what}, not a state dict nor a module (save its `state_dict()` instead)",
             file.display()
         ),
     }

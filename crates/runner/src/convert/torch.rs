@@ -1,5 +1,8 @@
 //! Reading PyTorch checkpoints without Python: `torch.save`'s zip archive (PyTorch 1.6 on), its
-//! legacy format (before 1.6: how most published GAN weights were saved), and safetensors.
+//! legacy format (before 1.6: how most published GAN weights were saved), and safetensors. A
+//! whole pickled module (`torch.save(model)`) or a TorchScript archive (`torch.jit.save`) is
+//! read as its state dict, from the attributes the pickle sets on each module object; no class
+//! is looked up or run.
 //!
 //! The pickle is parsed by Candle's `candle_core::pickle::Stack`, which builds a tree of objects
 //! and executes nothing; here that tree becomes [`Value`]s, with every tensor read from the
@@ -544,15 +547,120 @@ impl<S: StorageBytes> Tensors<S> {
             Object::Reduce { callable, args } => Ok(self
                 .reduce(&callable, &args)?
                 .unwrap_or_else(|| Value::Other(describe(&callable)))),
-            // A tensor with Python attributes set by BUILD: the tensor.
-            Object::Build { callable, .. } => match *callable {
-                Object::Reduce { callable, args } => Ok(self
-                    .reduce(&callable, &args)?
-                    .unwrap_or_else(|| Value::Other(describe(&callable)))),
+            // A tensor with Python attributes set by BUILD: the tensor. An object built from a
+            // dict of its attributes: a whole pickled module (`torch.save(model)`) or a
+            // TorchScript module (`torch.jit.save`), read as its state dict.
+            Object::Build { callable, args } => match *callable {
+                Object::Reduce {
+                    callable,
+                    args: new_args,
+                } => {
+                    if let Some(tensor) = self.reduce(&callable, &new_args)? {
+                        return Ok(tensor);
+                    }
+                    match self.module_state(&callable, *args)? {
+                        Some(state) => Ok(state),
+                        None => Ok(Value::Other(describe(&callable))),
+                    }
+                }
                 other => Ok(Value::Other(describe(&other))),
             },
             other => Ok(Value::Other(describe(&other))),
         }
+    }
+
+    /// A module's state dict from the attributes its BUILD sets, if `class` with `attributes`
+    /// is a module: an eager `nn.Module` (its `_parameters`, `_buffers` but those in
+    /// `_non_persistent_buffers_set`, and `_modules`, each submodule's entries under its name
+    /// and a dot, as `state_dict()` names them), or a TorchScript module (a `__torch__` class
+    /// whose parameters, buffers and submodules are plain attributes). `None` values (an
+    /// absent bias) are left out, as `state_dict()` leaves them.
+    fn module_state(&mut self, class: &Object, attributes: Object) -> Result<Option<Value>> {
+        let Object::Dict(attributes) = attributes else {
+            return Ok(None);
+        };
+        let has = |name: &str| {
+            attributes
+                .iter()
+                .any(|(k, _)| matches!(k, Object::Unicode(key) if key == name))
+        };
+        if has("_modules") && has("_parameters") {
+            return self.eager_module(attributes).map(Some);
+        }
+        let scripted = matches!(class, Object::Class { module_name, .. } if module_name.starts_with("__torch__"));
+        if scripted {
+            return self.scripted_module(attributes).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn eager_module(&mut self, attributes: Vec<(Object, Object)>) -> Result<Value> {
+        let mut parts: HashMap<String, Object> = attributes
+            .into_iter()
+            .filter_map(|(k, v)| match k {
+                Object::Unicode(key) => Some((key, v)),
+                _ => None,
+            })
+            .collect();
+        let non_persistent = parts
+            .remove("_non_persistent_buffers_set")
+            .map(set_members)
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (group, skip) in [("_parameters", &Vec::new()), ("_buffers", &non_persistent)] {
+            let Some(Object::Dict(entries)) = parts.remove(group) else {
+                continue;
+            };
+            for (k, v) in entries {
+                let Object::Unicode(name) = k else { continue };
+                if v == Object::None || skip.contains(&name) {
+                    continue;
+                }
+                out.push((name, self.value(v)?));
+            }
+        }
+        if let Some(Object::Dict(children)) = parts.remove("_modules") {
+            for (k, v) in children {
+                let Object::Unicode(name) = k else { continue };
+                if v == Object::None {
+                    continue;
+                }
+                self.push_prefixed(&mut out, &name, v)?;
+            }
+        }
+        Ok(Value::Dict(out))
+    }
+
+    fn scripted_module(&mut self, attributes: Vec<(Object, Object)>) -> Result<Value> {
+        let mut out = Vec::new();
+        for (k, v) in attributes {
+            let Object::Unicode(name) = k else { continue };
+            match &v {
+                Object::Reduce { .. } | Object::Build { .. } => {
+                    self.push_prefixed(&mut out, &name, v)?
+                }
+                _ => {}
+            }
+        }
+        Ok(Value::Dict(out))
+    }
+
+    /// `value`'s tensor as `name`, or its state dict's entries as `name.key`; anything else is
+    /// not part of a state dict and is left out.
+    fn push_prefixed(
+        &mut self,
+        out: &mut Vec<(String, Value)>,
+        name: &str,
+        v: Object,
+    ) -> Result<()> {
+        match self.value(v)? {
+            Value::Tensor(t) => out.push((name.to_string(), Value::Tensor(t))),
+            Value::Dict(entries) => {
+                out.extend(entries.into_iter().map(|(k, v)| (format!("{name}.{k}"), v)))
+            }
+            Value::Other(_) => {}
+        }
+        Ok(())
     }
 
     /// The tensor a `REDUCE` rebuilds, if it rebuilds one.
@@ -605,6 +713,27 @@ impl<S: StorageBytes> Tensors<S> {
         let t = view(&storage, offset, &size, &stride, &mut self.allowance)
             .with_context(|| format!("storage `{}`", r.key))?;
         Ok(Value::Tensor(t))
+    }
+}
+
+/// The text members of a pickled `set` (`builtins.set` reduced from a list, as protocol 2
+/// writes it).
+fn set_members(set: Object) -> Vec<String> {
+    let Object::Reduce { args, .. } = set else {
+        return Vec::new();
+    };
+    let Object::Tuple(args) = *args else {
+        return Vec::new();
+    };
+    match args.into_iter().next() {
+        Some(Object::List(items)) => items
+            .into_iter()
+            .filter_map(|i| match i {
+                Object::Unicode(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
