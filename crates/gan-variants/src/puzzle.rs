@@ -597,13 +597,13 @@ impl Trainable for PuzzleGan {
         ["d_loss", "g_loss", "g_mask_l1"].map(String::from).to_vec()
     }
 
-    /// Rows of `count / 4` held-out images: their patches pasted on black, the generated
+    /// Rows of `count / 5` held-out images: their patches pasted on black, the generated
     /// mask, the generated image, the image with the patches placed, the real image.
     fn grid(&self, count: usize, rng: &mut Rng, held_out: Option<&Batch>) -> Result<Grid> {
         let Some(batch) = held_out else {
             candle_core::bail!("Puzzle-GAN's grid shows held-out images, and none were given");
         };
-        let columns = (count / 4).clamp(1, 16).min(batch.size()?);
+        let columns = (count / 5).clamp(1, 16).min(batch.size()?);
         let rows = self.rows(batch, columns, self.cfg.max_patches, rng)?;
         Ok(Grid {
             images: rows,
