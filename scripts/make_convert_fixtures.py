@@ -29,10 +29,12 @@ Files:
     pickle_protocol=4 or 5)` (frames, short strings, MEMOIZE, STACK_GLOBAL; the last in the legacy
     format), which must convert to the same tensors as the protocol-2 files torch.save writes by
     default.
-  netG_module.pth, netG_module_legacy.pth, netG_script.pt: the generator of netG_epoch_24.pth
-    saved whole, as older GAN code saves it (`torch.save(netG)`: the pickled module, its class
-    named; in the zip and the legacy format), and as TorchScript (`torch.jit.save(
-    torch.jit.script(netG))`), each of which must convert to what the state dict converts to.
+  netG_module.pth, netG_module_legacy.pth, netG_module.protocol4.pth, netG_script.pt: the
+    generator of netG_epoch_24.pth saved whole, as older GAN code saves it (`torch.save(netG)`: the
+    pickled module, its class named; in the zip and the legacy format, and at pickle protocol 4,
+    whose sets are EMPTY_SET / ADDITEMS), with a non-persistent buffer `main.1.scratch` that
+    state_dict() leaves out, and as TorchScript (`torch.jit.save(torch.jit.script(netG))`, without
+    that buffer), each of which must convert to what the state dict converts to.
   forward.safetensors: per network its fixed input and output:
     cyclegan.x (2, 1, 16, 16) in [-1, 1]; cyclegan.G_A, cyclegan.G_B, cyclegan.old_G: each generator
     on x;
@@ -178,9 +180,12 @@ def modules():
     net = DcganGenerator(8, 4, 1)
     net.load_state_dict(collections.OrderedDict((k.removeprefix("module."), v) for k, v in state.items()))
     net.eval()
+    torch.jit.save(torch.jit.script(net), os.path.join(OUT, "netG_script.pt"))
+    # A buffer state_dict() leaves out, which a whole module's pickle still holds.
+    net.main[1].register_buffer("scratch", torch.ones(4), persistent=False)
     save(net, "netG_module.pth")
     save(net, "netG_module_legacy.pth", legacy=True)
-    torch.jit.save(torch.jit.script(net), os.path.join(OUT, "netG_script.pt"))
+    torch.save(net, os.path.join(OUT, "netG_module.protocol4.pth"), pickle_protocol=4)
 
 
 def main():

@@ -474,7 +474,8 @@ fn higher_pickle_protocols_convert_as_protocol_2_does() -> Result<()> {
     Ok(())
 }
 
-/// The generator of netG_epoch_24.pth saved whole (`torch.save(netG)`, zip and legacy) and as
+/// The generator of netG_epoch_24.pth saved whole (`torch.save(netG)`, zip and legacy, pickle
+/// protocols 2 and 4; its non-persistent buffer left out as `state_dict()` leaves it) and as
 /// TorchScript converts to what its state dict converts to; before, each was refused as "a
 /// make_convert_fixtures.DcganGenerator object".
 #[test]
@@ -490,6 +491,7 @@ fn whole_pickled_and_torchscript_modules_convert_as_their_state_dict() -> Result
     for name in [
         "netG_module.pth",
         "netG_module_legacy.pth",
+        "netG_module.protocol4.pth",
         "netG_script.pt",
     ] {
         let (module, printed) = convert(tmp.path(), name, &[&fx(name)], "dcgan", &[]);

@@ -448,6 +448,17 @@ impl Walk<'_> {
                 self.edit(at, put);
                 self.memo_put(at, id)?;
             }
+            // EMPTY_SET and ADDITEMS (protocol 4): a set, read as the list of its members (a
+            // module pickled whole holds one, `_non_persistent_buffers_set`).
+            0x8f => {
+                self.edit(at, vec![b']']);
+                self.push(Item::leaf(0))?;
+            }
+            0x90 => {
+                self.edit(at, vec![b'e']);
+                let items = self.pop_to_mark()?;
+                self.add_to_top(&items)?;
+            }
             b'h' | b'j' => {
                 let id = if op == b'h' {
                     self.u8()? as u32
@@ -535,9 +546,9 @@ mod tests {
         assert!(e.to_string().contains("cannot write as GLOBAL"), "{e}");
         let e = check(b"\x80\x04\x8c\x02m\n\x8c\x01n\x93.").unwrap_err();
         assert!(e.to_string().contains("cannot write as GLOBAL"), "{e}");
-        // A set (EMPTY_SET), which no state dict holds.
-        let e = check(b"\x80\x04\x8f.").unwrap_err();
-        assert!(e.to_string().contains("opcode 0x8f"), "{e}");
+        // A frozen set (FROZENSET), which neither a state dict nor a module holds.
+        let e = check(b"\x80\x04(\x91.").unwrap_err();
+        assert!(e.to_string().contains("opcode 0x91"), "{e}");
         // A frame longer than the file.
         let e = check(b"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00.").unwrap_err();
         assert!(e.to_string().contains("truncated pickle"), "{e}");

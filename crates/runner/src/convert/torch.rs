@@ -237,7 +237,16 @@ fn read_entry(
 }
 
 fn read_zip(bytes: &[u8]) -> Result<Value> {
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+    // The archive starts at byte 0: torch.save prepends nothing. The zip crate's default
+    // (`ArchiveOffset::Detect`) looks for prepended bytes, and PyTorch's writer adds zip64 end
+    // records that the plain end record's offsets do not count; for some lengths of the
+    // archive's folder name the detection then took them for 76 prepended bytes and refused
+    // the file ("Invalid Central Directory header": a whole module saved as
+    // `netG_module.protocol4.pth`, which Python reads).
+    let config = zip::read::Config {
+        archive_offset: zip::read::ArchiveOffset::Known(0),
+    };
+    let mut zip = zip::ZipArchive::with_config(config, Cursor::new(bytes))
         .map_err(|e| anyhow::anyhow!("damaged or truncated zip archive ({e})"))?;
     let pickle_name = zip
         .file_names()
@@ -573,8 +582,10 @@ impl<S: StorageBytes> Tensors<S> {
     /// is a module: an eager `nn.Module` (its `_parameters`, `_buffers` but those in
     /// `_non_persistent_buffers_set`, and `_modules`, each submodule's entries under its name
     /// and a dot, as `state_dict()` names them), or a TorchScript module (a `__torch__` class
-    /// whose parameters, buffers and submodules are plain attributes). `None` values (an
-    /// absent bias) are left out, as `state_dict()` leaves them.
+    /// whose parameters, buffers and submodules are plain attributes: every tensor attribute
+    /// is taken, since the archive does not say which buffers `state_dict()` would leave out;
+    /// one genzoo does not place is named in the conversion's notes). `None` values (an absent
+    /// bias) are left out, as `state_dict()` leaves them.
     fn module_state(&mut self, class: &Object, attributes: Object) -> Result<Option<Value>> {
         let Object::Dict(attributes) = attributes else {
             return Ok(None);
@@ -679,13 +690,13 @@ impl<S: StorageBytes> Tensors<S> {
             ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
                 Some(self.rebuild_tensor(args)?)
             }
-            // `nn.Parameter(data, requires_grad, hooks[, state])`: the data.
-            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-                match args.first() {
-                    Some(data) => Some(self.value(data.clone())?),
-                    None => None,
-                }
-            }
+            // `nn.Parameter(data, requires_grad, hooks[, state])`: the data; PyTorch before 1.0
+            // pickled a parameter as `Parameter(data, requires_grad)`.
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state")
+            | ("torch.nn.parameter", "Parameter") => match args.first() {
+                Some(data) => Some(self.value(data.clone())?),
+                None => None,
+            },
             // A tensor subclass: `_rebuild_from_type_v2(func, type, args, state)` calls
             // func(*args).
             ("torch._tensor", "_rebuild_from_type_v2") if args.len() >= 3 => {
@@ -716,25 +727,27 @@ impl<S: StorageBytes> Tensors<S> {
     }
 }
 
-/// The text members of a pickled `set` (`builtins.set` reduced from a list, as protocol 2
-/// writes it).
+/// The text members of a pickled `set`: `builtins.set` reduced from a list, as protocol 2
+/// writes it, or the list `pickle` makes of protocol 4's `EMPTY_SET` and `ADDITEMS`.
 fn set_members(set: Object) -> Vec<String> {
-    let Object::Reduce { args, .. } = set else {
-        return Vec::new();
-    };
-    let Object::Tuple(args) = *args else {
-        return Vec::new();
-    };
-    match args.into_iter().next() {
-        Some(Object::List(items)) => items
-            .into_iter()
-            .filter_map(|i| match i {
-                Object::Unicode(s) => Some(s),
-                _ => None,
-            })
-            .collect(),
+    let items = match set {
+        Object::List(items) => items,
+        Object::Reduce { args, .. } => match *args {
+            Object::Tuple(args) => match args.into_iter().next() {
+                Some(Object::List(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
-    }
+    };
+    items
+        .into_iter()
+        .filter_map(|i| match i {
+            Object::Unicode(s) => Some(s),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A few words on what an object is, for messages.
