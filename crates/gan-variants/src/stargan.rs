@@ -9,6 +9,9 @@
 //!   `x_hat` of real and translated images, `c'` the images' own domains;
 //! - generator (every `n_critic`-th iteration): `L_G = -D_src(G(x, c)) + lambda_cls
 //!   L_cls(D_cls(G(x, c)), c) + lambda_rec |x - G(G(x, c), c')|_1`;
+//! - optionally (`adversarial = "lsgan"`, not in yunjey's StarGAN): CycleGAN's least-squares
+//!   realism terms, `(D_src(x) - 1)^2 + D_src(G(x, c))^2` for the critic and `(D_src(G(x, c)) -
+//!   1)^2` for the generator (means over the patches), the penalty only with `lambda_gp > 0`;
 //! - optionally (`lambda_id > 0`, not in yunjey's StarGAN): `+ lambda_id |x - G(x, c')|_1`,
 //!   CycleGAN's identity term: the translation into the image's own domain is the image. Without
 //!   it nothing asks a translation to leave alone what its target does not change, only that the
@@ -24,7 +27,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use layers::gan::{gradient_penalty, to_tanh_range, to_unit_range};
+use layers::gan::{gradient_penalty, target_loss, to_tanh_range, to_unit_range, GanLoss};
 use layers::loss::bce_with_logits_per_image;
 use layers::nn::sequential::Stack;
 use layers::nn::symmetry::ConditionedSymmetryChoice;
@@ -120,6 +123,10 @@ pub struct Config {
     pub d_repeat_num: usize,
     pub lambda_cls: f64,
     pub lambda_rec: f64,
+    /// The realism loss: `wgan-gp` (yunjey's: `-D_src` for real, `D_src` for fake, with the
+    /// penalty) or `lsgan` (CycleGAN's: `(D_src - 1)^2` for real, `D_src^2` for fake; not in
+    /// yunjey's StarGAN), the penalty then added only when `lambda_gp > 0`.
+    pub adversarial: GanLoss,
     pub lambda_gp: f64,
     /// Weight of the identity term `|x - G(x, c')|_1` (0: yunjey's objective, without it).
     pub lambda_id: f64,
@@ -149,6 +156,7 @@ impl Default for Config {
             d_repeat_num: 6,
             lambda_cls: 1.0,
             lambda_rec: 10.0,
+            adversarial: GanLoss::WganGp,
             lambda_gp: 10.0,
             lambda_id: 0.0,
             n_critic: 5,
@@ -224,8 +232,22 @@ impl StarGan {
         if cfg.c_dim == 0 {
             candle_core::bail!("StarGAN needs at least one attribute (c_dim = 0)");
         }
-        if cfg.lambda_id < 0.0 {
-            candle_core::bail!("lambda_id must be 0 or more (found {})", cfg.lambda_id);
+        let weight_ok = |w: f64| w.is_finite() && w >= 0.0;
+        if !weight_ok(cfg.lambda_id) || !weight_ok(cfg.lambda_gp) {
+            candle_core::bail!(
+                "StarGAN lambda_id and lambda_gp must be finite and 0 or more (found {} and {})",
+                cfg.lambda_id,
+                cfg.lambda_gp
+            );
+        }
+        match cfg.adversarial {
+            GanLoss::WganGp if cfg.lambda_gp == 0.0 => candle_core::bail!(
+                "StarGAN adversarial = \"wgan-gp\" needs its penalty (lambda_gp > 0): a critic without it is unbounded"
+            ),
+            GanLoss::WganGp | GanLoss::Lsgan => {}
+            other => candle_core::bail!(
+                "StarGAN adversarial must be wgan-gp or lsgan, got {other:?}"
+            ),
         }
         if !cfg.attributes.is_empty() && cfg.attributes.len() != cfg.c_dim {
             candle_core::bail!(
@@ -390,12 +412,17 @@ impl StarGan {
     ) -> Result<CriticTerms> {
         let cfg = &self.cfg;
         let real = self.critique(x_real)?;
-        let d_real = real.src.mean_all()?.neg()?;
+        let d_real = target_loss(cfg.adversarial, &real.src, true)?;
         let d_cls = self.classification_loss(&real.cls, c_org)?;
         let x_fake = self.generate(x_real, c_trg)?.detach();
-        let d_fake = self.critique(&x_fake)?.src.mean_all()?;
-        let critic = |x: &Tensor| Ok(self.critique(x)?.src);
-        let d_gp = gradient_penalty(&critic, x_real, &x_fake, alpha)?;
+        let d_fake = target_loss(cfg.adversarial, &self.critique(&x_fake)?.src, false)?;
+        let d_gp = match cfg.lambda_gp > 0.0 {
+            true => {
+                let critic = |x: &Tensor| Ok(self.critique(x)?.src);
+                gradient_penalty(&critic, x_real, &x_fake, alpha)?
+            }
+            false => Tensor::zeros((), DType::F32, x_real.device())?,
+        };
         let total =
             (((&d_real + &d_fake)? + (&d_cls * cfg.lambda_cls)?)? + (&d_gp * cfg.lambda_gp)?)?;
         Ok(CriticTerms {
@@ -422,7 +449,7 @@ impl StarGan {
         let turned = self.turn(x_real, c_trg, choice_learns)?;
         let x_fake = self.generate_unturned(&turned, c_trg)?;
         let fake = self.critique(&x_fake)?;
-        let g_fake = fake.src.mean_all()?.neg()?;
+        let g_fake = target_loss(cfg.adversarial, &fake.src, true)?;
         let g_cls = self.classification_loss(&fake.cls, c_trg)?;
         let x_reconst = self.generate_learning(&x_fake, c_org, choice_learns)?;
         let g_rec = (x_real - x_reconst)?.abs()?.mean_all()?;
@@ -608,7 +635,7 @@ impl Trainable for StarGan {
     }
 
     fn needs_second_order(&self) -> bool {
-        true
+        self.cfg.lambda_gp > 0.0
     }
 
     /// The critic (and its domain classifier): `translate` runs the generator only, and
@@ -951,6 +978,71 @@ mod tests {
         let added = g1.total.to_scalar::<f32>()? - g0.total.to_scalar::<f32>()?;
         assert!((added - 2.5 * id).abs() < 1e-4, "{added} vs {}", 2.5 * id);
         assert!(small_with(-1.0).is_err());
+        Ok(())
+    }
+
+    /// With `adversarial = "lsgan"` the critic scores real patches against 1 and translations
+    /// against 0, the generator its translations against 1, and without a penalty no step
+    /// differentiates twice; WGAN-GP without its penalty and other losses are refused.
+    #[test]
+    fn the_least_squares_loss_replaces_the_wasserstein_terms() -> Result<()> {
+        let (m, _) = small_config(Config {
+            adversarial: GanLoss::Lsgan,
+            lambda_gp: 0.0,
+            ..Config::default()
+        })?;
+        assert!(!m.needs_second_order());
+        let x = to_tanh_range(&Rng::new(4).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
+        let own = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        let target = Tensor::new(&[[0f32, 1., 0.], [1., 0., 1.]], &Device::Cpu)?;
+        let alpha = Tensor::new(&[0.3f32, 0.7], &Device::Cpu)?;
+        let d = m.critic_terms(&x, &own, &target, &alpha)?;
+        let mean_sq = |t: &Tensor, shift: f64| -> Result<f32> {
+            (t - shift)?.sqr()?.mean_all()?.to_scalar::<f32>()
+        };
+        let fake = m.generate(&x, &target)?;
+        let (real_src, fake_src) = (m.critique(&x)?.src, m.critique(&fake)?.src);
+        let close = |a: &Tensor, b: f32| -> Result<()> {
+            let a = a.to_scalar::<f32>()?;
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            Ok(())
+        };
+        close(&d.real, mean_sq(&real_src, 1.0)?)?;
+        close(&d.fake, mean_sq(&fake_src, 0.0)?)?;
+        close(&d.gp, 0.0)?;
+        let g = m.generator_terms(&x, &own, &target, true)?;
+        close(&g.fake, mean_sq(&fake_src, 1.0)?)?;
+        // The default, yunjey's, is the Wasserstein pair with its penalty.
+        let (w, _) = small()?;
+        assert!(w.needs_second_order());
+        let d = w.critic_terms(&x, &own, &target, &alpha)?;
+        close(
+            &d.real,
+            -w.critique(&x)?.src.mean_all()?.to_scalar::<f32>()?,
+        )?;
+        assert!(d.gp.to_scalar::<f32>()? > 0.0);
+        for bad in [
+            Config {
+                lambda_gp: 0.0,
+                ..Config::default()
+            },
+            Config {
+                adversarial: GanLoss::Hinge,
+                ..Config::default()
+            },
+            Config {
+                adversarial: GanLoss::Lsgan,
+                lambda_gp: -1.0,
+                ..Config::default()
+            },
+            Config {
+                lambda_id: f64::NAN,
+                ..Config::default()
+            },
+        ] {
+            let e = small_config(bad).err().expect("refused").to_string();
+            assert!(e.contains("StarGAN"), "{e}");
+        }
         Ok(())
     }
 
