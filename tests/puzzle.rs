@@ -1,7 +1,8 @@
 //! Puzzle-GAN end to end through the `genzoo` binary: a tiny run on the digits' key patches
 //! (D every step, G every second), resumed exactly from an odd step; `--mode puzzle` rows for 1
 //! and 3 patches; the puzzle metrics for 1, 2 and 3 patches beside the two baselines; a user's
-//! image folder with a boxes file; and every bad box, patch count or mode is a clear error.
+//! image folder with a boxes file; every bad box, patch count or mode is a clear error; and on the
+//! shipped weights, placing the patches lowers the error in the mask.
 
 #[path = "common/cli.rs"]
 mod common;
@@ -158,4 +159,28 @@ fn a_boxes_file_gives_the_patches_and_bad_boxes_are_clear_errors() {
         &boxes.replace("3.png 10,2,8,8", "3.png 10,2,8"),
         &["line 4", "x,y,w,h"],
     );
+}
+
+/// The shipped weights on 100 test digits: pasting the patches where G's image and mask agree
+/// with them lowers the error in the true mask for 1, 2 and 3 patches (measured 0.295 -> 0.255,
+/// 0.225 -> 0.166, 0.187 -> 0.146) and reads the digit better with 3 (78% -> 86%); a placement
+/// that put the patches anywhere else would raise the error instead.
+#[test]
+fn placing_the_patches_improves_the_shipped_generator() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/puzzle.safetensors");
+    let o = ok(run(&["eval", s(&shipped), "--json", "--limit", "100"]));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = r["puzzle"]["rows"].as_array().unwrap();
+    let f = |row: &Value, key: &str| row[key].as_f64().unwrap();
+    for row in rows {
+        let (generated, placed) = (f(row, "error_in_mask"), f(row, "placed_error_in_mask"));
+        assert!(placed < generated - 0.02, "{row}");
+        assert!(f(row, "placed_exactly") > 0.1, "{row}");
+    }
+    let three = &rows[2];
+    assert!(
+        f(three, "placed_digit_accuracy") > f(three, "digit_accuracy"),
+        "{three}"
+    );
+    assert!(f(three, "placed_mask_iou") > 0.7, "{three}");
 }
