@@ -5,6 +5,7 @@ process; prints the median images/s of each and the ratio genzoo / PyTorch, with
     cargo build --release
     .venv/bin/python scripts/bench_compare.py [WORKLOAD ...] [--pairs 3] [--steps 5] [--device cpu|cuda]
     .venv/bin/python scripts/bench_compare.py --json rows.jsonl ...   # also write the rows
+    .venv/bin/python scripts/bench_compare.py --device cuda --dtype bf16 dcgan   # both in bf16 autocast
 
 With --device cuda both run on the GPU, and the GPU memory in use is polled from nvidia-smi while
 each runs (`gpu MiB`: the most it held, CUDA context and allocator caches included, alike for both). A
@@ -74,13 +75,14 @@ def compare(w, args):
     on_gpu = args.device.startswith("cuda")
     ours, theirs = [], []
     for _ in range(args.pairs):
-        ours.append(one([GENZOO, "bench", w, "--steps", str(args.steps), "--json", "--device", args.device], on_gpu,
-                        args.timeout))
+        ours.append(one([GENZOO, "bench", w, "--steps", str(args.steps), "--json", "--device", args.device,
+                         "--dtype", args.dtype], on_gpu, args.timeout))
         theirs.append(one([sys.executable, os.path.join("scripts", "bench_pytorch.py"), PYTORCH_NAME.get(w, w),
-                           "--steps", str(args.steps), "--device", args.device], on_gpu, args.timeout))
+                           "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype], on_gpu,
+                          args.timeout))
     g = statistics.median(r["images_per_sec"] for r in ours)
     t = statistics.median(r["images_per_sec"] for r in theirs)
-    row = {"workload": w, "device": args.device, "genzoo_images_per_sec": g, "pytorch_images_per_sec": t,
+    row = {"workload": w, "device": args.device, "dtype": args.dtype, "genzoo_images_per_sec": g, "pytorch_images_per_sec": t,
            "ratio": g / t, "genzoo_peak_mib": max(r["peak_mib"] or 0 for r in ours),
            "pytorch_peak_mib": max(r["peak_mib"] for r in theirs), "pairs": args.pairs}
     if on_gpu:
@@ -108,6 +110,8 @@ def main():
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"],
+                   help="products in this precision, for both (genzoo --dtype, PyTorch's autocast)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before a benchmark process is killed")
     p.add_argument("--json", help="also append each row to this JSON-lines file")
     args = p.parse_args()

@@ -2,11 +2,15 @@
 the two can be compared side by side on one machine (scripts/bench_compare.py alternates them).
 
     .venv/bin/python scripts/bench_pytorch.py [WORKLOAD ...] [--steps 10] [--threads 2] [--device cpu|cuda]
+                                              [--dtype f32|bf16|f16]
 
 With --device cuda every tensor and module is made on the GPU (torch.set_default_device) and each timed
 step ends with torch.cuda.synchronize(), as `genzoo bench --device cuda` synchronises its device.
+With --dtype bf16 or f16 every workload runs under torch.autocast in that precision, as `genzoo bench
+--dtype` lowers its convolutions and dense layers (no gradient scaler: the same work, not a recipe).
 """
 import argparse
+import contextlib
 import json
 import resource
 import time
@@ -198,12 +202,18 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global DEVICE
     DEVICE = args.device
     torch.set_default_device(DEVICE)
-    print(json.dumps([run(w, args.steps, args.threads) for w in args.workloads], indent=2))
+    lowered = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.dtype)
+    precision = (torch.autocast(device_type=DEVICE.split(":")[0], dtype=lowered) if lowered
+                 else contextlib.nullcontext())
+    with precision:
+        rows = [dict(run(w, args.steps, args.threads), dtype=args.dtype) for w in args.workloads]
+    print(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@
 #   4. a short CUDA training run per family (vae, pixelcnn, dcgan) whose checkpoint is then
 #      evaluated and sampled on the CPU and on CUDA, and shipped CPU-trained weights evaluated on
 #      CUDA and on the CPU;
-#   5. reduced precision (`--dtype`): dcgan, cyclegan and stargan benched in f32, bf16 and f16,
-#      a short bf16 DCGAN run, and the shipped DCGAN evaluated in bf16 against f32;
+#   5. reduced precision (`--dtype`): dcgan, cyclegan and stargan in bf16 beside PyTorch's bf16
+#      autocast, a short bf16 DCGAN run, and the shipped DCGAN evaluated in bf16 against f32;
 # and prints one table (scripts/gpu_check_report.py), also written to OUT_DIR/table.md; the rest
-# (grids, logs, JSON) is packed into OUT_DIR/details.tar.gz. GPU_CHECK_PARTS="ops bench train dtype" and
+# (grids, logs, JSON) is packed into OUT_DIR/details.tar.gz. GPU_CHECK_PARTS="ops bench train" (the
+# default, about 6 minutes) or "dtype" (part 5 alone, about 3 minutes: a second call) and
 # GPU_CHECK_WORKLOADS pick what a rerun repeats.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ BIN="${GENZOO_BIN:-$PWD/target/gpu/genzoo}"
 TESTS="${CUDA_TESTS:-$PWD/target/gpu/cuda_matches_cpu}"
 PY="${PYTHON:-python3}"
 WORKLOADS="${GPU_CHECK_WORKLOADS:-dcgan vae pixelcnn cyclegan stargan progan nade rowlstm diagbilstm pixelcnn_sample}"
-PARTS="${GPU_CHECK_PARTS:-ops bench train dtype}" # a rerun may take a part alone
+PARTS="${GPU_CHECK_PARTS:-ops bench train}" # a rerun may take a part alone; dtype runs on its own
 wants() { [[ " $PARTS " == *" $1 "* ]]; }
 # Errors stay one line (Candle attaches a backtrace to its errors when this is set).
 unset RUST_BACKTRACE
@@ -117,13 +118,10 @@ if wants train; then
 fi
 
 if wants dtype; then
-    section "reduced precision (--dtype) on CUDA"
-    for w in dcgan cyclegan stargan; do
-        for dt in f32 bf16 f16; do
-            timeout 25 "$G" bench "$w" --device cuda --dtype "$dt" --steps 5 --json \
-                > "$OUT_DIR/dtype-bench-$w-$dt.json" 2> "$OUT_DIR/dtype-bench-$w-$dt.err"
-        done
-    done
+    section "reduced precision on CUDA: genzoo --dtype bf16 beside PyTorch's bf16 autocast"
+    timeout 150 env GENZOO="$G" "$PY" scripts/bench_compare.py --device cuda --dtype bf16 --pairs 1 --steps 5 \
+        --timeout 40 --json "$OUT_DIR/dtype-bench.jsonl" dcgan cyclegan stargan > "$OUT_DIR/dtype-bench.txt" 2>&1
+    tail -4 "$OUT_DIR/dtype-bench.txt" | tee -a "$LOG"
     timeout -s INT -k 10 60 "$G" train dcgan --device cuda --dtype bf16 --max-steps 300 \
         --out "$WORK/dcgan-bf16" > "$OUT_DIR/dtype-train-dcgan.txt" 2>&1
     cp "$WORK/dcgan-bf16/log.jsonl" "$OUT_DIR/dtype-train-dcgan.log.jsonl" 2>/dev/null
@@ -134,27 +132,19 @@ if wants dtype; then
     "$PY" - "$OUT_DIR" <<'PY' | tee -a "$LOG"
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-def read(p):
-    try:
-        return json.loads(p.read_text())
-    except Exception as e:  # a failed run: say so in the table
-        return {"error": str(e)}
-print("| workload | f32 img/s | bf16 img/s | f16 img/s |")
-print("| --- | --- | --- | --- |")
-for w in ["dcgan", "cyclegan", "stargan"]:
-    cells = []
-    for dt in ["f32", "bf16", "f16"]:
-        r = read(out / f"dtype-bench-{w}-{dt}.json")
-        cells.append(f"{r[0]['images_per_sec']:.1f}" if isinstance(r, list) else "failed")
-    print(f"| {w} | " + " | ".join(cells) + " |")
 log = out / "dtype-train-dcgan.log.jsonl"
 steps = [json.loads(l) for l in log.read_text().splitlines() if '"step"' in l] if log.exists() else []
 if steps:
     print(f"bf16 dcgan training: g_loss {steps[0].get('g_loss')} at step {steps[0]['step']}, "
           f"{steps[-1].get('g_loss')} at step {steps[-1]['step']}")
+else:
+    print("bf16 dcgan training: no log (see dtype-train-dcgan.txt)")
 for dt in ["f32", "bf16"]:
-    r = read(out / f"dtype-eval-dcgan-{dt}.json")
-    print(f"shipped dcgan, {dt}: {json.dumps(r)[:300]}")
+    try:
+        r = json.loads((out / f"dtype-eval-dcgan-{dt}.json").read_text())
+        print(f"shipped dcgan, {dt}: {json.dumps(r)[:300]}")
+    except Exception as e:  # a failed run: say so
+        print(f"shipped dcgan, {dt}: failed ({e})")
 PY
 fi
 
