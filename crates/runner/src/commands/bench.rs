@@ -327,7 +327,11 @@ fn result(w: &Workload, device: &Device, seconds: f64, steps: usize) -> BenchRes
     BenchResult {
         workload: w.name.into(),
         device: layers::device::device_name(device),
-        dtype: format!("{:?}", precision::compute_dtype()).to_lowercase(),
+        dtype: match w.kind {
+            // The incremental samplers compute on the host in f32 whatever --dtype says.
+            WorkloadKind::Sample => "f32".into(),
+            _ => format!("{:?}", precision::compute_dtype()).to_lowercase(),
+        },
         threads: rayon_threads(),
         batch: w.batch,
         steps,
