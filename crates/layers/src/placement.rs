@@ -21,7 +21,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::step::{overlap, PatchBox, Patches};
+use crate::step::{overlap, union_of_boxes, PatchBox, Patches};
 
 /// The mask term's weight. Chosen on 500 training digits (the last of the bundled 8,006) with
 /// the shipped weights; mask IoU / error in the true mask / digit with 3 patches: weight 0:
@@ -116,9 +116,13 @@ pub fn place(
             crops.len()
         );
     }
+    if !(mask_weight.is_finite() && mask_weight >= 0.0) {
+        candle_core::bail!(
+            "placement's mask weight must be finite and at least 0, got {mask_weight}"
+        );
+    }
     let mut image_values = images.flatten_all()?.to_vec1::<f32>()?;
     let mask_values = masks.flatten_all()?.to_vec1::<f32>()?;
-    let mut placed_masks = vec![0f32; b * h * w];
     let mut all_boxes = Vec::with_capacity(b);
     let mut costs = Vec::with_capacity(b);
     for (i, crops) in crops.iter().enumerate() {
@@ -126,7 +130,6 @@ pub fn place(
         let mask = &mask_values[i * h * w..(i + 1) * h * w];
         let (boxes, cost) = positions(image, mask, (c, h, w), crops, mask_weight)?;
         costs.push(cost);
-        let placed = &mut placed_masks[i * h * w..(i + 1) * h * w];
         for (crop, &[x, y, bw, bh]) in crops.iter().zip(&boxes) {
             for k in 0..c {
                 for row in 0..bh {
@@ -135,16 +138,14 @@ pub fn place(
                     image[to..to + bw].copy_from_slice(&crop.data[from..from + bw]);
                 }
             }
-            for row in y..y + bh {
-                placed[row * w + x..row * w + x + bw].fill(1.0);
-            }
         }
         all_boxes.push(boxes);
     }
     let device: &Device = images.device();
+    let counts: Vec<usize> = all_boxes.iter().map(Vec::len).collect();
     Ok(Placed {
         images: Tensor::from_vec(image_values, (b, c, h, w), device)?,
-        masks: Tensor::from_vec(placed_masks, (b, 1, h, w), device)?,
+        masks: union_of_boxes(&all_boxes, &counts, (h, w), device)?,
         boxes: all_boxes,
         costs,
     })
@@ -158,11 +159,6 @@ fn positions(
     crops: &[Crop],
     mask_weight: f32,
 ) -> Result<(Vec<PatchBox>, f32)> {
-    if !(mask_weight.is_finite() && mask_weight >= 0.0) {
-        candle_core::bail!(
-            "placement's mask weight must be finite and at least 0, got {mask_weight}"
-        );
-    }
     let mut costs = Vec::with_capacity(crops.len());
     for crop in crops {
         let (ch, ph, pw) = (crop.channels, crop.height, crop.width);
