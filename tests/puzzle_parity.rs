@@ -95,7 +95,20 @@ fn one_iteration_matches_keypatchgan() -> Result<()> {
     let g_vars = parameters(&varmap, &["generator.", "part_encoder.", "mask_generator."]);
     let grads = g[0].backward()?;
     let pairs = gradient_pairs(&grads, &g_vars, &want_grads);
-    assert_gradients_close(&pairs)?;
+    // The image layer's bias takes one gradient, the sum of 64 x 32 x 32 pixel gradients of
+    // both signs (about 1e-3 where the network's largest is 0.5): float32 sums of that many
+    // terms differ in the fifth digit with the order of the additions (PyTorch's against
+    // genzoo's kernels: 2.7e-5 of its value), so it is held to 1e-4 of its own size.
+    let (image_bias, rest): (Vec<_>, Vec<_>) = pairs
+        .iter()
+        .cloned()
+        .partition(|(name, _, _)| name == "generator.model.6.bias");
+    assert_gradients_close(&rest)?;
+    for (name, got, want) in &image_bias {
+        let tol = 1e-4 * parity::max_abs(want)?;
+        parity::assert_close(&format!("grad {name}"), got, want, tol)?;
+    }
+    assert_eq!(image_bias.len(), 1, "the image layer's bias is compared");
     grads_of.extend(pairs.into_iter().map(|(n, g, _)| (n, g)));
     Adam::from_named_vars(g_vars, adam)?.step(&grads)?;
 
