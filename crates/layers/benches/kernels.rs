@@ -41,6 +41,16 @@ fn convolutions(c: &mut Criterion) {
     c.bench_function("conv2d 3x3 64->64 b32 fwd+bwd / candle", |b| {
         b.iter(|| forward_backward(&|x, k| candle_conv2d(x, k, same), &x, &k))
     });
+    // The run file's Progressive GAN at 32 x 32: 16 channels, whose weight gradient is the
+    // dot-product kernel (`simd::add_a_bt`) rather than gemm.
+    let x = normal(&[64, 16, 32, 32], 5);
+    let k = normal(&[16, 16, 3, 3], 6);
+    c.bench_function("conv2d 3x3 16->16 32x32 b64 fwd+bwd / genzoo", |b| {
+        b.iter(|| forward_backward(&|x, k| conv2d(x, k, same), &x, &k))
+    });
+    c.bench_function("conv2d 3x3 16->16 32x32 b64 fwd+bwd / candle", |b| {
+        b.iter(|| forward_backward(&|x, k| candle_conv2d(x, k, same), &x, &k))
+    });
     let stride2 = ConvSpec {
         stride: (2, 2),
         padding: (1, 1),
