@@ -5,5 +5,6 @@ pub mod masked;
 pub mod progressive;
 pub mod resample;
 pub mod sequential;
+pub mod stands;
 pub mod symmetry;
 pub mod translation;
