@@ -1,5 +1,6 @@
 //! Building blocks that models assemble, under the reference PyTorch names.
 
+pub mod colour;
 pub mod init;
 pub mod masked;
 pub mod progressive;
