@@ -1,11 +1,9 @@
 //! Building blocks that models assemble, under the reference PyTorch names.
 
-pub mod colour;
 pub mod init;
 pub mod masked;
 pub mod progressive;
 pub mod resample;
 pub mod sequential;
-pub mod stands;
 pub mod symmetry;
 pub mod translation;
