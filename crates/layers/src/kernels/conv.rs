@@ -139,12 +139,27 @@ pub(crate) trait Element:
         lda: usize,
         b: &[Self],
         ldb: usize,
-        (m, n, k): (usize, usize, usize),
+        dims: (usize, usize, usize),
         par: Parallelism,
     ) {
-        matmul((m, n, k), out, true, a, (lda, 1), b, (1, ldb), par);
+        add_a_bt_by_gemm(out, a, lda, b, ldb, dims, par);
     }
 }
+
+/// [`Element::add_a_bt`] as one gemm product, `b` read transposed through its strides.
+#[allow(clippy::too_many_arguments)]
+fn add_a_bt_by_gemm<T: Element>(
+    out: &mut [T],
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    dims: (usize, usize, usize),
+    par: Parallelism,
+) {
+    matmul(dims, out, true, a, (lda, 1), b, (1, ldb), par);
+}
+
 impl Element for f32 {
     const ONE: Self = 1.0;
 
@@ -165,11 +180,10 @@ impl Element for f32 {
         dims: (usize, usize, usize),
         par: Parallelism,
     ) {
-        let (m, n, k) = dims;
-        if m <= DOTS_MAX_ROWS {
+        if dims.0 <= DOTS_MAX_ROWS {
             simd::add_a_bt(out, a, lda, b, ldb, dims);
         } else {
-            matmul((m, n, k), out, true, a, (lda, 1), b, (1, ldb), par);
+            add_a_bt_by_gemm(out, a, lda, b, ldb, dims, par);
         }
     }
 }

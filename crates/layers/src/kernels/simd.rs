@@ -447,46 +447,25 @@ pub fn add_a_bt(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        fn avx512(
-            o: &mut [f32],
-            a: &[f32],
-            lda: usize,
-            b: &[f32],
-            ldb: usize,
-            d: (usize, usize, usize),
-        ) {
-            add_a_bt_blocked(
-                o,
-                a,
-                lda,
-                b,
-                ldb,
-                d,
-                |a, b| a_bt_x86::block_avx512(a, b),
-                dot_generic::<true>,
-            )
+        /// `add_a_bt_blocked` compiled for `$features` with `$block` as its block.
+        macro_rules! blocked_for {
+            ($name:ident, $features:literal, $block:path) => {
+                #[target_feature(enable = $features)]
+                fn $name(
+                    o: &mut [f32],
+                    a: &[f32],
+                    lda: usize,
+                    b: &[f32],
+                    ldb: usize,
+                    d: (usize, usize, usize),
+                ) {
+                    let one = dot_generic::<true>;
+                    add_a_bt_blocked(o, a, lda, b, ldb, d, |a, b| $block(a, b), one)
+                }
+            };
         }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(
-            o: &mut [f32],
-            a: &[f32],
-            lda: usize,
-            b: &[f32],
-            ldb: usize,
-            d: (usize, usize, usize),
-        ) {
-            add_a_bt_blocked(
-                o,
-                a,
-                lda,
-                b,
-                ldb,
-                d,
-                |a, b| a_bt_x86::block_avx2(a, b),
-                dot_generic::<true>,
-            )
-        }
+        blocked_for!(avx512, "avx512f,avx2,fma", a_bt_x86::block_avx512);
+        blocked_for!(avx2, "avx2,fma", a_bt_x86::block_avx2);
         match level() {
             // SAFETY: `level` reports only features this CPU has.
             Level::Avx512 => return unsafe { avx512(out, a, lda, b, ldb, dims) },
