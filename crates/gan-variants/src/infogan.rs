@@ -19,7 +19,7 @@
 //!
 //! `"paper"`, the paper's MNIST networks (appendix C, table 1), 28 x 28, with the module names of
 //! Natsu6767/InfoGAN-PyTorch (fully connected layers as 1x1 / 7x7 convolutions):
-//! - G: `c (74)` -> FC 1024, BN, ReLU (`tconv1`, `bn1`) -> FC 7 x 7 x 128, BN, ReLU (`tconv2`,
+//! - G: `c (74)` -> FC 1024 (`fc_width`), BN, ReLU (`tconv1`, `bn1`) -> FC 7 x 7 x 128, BN, ReLU (`tconv2`,
 //!   `bn2`) -> 4x4 stride-2 upconv 64, BN, ReLU (`tconv3`, `bn3`) -> 4x4 stride-2 upconv to the
 //!   image (`tconv4`), tanh (the reference's sigmoid would not match genzoo's [-1, 1] images);
 //! - D trunk: 4x4 stride-2 conv 64, LeakyReLU 0.1 (`conv1`) -> 4x4 stride-2 conv 128, BN,
@@ -63,6 +63,10 @@ pub struct Config {
     pub code_dim: usize,
     pub lambda_cat: f64,
     pub lambda_con: f64,
+    /// The paper network's fully connected width: G's first layer and D's last trunk layer
+    /// (1024 in the paper, where they hold 98% of both networks' weights). Narrower widths make
+    /// files small enough to ship (models/infogan.toml). PyTorch-GAN's network has none.
+    pub fc_width: usize,
 }
 
 impl Default for Config {
@@ -76,9 +80,13 @@ impl Default for Config {
             code_dim: 2,
             lambda_cat: 1.0,
             lambda_con: 0.1,
+            fc_width: PAPER_FC_WIDTH,
         }
     }
 }
+
+/// The paper's fully connected width (appendix C, table 1).
+const PAPER_FC_WIDTH: usize = 1024;
 
 /// N(0, 0.02), both references' convolution init.
 const NORMAL_002: Init = Init::Randn {
@@ -142,6 +150,13 @@ fn pytorch_gan(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
             cfg.image_size
         );
     }
+    if cfg.fc_width != PAPER_FC_WIDTH {
+        candle_core::bail!(
+            "InfoGAN fc_width ({}) is the paper network's; PyTorch-GAN's network has no fully \
+             connected width to set (leave it out, or set network = \"paper\")",
+            cfg.fc_width
+        );
+    }
     let init = cfg.image_size / 4;
     let input = cfg.latent_dim + cfg.categories + cfg.code_dim;
     let project = layers::nn::init::linear(input, 128 * init * init, g.pp("l1").pp(0))?;
@@ -189,16 +204,20 @@ fn paper(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
             cfg.image_size
         );
     }
+    if cfg.fc_width == 0 {
+        candle_core::bail!("InfoGAN (paper) fc_width must be at least 1, got 0");
+    }
+    let width = cfg.fc_width;
     let input = cfg.latent_dim + cfg.categories + cfg.code_dim;
     let up = conv_spec(2, 1);
     let generator = Sequential::new(g)
         .named("tconv1")
-        .conv_transpose((input, 1024, 1), conv_spec(1, 0), NORMAL_002)?
+        .conv_transpose((input, width, 1), conv_spec(1, 0), NORMAL_002)?
         .named("bn1")
-        .batch_norm(1024, 1e-5, NORM_INIT)?
+        .batch_norm(width, 1e-5, NORM_INIT)?
         .push(Layer::Relu)
         .named("tconv2")
-        .conv_transpose((1024, 128, 7), conv_spec(1, 0), NORMAL_002)?
+        .conv_transpose((width, 128, 7), conv_spec(1, 0), NORMAL_002)?
         .named("bn2")
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::Relu)
@@ -221,15 +240,15 @@ fn paper(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::LeakyRelu(0.1))
         .named("conv3")
-        .conv((128, 1024, 7), conv_spec(1, 0), false, CONV_INIT)?
+        .conv((128, width, 7), conv_spec(1, 0), false, CONV_INIT)?
         .named("bn3")
-        .batch_norm(1024, 1e-5, NORM_INIT)?
+        .batch_norm(width, 1e-5, NORM_INIT)?
         .push(Layer::LeakyRelu(0.1))
         .build();
     let q = d.pp("q_head");
     let q_shared = Sequential::new(q.clone())
         .named("conv1")
-        .conv((1024, 128, 1), conv_spec(1, 0), false, CONV_INIT)?
+        .conv((width, 128, 1), conv_spec(1, 0), false, CONV_INIT)?
         .named("bn1")
         .batch_norm(128, 1e-5, NORM_INIT)?
         .push(Layer::LeakyRelu(0.1))
@@ -239,7 +258,7 @@ fn paper(cfg: &Config, g: VarBuilder, d: VarBuilder) -> Result<Networks> {
         generator,
         trunk,
         q_shared,
-        adversarial: conv_head(1024, 1, d.pp("d_head"), "conv")?,
+        adversarial: conv_head(width, 1, d.pp("d_head"), "conv")?,
         q_categories: conv_head(128, cfg.categories, q.clone(), "conv_disc")?,
         q_codes: conv_head(128, cfg.code_dim, q, "conv_mu")?,
     })
@@ -493,6 +512,60 @@ mod tests {
         let vb = layers::nn::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
         let err = InfoGan::new(&wrong, vb).err().unwrap().to_string();
         assert!(err.contains("28 x 28") && err.contains("32"), "{err}");
+        Ok(())
+    }
+
+    /// `fc_width` narrows the paper network's two fully connected layers and what reads them,
+    /// and nothing else; PyTorch-GAN's network, which has no such layer, refuses it.
+    #[test]
+    fn the_fully_connected_width_sets_the_paper_networks_wide_layers() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let cfg = Config {
+            network: Network::Paper,
+            image_size: 28,
+            fc_width: 48,
+            ..Config::default()
+        };
+        let m = InfoGan::new(&cfg, vb)?;
+        let v = m.discriminate(
+            &m.generate(&m.draw_input(2, &mut Rng::new(0))?, true)?,
+            None,
+            true,
+        )?;
+        assert_eq!(v.q.as_ref().unwrap().dims(), &[2, 12]);
+        let names = varmap.data().lock().unwrap();
+        for (n, shape) in [
+            ("generator.tconv1.weight", vec![74, 48, 1, 1]),
+            ("generator.bn1.running_var", vec![48]),
+            ("generator.tconv2.weight", vec![48, 128, 7, 7]),
+            ("generator.tconv3.weight", vec![128, 64, 4, 4]),
+            ("discriminator.conv3.weight", vec![48, 128, 7, 7]),
+            ("discriminator.bn3.weight", vec![48]),
+            ("discriminator.d_head.conv.weight", vec![1, 48, 1, 1]),
+            ("discriminator.q_head.conv1.weight", vec![128, 48, 1, 1]),
+        ] {
+            let t = names.get(n).unwrap_or_else(|| panic!("{n} missing"));
+            assert_eq!(t.dims(), shape.as_slice(), "{n}");
+        }
+        drop(names);
+        let build = |cfg: &Config| {
+            let vb =
+                layers::nn::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
+            InfoGan::new(cfg, vb).err().map(|e| e.to_string())
+        };
+        let err = build(&Config { fc_width: 0, ..cfg }).unwrap();
+        assert!(err.contains("fc_width must be at least 1"), "{err}");
+        let err = build(&Config {
+            fc_width: 256,
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(
+            err.contains("fc_width (256)") && err.contains("paper"),
+            "{err}"
+        );
+        assert_eq!(build(&Config::default()), None);
         Ok(())
     }
 }
