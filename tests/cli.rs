@@ -1532,6 +1532,120 @@ fn a_sampling_only_export_leaves_the_discriminator_out_and_samples_alike() {
     );
 }
 
+/// `export --half` stores the weight matrices and kernels as f16 and the vectors as f32: the
+/// file is about half the size, each weight within half precision's rounding of the f32 export,
+/// and the evaluation's figures agree; a weight beyond half precision's range is refused by its
+/// tensor's name with nothing written.
+#[test]
+fn a_half_precision_export_is_half_the_size_and_evaluates_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = run_file(tmp.path().join("dcgan.toml"), "model = \"dcgan\"\n[train]\nlimit = 64\nbatch_size = 32\nepochs = 1\nsample_count = 4\n[model_config]\nngf = 8\nndf = 8\n");
+    let out = tmp.path().join("run");
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
+    let ck = out.join("checkpoints/last.safetensors");
+    let (whole, half) = (
+        tmp.path().join("whole.safetensors"),
+        tmp.path().join("half.safetensors"),
+    );
+    ok(run(&["export", "--averaged", s(&ck), s(&whole)]));
+    let said = stdout(&ok(run(&[
+        "export",
+        "--averaged",
+        "--half",
+        s(&ck),
+        s(&half),
+    ])));
+    assert!(said.contains("stored in half precision (f16)"), "{said}");
+
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    assert!(
+        size(&half) < 0.6 * size(&whole),
+        "{} vs {}",
+        size(&half),
+        size(&whole)
+    );
+    let (w, h) = (
+        Checkpoint::load(&whole, &Device::Cpu).unwrap(),
+        Checkpoint::load(&half, &Device::Cpu).unwrap(),
+    );
+    assert_eq!(
+        w.tensors.keys().collect::<std::collections::BTreeSet<_>>(),
+        h.tensors.keys().collect()
+    );
+    let mut halved = 0;
+    for (name, t) in &h.tensors {
+        let expected = match t.rank() {
+            0 | 1 => candle_core::DType::F32,
+            _ => candle_core::DType::F16,
+        };
+        assert_eq!(t.dtype(), expected, "{name}");
+        halved += usize::from(t.rank() >= 2);
+        let values = |t: &candle_core::Tensor| {
+            t.to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        for (a, b) in values(&w.tensors[name]).iter().zip(values(t)) {
+            // Half a unit in the 11th significant bit; below f16's normal range, its spacing.
+            let tolerance = (a.abs() * 2f32.powi(-11)).max(2f32.powi(-25));
+            assert!((a - b).abs() <= tolerance, "{name}: {a} stored as {b}");
+        }
+    }
+    assert!(halved >= 4, "only {halved} tensors stored in half");
+    let i = stdout(&ok(run(&["inspect", s(&half)])));
+    assert!(i.contains("f16"), "{i}");
+
+    let eval = |p: &Path| -> Value {
+        serde_json::from_str(&stdout(&ok(run(&[
+            "eval",
+            s(p),
+            "--json",
+            "--samples",
+            "64",
+        ]))))
+        .unwrap()
+    };
+    let (e_whole, e_half) = (eval(&whole), eval(&half));
+    let fd = |e: &Value| {
+        e["sample_quality"]["samples"]["frechet_distance"]
+            .as_f64()
+            .unwrap()
+    };
+    let (a, b) = (fd(&e_whole), fd(&e_half));
+    assert!(
+        (a - b).abs() <= 1e-3 * a,
+        "Frechet distance {a} (f32) vs {b} (f16)"
+    );
+
+    // A weight half precision cannot hold is refused by name, and nothing is written.
+    let mut huge = w.clone();
+    let name = huge
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.rank() >= 2)
+        .map(|(n, _)| n.clone())
+        .min()
+        .unwrap();
+    let t = &huge.tensors[&name];
+    huge.tensors
+        .insert(name.clone(), (t.ones_like().unwrap() * 1e5).unwrap());
+    let huge_path = tmp.path().join("huge.safetensors");
+    huge.save(&huge_path).unwrap();
+    let target = tmp.path().join("not-written.safetensors");
+    fails_with(
+        &["export", "--half", s(&huge_path), s(&target)],
+        &[
+            "huge.safetensors",
+            &format!("`{name}`"),
+            "beyond half precision's range",
+        ],
+    );
+    assert!(!target.exists());
+}
+
 /// `--dtype f16` runs the convolutions and dense layers in f16 (on the CPU through Candle's f16
 /// ops) and keeps every saved tensor f32; bf16 on the CPU and unknown names are refused.
 #[test]

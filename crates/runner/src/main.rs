@@ -110,6 +110,11 @@ enum Command {
         /// resumed.
         #[arg(long)]
         sampling_only: bool,
+        /// Store weight matrices and kernels in half precision (f16): about half the size, each
+        /// weight within a relative 2^-11; biases and norms stay f32. For shipping; a run
+        /// resumes from its checkpoints, not from exports.
+        #[arg(long)]
+        half: bool,
     },
     /// Turn PyTorch weights (.pth, .pt, .ckpt, safetensors) into a genzoo file for a model.
     Convert(ConvertCmd),
@@ -177,11 +182,15 @@ fn run_command(
             out,
             averaged,
             sampling_only,
+            half,
         } => done(commands::export::run(
             &checkpoint,
             &out,
-            averaged,
-            sampling_only,
+            runner::run::checkpoint::ExportOptions {
+                averaged,
+                sampling_only,
+                half,
+            },
         )),
         Command::Convert(cmd) => done(commands::convert::run(cmd)),
         Command::List { json, weights_dir } => done(commands::list::run(json, &weights_dir)),

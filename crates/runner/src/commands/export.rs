@@ -1,19 +1,28 @@
 //! `genzoo export`: a checkpoint's weights and metadata without the optimizer or training state
-//! (and with `--sampling-only`, without the networks only training needs).
+//! (with `--sampling-only`, without the networks only training needs; with `--half`, its weight
+//! matrices in half precision).
 
 use std::path::Path;
 
 use anyhow::Result;
 
-pub fn run(checkpoint: &Path, out: &Path, averaged: bool, sampling_only: bool) -> Result<()> {
-    let e = crate::run::checkpoint::export_weights(checkpoint, out, averaged, sampling_only)?;
+use crate::run::checkpoint::{export_weights, ExportOptions};
+
+pub fn run(checkpoint: &Path, out: &Path, options: ExportOptions) -> Result<()> {
+    let e = export_weights(checkpoint, out, options)?;
     println!(
         "wrote {} ({} tensors; {} optimizer and training-state tensors left out)",
         out.display(),
         e.kept,
         e.dropped
     );
-    if sampling_only {
+    if options.half {
+        println!(
+            "{} weight matrices and kernels stored in half precision (f16); vectors and state as they were",
+            e.halved
+        );
+    }
+    if options.sampling_only {
         match e.omitted.is_empty() {
             true => println!(
                 "the model declares no training-only networks (sampling or evaluation reads them all): nothing more left out"

@@ -576,7 +576,8 @@ pub fn restore_average(average: &mut WeightAverage, loaded: &Loaded, path: &Path
     for (name, _, avg) in &mut average.slots {
         let key = format!("{AVERAGE_PREFIX}.{name}");
         match loaded.checkpoint.tensors.get(&key) {
-            Some(t) => *avg = t.clone(),
+            // A file exported with --half holds the average in f16.
+            Some(t) => *avg = t.to_dtype(avg.dtype())?,
             None => bail!(
                 "{}: missing tensor `{key}` (the weight average)",
                 path.display()
@@ -603,6 +604,19 @@ pub struct Exported {
     /// left out too), and how many tensors of them this export dropped.
     pub omitted: Vec<String>,
     pub omitted_tensors: usize,
+    /// With `half`: the tensors stored in half precision.
+    pub halved: usize,
+}
+
+/// How [`export_weights`] writes a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// The weight average in place of the weights it averages: one copy.
+    pub averaged: bool,
+    /// Without the networks only training needs.
+    pub sampling_only: bool,
+    /// Weight matrices and kernels in half precision (see [`store_in_half`]).
+    pub half: bool,
 }
 
 /// Writes the weights and metadata of checkpoint `src` to `dst` without the optimizer state or
@@ -613,13 +627,13 @@ pub struct Exported {
 /// With `sampling_only`, the networks the model declares training-only
 /// ([`layers::Trainable::training_only`], a GAN's discriminator) are left out too, and named
 /// in [`META_OMITTED`]; `src` must load for sampling first, so a file that lacks a tensor
-/// without saying so stays refused.
-pub fn export_weights(
-    src: &Path,
-    dst: &Path,
-    averaged: bool,
-    sampling_only: bool,
-) -> Result<Exported> {
+/// without saying so stays refused. With `half`, [`store_in_half`].
+pub fn export_weights(src: &Path, dst: &Path, options: ExportOptions) -> Result<Exported> {
+    let ExportOptions {
+        averaged,
+        sampling_only,
+        half,
+    } = options;
     // To leave networks out, the model (which declares them) is built from the file, and the
     // file it was loaded from is the one exported.
     let (mut ck, training_only) = if sampling_only {
@@ -664,13 +678,49 @@ pub fn export_weights(
     if averaged {
         fold_average(&mut ck, src)?;
     }
+    let halved = match half {
+        true => store_in_half(&mut ck, src)?,
+        false => 0,
+    };
     ck.save(dst)?;
     Ok(Exported {
         kept: ck.tensors.len(),
         dropped: before - ck.tensors.len(),
         omitted,
         omitted_tensors,
+        halved,
     })
+}
+
+/// The largest finite magnitude of IEEE half precision.
+const HALF_MAX: f32 = 65504.0;
+
+/// Stores every f32 tensor of two or more dimensions (weight matrices and kernels, which hold
+/// nearly all of a model's bytes) as f16, halving a shipped file; vectors (biases, norms'
+/// scales and running statistics, whose small variances half precision would round coarsely)
+/// and integer state stay as they are. Loading widens the values back to the model's dtype;
+/// each weight moves by at most half a unit in the 11th significant bit (a relative 2^-11).
+/// A value beyond half precision's range is refused by its tensor's name. Returns how many
+/// tensors were stored in half.
+fn store_in_half(ck: &mut Checkpoint, src: &Path) -> Result<usize> {
+    let mut halved = 0;
+    for (name, tensor) in ck.tensors.iter_mut() {
+        if tensor.dtype() != DType::F32 || tensor.rank() < 2 || tensor.elem_count() == 0 {
+            continue;
+        }
+        let largest = tensor.abs()?.max_all()?.to_scalar::<f32>()?;
+        // Infinities and NaN are refused with the rest.
+        if largest.is_nan() || largest > HALF_MAX {
+            bail!(
+                "{}: tensor `{name}` holds {largest}, beyond half precision's range \
+                 (+-{HALF_MAX}): export it without --half",
+                src.display()
+            );
+        }
+        *tensor = tensor.to_dtype(DType::F16)?;
+        halved += 1;
+    }
+    Ok(halved)
 }
 
 /// Puts each `ema.NAME` in place of `NAME`, and says so in the metadata. A file whose weights
