@@ -322,13 +322,15 @@ impl StarGan {
     }
 
     /// The input as the symmetry choice turns it for the target `c` (the input itself
-    /// without a choice); `learns`: whether the choice's head gets a gradient through it.
+    /// without a choice); `learns`: whether the choice's head gets a gradient through it. Held,
+    /// the choice still passes the gradient on to `x`: the reconstruction term reaches the
+    /// first translation through the second one's input. (Until 2026-12-02 the held choice
+    /// detached the whole turned image, so during the warm-up the reconstruction term trained
+    /// only the second translation.)
     fn turn(&self, x: &Tensor, c: &Tensor, learns: bool) -> Result<Tensor> {
         match &self.symmetry {
-            Some(symmetry) => {
-                let turned = symmetry.forward(x, &self.served(c)?)?;
-                Ok(if learns { turned } else { turned.detach() })
-            }
+            Some(symmetry) if learns => symmetry.forward(x, &self.served(c)?),
+            Some(symmetry) => symmetry.forward_held(x, &self.served(c)?),
             None => Ok(x.clone()),
         }
     }
@@ -882,7 +884,8 @@ mod tests {
     }
 
     /// During the choice's warm-up its head gets no gradient from any term and its own term is
-    /// left out, while its features learn from the labels and the generator from the rest.
+    /// left out, while its features learn from the labels and the generator from the rest,
+    /// the reconstruction term reaching both translations.
     #[test]
     fn during_the_warm_up_only_the_choice_s_features_learn() -> Result<()> {
         let (m, varmap) = small_config(Config {
@@ -911,6 +914,40 @@ mod tests {
         }
         assert!(!reached(false, "symmetry.head.2.weight")?);
         assert!(reached(true, "symmetry.head.2.weight")?);
+
+        // Held, the choice still passes the gradient to its input: the reconstruction and
+        // identity terms train the generator exactly as when the choice learns (the same
+        // values; only the head's gradient differs). Detaching the turned image instead
+        // cut the reconstruction term off from the first translation.
+        let generator_gradient = |learns: bool, term: fn(&GeneratorTerms) -> Tensor| {
+            let g = m.generator_terms(&x, &c_org, &c_trg, learns)?;
+            let grads = term(&g).backward()?;
+            let data = varmap.data().lock().unwrap();
+            let w = data["generator.main.0.weight"].as_tensor();
+            grads
+                .get(w)
+                .expect("a gradient")
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        let terms: [(&str, fn(&GeneratorTerms) -> Tensor); 2] = [
+            ("reconstruction", |g| g.rec.clone()),
+            ("identity", |g| g.id.clone().expect("lambda_id > 0")),
+        ];
+        for (name, term) in terms {
+            let (held, learning) = (
+                generator_gradient(false, term)?,
+                generator_gradient(true, term)?,
+            );
+            let scale = learning.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{name}: no gradient");
+            for (a, b) in held.iter().zip(&learning) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * scale,
+                    "{name}: {a} held vs {b} learning"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -196,6 +196,13 @@ impl ConditionedSymmetryChoice {
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         blend(x, &self.weights(x, c)?)
     }
+
+    /// [`Self::forward`] with the choice held: no gradient reaches the head through the
+    /// weights, while the blend still passes the gradient on to `x` (and so to whatever drew
+    /// it: a translation that is translated back).
+    pub fn forward_held(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        blend(x, &self.weights(x, c)?.detach())
+    }
 }
 
 #[cfg(test)]
