@@ -1,7 +1,7 @@
 """Fixtures for tests/gan_parity.rs: the GAN and the conditional GAN of PyTorch-GAN
 (implementations/gan/gan.py, implementations/cgan/cgan.py) and InfoGAN with the paper's
 networks (scripts/train_infogan_reference.py), at the widths genzoo trains (models/gan.toml,
-models/cgan.toml, models/infogan.toml), with each run file's [gan] loss as genzoo defines it
+models/cgan.toml; InfoGAN at the paper's width, which models/infogan.toml narrows), with each run file's [gan] loss as genzoo defines it
 (layers::gan; where PyTorch-GAN's scripts scale a loss otherwise, `d_loss_of` and `g_loss_of`
 say so): the first step's passes at the initial weights, then steps of genzoo's GAN step
 (layers::gan::AdversarialTraining: a discriminator step on real digits and detached G(z), then a

@@ -8,6 +8,8 @@ stepping with G and D's trunk learning only the adversarial loss, L_I = CE(c_cat
 Saves safetensors with genzoo's names, so genzoo's evaluator measures both:
 
     python scripts/train_infogan_reference.py --epochs 40 --g-lr 1e-3 --out runs/gans/infogan-pytorch.safetensors
+    # (--fc-width 1024 for the paper's width; its figures in models/gans.md were measured so,
+    # and `genzoo eval` then needs a run file with `fc_width = 1024`)
     genzoo eval runs/gans/infogan-pytorch.safetensors --model infogan --config models/infogan.toml
 """
 import argparse
@@ -23,14 +25,16 @@ from common import load_mnist
 from train_gan_reference import save_prefixed, update_average, weights_init
 
 NOISE, CATEGORIES, CODES = 62, 10, 2
+# The paper's fully connected width; models/infogan.toml trains 256 (`fc_width`, --fc-width).
+PAPER_FC_WIDTH = 1024
 
 
 class Generator(nn.Module):
-    def __init__(self):
+    def __init__(self, width=PAPER_FC_WIDTH):
         super().__init__()
-        self.tconv1 = nn.ConvTranspose2d(NOISE + CATEGORIES + CODES, 1024, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(1024)
-        self.tconv2 = nn.ConvTranspose2d(1024, 128, 7, 1, bias=False)
+        self.tconv1 = nn.ConvTranspose2d(NOISE + CATEGORIES + CODES, width, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.tconv2 = nn.ConvTranspose2d(width, 128, 7, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(128)
         self.tconv3 = nn.ConvTranspose2d(128, 64, 4, 2, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(64)
@@ -46,17 +50,17 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """The trunk, the D head and Q's head (genzoo's `discriminator.*`)."""
 
-    def __init__(self):
+    def __init__(self, width=PAPER_FC_WIDTH):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 64, 4, 2, 1)
         self.conv2 = nn.Conv2d(64, 128, 4, 2, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(128)
-        self.conv3 = nn.Conv2d(128, 1024, 7, bias=False)
-        self.bn3 = nn.BatchNorm2d(1024)
+        self.conv3 = nn.Conv2d(128, width, 7, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
         self.d_head = nn.Module()
-        self.d_head.conv = nn.Conv2d(1024, 1, 1)
+        self.d_head.conv = nn.Conv2d(width, 1, 1)
         self.q_head = nn.Module()
-        self.q_head.conv1 = nn.Conv2d(1024, 128, 1, bias=False)
+        self.q_head.conv1 = nn.Conv2d(width, 128, 1, bias=False)
         self.q_head.bn1 = nn.BatchNorm2d(128)
         self.q_head.conv_disc = nn.Conv2d(128, CATEGORIES, 1)
         self.q_head.conv_mu = nn.Conv2d(128, CODES, 1)
@@ -89,6 +93,8 @@ def draw_input(b):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--fc-width", type=int, default=256,
+                   help="the two fully connected layers' width (models/infogan.toml: 256; the paper: 1024)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4, help="D's learning rate")
@@ -104,7 +110,7 @@ def main():
     torch.manual_seed(args.seed)
     images, _ = load_mnist("train")
     x = (torch.from_numpy(images.astype(np.float32) / 255.0) * 2 - 1).unsqueeze(1)  # (n, 1, 28, 28)
-    net_g, net_d = Generator(), Discriminator()
+    net_g, net_d = Generator(args.fc_width), Discriminator(args.fc_width)
     net_g.apply(weights_init)
     net_d.apply(weights_init)
     average = copy.deepcopy(net_g)

@@ -132,6 +132,7 @@ fn every_shipped_weights_file_samples() {
         "gan",
         "cgan",
         "dcgan",
+        "infogan",
         "progan",
         "text2image",
         "puzzle",
@@ -141,7 +142,7 @@ fn every_shipped_weights_file_samples() {
             "{shipped}: {sampled:?}"
         );
     }
-    assert!(sampled.len() >= 17, "{sampled:?}");
+    assert!(sampled.len() >= 18, "{sampled:?}");
 }
 
 #[test]

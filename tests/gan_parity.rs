@@ -657,8 +657,8 @@ fn cgan_matches_pytorch_gan() -> Result<()> {
     )
 }
 
-/// The paper's InfoGAN networks of `scripts/train_infogan_reference.py`, trained as
-/// models/infogan.toml trains them: non-saturating loss plus `L_I = CE + 0.1 MSE`, D's trunk at
+/// The paper's InfoGAN networks of `scripts/train_infogan_reference.py` at the paper's width
+/// (the run file narrows it: `fc_width`), trained as models/infogan.toml trains them: non-saturating loss plus `L_I = CE + 0.1 MSE`, D's trunk at
 /// 2e-4 on the adversarial loss alone, G and Q's head at 1e-3 on G's loss and `L_I`. One
 /// training step in float32, and three in float64 (see `make_gan_fixtures.py` for why).
 #[test]

@@ -19,13 +19,14 @@
 //!
 //! `"paper"`, the paper's MNIST networks (appendix C, table 1), 28 x 28, with the module names of
 //! Natsu6767/InfoGAN-PyTorch (fully connected layers as 1x1 / 7x7 convolutions):
-//! - G: `c (74)` -> FC 1024 (`fc_width`), BN, ReLU (`tconv1`, `bn1`) -> FC 7 x 7 x 128, BN, ReLU (`tconv2`,
-//!   `bn2`) -> 4x4 stride-2 upconv 64, BN, ReLU (`tconv3`, `bn3`) -> 4x4 stride-2 upconv to the
-//!   image (`tconv4`), tanh (the reference's sigmoid would not match genzoo's [-1, 1] images);
+//! - G: `c (74)` -> FC 1024 (`fc_width`), BN, ReLU (`tconv1`, `bn1`) -> FC 7 x 7 x 128, BN,
+//!   ReLU (`tconv2`, `bn2`) -> 4x4 stride-2 upconv 64, BN, ReLU (`tconv3`, `bn3`) -> 4x4
+//!   stride-2 upconv to the image (`tconv4`), tanh (the reference's sigmoid would not match
+//!   genzoo's [-1, 1] images);
 //! - D trunk: 4x4 stride-2 conv 64, LeakyReLU 0.1 (`conv1`) -> 4x4 stride-2 conv 128, BN,
-//!   LeakyReLU (`conv2`, `bn2`) -> FC 1024, BN, LeakyReLU (`conv3`, `bn3`); D head: FC to one
-//!   logit (`d_head.conv`); Q head: FC 128, BN, LeakyReLU (`q_head.conv1`, `q_head.bn1`), then
-//!   the category logits (`q_head.conv_disc`) and the codes (`q_head.conv_mu`).
+//!   LeakyReLU (`conv2`, `bn2`) -> FC 1024 (`fc_width`), BN, LeakyReLU (`conv3`, `bn3`); D head:
+//!   FC to one logit (`d_head.conv`); Q head: FC 128, BN, LeakyReLU (`q_head.conv1`,
+//!   `q_head.bn1`), then the category logits (`q_head.conv_disc`) and the codes (`q_head.conv_mu`).
 //! - Parameters `generator.{tconv1..4, bn1..3}`, `discriminator.{conv1..3, bn2, bn3}`,
 //!   `discriminator.d_head.conv`, `discriminator.q_head.{conv1, bn1, conv_disc, conv_mu}`.
 //!
