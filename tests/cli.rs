@@ -1358,16 +1358,21 @@ fn gans_train_alike_on_any_thread_count() {
     assert_thread_count_changes_nothing("puzzle", &["--config", s(&config)]);
 }
 
+/// A DCGAN 8 wide trained for one epoch of 64 digits: a GAN checkpoint for the export tests.
+fn tiny_dcgan_checkpoint(dir: &Path) -> PathBuf {
+    let cfg = run_file(dir.join("dcgan.toml"), "model = \"dcgan\"\n[train]\nlimit = 64\nbatch_size = 32\nepochs = 1\nsample_count = 4\n[model_config]\nngf = 8\nndf = 8\n");
+    let out = dir.join("run");
+    ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
+    out.join("checkpoints/last.safetensors")
+}
+
 /// `export --sampling-only` leaves a GAN's discriminator out: the file is smaller, samples and
 /// evaluates bit-identically to the whole export, says what it left out, cannot be resumed;
 /// and only the networks a file says it left out may be missing.
 #[test]
 fn a_sampling_only_export_leaves_the_discriminator_out_and_samples_alike() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = run_file(tmp.path().join("dcgan.toml"), "model = \"dcgan\"\n[train]\nlimit = 64\nbatch_size = 32\nepochs = 1\nsample_count = 4\n[model_config]\nngf = 8\nndf = 8\n");
-    let out = tmp.path().join("run");
-    ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
-    let ck = out.join("checkpoints/last.safetensors");
+    let ck = tiny_dcgan_checkpoint(tmp.path());
     let whole = tmp.path().join("whole.safetensors");
     let slim = tmp.path().join("slim.safetensors");
     ok(run(&["export", "--averaged", s(&ck), s(&whole)]));
@@ -1540,10 +1545,7 @@ fn a_sampling_only_export_leaves_the_discriminator_out_and_samples_alike() {
 #[test]
 fn a_half_precision_export_is_half_the_size_and_evaluates_alike() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = run_file(tmp.path().join("dcgan.toml"), "model = \"dcgan\"\n[train]\nlimit = 64\nbatch_size = 32\nepochs = 1\nsample_count = 4\n[model_config]\nngf = 8\nndf = 8\n");
-    let out = tmp.path().join("run");
-    ok(run(&["train", "--config", s(&cfg), "--out", s(&out)]));
-    let ck = out.join("checkpoints/last.safetensors");
+    let ck = tiny_dcgan_checkpoint(tmp.path());
     let (whole, half) = (
         tmp.path().join("whole.safetensors"),
         tmp.path().join("half.safetensors"),

@@ -472,46 +472,69 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn the_paper_network_at_28_pixels_under_the_reference_names() -> Result<()> {
+    /// The paper network at 28 x 28 with fully connected layers `fc_width` wide, and its
+    /// variables.
+    fn paper_network(fc_width: usize) -> Result<(InfoGan, VarMap, Config)> {
         let varmap = VarMap::new();
         let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
         let cfg = Config {
             network: Network::Paper,
             image_size: 28,
+            fc_width,
             ..Config::default()
         };
-        let m = InfoGan::new(&cfg, vb)?;
+        Ok((InfoGan::new(&cfg, vb)?, varmap, cfg))
+    }
+
+    /// Each named variable is there with its shape.
+    fn assert_shapes(varmap: &VarMap, expected: &[(&str, &[usize])]) {
+        let names = varmap.data().lock().unwrap();
+        for (n, shape) in expected {
+            let t = names.get(*n).unwrap_or_else(|| panic!("{n} missing"));
+            assert_eq!(t.dims(), *shape, "{n}");
+        }
+    }
+
+    /// The error building `cfg` gives, if any.
+    fn build_error(cfg: &Config) -> Option<String> {
+        let vb = layers::nn::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
+        InfoGan::new(cfg, vb).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_paper_network_at_28_pixels_under_the_reference_names() -> Result<()> {
+        let (m, varmap, cfg) = paper_network(PAPER_FC_WIDTH)?;
         let input = m.draw_input(3, &mut Rng::new(0))?;
         let x = m.generate(&input, true)?;
         assert_eq!(x.dims(), &[3, 1, 28, 28]);
         let v = m.discriminate(&x, None, true)?;
         assert_eq!(v.logits.dims(), &[3]);
         assert_eq!(v.q.as_ref().unwrap().dims(), &[3, 12]);
-        let names = varmap.data().lock().unwrap();
-        for (n, shape) in [
-            ("generator.tconv1.weight", vec![74, 1024, 1, 1]),
-            ("generator.tconv2.weight", vec![1024, 128, 7, 7]),
-            ("generator.bn3.running_var", vec![64]),
-            ("generator.tconv4.weight", vec![64, 1, 4, 4]),
-            ("discriminator.conv1.bias", vec![64]),
-            ("discriminator.conv3.weight", vec![1024, 128, 7, 7]),
-            ("discriminator.d_head.conv.weight", vec![1, 1024, 1, 1]),
-            ("discriminator.q_head.conv1.weight", vec![128, 1024, 1, 1]),
-            ("discriminator.q_head.conv_disc.bias", vec![10]),
-            ("discriminator.q_head.conv_mu.weight", vec![2, 128, 1, 1]),
-        ] {
-            let t = names.get(n).unwrap_or_else(|| panic!("{n} missing"));
-            assert_eq!(t.dims(), shape.as_slice(), "{n}");
-        }
-        assert!(!names.contains_key("discriminator.conv2.bias"));
-        drop(names);
-        let wrong = Config {
+        assert_shapes(
+            &varmap,
+            &[
+                ("generator.tconv1.weight", &[74, 1024, 1, 1]),
+                ("generator.tconv2.weight", &[1024, 128, 7, 7]),
+                ("generator.bn3.running_var", &[64]),
+                ("generator.tconv4.weight", &[64, 1, 4, 4]),
+                ("discriminator.conv1.bias", &[64]),
+                ("discriminator.conv3.weight", &[1024, 128, 7, 7]),
+                ("discriminator.d_head.conv.weight", &[1, 1024, 1, 1]),
+                ("discriminator.q_head.conv1.weight", &[128, 1024, 1, 1]),
+                ("discriminator.q_head.conv_disc.bias", &[10]),
+                ("discriminator.q_head.conv_mu.weight", &[2, 128, 1, 1]),
+            ],
+        );
+        assert!(!varmap
+            .data()
+            .lock()
+            .unwrap()
+            .contains_key("discriminator.conv2.bias"));
+        let err = build_error(&Config {
             image_size: 32,
             ..cfg
-        };
-        let vb = layers::nn::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
-        let err = InfoGan::new(&wrong, vb).err().unwrap().to_string();
+        })
+        .unwrap();
         assert!(err.contains("28 x 28") && err.contains("32"), "{err}");
         Ok(())
     }
@@ -520,44 +543,29 @@ mod tests {
     /// and nothing else; PyTorch-GAN's network, which has no such layer, refuses it.
     #[test]
     fn the_fully_connected_width_sets_the_paper_networks_wide_layers() -> Result<()> {
-        let varmap = VarMap::new();
-        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
-        let cfg = Config {
-            network: Network::Paper,
-            image_size: 28,
-            fc_width: 48,
-            ..Config::default()
-        };
-        let m = InfoGan::new(&cfg, vb)?;
+        let (m, varmap, cfg) = paper_network(48)?;
         let v = m.discriminate(
             &m.generate(&m.draw_input(2, &mut Rng::new(0))?, true)?,
             None,
             true,
         )?;
         assert_eq!(v.q.as_ref().unwrap().dims(), &[2, 12]);
-        let names = varmap.data().lock().unwrap();
-        for (n, shape) in [
-            ("generator.tconv1.weight", vec![74, 48, 1, 1]),
-            ("generator.bn1.running_var", vec![48]),
-            ("generator.tconv2.weight", vec![48, 128, 7, 7]),
-            ("generator.tconv3.weight", vec![128, 64, 4, 4]),
-            ("discriminator.conv3.weight", vec![48, 128, 7, 7]),
-            ("discriminator.bn3.weight", vec![48]),
-            ("discriminator.d_head.conv.weight", vec![1, 48, 1, 1]),
-            ("discriminator.q_head.conv1.weight", vec![128, 48, 1, 1]),
-        ] {
-            let t = names.get(n).unwrap_or_else(|| panic!("{n} missing"));
-            assert_eq!(t.dims(), shape.as_slice(), "{n}");
-        }
-        drop(names);
-        let build = |cfg: &Config| {
-            let vb =
-                layers::nn::init::seeded_var_builder(&VarMap::new(), 0, DType::F32, &Device::Cpu);
-            InfoGan::new(cfg, vb).err().map(|e| e.to_string())
-        };
-        let err = build(&Config { fc_width: 0, ..cfg }).unwrap();
+        assert_shapes(
+            &varmap,
+            &[
+                ("generator.tconv1.weight", &[74, 48, 1, 1]),
+                ("generator.bn1.running_var", &[48]),
+                ("generator.tconv2.weight", &[48, 128, 7, 7]),
+                ("generator.tconv3.weight", &[128, 64, 4, 4]),
+                ("discriminator.conv3.weight", &[48, 128, 7, 7]),
+                ("discriminator.bn3.weight", &[48]),
+                ("discriminator.d_head.conv.weight", &[1, 48, 1, 1]),
+                ("discriminator.q_head.conv1.weight", &[128, 48, 1, 1]),
+            ],
+        );
+        let err = build_error(&Config { fc_width: 0, ..cfg }).unwrap();
         assert!(err.contains("fc_width must be at least 1"), "{err}");
-        let err = build(&Config {
+        let err = build_error(&Config {
             fc_width: 256,
             ..Config::default()
         })
@@ -566,7 +574,7 @@ mod tests {
             err.contains("fc_width (256)") && err.contains("paper"),
             "{err}"
         );
-        assert_eq!(build(&Config::default()), None);
+        assert_eq!(build_error(&Config::default()), None);
         Ok(())
     }
 }

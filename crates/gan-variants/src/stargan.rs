@@ -919,7 +919,8 @@ mod tests {
         // identity terms train the generator exactly as when the choice learns (the same
         // values; only the head's gradient differs). Detaching the turned image instead
         // cut the reconstruction term off from the first translation.
-        let generator_gradient = |learns: bool, term: fn(&GeneratorTerms) -> Tensor| {
+        type Term = fn(&GeneratorTerms) -> Tensor;
+        let generator_gradient = |learns: bool, term: Term| {
             let g = m.generator_terms(&x, &c_org, &c_trg, learns)?;
             let grads = term(&g).backward()?;
             let data = varmap.data().lock().unwrap();
@@ -930,7 +931,7 @@ mod tests {
                 .flatten_all()?
                 .to_vec1::<f32>()
         };
-        let terms: [(&str, fn(&GeneratorTerms) -> Tensor); 2] = [
+        let terms: [(&str, Term); 2] = [
             ("reconstruction", |g| g.rec.clone()),
             ("identity", |g| g.id.clone().expect("lambda_id > 0")),
         ];
