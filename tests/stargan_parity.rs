@@ -110,7 +110,7 @@ fn one_iteration_matches_yunjey() -> Result<()> {
     // The generator, after the critic's step.
     let x_fake = m.generate(&x_real, &c_trg)?;
     assert_close("g_x_fake", &x_fake, &t("g_x_fake"), 1e-5)?;
-    let g = m.generator_terms(&x_real, &c_org, &c_trg, true, None)?;
+    let g = m.generator_terms(&x_real, &c_org, &c_trg, true)?;
     for (name, got) in [
         ("g_loss_fake", &g.fake),
         ("g_loss_rec", &g.rec),
@@ -168,7 +168,7 @@ fn running_statistics_follow_three_training_passes() -> Result<()> {
         },
     )?;
     critic.backward_step(&d.total)?;
-    m.generator_terms(&x_real, &c_org, &c_trg, true, None)?;
+    m.generator_terms(&x_real, &c_org, &c_trg, true)?;
     let after = tagged(&ck, "after");
     let ours = varmap_tensors(&varmap);
     let mut compared = 0;

@@ -16,10 +16,6 @@
 //!   CycleGAN's identity term: the translation into the image's own domain is the image. Without
 //!   it nothing asks a translation to leave alone what its target does not change, only that the
 //!   input can be recovered from it;
-//! - optionally (`rec_noise > 0`, not in yunjey's StarGAN): Gaussian noise added to `G(x, c)`
-//!   before it is translated back, which drowns the low-amplitude signal a generator can hide its
-//!   input in (Chu et al. 2017, "CycleGAN, a Master of Steganography"), so that the
-//!   reconstruction has to come from what the translation visibly draws;
 //! - `L_cls`: binary cross-entropy summed over the attributes and averaged over the batch
 //!   (multi-label, CelebA), or cross-entropy over domains (single-label, RaFD); targets `c` are
 //!   the batch's own labels in a random order.
@@ -134,9 +130,6 @@ pub struct Config {
     pub lambda_gp: f64,
     /// Weight of the identity term `|x - G(x, c')|_1` (0: yunjey's objective, without it).
     pub lambda_id: f64,
-    /// Standard deviation of the Gaussian noise added to the translation before the
-    /// reconstruction pass (images in [-1, 1]; 0: yunjey's, none).
-    pub rec_noise: f64,
     /// Critic iterations per generator step.
     pub n_critic: u64,
 }
@@ -166,7 +159,6 @@ impl Default for Config {
             adversarial: GanLoss::WganGp,
             lambda_gp: 10.0,
             lambda_id: 0.0,
-            rec_noise: 0.0,
             n_critic: 5,
         }
     }
@@ -241,12 +233,11 @@ impl StarGan {
             candle_core::bail!("StarGAN needs at least one attribute (c_dim = 0)");
         }
         let weight_ok = |w: f64| w.is_finite() && w >= 0.0;
-        if !weight_ok(cfg.lambda_id) || !weight_ok(cfg.lambda_gp) || !weight_ok(cfg.rec_noise) {
+        if !weight_ok(cfg.lambda_id) || !weight_ok(cfg.lambda_gp) {
             candle_core::bail!(
-                "StarGAN lambda_id, lambda_gp and rec_noise must be finite and 0 or more (found {}, {} and {})",
+                "StarGAN lambda_id and lambda_gp must be finite and 0 or more (found {} and {})",
                 cfg.lambda_id,
-                cfg.lambda_gp,
-                cfg.rec_noise
+                cfg.lambda_gp
             );
         }
         match cfg.adversarial {
@@ -447,15 +438,13 @@ impl StarGan {
 
     /// The generator's step: translate to `c_trg`, fool the critic and its classifier, and
     /// come back to `c_org`.
-    /// `choice_learns`: whether the symmetry choice's head learns this step (after its warm-up);
-    /// `rec_noise`: added to the translation before the reconstruction pass (`Config::rec_noise`).
+    /// `choice_learns`: whether the symmetry choice's head learns this step (after its warm-up).
     pub fn generator_terms(
         &self,
         x_real: &Tensor,
         c_org: &Tensor,
         c_trg: &Tensor,
         choice_learns: bool,
-        rec_noise: Option<&Tensor>,
     ) -> Result<GeneratorTerms> {
         let cfg = &self.cfg;
         // The turned input, once: the translation and the choice's own term both read it.
@@ -464,11 +453,7 @@ impl StarGan {
         let fake = self.critique(&x_fake)?;
         let g_fake = target_loss(cfg.adversarial, &fake.src, true)?;
         let g_cls = self.classification_loss(&fake.cls, c_trg)?;
-        let x_back = match rec_noise {
-            Some(noise) => (&x_fake + noise)?,
-            None => x_fake.clone(),
-        };
-        let x_reconst = self.generate_learning(&x_back, c_org, choice_learns)?;
+        let x_reconst = self.generate_learning(&x_fake, c_org, choice_learns)?;
         let g_rec = (x_real - x_reconst)?.abs()?.mean_all()?;
         let mut total = ((&g_fake + (&g_rec * cfg.lambda_rec)?)? + (&g_cls * cfg.lambda_cls)?)?;
         let g_id = if cfg.lambda_id > 0.0 {
@@ -619,15 +604,7 @@ impl Trainable for StarGan {
         }
         if (ctx.progress.step + 1).is_multiple_of(self.cfg.n_critic) {
             let choice_learns = ctx.progress.step >= self.cfg.symmetry_warmup;
-            // Drawn only when asked for, so that runs without it keep their random stream.
-            let rec_noise = match self.cfg.rec_noise > 0.0 {
-                true => {
-                    Some((ctx.rng.normal(x_real.shape(), x_real.device())? * self.cfg.rec_noise)?)
-                }
-                false => None,
-            };
-            let g =
-                self.generator_terms(&x_real, &c_org, &c_trg, choice_learns, rec_noise.as_ref())?;
+            let g = self.generator_terms(&x_real, &c_org, &c_trg, choice_learns)?;
             match &self.symmetry {
                 Some(symmetry) => {
                     ctx.minimize_together(&["generator", "symmetry"], &g.total)?;
@@ -834,14 +811,14 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(d < 1e-5, "{d}");
         // The choice's own term classifies the turned input: lambda_cls L_cls, by hand.
-        let g = m.generator_terms(&x, &c, &c, true, None)?;
+        let g = m.generator_terms(&x, &c, &c, true)?;
         let judged = m.critique(&turned)?;
         let want = m.classification_loss(&judged.cls, &c)?.to_scalar::<f32>()?;
         let front = g.front.expect("the choice's term").to_scalar::<f32>()?;
         assert!((front - want).abs() < 1e-5, "{front} vs {want}");
         // Its prediction of where the real images stand, against their own labels.
         let c_org = Tensor::new(&[[0f32, 1., 1.], [1., 0., 0.]], &Device::Cpu)?;
-        let g = m.generator_terms(&x, &c_org, &c, true, None)?;
+        let g = m.generator_terms(&x, &c_org, &c, true)?;
         let symmetry = m.symmetry.as_ref().expect("a choice");
         let want = m
             .classification_loss(&symmetry.source_logits(&x)?, &c_org)?
@@ -874,7 +851,7 @@ mod tests {
         let symmetry = m.symmetry.as_ref().expect("a choice");
         assert_eq!(symmetry.source_logits(&x)?.dims(), &[2, 1]);
         let column = |c: &Tensor| c.narrow(1, 1, 1);
-        let g = m.generator_terms(&x, &c_org, &c_trg, true, None)?;
+        let g = m.generator_terms(&x, &c_org, &c_trg, true)?;
         let turned = symmetry.forward(&x, &column(&c_trg)?)?;
         let judged = m.critique(&turned)?;
         let want_front = m
@@ -920,7 +897,7 @@ mod tests {
         let c_org = Tensor::new(&[[0f32, 1., 1.], [1., 0., 0.]], &Device::Cpu)?;
         let c_trg = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
         let reached = |learns: bool, key: &str| -> Result<bool> {
-            let g = m.generator_terms(&x, &c_org, &c_trg, learns, None)?;
+            let g = m.generator_terms(&x, &c_org, &c_trg, learns)?;
             assert_eq!(g.front.is_some(), learns);
             let grads = g.total.backward()?;
             let data = varmap.data().lock().unwrap();
@@ -944,7 +921,7 @@ mod tests {
         // cut the reconstruction term off from the first translation.
         type Term = fn(&GeneratorTerms) -> Tensor;
         let generator_gradient = |learns: bool, term: Term| {
-            let g = m.generator_terms(&x, &c_org, &c_trg, learns, None)?;
+            let g = m.generator_terms(&x, &c_org, &c_trg, learns)?;
             let grads = term(&g).backward()?;
             let data = varmap.data().lock().unwrap();
             let w = data["generator.main.0.weight"].as_tensor();
@@ -1027,9 +1004,9 @@ mod tests {
         let target = Tensor::new(&[[0f32, 1., 0.], [1., 0., 1.]], &Device::Cpu)?;
         let (plain, _) = small_with(0.0)?;
         let (with_id, _) = small_with(2.5)?;
-        let g0 = plain.generator_terms(&x, &own, &target, true, None)?;
+        let g0 = plain.generator_terms(&x, &own, &target, true)?;
         assert!(g0.id.is_none());
-        let g1 = with_id.generator_terms(&x, &own, &target, true, None)?;
+        let g1 = with_id.generator_terms(&x, &own, &target, true)?;
         let id = g1.id.expect("the identity term").to_scalar::<f32>()?;
         let want = (&x - with_id.generate(&x, &own)?)?
             .abs()?
@@ -1039,35 +1016,6 @@ mod tests {
         let added = g1.total.to_scalar::<f32>()? - g0.total.to_scalar::<f32>()?;
         assert!((added - 2.5 * id).abs() < 1e-4, "{added} vs {}", 2.5 * id);
         assert!(small_with(-1.0).is_err());
-        Ok(())
-    }
-
-    /// The reconstruction pass reads the translation plus the noise it is given, and the
-    /// reconstruction term changes with it; a negative `rec_noise` is refused.
-    #[test]
-    fn the_reconstruction_reads_the_noisy_translation() -> Result<()> {
-        let (m, _) = small_with(0.0)?;
-        let x = to_tanh_range(&Rng::new(2).uniform((2, 3, 16, 16), &Device::Cpu)?)?;
-        let own = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
-        let target = Tensor::new(&[[0f32, 1., 0.], [1., 0., 1.]], &Device::Cpu)?;
-        let noise = (Rng::new(3).normal(x.shape(), &Device::Cpu)? * 0.5)?;
-        let rec = |g: &GeneratorTerms| g.rec.to_scalar::<f32>();
-        let noisy = rec(&m.generator_terms(&x, &own, &target, true, Some(&noise))?)?;
-        let x_fake = m.generate(&x, &target)?;
-        let want = (&x - m.generate(&(x_fake + &noise)?, &own)?)?
-            .abs()?
-            .mean_all()?
-            .to_scalar::<f32>()?;
-        assert!((noisy - want).abs() < 1e-6, "{noisy} vs {want}");
-        let clean = rec(&m.generator_terms(&x, &own, &target, true, None)?)?;
-        assert!((noisy - clean).abs() > 1e-4, "{noisy} vs {clean}");
-        let err = small_config(Config {
-            rec_noise: -0.1,
-            ..Config::default()
-        })
-        .err()
-        .expect("an error");
-        assert!(err.to_string().contains("rec_noise"), "{err}");
         Ok(())
     }
 
@@ -1100,7 +1048,7 @@ mod tests {
         close(&d.real, mean_sq(&real_src, 1.0)?)?;
         close(&d.fake, mean_sq(&fake_src, 0.0)?)?;
         close(&d.gp, 0.0)?;
-        let g = m.generator_terms(&x, &own, &target, true, None)?;
+        let g = m.generator_terms(&x, &own, &target, true)?;
         close(&g.fake, mean_sq(&fake_src, 1.0)?)?;
         // The default, yunjey's, is the Wasserstein pair with its penalty.
         let (w, _) = small()?;
