@@ -23,8 +23,8 @@
 //! - Loss: WGAN-GP, `L_D = E D(G(z)) - E D(x) + lambda (|grad D(x_hat)|_2 - 1)^2 + eps_drift
 //!   E D(x)^2`, the drift term keeping the critic's values near zero; `L_G = -E D(G(z))`. One D
 //!   step and one G step (on a fresh latent) per iteration; Adam 1e-3, betas (0, 0.99); G's
-//!   weights averaged for sampling (the loop's weight average; `models/progan.toml` uses 0.9956,
-//!   the official half-life of 10,000 images at batch 64).
+//!   weights averaged for sampling (the loop's weight average; `models/progan.toml` uses 0.99889,
+//!   the official half-life of 10,000 images at its batch of 16).
 //!
 //! Every layer is equalized ([`layers::nn::progressive::Equalized`]): He's constant at run time,
 //! sqrt(2) / sqrt(fan_in) as the zoo has it for every layer; `official_gains` takes the official
