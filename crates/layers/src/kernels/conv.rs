@@ -191,33 +191,40 @@ impl Element for f64 {
     const ONE: Self = 1.0;
 }
 
-/// `cols (C*kh*kw, Ho*Wo)` of one image `(C, H, W)`, written at column `col0` of a buffer whose
-/// rows are `ld` long (the columns of a group of images side by side).
-fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T], ld: usize, col0: usize) {
+/// `cols (C*kh*kw, images * Ho*Wo)` of a group of images `xs (images, C, H, W)`, its rows `ld`
+/// long: image `j`'s columns at `j * Ho*Wo`. Each row of `cols` is written whole, image after
+/// image: walking one image's columns down all rows instead, `ld` apart, missed the cache on
+/// every row.
+fn im2col<T: Element>(xs: &[T], g: &Geometry, cols: &mut [T], ld: usize) {
     let (sh, sw) = g.spec.stride;
     let (ph, pw) = g.spec.padding;
     let n = g.hw_out();
+    if n == 0 || g.image() == 0 {
+        return;
+    }
     for ci in 0..g.c {
         for ky in 0..g.kh {
             let (y0, y1) = Geometry::valid_range(g.ho, g.h, sh, ph, ky);
             for kx in 0..g.kw {
                 let (x0, x1) = Geometry::valid_range(g.wo, g.w, sw, pw, kx);
-                let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * ld + col0..][..n];
-                // Zeros only where the window reads padding: the rest is written below.
-                row[..y0 * g.wo].fill(T::default());
-                row[y1.max(y0) * g.wo..].fill(T::default());
-                for oy in y0..y1 {
-                    let iy = oy * sh + ky - ph;
-                    let src = &x[(ci * g.h + iy) * g.w..][..g.w];
-                    let dst = &mut row[oy * g.wo..][..g.wo];
-                    dst[..x0].fill(T::default());
-                    dst[x1.max(x0)..].fill(T::default());
-                    if sw == 1 {
-                        let ix0 = x0 + kx - pw;
-                        dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
-                    } else {
-                        for ox in x0..x1 {
-                            dst[ox] = src[ox * sw + kx - pw];
+                let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * ld..][..ld];
+                for (x, row) in xs.chunks_exact(g.image()).zip(row.chunks_exact_mut(n)) {
+                    // Zeros only where the window reads padding: the rest is written below.
+                    row[..y0 * g.wo].fill(T::default());
+                    row[y1.max(y0) * g.wo..].fill(T::default());
+                    for oy in y0..y1 {
+                        let iy = oy * sh + ky - ph;
+                        let src = &x[(ci * g.h + iy) * g.w..][..g.w];
+                        let dst = &mut row[oy * g.wo..][..g.wo];
+                        dst[..x0].fill(T::default());
+                        dst[x1.max(x0)..].fill(T::default());
+                        if sw == 1 {
+                            let ix0 = x0 + kx - pw;
+                            dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                        } else {
+                            for ox in x0..x1 {
+                                dst[ox] = src[ox * sw + kx - pw];
+                            }
                         }
                     }
                 }
@@ -226,32 +233,38 @@ fn im2col<T: Element>(x: &[T], g: &Geometry, cols: &mut [T], ld: usize, col0: us
     }
 }
 
-/// Adds `cols (C*kh*kw, Ho*Wo)` (at column `col0`, rows `ld` long) back onto the image
-/// `(C, H, W)` it would have been cut from.
-fn col2im<T: Element>(cols: &[T], g: &Geometry, x: &mut [T], ld: usize, col0: usize) {
+/// Adds `cols (C*kh*kw, images * Ho*Wo)` (rows `ld` long, image `j`'s columns at `j * Ho*Wo`)
+/// back onto the images `xs (images, C, H, W)` they would have been cut from, reading each row
+/// of `cols` whole (see [`im2col`]).
+fn col2im<T: Element>(cols: &[T], g: &Geometry, xs: &mut [T], ld: usize) {
     let (sh, sw) = g.spec.stride;
     let (ph, pw) = g.spec.padding;
-    let n = g.hw_out();
+    let (n, image) = (g.hw_out(), g.image());
+    if n == 0 || image == 0 {
+        return;
+    }
     for ci in 0..g.c {
         for ky in 0..g.kh {
             let (y0, y1) = Geometry::valid_range(g.ho, g.h, sh, ph, ky);
             for kx in 0..g.kw {
                 let (x0, x1) = Geometry::valid_range(g.wo, g.w, sw, pw, kx);
-                let row = &cols[((ci * g.kh + ky) * g.kw + kx) * ld + col0..][..n];
-                for oy in y0..y1 {
-                    let iy = oy * sh + ky - ph;
-                    let dst = &mut x[(ci * g.h + iy) * g.w..][..g.w];
-                    let src = &row[oy * g.wo..][..g.wo];
-                    if sw == 1 {
-                        // Slices of equal length: no index checks, so the adds vectorize.
-                        let ix0 = x0 + kx - pw;
-                        let dst = &mut dst[ix0..ix0 + (x1 - x0)];
-                        for (d, &v) in dst.iter_mut().zip(&src[x0..x1]) {
-                            *d += v;
-                        }
-                    } else {
-                        for ox in x0..x1 {
-                            dst[ox * sw + kx - pw] += src[ox];
+                let row = &cols[((ci * g.kh + ky) * g.kw + kx) * ld..][..ld];
+                for (x, row) in xs.chunks_exact_mut(image).zip(row.chunks_exact(n)) {
+                    for oy in y0..y1 {
+                        let iy = oy * sh + ky - ph;
+                        let dst = &mut x[(ci * g.h + iy) * g.w..][..g.w];
+                        let src = &row[oy * g.wo..][..g.wo];
+                        if sw == 1 {
+                            // Slices of equal length: no index checks, so the adds vectorize.
+                            let ix0 = x0 + kx - pw;
+                            let dst = &mut dst[ix0..ix0 + (x1 - x0)];
+                            for (d, &v) in dst.iter_mut().zip(&src[x0..x1]) {
+                                *d += v;
+                            }
+                        } else {
+                            for ox in x0..x1 {
+                                dst[ox * sw + kx - pw] += src[ox];
+                            }
                         }
                     }
                 }
@@ -411,9 +424,7 @@ fn group_cols<'a, T: Element>(xs: &[T], g: &Geometry, buf: &'a mut Vec<T>) -> (&
     let (n, images) = (g.hw_out(), xs.len() / g.image());
     let ld = images * n;
     let cols = stale(buf, g.ckk() * ld);
-    for (j, x) in xs.chunks(g.image()).enumerate() {
-        im2col(x, g, cols, ld, j * n);
-    }
+    im2col(xs, g, cols, ld);
     (cols, ld)
 }
 
@@ -485,9 +496,7 @@ fn input_grad<T: Element>(dy: &[T], k: &[T], g: &Geometry) -> Vec<T> {
                 (ld, 1),
                 par,
             );
-            for (j, dxb) in dxg.chunks_mut(g.image()).enumerate() {
-                col2im(cols, g, dxb, ld, j * n);
-            }
+            col2im(cols, g, dxg, ld);
         },
     );
     dx
