@@ -95,21 +95,45 @@ pub fn gradient_penalty(
     fake: &Tensor,
     alpha: &Tensor,
 ) -> Result<Tensor> {
-    let b = real.dim(0)?;
-    let mut shape = vec![b];
-    shape.extend(std::iter::repeat_n(1, real.rank() - 1));
-    let alpha = alpha.reshape(shape)?;
-    let mixed = (real.broadcast_mul(&alpha)? + fake.broadcast_mul(&(1.0 - &alpha)?)?)?;
-    let input = Var::from_tensor(&mixed.detach())?;
+    let input = Var::from_tensor(&interpolate(real, fake, alpha)?.detach())?;
     differentiable_twice(|| {
         let out = critic(input.as_tensor())?.sum_all()?;
         let grads = backward_keeping_graph(&out)?;
         let grad = grads
             .get(input.as_tensor())
             .ok_or_else(|| candle_core::Error::Msg("the critic ignores its input".into()))?;
-        let norm = (grad.flatten_from(1)?.sqr()?.sum(1)? + 1e-12)?.sqrt()?; // (b)
-        (norm - 1.0)?.sqr()?.mean_all()
+        penalty_of(grad)
     })
+}
+
+/// The same penalty from a critic's own input gradient, `input_grad(x) = d sum_b D(x_b) / dx`
+/// written out as ops that can be differentiated again. Candle's second-order graph keeps, for
+/// every node, a zero-filled accumulator, the incoming gradient and their sum; a hand-written
+/// backward pass keeps one gradient per layer, as PyTorch's `create_graph` does, and runs on
+/// the fused kernels.
+pub fn gradient_penalty_from(
+    input_grad: &dyn Fn(&Tensor) -> Result<Tensor>,
+    real: &Tensor,
+    fake: &Tensor,
+    alpha: &Tensor,
+) -> Result<Tensor> {
+    let mixed = interpolate(real, fake, alpha)?.detach();
+    penalty_of(&input_grad(&mixed)?)
+}
+
+/// `alpha real + (1 - alpha) fake`, `alpha (b)` per image.
+fn interpolate(real: &Tensor, fake: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+    let b = real.dim(0)?;
+    let mut shape = vec![b];
+    shape.extend(std::iter::repeat_n(1, real.rank() - 1));
+    let alpha = alpha.reshape(shape)?;
+    real.broadcast_mul(&alpha)? + fake.broadcast_mul(&(1.0 - &alpha)?)?
+}
+
+/// `mean_b (|grad_b|_2 - 1)^2`.
+fn penalty_of(grad: &Tensor) -> Result<Tensor> {
+    let norm = (grad.flatten_from(1)?.sqr()?.sum(1)? + 1e-12)?.sqrt()?; // (b)
+    (norm - 1.0)?.sqr()?.mean_all()
 }
 
 /// The gradients of `out`, recorded as ops so that they can be differentiated again (the

@@ -9,7 +9,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::ops::{cpu_slice, fused_cpu_f32, twice_differentiable_cpu_f32, CpuValues};
+use crate::kernels::ops::{
+    cpu_f32, cpu_slice, fused_cpu_f32, twice_differentiable_cpu_f32, CpuValues,
+};
 
 /// The activation after a linear map or a convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -165,6 +167,30 @@ impl CustomOp2 for ActivationGrad {
             .contiguous()?
             .apply_op2(y, ActivationGrad { act: self.act })?;
         Ok((Some(again), None))
+    }
+}
+
+/// `g act'(y)` from a layer's output `y = act(x)`: the gradient at the pre-activation `x`
+/// given the gradient `g` at the output, as an op that can be differentiated again (linear
+/// in `g`; nothing flows to `y`, since `act'` is piecewise constant). What a hand-written
+/// backward pass of a network uses (the Progressive GAN critic's input gradient).
+pub fn activation_grad(grad: &Tensor, y: &Tensor, act: Activation) -> Result<Tensor> {
+    if grad.dims() != y.dims() {
+        candle_core::bail!(
+            "activation_grad: gradient {:?} for output {:?}",
+            grad.dims(),
+            y.dims()
+        );
+    }
+    let y = y.detach();
+    match act {
+        Activation::Identity => Ok(grad.clone()),
+        _ if cpu_f32(&[grad, &y]) => grad.contiguous()?.apply_op2(&y, ActivationGrad { act }),
+        Activation::Relu => grad * y.gt(0.0)?.to_dtype(grad.dtype())?,
+        Activation::LeakyRelu(slope) => {
+            let positive = y.gt(0.0)?.to_dtype(grad.dtype())?;
+            grad * ((positive * (1.0 - slope))? + slope)?
+        }
     }
 }
 

@@ -82,7 +82,8 @@ pub fn twice_differentiable_cpu_f32(tensors: &[&Tensor]) -> bool {
     cpu_f32(tensors) && TWICE.with(|d| d.get() > 0)
 }
 
-fn cpu_f32(tensors: &[&Tensor]) -> bool {
+/// f32 tensors on the CPU.
+pub fn cpu_f32(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)

@@ -15,8 +15,8 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::kernels::activation::{bias_activation, Activation};
-use crate::kernels::conv::{conv2d, ConvSpec};
+use crate::kernels::activation::{activation_grad, bias_activation, Activation};
+use crate::kernels::conv::{conv2d, conv_transpose2d, ConvSpec};
 use crate::kernels::linear::Linear;
 pub use crate::kernels::pixel_norm::pixel_norm;
 pub use crate::nn::resample::{downscale2d, upscale2d};
@@ -96,6 +96,27 @@ impl Equalized {
     }
 }
 
+impl Equalized {
+    /// The gradient at the layer's input from the gradient `g` at its output `y = act(c (W x +
+    /// b))`: `c W^T (g act'(y))`, made of ops that can be differentiated again (with respect to
+    /// `g` and the weight), so a hand-written backward pass of a critic gives WGAN-GP's penalty
+    /// its gradient without Candle's second-order graph.
+    pub fn input_grad(&self, y: &Tensor, g: &Tensor, act: Activation) -> Result<Tensor> {
+        let g = activation_grad(g, y, act)?;
+        let weight = (&self.weight * self.scale)?;
+        match self.padding {
+            Some(p) => {
+                let spec = ConvSpec {
+                    stride: (1, 1),
+                    padding: (p, p),
+                };
+                conv_transpose2d(&g, &weight, spec)
+            }
+            None => g.matmul(&weight),
+        }
+    }
+}
+
 fn standard() -> Init {
     Init::Randn {
         mean: 0.0,
@@ -129,6 +150,41 @@ pub fn minibatch_stddev(x: &Tensor, group: usize) -> Result<Tensor> {
         .broadcast_as((g, groups, 1, h, w))?
         .reshape((b, 1, h, w))?;
     Tensor::cat(&[x, &map], 1)
+}
+
+/// The gradient at `x` of [`minibatch_stddev`] given the gradient `g (b, c + 1, h, w)` at its
+/// output, in ops that can be differentiated again (also with respect to `x`). The appended map
+/// of group `j` is `s_j = mean over (c, h, w) of std_j`, with `d std_j / d x_m = (x_m - mu_j) /
+/// (g std_j)` for member `m`; so `x_m` receives `G_j (x_m - mu_j) / (g std_j c h w)`, `G_j`
+/// the sum of the map's gradient over group `j`'s members and pixels.
+pub fn minibatch_stddev_input_grad(x: &Tensor, g: &Tensor, group: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if g.dims() != [b, c + 1, h, w] {
+        candle_core::bail!(
+            "minibatch_stddev_input_grad: gradient {:?} for input {:?}",
+            g.dims(),
+            x.dims()
+        );
+    }
+    let mut members = group.min(b).max(1);
+    if !b.is_multiple_of(members) {
+        members = b;
+    }
+    let groups = b / members;
+    let y = x.reshape((members, groups, c, h, w))?;
+    let centred = y.broadcast_sub(&y.mean_keepdim(0)?)?;
+    let std = (centred.sqr()?.mean_keepdim(0)? + 1e-8)?.sqrt()?; // (1, groups, c, h, w)
+    let map_grad = g
+        .narrow(1, c, 1)?
+        .reshape((members, groups, h * w))?
+        .sum_keepdim(2)?
+        .sum_keepdim(0)?
+        .reshape((1, groups, 1, 1, 1))?; // G_j
+    let through_map = centred
+        .broadcast_div(&std)?
+        .broadcast_mul(&(map_grad / (members * c * h * w) as f64)?)?
+        .reshape((b, c, h, w))?;
+    g.narrow(1, 0, c)? + through_map
 }
 
 #[cfg(test)]
