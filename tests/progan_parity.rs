@@ -3,8 +3,9 @@
 //! and 16 x 16 stable, the real images as D sees them, G's and D's outputs, the critic's terms
 //! (Wasserstein estimate, gradient penalty, drift, total), the generator's loss, the gradient of
 //! every parameter the stage uses, and the weights after one Adam step of D and then of G, each
-//! to 1e-5. Fixtures from `scripts/make_progan_fixtures.py`. Its own test binary: the gradient
-//! penalty switches Candle's second-order gradients on for the process.
+//! to 1e-5. Fixtures from `scripts/make_progan_fixtures.py`. The penalty's gradients here come
+//! from the critic's hand-written input gradient (`ProGan::critic_input_grad`), so they check it
+//! against torch's `create_graph` too.
 
 #[path = "common/parity.rs"]
 mod parity;
@@ -13,7 +14,6 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use gan_variants::progan::{Config, Phase, ProGan};
-use layers::gan::enable_second_order_gradients;
 use layers::train::checkpoint::{load_into_varmap, varmap_tensors, vars_with_prefix};
 use layers::{Adam, AdamConfig, Checkpoint};
 use parity::{
@@ -67,7 +67,6 @@ fn used_vars(
 }
 
 fn one_stage(tag: &str) -> Result<()> {
-    enable_second_order_gradients()?;
     let ck = Checkpoint::load(&fixture("progan"), &Device::Cpu)?;
     let (m, varmap) = model(&ck)?;
     let t = |name: &str| ck.tensors[&format!("{tag}.{name}")].clone();
