@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
-use crate::kernels::activation::{bias_activation, Activation};
+use crate::kernels::activation::{activation_grad, bias_activation, Activation};
 use crate::kernels::linear::Linear;
 
 use crate::kernels::conv::{conv2d, conv_transpose2d, conv_transpose2d_padded, ConvSpec};
@@ -60,6 +60,26 @@ impl Layer {
             Layer::Relu => Some(Activation::Relu),
             Layer::LeakyRelu(slope) => Some(Activation::LeakyRelu(*slope)),
             _ => None,
+        }
+    }
+
+    /// The layer's kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Linear(_) => "linear",
+            Layer::Conv(..) => "convolution",
+            Layer::ConvTranspose(..) | Layer::ConvTransposeWith { .. } => "transposed convolution",
+            Layer::BatchNorm(_) => "batch norm",
+            Layer::InstanceNorm(_) => "instance norm",
+            Layer::ConditionedInstanceNorm(..) => "conditioned instance norm",
+            Layer::ReflectionPad(_) => "reflection padding",
+            Layer::LeakyRelu(_) => "LeakyReLU",
+            Layer::Relu => "ReLU",
+            Layer::Tanh => "tanh",
+            Layer::Sigmoid => "sigmoid",
+            Layer::Upsample2 => "upsampling",
+            Layer::Identity => "identity",
+            Layer::Residual(_) => "residual block",
         }
     }
 
@@ -373,6 +393,97 @@ impl Stack {
     }
 }
 
+/// A forward pass of a [`Stack`] that keeps what its input gradient needs: each unit's input
+/// and output (a convolution with the activation fused after it is one unit).
+pub struct Tape<'a> {
+    stack: &'a Stack,
+    /// `(first layer, layers taken, input, output)` per unit.
+    units: Vec<(usize, usize, Tensor, Tensor)>,
+}
+
+impl Stack {
+    /// Whether [`Stack::forward_taped`] takes every layer of this stack.
+    pub fn can_tape(&self) -> bool {
+        self.0.iter().all(|layer| {
+            matches!(
+                layer,
+                Layer::Conv(..) | Layer::LeakyRelu(_) | Layer::Relu | Layer::Identity
+            )
+        })
+    }
+
+    /// [`Stack::forward`], taped for [`Tape::input_grad`]. Convolutions (any stride and
+    /// padding), ReLU, LeakyReLU and identities only: a critic's layers (WGAN-GP).
+    pub fn forward_taped(&self, x: &Tensor) -> Result<Tape<'_>> {
+        let mut units = Vec::new();
+        let mut h = x.clone();
+        let mut i = 0;
+        while i < self.0.len() {
+            let next = self.0.get(i + 1).and_then(Layer::activation);
+            let (y, taken) = match (&self.0[i], next) {
+                (Layer::Conv(k, b, spec), Some(act)) => {
+                    (bias_activation(&conv2d(&h, k, *spec)?, b.as_ref(), act)?, 2)
+                }
+                (
+                    layer @ (Layer::Conv(..) | Layer::LeakyRelu(_) | Layer::Relu | Layer::Identity),
+                    _,
+                ) => (layer.forward(&h, true)?, 1),
+                (layer, _) => candle_core::bail!(
+                    "layer {i} ({}) has no hand-written input gradient: only convolutions, ReLU, LeakyReLU and identities do",
+                    layer.kind()
+                ),
+            };
+            units.push((i, taken, h, y.clone()));
+            (h, i) = (y, i + taken);
+        }
+        Ok(Tape { stack: self, units })
+    }
+}
+
+impl Tape<'_> {
+    /// The stack's output.
+    pub fn output(&self) -> Option<&Tensor> {
+        self.units.last().map(|(_, _, _, y)| y)
+    }
+
+    /// The gradient at the stack's input from the gradient `g` at its output, in ops that can
+    /// be differentiated again with respect to `g` and the weights (the activations' slopes are
+    /// piecewise constant): a critic's input gradient for WGAN-GP's penalty without Candle's
+    /// second-order graph.
+    pub fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        let mut g = g.clone();
+        for (first, taken, x, y) in self.units.iter().rev() {
+            let layers = &self.stack.0[*first..first + taken];
+            if let Some(act) = layers.last().and_then(Layer::activation) {
+                g = activation_grad(&g, y, act)?;
+            }
+            if let Layer::Conv(k, _, spec) = &layers[0] {
+                g = conv_input_grad(&g, k, *spec, x.dims())?;
+            }
+        }
+        Ok(g)
+    }
+}
+
+/// The gradient at a convolution's input `(b, c, h, w)` from `g` at its output: the transposed
+/// convolution with the output padding that gives back `h x w` (a strided convolution drops
+/// the rows its last window does not reach).
+fn conv_input_grad(
+    g: &Tensor,
+    kernel: &Tensor,
+    spec: ConvSpec,
+    x_dims: &[usize],
+) -> Result<Tensor> {
+    let (_, _, ho, wo) = g.dims4()?;
+    let (_, _, kh, kw) = kernel.dims4()?;
+    let reach = |out: usize, stride: usize, pad: usize, k: usize| (out - 1) * stride + k - 2 * pad;
+    let output_padding = (
+        x_dims[2] - reach(ho, spec.stride.0, spec.padding.0, kh),
+        x_dims[3] - reach(wo, spec.stride.1, spec.padding.1, kw),
+    );
+    conv_transpose2d_padded(g, kernel, spec, output_padding)
+}
+
 /// `norm(h) (1 + gamma(c)) + beta(c)`, `[gamma, beta] = map(c)` per image and channel.
 fn conditioned_norm(
     h: &Tensor,
@@ -619,5 +730,100 @@ mod tests {
             1e-2,
             2e-2,
         )
+    }
+
+    /// A strided critic on odd sizes (the last window does not reach the last row: output
+    /// padding), fused and unfused activations: the taped input gradient against Candle's
+    /// autograd, and the penalty built on it against the penalty through Candle's second-order
+    /// graph, value and every weight's gradient. f64 (the mathematics) and f32 (the fused ops).
+    #[test]
+    fn a_taped_critic_gives_autograd_s_input_gradient_and_penalty() -> Result<()> {
+        use crate::gan::{gradient_penalty, gradient_penalty_from};
+        use crate::train::checkpoint::vars_with_prefix;
+        for (dtype, tolerance) in [(DType::F64, 1e-9), (DType::F32, 1e-4)] {
+            let varmap = VarMap::new();
+            let vb = seeded_var_builder(&varmap, 3, dtype, &Device::Cpu);
+            let s2 = ConvSpec {
+                stride: (2, 2),
+                padding: (1, 1),
+            };
+            let critic = Sequential::new(vb)
+                .conv((3, 4, 4), s2, true, None)?
+                .push(Layer::LeakyRelu(0.01))
+                .conv((4, 5, 3), s2, false, None)?
+                .push(Layer::Relu)
+                .push(Layer::Identity)
+                .conv((5, 1, 3), ConvSpec::same_padding(3, 3), true, None)?
+                .build();
+            assert!(critic.can_tape());
+            let draw = |seed, shape: (usize, usize, usize, usize)| {
+                crate::Rng::new(seed)
+                    .normal(shape, &Device::Cpu)?
+                    .to_dtype(dtype)
+            };
+            let largest = |t: &Tensor| -> Result<f64> {
+                t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+            };
+            let x = draw(1, (3, 3, 9, 7))?;
+            let input = candle_core::Var::from_tensor(&x)?;
+            let want = critic
+                .forward(input.as_tensor(), true)?
+                .sum_all()?
+                .backward()?;
+            let want = want.get(input.as_tensor()).expect("a gradient").clone();
+            let tape = critic.forward_taped(&x)?;
+            let out = tape.output().expect("an output");
+            let got = tape.input_grad(&out.ones_like()?)?;
+            assert_eq!(got.dims(), x.dims());
+            let diff = largest(&(&got - &want)?)?;
+            assert!(diff <= tolerance * largest(&want)?, "{dtype:?}: {diff}");
+
+            let fake = draw(2, (3, 3, 9, 7))?;
+            let alpha = crate::Rng::new(3)
+                .uniform(3, &Device::Cpu)?
+                .to_dtype(dtype)?;
+            let input_grad = |x: &Tensor| {
+                let tape = critic.forward_taped(x)?;
+                let out = tape.output().expect("an output");
+                tape.input_grad(&out.ones_like()?)
+            };
+            let ours = gradient_penalty_from(&input_grad, &x, &fake, &alpha)?;
+            let forward = |x: &Tensor| critic.forward(x, true);
+            let theirs = gradient_penalty(&forward, &x, &fake, &alpha)?;
+            let diff = largest(&(&ours - &theirs)?)?;
+            assert!(
+                diff <= tolerance * largest(&theirs)?,
+                "{dtype:?}: penalty {diff}"
+            );
+            let (ours, theirs) = (ours.backward()?, theirs.backward()?);
+            let mut compared = 0;
+            for (name, var) in vars_with_prefix(&varmap, "") {
+                match (ours.get(var.as_tensor()), theirs.get(var.as_tensor())) {
+                    (Some(o), Some(t)) => {
+                        let diff = largest(&(o - t)?)?;
+                        let scale = largest(t)?.max(1e-6);
+                        assert!(diff <= tolerance * scale, "{dtype:?} {name}: {diff}");
+                        compared += 1;
+                    }
+                    // A bias moves D's values and its activations' switches, not the
+                    // gradient's value.
+                    (None, None) => assert!(name.ends_with("bias"), "{name}"),
+                    (o, _) => panic!("{name}: a gradient in one only (ours: {})", o.is_some()),
+                }
+            }
+            assert_eq!(compared, 3, "{dtype:?}: the three kernels");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_stack_with_other_layers_is_not_taped() -> Result<()> {
+        let varmap = VarMap::new();
+        let stack = cyclegan_like(&varmap)?;
+        assert!(!stack.can_tape());
+        let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
+        let msg = stack.forward_taped(&x).err().expect("an error").to_string();
+        assert!(msg.contains("layer 0 (reflection padding)"), "{msg}");
+        Ok(())
     }
 }
