@@ -27,7 +27,9 @@
 
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use layers::gan::{gradient_penalty, target_loss, to_tanh_range, to_unit_range, GanLoss};
+use layers::gan::{
+    gradient_penalty, gradient_penalty_from, target_loss, to_tanh_range, to_unit_range, GanLoss,
+};
 use layers::loss::bce_with_logits_per_image;
 use layers::nn::sequential::Stack;
 use layers::nn::symmetry::ConditionedSymmetryChoice;
@@ -360,6 +362,36 @@ impl StarGan {
         Ok(Critique { src, cls })
     }
 
+    /// WGAN-GP's penalty at interpolates of `real` and `fake` by `alpha (b)`: from the critic's
+    /// taped input gradient where its layers allow ([`Stack::forward_taped`]: convolutions and
+    /// activations, yunjey's critic), else through Candle's second-order graph.
+    fn penalty(&self, real: &Tensor, fake: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+        match self.critic_is_taped() {
+            true => gradient_penalty_from(&|x| self.critic_input_grad(x), real, fake, alpha),
+            false => {
+                let critic = |x: &Tensor| Ok(self.critique(x)?.src);
+                gradient_penalty(&critic, real, fake, alpha)
+            }
+        }
+    }
+
+    fn critic_is_taped(&self) -> bool {
+        self.critic.main.can_tape() && self.critic.src.can_tape()
+    }
+
+    /// `d sum D_src(x) / dx` through the taped critic (the patch map's values summed).
+    fn critic_input_grad(&self, x: &Tensor) -> Result<Tensor> {
+        let main = self.critic.main.forward_taped(x)?;
+        let features = main
+            .output()
+            .ok_or_else(|| candle_core::Error::Msg("StarGAN: the critic has no layers".into()))?;
+        let src = self.critic.src.forward_taped(features)?;
+        let out = src
+            .output()
+            .ok_or_else(|| candle_core::Error::Msg("StarGAN: the src head has no layers".into()))?;
+        main.input_grad(&src.input_grad(&out.ones_like()?)?)
+    }
+
     /// yunjey's `classification_loss`: BCE summed over attributes, averaged over the batch
     /// (multi-label), or cross-entropy against the domain index (single-label, `c` one-hot).
     pub fn classification_loss(&self, logits: &Tensor, c: &Tensor) -> Result<Tensor> {
@@ -419,10 +451,7 @@ impl StarGan {
         let x_fake = self.generate(x_real, c_trg)?.detach();
         let d_fake = target_loss(cfg.adversarial, &self.critique(&x_fake)?.src, false)?;
         let d_gp = match cfg.lambda_gp > 0.0 {
-            true => {
-                let critic = |x: &Tensor| Ok(self.critique(x)?.src);
-                gradient_penalty(&critic, x_real, &x_fake, alpha)?
-            }
+            true => self.penalty(x_real, &x_fake, alpha)?,
             false => Tensor::zeros((), DType::F32, x_real.device())?,
         };
         let total =
@@ -636,8 +665,9 @@ impl Trainable for StarGan {
         Ok(())
     }
 
+    /// Only a penalty through a critic that cannot be taped differentiates Candle's graph twice.
     fn needs_second_order(&self) -> bool {
-        self.cfg.lambda_gp > 0.0
+        self.cfg.lambda_gp > 0.0 && !self.critic_is_taped()
     }
 
     /// The critic (and its domain classifier): `translate` runs the generator only, and
@@ -980,6 +1010,40 @@ mod tests {
         Ok(())
     }
 
+    /// yunjey's critic is taped: its penalty, value and every critic weight's gradient, is the
+    /// one through Candle's second-order graph.
+    #[test]
+    fn the_taped_penalty_is_the_second_order_one() -> Result<()> {
+        let (m, varmap) = small()?;
+        assert!(m.critic_is_taped());
+        let mut rng = Rng::new(9);
+        let x = to_tanh_range(&rng.uniform((3, 3, 16, 16), &Device::Cpu)?)?;
+        let fake = to_tanh_range(&rng.uniform((3, 3, 16, 16), &Device::Cpu)?)?;
+        let alpha = rng.uniform(3, &Device::Cpu)?;
+        let ours = m.penalty(&x, &fake, &alpha)?;
+        let critic = |x: &Tensor| Ok(m.critique(x)?.src);
+        let theirs = gradient_penalty(&critic, &x, &fake, &alpha)?;
+        let largest = |t: &Tensor| -> Result<f32> { t.abs()?.max_all()?.to_scalar::<f32>() };
+        let diff = largest(&(&ours - &theirs)?)?;
+        assert!(diff <= 1e-5 * largest(&theirs)?, "penalty: {diff}");
+        let (ours, theirs) = (ours.backward()?, theirs.backward()?);
+        let mut compared = 0;
+        for (name, var) in layers::train::checkpoint::vars_with_prefix(&varmap, "discriminator.") {
+            match (ours.get(var.as_tensor()), theirs.get(var.as_tensor())) {
+                (Some(o), Some(t)) => {
+                    let diff = largest(&(o - t)?)?;
+                    assert!(diff <= 1e-4 * largest(t)?.max(1e-6), "{name}: {diff}");
+                    compared += 1;
+                }
+                (None, None) => {}
+                (o, _) => panic!("{name}: a gradient in one only (ours: {})", o.is_some()),
+            }
+        }
+        // d_repeat_num 3 convolutions and the src head (biases and the cls head get none).
+        assert_eq!(compared, 4, "critic weights compared");
+        Ok(())
+    }
+
     fn small_config(base: Config) -> Result<(StarGan, VarMap)> {
         let varmap = VarMap::new();
         let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
@@ -1050,9 +1114,10 @@ mod tests {
         close(&d.gp, 0.0)?;
         let g = m.generator_terms(&x, &own, &target, true)?;
         close(&g.fake, mean_sq(&fake_src, 1.0)?)?;
-        // The default, yunjey's, is the Wasserstein pair with its penalty.
+        // The default, yunjey's, is the Wasserstein pair with its penalty, through the taped
+        // critic (no second-order graph).
         let (w, _) = small()?;
-        assert!(w.needs_second_order());
+        assert!(!w.needs_second_order());
         let d = w.critic_terms(&x, &own, &target, &alpha)?;
         close(
             &d.real,
