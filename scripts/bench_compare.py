@@ -5,6 +5,7 @@ process; prints the median images/s of each and the ratio genzoo / PyTorch, with
     cargo build --release
     .venv/bin/python scripts/bench_compare.py [WORKLOAD ...] [--pairs 3] [--steps 5] [--device cpu|cuda]
     .venv/bin/python scripts/bench_compare.py --json rows.jsonl ...   # also write the rows
+    .venv/bin/python scripts/bench_compare.py --threads 1 progan      # one thread each
     .venv/bin/python scripts/bench_compare.py --device cuda --dtype bf16 dcgan   # both in bf16 autocast
 
 With --device cuda both run on the GPU, and the GPU memory in use is polled from nvidia-smi while
@@ -41,12 +42,12 @@ def gpu_used_mib():
         return 0
 
 
-def one(cmd, on_gpu, timeout):
+def one(cmd, on_gpu, timeout, env=None):
     """Runs one benchmark process (killed after `timeout` seconds); its JSON result, with
     `gpu_mib` when on the GPU."""
     baseline = gpu_used_mib() if on_gpu else 0
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True, env=env)
         start, peak = time.monotonic(), 0
         while proc.poll() is None:
             if on_gpu:
@@ -74,12 +75,14 @@ def one(cmd, on_gpu, timeout):
 def compare(w, args):
     on_gpu = args.device.startswith("cuda")
     ours, theirs = [], []
+    # genzoo's pool takes RAYON_NUM_THREADS, PyTorch's script --threads: the same count for both.
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     for _ in range(args.pairs):
         ours.append(one([GENZOO, "bench", w, "--steps", str(args.steps), "--json", "--device", args.device,
-                         "--dtype", args.dtype], on_gpu, args.timeout))
+                         "--dtype", args.dtype], on_gpu, args.timeout, env))
         theirs.append(one([sys.executable, os.path.join("scripts", "bench_pytorch.py"), PYTORCH_NAME.get(w, w),
-                           "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype], on_gpu,
-                          args.timeout))
+                           "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype,
+                           "--threads", str(args.threads)], on_gpu, args.timeout))
     g = statistics.median(r["images_per_sec"] for r in ours)
     t = statistics.median(r["images_per_sec"] for r in theirs)
     row = {"workload": w, "device": args.device, "dtype": args.dtype, "genzoo_images_per_sec": g, "pytorch_images_per_sec": t,
@@ -112,6 +115,7 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both")
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"],
                    help="products in this precision, for both (genzoo --dtype, PyTorch's autocast)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of each (both on all of a 2-core machine)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before a benchmark process is killed")
     p.add_argument("--json", help="also append each row to this JSON-lines file")
     args = p.parse_args()
