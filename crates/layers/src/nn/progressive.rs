@@ -124,6 +124,16 @@ fn standard() -> Init {
     }
 }
 
+/// `(members per group, groups)` of a batch of `b`: `min(group, b)` members, or `b` when that
+/// does not divide the batch (the zoo's rule).
+fn stddev_groups(b: usize, group: usize) -> (usize, usize) {
+    let mut members = group.min(b).max(1);
+    if !b.is_multiple_of(members) {
+        members = b;
+    }
+    (members, b / members)
+}
+
 /// `(b, c, h, w) -> (b, c + 1, h, w)`: the minibatch standard deviation feature. Image `i`
 /// belongs to group `i mod (b / g)` as in the official code's `reshape([g, -1, ...])`; within a
 /// group the standard deviation of every feature at every pixel (the biased variance plus 1e-8,
@@ -135,11 +145,7 @@ fn standard() -> Init {
 /// the group's members (its `expand` undoes the stride of its `view`).
 pub fn minibatch_stddev(x: &Tensor, group: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    let mut g = group.min(b).max(1);
-    if !b.is_multiple_of(g) {
-        g = b;
-    }
-    let groups = b / g;
+    let (g, groups) = stddev_groups(b, group);
     // (g, groups, c, h, w): member m of group j is image m * groups + j.
     let y = x.reshape((g, groups, c, h, w))?;
     let centred = y.broadcast_sub(&y.mean_keepdim(0)?)?;
@@ -166,11 +172,7 @@ pub fn minibatch_stddev_input_grad(x: &Tensor, g: &Tensor, group: usize) -> Resu
             x.dims()
         );
     }
-    let mut members = group.min(b).max(1);
-    if !b.is_multiple_of(members) {
-        members = b;
-    }
-    let groups = b / members;
+    let (members, groups) = stddev_groups(b, group);
     let y = x.reshape((members, groups, c, h, w))?;
     let centred = y.broadcast_sub(&y.mean_keepdim(0)?)?;
     let std = (centred.sqr()?.mean_keepdim(0)? + 1e-8)?.sqrt()?; // (1, groups, c, h, w)
