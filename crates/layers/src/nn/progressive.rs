@@ -83,16 +83,18 @@ impl Equalized {
     pub fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let weight = (&self.weight * self.scale)?;
         let bias = (&self.bias * self.scale)?;
-        match self.padding {
-            Some(p) => {
-                let spec = ConvSpec {
-                    stride: (1, 1),
-                    padding: (p, p),
-                };
-                bias_activation(&conv2d(x, &weight, spec)?, Some(&bias), act)
-            }
+        match self.conv_spec() {
+            Some(spec) => bias_activation(&conv2d(x, &weight, spec)?, Some(&bias), act),
             None => Linear::new(weight, Some(bias)).forward_activated(x, act),
         }
+    }
+
+    /// A convolution's stride 1 and its padding; `None` for a dense layer.
+    fn conv_spec(&self) -> Option<ConvSpec> {
+        self.padding.map(|p| ConvSpec {
+            stride: (1, 1),
+            padding: (p, p),
+        })
     }
 }
 
@@ -104,14 +106,8 @@ impl Equalized {
     pub fn input_grad(&self, y: &Tensor, g: &Tensor, act: Activation) -> Result<Tensor> {
         let g = activation_grad(g, y, act)?;
         let weight = (&self.weight * self.scale)?;
-        match self.padding {
-            Some(p) => {
-                let spec = ConvSpec {
-                    stride: (1, 1),
-                    padding: (p, p),
-                };
-                conv_transpose2d(&g, &weight, spec)
-            }
+        match self.conv_spec() {
+            Some(spec) => conv_transpose2d(&g, &weight, spec),
             None => g.matmul(&weight),
         }
     }
