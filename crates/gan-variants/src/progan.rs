@@ -41,8 +41,8 @@ use candle_nn::VarBuilder;
 use layers::gan::{gradient_penalty_from, to_tanh_range, to_unit_range};
 use layers::kernels::activation::Activation;
 use layers::nn::progressive::{
-    downscale2d, minibatch_stddev, minibatch_stddev_input_grad, pixel_norm, upscale2d, Equalized,
-    RELU_GAIN,
+    downscale2d, downscale2d_adjoint, minibatch_stddev, minibatch_stddev_input_grad, pixel_norm,
+    upscale2d, Equalized, RELU_GAIN,
 };
 use layers::step::{Batch, DataSpec, Grid, LrRole, OptimizerSpec, StepContext, StepProgress};
 use layers::{GenerativeModel, ImageShape, ModelKind, Rng, Trainable, Values};
@@ -442,7 +442,7 @@ impl ProGan {
                 g_coarse = Some((&g * (1.0 - phase.alpha))?);
                 g = (g * phase.alpha)?;
             }
-            g = (upscale2d(&g)? * 0.25)?; // downscale2d's adjoint
+            g = downscale2d_adjoint(&g)?;
             for (conv, y) in convs.iter().zip(outputs).rev() {
                 g = conv.input_grad(y, &g, leaky)?;
             }
@@ -451,7 +451,7 @@ impl ProGan {
         match (g_coarse, coarse) {
             (Some(gc), Some(y)) => {
                 let gc = self.d.from_rgb[phase.level - 1].input_grad(&y, &gc, leaky)?;
-                g + (upscale2d(&gc)? * 0.25)?
+                g + downscale2d_adjoint(&gc)?
             }
             _ => Ok(g),
         }

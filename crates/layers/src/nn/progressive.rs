@@ -19,7 +19,7 @@ use crate::kernels::activation::{activation_grad, bias_activation, Activation};
 use crate::kernels::conv::{conv2d, conv_transpose2d, ConvSpec};
 use crate::kernels::linear::Linear;
 pub use crate::kernels::pixel_norm::pixel_norm;
-pub use crate::nn::resample::{downscale2d, upscale2d};
+pub use crate::nn::resample::{downscale2d, downscale2d_adjoint, upscale2d};
 
 /// He's gain for a layer followed by a (leaky) ReLU.
 pub const RELU_GAIN: f64 = std::f64::consts::SQRT_2;

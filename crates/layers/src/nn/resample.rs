@@ -6,22 +6,56 @@
 //! into the new block and into the fading-out toRGB, so its gradients were wrong at every
 //! alpha between 0 and 1 (the parity test of the fade caught it). `avg_pool2d`'s backward pass
 //! upsamples the gradient with that op, so a second-order pass through it (WGAN-GP) is exposed
-//! alike. Both are built here from a reshape, a broadcast and a sum, whose gradients Candle
-//! adds up correctly, on every device.
+//! alike. Both are built here as genzoo's own ops on the CPU (`kernels::resample`: each one's
+//! gradient is the other, which adds up as every gradient does) and from a reshape, a
+//! broadcast and a sum elsewhere, whose gradients Candle adds up correctly, on every device.
 
 use candle_core::{Result, Tensor};
 
+use crate::kernels::ops::cpu_f32;
+use crate::kernels::resample::{pool, spread};
+
 /// Nearest-neighbour upsampling by 2: `(b, c, h, w) -> (b, c, 2h, 2w)`, each value repeated
-/// over a 2 x 2 block (the zoo's `Upscale2d`).
+/// over a 2 x 2 block (the zoo's `Upscale2d`). f32 on the CPU: one fused pass
+/// (`kernels::resample`).
 pub fn upscale2d(x: &Tensor) -> Result<Tensor> {
+    if cpu_f32(&[x]) {
+        return spread(x, 1.0);
+    }
+    upscale2d_reference(x)
+}
+
+/// 2 x 2 average pooling: `(b, c, h, w) -> (b, c, h / 2, w / 2)` for even `h` and `w`.
+pub fn downscale2d(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        candle_core::bail!("downscale2d: {h} x {w} does not halve");
+    }
+    if cpu_f32(&[x]) {
+        return pool(x, 0.25);
+    }
+    downscale2d_reference(x)
+}
+
+/// The adjoint of [`downscale2d`] (the gradient it passes back): each value times 1/4 over its
+/// 2 x 2 block.
+pub fn downscale2d_adjoint(g: &Tensor) -> Result<Tensor> {
+    if cpu_f32(&[g]) {
+        return spread(g, 0.25);
+    }
+    upscale2d_reference(g)? * 0.25
+}
+
+/// [`upscale2d`] from Candle's reshape and broadcast (every device).
+pub fn upscale2d_reference(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, 2, w, 2))?
         .reshape((b, c, 2 * h, 2 * w))
 }
 
-/// 2 x 2 average pooling: `(b, c, h, w) -> (b, c, h / 2, w / 2)` for even `h` and `w`.
-pub fn downscale2d(x: &Tensor) -> Result<Tensor> {
+/// [`downscale2d`] from Candle's reshape and sums (every device).
+pub fn downscale2d_reference(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     if h % 2 != 0 || w % 2 != 0 {
         candle_core::bail!("downscale2d: {h} x {w} does not halve");
@@ -74,6 +108,14 @@ mod tests {
             0.0
         );
         assert!(max_diff(&downscale2d(&x)?, &x.avg_pool2d(2)?)? < 1e-6);
+        // The compositions other devices take, checked here on the CPU.
+        assert_eq!(
+            max_diff(&upscale2d_reference(&x)?, &x.upsample_nearest2d(12, 8)?)?,
+            0.0
+        );
+        assert!(max_diff(&downscale2d_reference(&x)?, &x.avg_pool2d(2)?)? < 1e-6);
+        let adjoint = (x.upsample_nearest2d(12, 8)? * 0.25)?;
+        assert!(max_diff(&downscale2d_adjoint(&x)?, &adjoint)? < 1e-7);
         assert!(downscale2d(&Tensor::zeros(
             (1, 1, 3, 4),
             candle_core::DType::F32,
