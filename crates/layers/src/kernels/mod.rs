@@ -15,6 +15,6 @@ pub mod pixel_norm;
 pub mod precision;
 pub mod recurrence;
 mod reduce;
-pub mod resample;
+pub(crate) mod resample;
 pub mod sigmoid_scan;
 pub mod simd;

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::kernels::ops::{cpu_f32, cpu_slice};
 
 /// `(b, c, h, w) -> (b, c, 2h, 2w)`: `y[2i + di][2j + dj] = scale x[i][j]`. f32 on the CPU.
-pub fn spread(x: &Tensor, scale: f32) -> Result<Tensor> {
+pub(crate) fn spread(x: &Tensor, scale: f32) -> Result<Tensor> {
     check_cpu_f32(x, "spread")?;
     x.contiguous()?.apply_op1(Resample {
         kind: Kind::Spread,
@@ -25,7 +25,7 @@ pub fn spread(x: &Tensor, scale: f32) -> Result<Tensor> {
 
 /// `(b, c, h, w) -> (b, c, h / 2, w / 2)` for even `h` and `w`: `y[i][j] = scale` times the sum
 /// of `x[2i..2i + 2][2j..2j + 2]`. f32 on the CPU.
-pub fn pool(x: &Tensor, scale: f32) -> Result<Tensor> {
+pub(crate) fn pool(x: &Tensor, scale: f32) -> Result<Tensor> {
     check_cpu_f32(x, "pool")?;
     let (_, _, h, w) = x.dims4()?;
     if h % 2 != 0 || w % 2 != 0 {

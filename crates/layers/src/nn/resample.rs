@@ -47,7 +47,7 @@ pub fn downscale2d_adjoint(g: &Tensor) -> Result<Tensor> {
 }
 
 /// [`upscale2d`] from Candle's reshape and broadcast (every device).
-pub fn upscale2d_reference(x: &Tensor) -> Result<Tensor> {
+fn upscale2d_reference(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, 2, w, 2))?
@@ -55,7 +55,7 @@ pub fn upscale2d_reference(x: &Tensor) -> Result<Tensor> {
 }
 
 /// [`downscale2d`] from Candle's reshape and sums (every device).
-pub fn downscale2d_reference(x: &Tensor) -> Result<Tensor> {
+fn downscale2d_reference(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     if h % 2 != 0 || w % 2 != 0 {
         candle_core::bail!("downscale2d: {h} x {w} does not halve");
