@@ -2,8 +2,10 @@
 
 pub mod init;
 pub mod masked;
+pub mod negation;
 pub mod progressive;
 pub mod resample;
 pub mod sequential;
+pub mod stands;
 pub mod symmetry;
 pub mod translation;

@@ -14,10 +14,7 @@
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::kernels::activation::Activation;
-use crate::kernels::conv::ConvSpec;
-use crate::kernels::linear::Linear;
-use crate::nn::sequential::{Layer, Sequential, Stack};
+use crate::nn::stands::{StandsHead, StandsReader};
 
 /// How many symmetries the square has.
 pub const COUNT: usize = 8;
@@ -113,9 +110,9 @@ impl SymmetryChoice {
 /// A choice among the symmetries made for each image from where the image stands and a
 /// condition `c (b, c_dim)` (StarGAN's target attributes): which turn a translation needs
 /// depends on both, on whether the input is already turned and whether the target is (an
-/// exclusive or). Three stride-2 convolutions read the image's stroke directions, averaged over
-/// the image, into a prediction of the image's own attributes (`source`), learned from the
-/// labels of real images ([`Self::source_logits`]; StarGAN's batches carry them). A two-layer
+/// exclusive or). A [`StandsReader`] reads the image's stroke directions into a prediction of
+/// the image's own attributes (`source`), learned from the labels of real images
+/// ([`Self::source_logits`]; StarGAN's batches carry them). A two-layer
 /// head reads that prediction, detached, beside `c` and gives the logits: the adversarial
 /// terms reach only the head. When the head read the image features themselves, learned from
 /// the adversarial terms alone, it settled on one symmetry for every image within about 230
@@ -126,10 +123,8 @@ impl SymmetryChoice {
 /// no digit can be read back, and the choice did not leave it. Names: `features.N`, `source`,
 /// `head.N`.
 pub struct ConditionedSymmetryChoice {
-    features: Stack,
-    source: Linear,
-    hidden: Linear,
-    logits: Linear,
+    reader: StandsReader,
+    head: StandsHead,
 }
 
 impl ConditionedSymmetryChoice {
@@ -139,32 +134,10 @@ impl ConditionedSymmetryChoice {
     const IDENTITY_PRIOR: f64 = 0.8;
 
     pub fn new(vb: VarBuilder, channels: usize, c_dim: usize) -> Result<Self> {
-        let down = ConvSpec {
-            stride: (2, 2),
-            padding: (1, 1),
-        };
         let w = Self::WIDTH;
-        let mut features = Sequential::new(vb.pp("features"));
-        let mut inputs = channels;
-        for _ in 0..3 {
-            features = features
-                .conv((inputs, w, 4), down, true, None)?
-                .push(Layer::LeakyRelu(0.2));
-            inputs = w;
-        }
-        let source = crate::nn::init::linear(w, c_dim, vb.pp("source"))?;
-        let head = vb.pp("head");
-        let hidden = crate::nn::init::linear(2 * c_dim, w, head.pp(0))?;
-        let zero = Init::Const(0.0);
-        let logits = Linear::new(
-            head.pp(2).get_with_hints((COUNT, w), "weight", zero)?,
-            Some(head.pp(2).get_with_hints(COUNT, "bias", zero)?),
-        );
         Ok(Self {
-            features: features.build(),
-            source,
-            hidden,
-            logits,
+            reader: StandsReader::new(vb.clone(), channels, c_dim, w)?,
+            head: StandsHead::new(vb.pp("head"), c_dim, w, COUNT)?,
         })
     }
 
@@ -172,18 +145,12 @@ impl ConditionedSymmetryChoice {
     /// against the real images' labels (a classification loss), which is all that the
     /// features learn from.
     pub fn source_logits(&self, x: &Tensor) -> Result<Tensor> {
-        let read = self.features.forward(x, true)?.mean((2, 3))?;
-        self.source.forward_activated(&read, Activation::Identity)
+        self.reader.logits(x)
     }
 
     /// Each image's weights `(b, COUNT)`, in the order of [`symmetries`].
     pub fn weights(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let stands = candle_nn::ops::sigmoid(&self.source_logits(x)?.detach())?;
-        let h = self.hidden.forward_activated(
-            &Tensor::cat(&[&stands, &c.to_dtype(stands.dtype())?], 1)?,
-            Activation::LeakyRelu(0.2),
-        )?;
-        let logits = self.logits.forward_activated(&h, Activation::Identity)?;
+        let logits = self.head.forward(&self.reader.stands(x)?, c)?;
         // ln(p (COUNT - 1) / (1 - p)) on the identity: weight p against 0 logits elsewhere.
         let p = Self::IDENTITY_PRIOR;
         let mut prior = vec![0f32; COUNT];
@@ -386,34 +353,7 @@ mod tests {
         let probe = crate::Rng::new(9).normal((3, COUNT), &Device::Cpu)?;
         let from_weights = (choice.weights(&x, &c)? * probe)?.sum_all()?.backward()?;
         let from_source = choice.source_logits(&x)?.sum_all()?.backward()?;
-        let data = varmap.data().lock().unwrap();
-        let reached = |grads: &candle_core::backprop::GradStore, key: &str| -> Result<bool> {
-            Ok(match grads.get(data[key].as_tensor()) {
-                Some(g) => g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0,
-                None => false,
-            })
-        };
-        for key in ["features.0.weight", "source.weight"] {
-            assert!(
-                !reached(&from_weights, key)?,
-                "the choice's weights reached {key}"
-            );
-            assert!(
-                reached(&from_source, key)?,
-                "the source prediction missed {key}"
-            );
-        }
-        for key in ["head.0.weight", "head.2.weight"] {
-            assert!(
-                reached(&from_weights, key)?,
-                "the choice's weights missed {key}"
-            );
-            assert!(
-                !reached(&from_source, key)?,
-                "the source prediction reached {key}"
-            );
-        }
-        Ok(())
+        crate::nn::stands::assert_reader_and_head_learn_apart(&varmap, &from_weights, &from_source)
     }
 
     /// With a trained-looking head each image gets its own weights, and the blend's gradient
