@@ -31,6 +31,7 @@ use layers::gan::{
     gradient_penalty, gradient_penalty_from, target_loss, to_tanh_range, to_unit_range, GanLoss,
 };
 use layers::loss::bce_with_logits_per_image;
+use layers::nn::negation::{negate_where, ConditionedNegation};
 use layers::nn::sequential::Stack;
 use layers::nn::symmetry::ConditionedSymmetryChoice;
 use layers::nn::translation::{
@@ -114,6 +115,21 @@ pub struct Config {
     /// `pixel_affine`) or to blends that hedge the critic's classification (without), within
     /// 200 iterations, when the prediction was still at chance (models/translation.md).
     pub symmetry_warmup: u64,
+    /// A choice per image between the input and its negative, in front of the symmetry choice
+    /// and the generator (`layers::nn::negation::ConditionedNegation`, variables `negation.*`;
+    /// not in yunjey's network), for an attribute that inverts every pixel (the run file's
+    /// `inverted`). The choice is hard, never a blend; while training, the critic teaches it
+    /// (the candidate its classifier reads as the target on `negation_attributes`), and its
+    /// head learns to predict that from where the image stands and the target, so that
+    /// translating needs no critic. StarGAN's generator alone redraws a digit whose inversion
+    /// changes (16-20% kept) while keeping it where the inversion stays (90-95%), and soft
+    /// fronts never learned the negative (models/translation.md).
+    pub negation: bool,
+    /// The negation choice's learning rate (its own Adam, the generator's betas).
+    pub negation_lr: f64,
+    /// The attributes the negation serves and its teacher reads (the run file's `inverted`).
+    /// Empty: every attribute.
+    pub negation_attributes: Vec<String>,
     /// The generator draws, for each pixel and channel, an affine map of its input pixel
     /// instead of the pixel: its last layer gives `a` and `t` (tanh of twice the channels), and
     /// the translation is `a x + t (1 - |a|)`, in [-1, 1] for any `a`, `t` (not in yunjey's
@@ -154,6 +170,9 @@ impl Default for Config {
             symmetry_lr: 1e-3,
             symmetry_attributes: Vec::new(),
             symmetry_warmup: 0,
+            negation: false,
+            negation_lr: 1e-3,
+            negation_attributes: Vec::new(),
             pixel_affine: false,
             d_repeat_num: 6,
             lambda_cls: 1.0,
@@ -173,6 +192,10 @@ pub struct StarGan {
     symmetry: Option<ConditionedSymmetryChoice>,
     /// The attributes it serves, as indices into `c` (`symmetry_attributes`).
     served: Vec<u32>,
+    /// In front of the symmetry choice, with `negation`.
+    negation: Option<ConditionedNegation>,
+    /// The attributes it serves (`negation_attributes`).
+    negation_served: Vec<u32>,
     critic: StarGanCritic,
 }
 
@@ -193,9 +216,12 @@ pub struct GeneratorTerms {
     pub cls: Tensor,
     pub id: Option<Tensor>,
     pub front: Option<Tensor>,
-    /// The symmetry choice's prediction of the real images' own attributes (those it serves),
-    /// against their labels.
+    /// The fronts' predictions of the real images' own attributes (those each serves), against
+    /// their labels.
     pub source: Option<Tensor>,
+    /// The negation choice's head against its teacher (the logistic loss), and the share of
+    /// its choices that agree with the teacher's.
+    pub negation: Option<(Tensor, Tensor)>,
     pub total: Tensor,
 }
 
@@ -207,26 +233,33 @@ pub struct Critique {
     pub cls: Tensor,
 }
 
-/// The indices of `symmetry_attributes` among the attribute names (all of them when empty).
-fn served_attributes(cfg: &Config) -> Result<Vec<u32>> {
-    if cfg.symmetry_attributes.is_empty() {
+/// The indices of a front's attributes (`field`: `symmetry_attributes` or
+/// `negation_attributes`) among the attribute names (all of them when empty).
+fn served_attributes(cfg: &Config, field: &str, names: &[String]) -> Result<Vec<u32>> {
+    if names.is_empty() {
         return Ok((0..cfg.c_dim as u32).collect());
     }
     if cfg.mode != LabelMode::MultiLabel {
-        candle_core::bail!(
-            "StarGAN symmetry_attributes are attributes: they need multi-label mode"
-        );
+        candle_core::bail!("StarGAN {field} are attributes: they need multi-label mode");
     }
-    cfg.symmetry_attributes
+    names
         .iter()
         .map(|name| match cfg.attributes.iter().position(|a| a == name) {
             Some(i) => Ok(i as u32),
             None => candle_core::bail!(
-                "StarGAN symmetry_attributes names {name:?}, which is not among the attributes [{}]",
+                "StarGAN {field} names {name:?}, which is not among the attributes [{}]",
                 cfg.attributes.join(", ")
             ),
         })
         .collect()
+}
+
+/// The columns `columns` of `(b, c_dim)` attributes or logits.
+fn select(c: &Tensor, columns: &[u32]) -> Result<Tensor> {
+    if columns.len() == c.dim(1)? && columns.iter().enumerate().all(|(i, &k)| i as u32 == k) {
+        return Ok(c.clone());
+    }
+    c.index_select(&Tensor::new(columns, c.device())?, 1)
 }
 
 impl StarGan {
@@ -261,10 +294,18 @@ impl StarGan {
         if cfg.n_critic == 0 {
             candle_core::bail!("StarGAN n_critic must be positive");
         }
-        if !(cfg.symmetry_lr.is_finite() && cfg.symmetry_lr > 0.0) {
+        for (name, lr) in [
+            ("symmetry_lr", cfg.symmetry_lr),
+            ("negation_lr", cfg.negation_lr),
+        ] {
+            if !(lr.is_finite() && lr > 0.0) {
+                candle_core::bail!("StarGAN {name} must be a positive number, got {lr}");
+            }
+        }
+        if cfg.negation && cfg.mode != LabelMode::MultiLabel {
             candle_core::bail!(
-                "StarGAN symmetry_lr must be a positive number, got {}",
-                cfg.symmetry_lr
+                "StarGAN negation serves attributes, which its teacher reads one by one: it needs \
+                 multi-label mode"
             );
         }
         if cfg.g_down_num == 0 || !cfg.image_size.is_multiple_of(1 << cfg.g_down_num) {
@@ -281,7 +322,14 @@ impl StarGan {
                  works: they need symmetries = true"
             );
         }
-        let served = served_attributes(cfg)?;
+        if !cfg.negation && !cfg.negation_attributes.is_empty() {
+            candle_core::bail!(
+                "StarGAN negation_attributes set what the negation serves: it needs negation = true"
+            );
+        }
+        let served = served_attributes(cfg, "symmetry_attributes", &cfg.symmetry_attributes)?;
+        let negation_served =
+            served_attributes(cfg, "negation_attributes", &cfg.negation_attributes)?;
         let dims = (cfg.channels, cfg.c_dim);
         let g_extra = if cfg.coordinates { 2 } else { 0 };
         Ok(Self {
@@ -302,7 +350,16 @@ impl StarGan {
                 )?),
                 false => None,
             },
+            negation: match cfg.negation {
+                true => Some(ConditionedNegation::new(
+                    vb.pp("negation"),
+                    cfg.channels,
+                    negation_served.len(),
+                )?),
+                false => None,
+            },
             served,
+            negation_served,
             critic: stargan_discriminator(
                 vb.pp("discriminator"),
                 dims,
@@ -314,13 +371,48 @@ impl StarGan {
     }
 
     /// `G(x, c)`: images in [-1, 1], `c (b, c_dim)` the target domains, tiled over the image.
+    /// The negation choice, if any, decides by its head.
     pub fn generate(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        self.generate_learning(x, c, true)
+        let negated = match &self.negation {
+            Some(negation) => negation.forward(x, &self.negation_columns(c)?)?,
+            None => x.clone(),
+        };
+        self.generate_unturned(&self.turn(&negated, c, true)?, c)
     }
 
-    /// [`Self::generate`], the symmetry choice's head getting a gradient only if `learns`.
+    /// [`Self::generate`] while training: the negation choice, if any, decides as the critic
+    /// teaches it, and the symmetry choice's head gets a gradient only if `learns`.
     fn generate_learning(&self, x: &Tensor, c: &Tensor, learns: bool) -> Result<Tensor> {
-        self.generate_unturned(&self.turn(x, c, learns)?, c)
+        let negated = self.negate_taught(x, c)?;
+        self.generate_unturned(&self.turn(&negated, c, learns)?, c)
+    }
+
+    /// `x` negated where the negation choice's teacher says (`x` itself without a choice).
+    fn negate_taught(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        match &self.negation {
+            Some(_) => negate_where(x, &self.negation_taught(x, c)?),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The negation choice's teacher: `(b)` ones where the critic classifies the image's
+    /// negative as the target `c` better than the image itself, on the attributes the choice
+    /// serves (the summed logistic loss of each candidate), zeros elsewhere; detached. The
+    /// critic learns those attributes from the real images' labels, so it tells within a few
+    /// iterations which of the two looks like the target: an inverted digit from an upright one.
+    fn negation_taught(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let c = self.negation_columns(c)?;
+        let loss = |candidate: &Tensor| -> Result<Tensor> {
+            let logits = self.negation_columns(&self.critique(&candidate.detach())?.cls)?;
+            bce_with_logits_per_image(&logits, &c)
+        };
+        let (keep, negate) = (loss(x)?, loss(&x.neg()?)?);
+        negate.lt(&keep)?.to_dtype(x.dtype())
+    }
+
+    /// The columns of `(b, c_dim)` attributes (or logits) that the negation choice serves.
+    fn negation_columns(&self, c: &Tensor) -> Result<Tensor> {
+        select(c, &self.negation_served)
     }
 
     /// The input as the symmetry choice turns it for the target `c` (the input itself
@@ -448,7 +540,7 @@ impl StarGan {
         let real = self.critique(x_real)?;
         let d_real = target_loss(cfg.adversarial, &real.src, true)?;
         let d_cls = self.classification_loss(&real.cls, c_org)?;
-        let x_fake = self.generate(x_real, c_trg)?.detach();
+        let x_fake = self.generate_learning(x_real, c_trg, true)?.detach();
         let d_fake = target_loss(cfg.adversarial, &self.critique(&x_fake)?.src, false)?;
         let d_gp = match cfg.lambda_gp > 0.0 {
             true => self.penalty(x_real, &x_fake, alpha)?,
@@ -476,8 +568,17 @@ impl StarGan {
         choice_learns: bool,
     ) -> Result<GeneratorTerms> {
         let cfg = &self.cfg;
+        // The negation choice's teacher, once: the translation and the head's term read it.
+        let taught = match &self.negation {
+            Some(_) => Some(self.negation_taught(x_real, c_trg)?),
+            None => None,
+        };
+        let negated = match &taught {
+            Some(taught) => negate_where(x_real, taught)?,
+            None => x_real.clone(),
+        };
         // The turned input, once: the translation and the choice's own term both read it.
-        let turned = self.turn(x_real, c_trg, choice_learns)?;
+        let turned = self.turn(&negated, c_trg, choice_learns)?;
         let x_fake = self.generate_unturned(&turned, c_trg)?;
         let fake = self.critique(&x_fake)?;
         let g_fake = target_loss(cfg.adversarial, &fake.src, true)?;
@@ -502,16 +603,24 @@ impl StarGan {
             }
             false => None,
         };
-        // Where each real image stands, learned from its labels (weight 1: it reaches only the
-        // choice's features, which nothing else trains).
-        let g_source = match &self.symmetry {
-            Some(symmetry) => {
-                let g_source = self
-                    .classification_loss(&symmetry.source_logits(x_real)?, &self.served(c_org)?)?;
-                total = (total + &g_source)?;
-                Some(g_source)
+        let g_source = self.source_terms(x_real, c_org)?;
+        if let Some(term) = &g_source {
+            total = (total + term)?;
+        }
+        // The negation choice's head learns the teacher's choice (weight 1: it reaches only
+        // the head).
+        let g_negation = match (&self.negation, &taught) {
+            (Some(negation), Some(taught)) => {
+                let c = self.negation_columns(c_trg)?;
+                let loss = negation.loss(x_real, &c, taught)?;
+                total = (total + &loss)?;
+                let agree = negation
+                    .chosen(x_real, &c)?
+                    .eq(taught)?
+                    .to_dtype(DType::F32)?;
+                Some((loss, agree.mean_all()?))
             }
-            None => None,
+            _ => None,
         };
         Ok(GeneratorTerms {
             fake: g_fake,
@@ -520,8 +629,34 @@ impl StarGan {
             id: g_id,
             front: g_front,
             source: g_source,
+            negation: g_negation,
             total,
         })
+    }
+
+    /// Where each real image stands, as each front predicts it, against the labels (weight 1:
+    /// it reaches only the fronts' readers, which nothing else trains).
+    fn source_terms(&self, x_real: &Tensor, c_org: &Tensor) -> Result<Option<Tensor>> {
+        let mut terms = Vec::new();
+        if let Some(symmetry) = &self.symmetry {
+            terms.push(
+                self.classification_loss(&symmetry.source_logits(x_real)?, &self.served(c_org)?)?,
+            );
+        }
+        if let Some(negation) = &self.negation {
+            terms.push(self.classification_loss(
+                &negation.source_logits(x_real)?,
+                &self.negation_columns(c_org)?,
+            )?);
+        }
+        terms
+            .into_iter()
+            .try_fold(None, |sum: Option<Tensor>, term| {
+                Ok(Some(match sum {
+                    Some(sum) => (sum + term)?,
+                    None => term,
+                }))
+            })
     }
 
     /// The symmetry choice's own term: the turned input classified as a translation is,
@@ -539,10 +674,7 @@ impl StarGan {
 
     /// The columns of `(b, c_dim)` attributes (or logits) that the symmetry choice serves.
     fn served(&self, c: &Tensor) -> Result<Tensor> {
-        if self.served.len() == self.cfg.c_dim {
-            return Ok(c.clone());
-        }
-        c.index_select(&Tensor::new(self.served.as_slice(), c.device())?, 1)
+        select(c, &self.served)
     }
 
     /// The attribute names, or `attr0`, `attr1`, ... when the data gave none.
@@ -587,7 +719,7 @@ impl Trainable for StarGan {
         }
     }
 
-    /// yunjey's two Adams, and with `symmetries` one over the symmetry choice.
+    /// yunjey's two Adams, and one over each front (the symmetry choice, the negation).
     fn optimizers(&self) -> Vec<OptimizerSpec> {
         let mut specs = vec![
             OptimizerSpec::new("generator", &["generator."], LrRole::Generator),
@@ -601,6 +733,18 @@ impl Trainable for StarGan {
                 // yunjey's betas (0.5, 0.999), at the choice's own rate.
                 lr: LrRole::Own {
                     lr: self.cfg.symmetry_lr,
+                    beta1: 0.5,
+                    beta2: 0.999,
+                },
+            });
+        }
+        if self.cfg.negation {
+            specs.push(OptimizerSpec {
+                name: "negation".to_string(),
+                prefixes: vec!["negation.".to_string()],
+                excluded: Vec::new(),
+                lr: LrRole::Own {
+                    lr: self.cfg.negation_lr,
                     beta1: 0.5,
                     beta2: 0.999,
                 },
@@ -634,15 +778,26 @@ impl Trainable for StarGan {
         if (ctx.progress.step + 1).is_multiple_of(self.cfg.n_critic) {
             let choice_learns = ctx.progress.step >= self.cfg.symmetry_warmup;
             let g = self.generator_terms(&x_real, &c_org, &c_trg, choice_learns)?;
-            match &self.symmetry {
-                Some(symmetry) => {
-                    ctx.minimize_together(&["generator", "symmetry"], &g.total)?;
-                    // How decided the choices are: the mean of each translation's largest
-                    // weight (1 / 8 at the start).
-                    let weights = symmetry.weights(&x_real, &self.served(&c_trg)?)?;
-                    ctx.record("g_symmetry_weight", &weights.max(1)?.mean_all()?)?;
-                }
-                None => ctx.minimize("generator", &g.total)?,
+            let mut stepped = vec!["generator"];
+            if self.symmetry.is_some() {
+                stepped.push("symmetry");
+            }
+            if self.negation.is_some() {
+                stepped.push("negation");
+            }
+            match stepped.len() {
+                1 => ctx.minimize("generator", &g.total)?,
+                _ => ctx.minimize_together(&stepped, &g.total)?,
+            }
+            if let Some(symmetry) = &self.symmetry {
+                // How decided the choices are: the mean of each translation's largest
+                // weight (1 / 8 at the start).
+                let weights = symmetry.weights(&x_real, &self.served(&c_trg)?)?;
+                ctx.record("g_symmetry_weight", &weights.max(1)?.mean_all()?)?;
+            }
+            if let Some((loss, agree)) = &g.negation {
+                ctx.record("g_loss_negation", loss)?;
+                ctx.record("g_negation_agree", agree)?;
             }
             for (name, t) in [
                 ("g_loss_fake", &g.fake),
@@ -1041,6 +1196,118 @@ mod tests {
         }
         // d_repeat_num 3 convolutions and the src head (biases and the cls head get none).
         assert_eq!(compared, 4, "critic weights compared");
+        Ok(())
+    }
+
+    /// With `negation` the critic teaches, per image, whether the input or its negative goes
+    /// into the generator (the candidate it classifies as the target on the served attributes),
+    /// the training translation follows the teacher, translating follows the head, the head
+    /// learns the teacher's choice, its reader the labels, and each part steps with its own
+    /// optimiser.
+    #[test]
+    fn the_critic_teaches_the_negation_and_its_head_learns_it() -> Result<()> {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cfg = Config {
+            negation: true,
+            attributes: names(&["inverted", "rotated", "red"]),
+            negation_attributes: names(&["inverted"]),
+            lambda_id: 1.0,
+            ..Config::default()
+        };
+        let (m, varmap) = small_config(cfg.clone())?;
+        let specs = m.optimizers();
+        for key in keys(&varmap) {
+            let owners: Vec<&str> = specs
+                .iter()
+                .filter(|s| s.prefixes.iter().any(|p| key.starts_with(p.as_str())))
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(owners, [key.split('.').next().expect("a prefix")], "{key}");
+        }
+        // One image asked into both states of `inverted`: the teacher must negate it for
+        // exactly one of them (whichever candidate the critic reads as inverted).
+        let one = to_tanh_range(&Rng::new(3).uniform((1, 3, 16, 16), &Device::Cpu)?)?;
+        let x = Tensor::cat(&[&one, &one], 0)?;
+        let c_org = Tensor::new(&[[0f32, 1., 1.], [0., 1., 1.]], &Device::Cpu)?;
+        let c_trg = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &Device::Cpu)?;
+        let taught = m.negation_taught(&x, &c_trg)?;
+        let inverted_logit =
+            |x: &Tensor| -> Result<f32> { m.critique(x)?.cls.get(0)?.get(0)?.to_scalar::<f32>() };
+        let (kept, negated) = (inverted_logit(&one)?, inverted_logit(&one.neg()?)?);
+        assert_ne!(kept, negated);
+        let for_inverted = if negated > kept { 1f32 } else { 0. };
+        assert_eq!(taught.to_vec1::<f32>()?, [for_inverted, 1.0 - for_inverted]);
+
+        let largest = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        let taught_input = negate_where(&x, &taught)?;
+        let want = m.generate_unturned(&taught_input, &c_trg)?;
+        assert_eq!(
+            largest(&m.generate_learning(&x, &c_trg, true)?, &want)?,
+            0.0
+        );
+        // A new head keeps every image.
+        let want = m.generate_unturned(&x, &c_trg)?;
+        assert_eq!(largest(&m.generate(&x, &c_trg)?, &want)?, 0.0);
+
+        let g = m.generator_terms(&x, &c_org, &c_trg, true)?;
+        let negation = m.negation.as_ref().expect("a negation choice");
+        let column = |c: &Tensor| c.narrow(1, 0, 1);
+        let (loss, agree) = g.negation.as_ref().expect("the negation's terms");
+        let want = negation.loss(&x, &column(&c_trg)?, &taught)?;
+        assert!(largest(loss, &want)? < 1e-6);
+        assert_eq!(agree.to_scalar::<f32>()?, 0.5);
+        let want = m.classification_loss(&negation.source_logits(&x)?, &column(&c_org)?)?;
+        assert!(largest(g.source.as_ref().expect("the source term"), &want)? < 1e-6);
+        let grads = g.total.backward()?;
+        let data = varmap.data().lock().unwrap();
+        for key in [
+            "negation.head.0.weight",
+            "negation.source.weight",
+            "generator.main.0.weight",
+        ] {
+            assert!(
+                grads.get(data[key].as_tensor()).is_some(),
+                "{key} has no gradient"
+            );
+        }
+        drop(data);
+
+        for (bad, field) in [
+            (
+                Config {
+                    negation: false,
+                    ..cfg.clone()
+                },
+                "negation = true",
+            ),
+            (
+                Config {
+                    negation_lr: -1.0,
+                    ..cfg.clone()
+                },
+                "negation_lr",
+            ),
+            (
+                Config {
+                    negation_attributes: names(&["blue"]),
+                    ..cfg.clone()
+                },
+                "\"blue\"",
+            ),
+            (
+                Config {
+                    mode: LabelMode::SingleLabel,
+                    negation_attributes: Vec::new(),
+                    ..cfg.clone()
+                },
+                "multi-label",
+            ),
+        ] {
+            let err = small_config(bad).err().expect("an error");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
         Ok(())
     }
 
