@@ -16,6 +16,10 @@
 //!   CycleGAN's identity term: the translation into the image's own domain is the image. Without
 //!   it nothing asks a translation to leave alone what its target does not change, only that the
 //!   input can be recovered from it;
+//! - optionally (`negation`, not in yunjey's StarGAN): the generator is given `x` or `-x`, while
+//!   training as the critic says (of the two, the one `D_cls` reads as the target on the
+//!   attributes the choice serves), and a head learns that choice, `+ L_logistic(head(x, c),
+//!   N(x, c))`; translating asks the head;
 //! - `L_cls`: binary cross-entropy summed over the attributes and averaged over the batch
 //!   (multi-label, CelebA), or cross-entropy over domains (single-label, RaFD); targets `c` are
 //!   the batch's own labels in a random order.
