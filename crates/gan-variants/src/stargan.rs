@@ -616,12 +616,9 @@ impl StarGan {
         let g_negation = match (&self.negation, &taught) {
             (Some(negation), Some(taught)) => {
                 let c = self.negation_columns(c_trg)?;
-                let loss = negation.loss(x_real, &c, taught)?;
+                let (loss, chosen) = negation.loss(x_real, &c, taught)?;
                 total = (total + &loss)?;
-                let agree = negation
-                    .chosen(x_real, &c)?
-                    .eq(taught)?
-                    .to_dtype(DType::F32)?;
+                let agree = chosen.eq(taught)?.to_dtype(DType::F32)?;
                 Some((loss, agree.mean_all()?))
             }
             _ => None,
@@ -971,22 +968,7 @@ mod tests {
             pixel_affine: true,
             ..Config::default()
         })?;
-        let specs = m.optimizers();
-        for key in keys(&varmap) {
-            let owners: Vec<&str> = specs
-                .iter()
-                .filter(|s| s.prefixes.iter().any(|p| key.starts_with(p.as_str())))
-                .map(|s| s.name.as_str())
-                .collect();
-            let want = if key.starts_with("symmetry.") {
-                "symmetry"
-            } else if key.starts_with("generator.") {
-                "generator"
-            } else {
-                "discriminator"
-            };
-            assert_eq!(owners, [want], "{key}");
-        }
+        assert_each_variable_steps_with_its_prefix(&m, &varmap);
         let mut bias = vec![0f32; layers::nn::symmetry::COUNT];
         bias[1] = 40.0;
         varmap.data().lock().unwrap()["symmetry.head.2.bias"]
@@ -1219,15 +1201,7 @@ mod tests {
             ..Config::default()
         };
         let (m, varmap) = small_config(cfg.clone())?;
-        let specs = m.optimizers();
-        for key in keys(&varmap) {
-            let owners: Vec<&str> = specs
-                .iter()
-                .filter(|s| s.prefixes.iter().any(|p| key.starts_with(p.as_str())))
-                .map(|s| s.name.as_str())
-                .collect();
-            assert_eq!(owners, [key.split('.').next().expect("a prefix")], "{key}");
-        }
+        assert_each_variable_steps_with_its_prefix(&m, &varmap);
         // One image asked into both states of `inverted`: the teacher must negate it for
         // exactly one of them (whichever candidate the critic reads as inverted).
         let one = to_tanh_range(&Rng::new(3).uniform((1, 3, 16, 16), &Device::Cpu)?)?;
@@ -1259,7 +1233,7 @@ mod tests {
         let negation = m.negation.as_ref().expect("a negation choice");
         let column = |c: &Tensor| c.narrow(1, 0, 1);
         let (loss, agree) = g.negation.as_ref().expect("the negation's terms");
-        let want = negation.loss(&x, &column(&c_trg)?, &taught)?;
+        let (want, _) = negation.loss(&x, &column(&c_trg)?, &taught)?;
         assert!(largest(loss, &want)? < 1e-6);
         assert_eq!(agree.to_scalar::<f32>()?, 0.5);
         let want = m.classification_loss(&negation.source_logits(&x)?, &column(&c_org)?)?;
@@ -1313,6 +1287,20 @@ mod tests {
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
         Ok(())
+    }
+
+    /// Each variable is stepped by one optimiser, the one its first name part names
+    /// (`generator`, `discriminator`, `symmetry`, `negation`).
+    fn assert_each_variable_steps_with_its_prefix(m: &StarGan, varmap: &VarMap) {
+        let specs = m.optimizers();
+        for key in keys(varmap) {
+            let owners: Vec<&str> = specs
+                .iter()
+                .filter(|s| s.prefixes.iter().any(|p| key.starts_with(p.as_str())))
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(owners, [key.split('.').next().expect("a prefix")], "{key}");
+        }
     }
 
     fn small_config(base: Config) -> Result<(StarGan, VarMap)> {

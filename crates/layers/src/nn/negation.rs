@@ -60,12 +60,13 @@ impl ConditionedNegation {
     }
 
     /// The head's loss against the teacher's choice `taught (b)` (ones where it negates): the
-    /// mean logistic loss, which reaches the head only.
-    pub fn loss(&self, x: &Tensor, c: &Tensor, taught: &Tensor) -> Result<Tensor> {
+    /// mean logistic loss, which reaches the head only; and the head's own choices `(b)`, as
+    /// [`Self::chosen`] gives them, from the same logits.
+    pub fn loss(&self, x: &Tensor, c: &Tensor, taught: &Tensor) -> Result<(Tensor, Tensor)> {
         let logits = self.logits(x, c)?;
         let nll =
             crate::loss::bce_with_logits_per_image(&logits.unsqueeze(1)?, &taught.unsqueeze(1)?)?;
-        nll.mean_all()
+        Ok((nll.mean_all()?, logits.gt(0f32)?.to_dtype(x.dtype())?))
     }
 
     /// Each image as the head chooses it for `c`.
@@ -152,7 +153,11 @@ mod tests {
         let logits = choice.logits(&x, &c)?.to_vec1::<f32>()?;
         let softplus = |v: f32| (1.0 + v.exp()).ln();
         let want = (softplus(-logits[0]) + softplus(logits[1])) / 2.0;
-        let loss = choice.loss(&x, &c, &taught)?;
+        let (loss, chosen) = choice.loss(&x, &c, &taught)?;
+        assert_eq!(
+            chosen.to_vec1::<f32>()?,
+            choice.chosen(&x, &c)?.to_vec1::<f32>()?
+        );
         assert!((loss.to_scalar::<f32>()? - want).abs() < 1e-5);
         let labels = Tensor::new(&[[1f32, 0.], [0., 0.]], &Device::Cpu)?;
         let from_labels =
