@@ -604,7 +604,7 @@ impl Trainable for PuzzleGan {
             candle_core::bail!("Puzzle-GAN's grid shows held-out images, and none were given");
         };
         let columns = (count / 5).clamp(1, 16).min(batch.size()?);
-        let rows = self.rows(batch, columns, self.cfg.max_patches, rng)?;
+        let rows = self.rows(batch, columns, self.cfg.max_patches, rng, None)?;
         Ok(Grid {
             images: rows,
             columns,

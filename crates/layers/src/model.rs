@@ -153,25 +153,29 @@ pub trait Puzzle {
 
     /// Five rows of the first `n` images of `batch` completed from their first `k` patches:
     /// the patches on black, the generated mask, the generated image, the generated image with
-    /// the patches placed ([`crate::placement`]), the real image (all in [0, 1],
-    /// `(5 n, c, h, w)`).
+    /// the patches placed ([`crate::placement`], with `priors`' costs when given), the real
+    /// image (all in [0, 1], `(5 n, c, h, w)`).
     fn rows(
         &self,
         batch: &crate::step::Batch,
         n: usize,
         k: usize,
         rng: &mut Rng,
+        priors: Option<&dyn crate::placement::Priors>,
     ) -> Result<Tensor> {
         let first = batch.patches("a puzzle model")?.first(n)?;
         let x = batch.images.narrow(0, 0, n)?;
         let (_, c, h, w) = x.dims4()?;
         let (mask, image) = self.complete(&first, k, rng)?;
         let pasted = x.broadcast_mul(&first.union_mask(&first.counts(k), (h, w), x.device())?)?;
-        let placed = crate::placement::place(
+        let crops = first.crops(&x, k)?;
+        let priors = priors.map(|p| p.priors(&crops, x.device())).transpose()?;
+        let placed = crate::placement::place_with(
             &image,
             &mask,
-            &first.crops(&x, k)?,
+            &crops,
             crate::placement::MASK_WEIGHT,
+            priors.as_deref(),
         )?;
         let mask = mask.repeat((1, c, 1, 1))?;
         Tensor::cat(&[&pasted, &mask, &image, &placed.images, &x], 0)

@@ -18,6 +18,12 @@
 //!
 //! A [`Crop`] carries a patch's size and pixels and nothing of where it came from: placement
 //! sees what the generator sees.
+//!
+//! A [`Prior`] per image adds what a locator knows (gan-variants' `puzzle_locator`): a cost
+//! per position of each crop (added to its cost map before its cheapest positions are kept), a
+//! cost per offset between two crops' boxes (added as the search places the second), and a
+//! cost on the pasted image's centre of ink, `w |c - mu|^2` (added to a whole arrangement).
+//! Each is at least 0, so the search's bounds stay valid.
 
 use candle_core::{Device, Result, Tensor};
 
@@ -86,6 +92,45 @@ fn cut(image: &[f32], (c, h, w): (usize, usize, usize), [x, y, bw, bh]: PatchBox
     })
 }
 
+/// A cost per offset of crop `second`'s box from crop `first`'s: index `(dy + reach) (2 reach
+/// + 1) + (dx + reach)`, `(dx, dy)` the difference of the boxes' corners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairCost {
+    pub first: usize,
+    pub second: usize,
+    pub reach: usize,
+    pub cost: Vec<f32>,
+}
+
+impl PairCost {
+    fn of(&self, a: &PatchBox, b: &PatchBox) -> f32 {
+        let r = self.reach as i64;
+        let (dx, dy) = (b[0] as i64 - a[0] as i64, b[1] as i64 - a[1] as i64);
+        if dx.abs() > r || dy.abs() > r {
+            return f32::INFINITY;
+        }
+        self.cost[((dy + r) * (2 * r + 1) + dx + r) as usize]
+    }
+}
+
+/// What a locator adds to the costs of one image's arrangements (every cost at least 0).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prior {
+    /// Per crop, a cost per position of its box, row-major as the cost map (or none: empty).
+    pub positions: Vec<Vec<f32>>,
+    /// Per pair of crops, a cost per offset.
+    pub offsets: Vec<PairCost>,
+    /// The centre of ink `(y, x)` the pasted image should have, and the cost per squared pixel
+    /// away from it.
+    pub center: Option<([f32; 2], f32)>,
+}
+
+/// What gives each image's arrangements a [`Prior`] (a locator of the patches).
+pub trait Priors {
+    /// One prior per image, for its crops.
+    fn priors(&self, crops: &[Vec<Crop>], device: &Device) -> Result<Vec<Prior>>;
+}
+
 /// What placement made of a batch.
 #[derive(Debug, Clone)]
 pub struct Placed {
@@ -107,7 +152,24 @@ pub fn place(
     crops: &[Vec<Crop>],
     mask_weight: f32,
 ) -> Result<Placed> {
+    place_with(images, masks, crops, mask_weight, None)
+}
+
+/// [`place`], each image's arrangements also costed by its [`Prior`].
+pub fn place_with(
+    images: &Tensor,
+    masks: &Tensor,
+    crops: &[Vec<Crop>],
+    mask_weight: f32,
+    priors: Option<&[Prior]>,
+) -> Result<Placed> {
     let (b, c, h, w) = images.dims4()?;
+    if priors.is_some_and(|p| p.len() != b) {
+        candle_core::bail!(
+            "placement needs one prior per image: {b} images, {} priors",
+            priors.map_or(0, <[Prior]>::len)
+        );
+    }
     if crops.len() != b || masks.dims4()? != (b, 1, h, w) {
         candle_core::bail!(
             "placement needs one mask (b, 1, h, w) and one list of crops per image: images {:?}, masks {:?}, {} lists",
@@ -128,7 +190,8 @@ pub fn place(
     for (i, crops) in crops.iter().enumerate() {
         let image = &mut image_values[i * c * h * w..(i + 1) * c * h * w];
         let mask = &mask_values[i * h * w..(i + 1) * h * w];
-        let (boxes, cost) = positions(image, mask, (c, h, w), crops, mask_weight)?;
+        let prior = priors.map(|p| &p[i]);
+        let (boxes, cost) = positions(image, mask, (c, h, w), crops, mask_weight, prior)?;
         costs.push(cost);
         for (crop, &[x, y, bw, bh]) in crops.iter().zip(&boxes) {
             for k in 0..c {
@@ -158,9 +221,10 @@ fn positions(
     (c, h, w): (usize, usize, usize),
     crops: &[Crop],
     mask_weight: f32,
+    prior: Option<&Prior>,
 ) -> Result<(Vec<PatchBox>, f32)> {
     let mut costs = Vec::with_capacity(crops.len());
-    for crop in crops {
+    for (j, crop) in crops.iter().enumerate() {
         let (ch, ph, pw) = (crop.channels, crop.height, crop.width);
         if ch != c || ph == 0 || pw == 0 || ph > h || pw > w || crop.data.len() != ch * ph * pw {
             candle_core::bail!(
@@ -168,7 +232,33 @@ fn positions(
                 crop.data.len()
             );
         }
-        costs.push(cost_map(image, mask, (c, h, w), crop, mask_weight));
+        let mut map = cost_map(image, mask, (c, h, w), crop, mask_weight);
+        let extra = prior
+            .and_then(|p| p.positions.get(j))
+            .filter(|e| !e.is_empty());
+        if let Some(extra) = extra {
+            if extra.len() != map.len() {
+                candle_core::bail!(
+                    "the prior of patch {j} has {} position costs, and its box has {} positions",
+                    extra.len(),
+                    map.len()
+                );
+            }
+            map.iter_mut().zip(extra).for_each(|(m, e)| *m += e);
+        }
+        costs.push(map);
+    }
+    if let Some(pair) = prior.and_then(|p| {
+        p.offsets
+            .iter()
+            .find(|o| o.first >= o.second || o.second >= crops.len())
+    }) {
+        candle_core::bail!(
+            "an offset prior between patches {} and {} of an image with {}",
+            pair.first,
+            pair.second,
+            crops.len()
+        );
     }
     // Each crop's cheapest positions, then the cheapest choice of one per crop with no two
     // overlapping (key patches never do), by a search over those.
@@ -177,9 +267,89 @@ fn positions(
         .zip(&costs)
         .map(|(crop, map)| cheapest_positions(map, crop, w))
         .collect();
-    let mut search = Search::new(&candidates);
+    let center = prior
+        .and_then(|p| p.center)
+        .map(|(at, weight)| CenterCost::new(image, (c, h, w), crops, &candidates, at, weight));
+    let mut search = Search::new(&candidates, prior.map(|p| p.offsets.as_slice()), center);
     search.descend(0.0);
     Ok(search.best.unwrap_or_else(|| one_by_one(&candidates)))
+}
+
+/// The centre-of-ink term of an arrangement: the pasted image's ink moments are G's whole
+/// image's, less G's inside each chosen box, plus the crop's there.
+struct CenterCost {
+    /// `(mass, y mass, x mass)` of G's image.
+    whole: [f32; 3],
+    /// Per crop and candidate, the change its pasting makes to the moments.
+    change: Vec<Vec<[f32; 3]>>,
+    at: [f32; 2],
+    weight: f32,
+}
+
+impl CenterCost {
+    fn new(
+        image: &[f32],
+        (c, h, w): (usize, usize, usize),
+        crops: &[Crop],
+        candidates: &[Vec<(f32, PatchBox)>],
+        at: [f32; 2],
+        weight: f32,
+    ) -> Self {
+        let moments = |value: &dyn Fn(usize, usize) -> f32, [x, y, bw, bh]: PatchBox| {
+            let mut m = [0f32; 3];
+            for row in 0..bh {
+                for col in 0..bw {
+                    let v = value(row, col);
+                    m[0] += v;
+                    m[1] += v * (y + row) as f32;
+                    m[2] += v * (x + col) as f32;
+                }
+            }
+            m
+        };
+        let drawn = |[x, y, _, _]: PatchBox| {
+            move |row: usize, col: usize| -> f32 {
+                (0..c).map(|k| image[(k * h + y + row) * w + x + col]).sum()
+            }
+        };
+        let whole = moments(&drawn([0, 0, w, h]), [0, 0, w, h]);
+        let change = crops
+            .iter()
+            .zip(candidates)
+            .map(|(crop, list)| {
+                let pasted = |row: usize, col: usize| -> f32 {
+                    (0..c)
+                        .map(|k| crop.data[(k * crop.height + row) * crop.width + col])
+                        .sum()
+                };
+                list.iter()
+                    .map(|&(_, b)| {
+                        let (added, removed) = (moments(&pasted, b), moments(&drawn(b), b));
+                        [0, 1, 2].map(|i| added[i] - removed[i])
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            whole,
+            change,
+            at,
+            weight,
+        }
+    }
+
+    /// The cost of the candidates `chosen[j]` of crop `j`.
+    fn of(&self, chosen: &[usize]) -> f32 {
+        let mut m = self.whole;
+        for (j, &k) in chosen.iter().enumerate() {
+            (0..3).for_each(|i| m[i] += self.change[j][k][i]);
+        }
+        if m[0] <= 0.0 {
+            return 0.0;
+        }
+        let (dy, dx) = (m[1] / m[0] - self.at[0], m[2] / m[0] - self.at[1]);
+        self.weight * (dy * dy + dx * dx)
+    }
 }
 
 /// The crops in order, each at its cheapest candidate that overlaps none placed before, or at
@@ -224,13 +394,21 @@ struct Search<'a> {
     candidates: &'a [Vec<(f32, PatchBox)>],
     /// `rest[j]`: the sum of the cheapest costs of crops `j..`.
     rest: Vec<f32>,
+    offsets: &'a [PairCost],
+    center: Option<CenterCost>,
     chosen: Vec<PatchBox>,
+    /// Which candidate of each crop `chosen` holds.
+    picked: Vec<usize>,
     best: Option<(Vec<PatchBox>, f32)>,
     visits_left: usize,
 }
 
 impl<'a> Search<'a> {
-    fn new(candidates: &'a [Vec<(f32, PatchBox)>]) -> Self {
+    fn new(
+        candidates: &'a [Vec<(f32, PatchBox)>],
+        offsets: Option<&'a [PairCost]>,
+        center: Option<CenterCost>,
+    ) -> Self {
         let mut rest = vec![0f32; candidates.len() + 1];
         for j in (0..candidates.len()).rev() {
             rest[j] = rest[j + 1] + candidates[j][0].0;
@@ -238,7 +416,10 @@ impl<'a> Search<'a> {
         Self {
             candidates,
             rest,
+            offsets: offsets.unwrap_or(&[]),
+            center,
             chosen: Vec::with_capacity(candidates.len()),
+            picked: Vec::with_capacity(candidates.len()),
             best: None,
             visits_left: SEARCH_BUDGET,
         }
@@ -247,12 +428,13 @@ impl<'a> Search<'a> {
     fn descend(&mut self, total: f32) {
         let j = self.chosen.len();
         if j == self.candidates.len() {
+            let total = total + self.center.as_ref().map_or(0.0, |c| c.of(&self.picked));
             if self.best.as_ref().is_none_or(|(_, b)| total < *b) {
                 self.best = Some((self.chosen.clone(), total));
             }
             return;
         }
-        for &(cost, candidate) in &self.candidates[j] {
+        for (k, &(cost, candidate)) in self.candidates[j].iter().enumerate() {
             if self.visits_left == 0 {
                 return;
             }
@@ -265,9 +447,25 @@ impl<'a> Search<'a> {
             if self.chosen.iter().any(|p| overlap(p, &candidate)) {
                 continue;
             }
+            let paired: f32 = self
+                .offsets
+                .iter()
+                .filter(|o| o.second == j)
+                .map(|o| o.of(&self.chosen[o.first], &candidate))
+                .sum();
+            if !paired.is_finite()
+                || self
+                    .best
+                    .as_ref()
+                    .is_some_and(|(_, b)| bound + paired >= *b)
+            {
+                continue;
+            }
             self.chosen.push(candidate);
-            self.descend(total + cost);
+            self.picked.push(k);
+            self.descend(total + cost + paired);
             self.chosen.pop();
+            self.picked.pop();
         }
     }
 }
@@ -483,6 +681,209 @@ mod tests {
         let e = patches.crops(&two, 1).unwrap_err().to_string();
         assert!(
             e.contains("[6, 6, 3, 3]") && e.contains("outside the 8 x 8"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    /// An offset table whose every offset costs `elsewhere` but `(dx, dy)`, which costs 0.
+    fn offset_prior(
+        first: usize,
+        second: usize,
+        reach: usize,
+        (dx, dy): (i64, i64),
+        elsewhere: f32,
+    ) -> PairCost {
+        let r = reach as i64;
+        let mut cost = vec![elsewhere; (2 * reach + 1).pow(2)];
+        cost[((dy + r) * (2 * r + 1) + dx + r) as usize] = 0.0;
+        PairCost {
+            first,
+            second,
+            reach,
+            cost,
+        }
+    }
+
+    /// Where G's image and mask say nothing, a position prior puts the first crop and an
+    /// offset prior the second relative to it; without them both take the first free places.
+    #[test]
+    fn position_and_offset_priors_place_crops_where_g_says_nothing() -> Result<()> {
+        let blank = tensor(vec![0.0; 64], 1)?;
+        let crops = vec![vec![flat_crop(2, 2, 0.0), flat_crop(2, 2, 0.0)]];
+        let plain = place_with(&blank, &blank, &crops, 1.0, None)?;
+        assert_eq!(plain.boxes[0], vec![[0, 0, 2, 2], [2, 0, 2, 2]]);
+        let mut first = vec![1.0f32; 49];
+        first[7 + 1] = 0.0; // (x 1, y 1)
+        let prior = Prior {
+            positions: vec![first, vec![]],
+            offsets: vec![offset_prior(0, 1, 6, (3, 2), 1.0)],
+            center: None,
+        };
+        let placed = place_with(&blank, &blank, &crops, 1.0, Some(&[prior.clone()]))?;
+        assert_eq!(placed.boxes[0], vec![[1, 1, 2, 2], [4, 3, 2, 2]]);
+        // A prior pays at most its costs: the arrangement it names costs G's alone here.
+        assert!(
+            (placed.costs[0] - plain.costs[0]).abs() < 1e-6,
+            "{:?}",
+            placed.costs
+        );
+        // An offset that would overlap the first box is never taken, whatever its prior.
+        let overlapping = Prior {
+            offsets: vec![offset_prior(0, 1, 6, (1, 0), 1.0)],
+            ..prior
+        };
+        let placed = place_with(&blank, &blank, &crops, 1.0, Some(&[overlapping]))?;
+        let b = &placed.boxes[0];
+        assert!(!overlap(&b[0], &b[1]), "{b:?}");
+        Ok(())
+    }
+
+    /// The centre prior moves a crop until the pasted image's ink is centred where it says.
+    #[test]
+    fn the_centre_prior_centres_the_pasted_ink() -> Result<()> {
+        let blank = tensor(vec![0.0; 64], 1)?;
+        let crops = vec![vec![flat_crop(2, 2, 1.0)]];
+        let prior = Prior {
+            center: Some(([5.5, 2.5], 1.0)),
+            ..Prior::default()
+        };
+        // The crop's ink sits at its box's corner + 0.5.
+        let placed = place_with(&blank, &blank, &crops, 0.0, Some(&[prior]))?;
+        assert_eq!(placed.boxes[0], vec![[2, 5, 2, 2]]);
+        // Without it G's image decides: the crop of ink goes to the ink G drew.
+        let mut drawn = vec![0f32; 64];
+        for (y, x) in [(1, 6), (1, 7), (2, 6), (2, 7)] {
+            drawn[y * 8 + x] = 1.0;
+        }
+        let placed = place_with(&tensor(drawn, 1)?, &blank, &crops, 0.0, None)?;
+        assert_eq!(placed.boxes[0], vec![[6, 1, 2, 2]]);
+        Ok(())
+    }
+
+    /// The search with priors finds the cheapest arrangement: against every arrangement of
+    /// three crops on random images (a 7 x 7 image keeps all 36 positions as candidates).
+    #[test]
+    fn the_search_with_priors_finds_the_cheapest_arrangement() -> Result<()> {
+        use rand::{Rng as _, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..5 {
+            let mut random = |n: usize| (0..n).map(|_| rng.random::<f32>()).collect::<Vec<_>>();
+            let (image, mask) = (random(49), random(49));
+            let crops: Vec<Crop> = (0..3)
+                .map(|_| Crop {
+                    channels: 1,
+                    height: 2,
+                    width: 2,
+                    data: random(4),
+                })
+                .collect();
+            let prior = Prior {
+                positions: (0..3).map(|_| random(36)).collect(),
+                offsets: [(0, 1), (0, 2), (1, 2)]
+                    .into_iter()
+                    .map(|(first, second)| PairCost {
+                        first,
+                        second,
+                        reach: 5,
+                        cost: random(121),
+                    })
+                    .collect(),
+                center: Some(([3.0, 3.5], 0.2)),
+            };
+            let placed = place_with(
+                &Tensor::from_vec(image.clone(), (1, 1, 7, 7), &Device::Cpu)?,
+                &Tensor::from_vec(mask.clone(), (1, 1, 7, 7), &Device::Cpu)?,
+                &[crops.clone()],
+                1.0,
+                Some(&[prior.clone()]),
+            )?;
+            let maps: Vec<Vec<f32>> = crops
+                .iter()
+                .map(|c| cost_map(&image, &mask, (1, 7, 7), c, 1.0))
+                .collect();
+            let at = |i: usize| [i % 6, i / 6, 2, 2];
+            let mut best = f32::INFINITY;
+            for (a, b, c) in
+                (0..36).flat_map(|a| (0..36).flat_map(move |b| (0..36).map(move |c| (a, b, c))))
+            {
+                let boxes = [at(a), at(b), at(c)];
+                if overlap(&boxes[0], &boxes[1])
+                    || overlap(&boxes[0], &boxes[2])
+                    || overlap(&boxes[1], &boxes[2])
+                {
+                    continue;
+                }
+                let mut total: f32 = [a, b, c]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &i)| maps[j][i] + prior.positions[j][i])
+                    .sum();
+                total += prior
+                    .offsets
+                    .iter()
+                    .map(|o| o.of(&boxes[o.first], &boxes[o.second]))
+                    .sum::<f32>();
+                let mut pasted = image.clone();
+                for (crop, [x, y, _, _]) in crops.iter().zip(boxes) {
+                    for row in 0..2 {
+                        pasted[(y + row) * 7 + x..(y + row) * 7 + x + 2]
+                            .copy_from_slice(&crop.data[row * 2..row * 2 + 2]);
+                    }
+                }
+                let mass: f32 = pasted.iter().sum();
+                let cy: f32 = pasted
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * (i / 7) as f32)
+                    .sum::<f32>()
+                    / mass;
+                let cx: f32 = pasted
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * (i % 7) as f32)
+                    .sum::<f32>()
+                    / mass;
+                total += 0.2 * ((cy - 3.0).powi(2) + (cx - 3.5).powi(2));
+                best = best.min(total);
+            }
+            assert!(
+                (placed.costs[0] - best).abs() < 1e-4,
+                "search {} against {best}",
+                placed.costs[0]
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_priors_are_clear_errors() -> Result<()> {
+        let blank = tensor(vec![0.0; 64], 1)?;
+        let crops = vec![vec![flat_crop(2, 2, 0.0), flat_crop(2, 2, 0.0)]];
+        let e = place_with(&blank, &blank, &crops, 1.0, Some(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one prior per image: 1 images, 0 priors"), "{e}");
+        let short = Prior {
+            positions: vec![vec![0.0; 10]],
+            ..Prior::default()
+        };
+        let e = place_with(&blank, &blank, &crops, 1.0, Some(&[short]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("patch 0 has 10 position costs") && e.contains("49 positions"),
+            "{e}"
+        );
+        let beyond = Prior {
+            offsets: vec![offset_prior(0, 2, 6, (3, 0), 1.0)],
+            ..Prior::default()
+        };
+        let e = place_with(&blank, &blank, &crops, 1.0, Some(&[beyond]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("between patches 0 and 2 of an image with 2"),
             "{e}"
         );
         Ok(())
