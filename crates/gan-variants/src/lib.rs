@@ -13,5 +13,6 @@ pub mod gan;
 pub mod infogan;
 pub mod progan;
 pub mod puzzle;
+pub mod puzzle_locator;
 pub mod stargan;
 pub mod text2image;
