@@ -41,8 +41,17 @@ pub enum ClassifierCmd {
         /// Train an attribute classifier on the data of `--config` (a run file or a
         /// checkpoint) instead of the digit classifier: what `genzoo eval` reads to say whether
         /// a multi-domain translation shows the attributes asked for.
-        #[arg(long, requires = "config")]
+        #[arg(long, requires = "config", conflicts_with = "locator")]
         attributes: bool,
+        /// Train Puzzle-GAN's locator on the key patches of `--config`'s data instead (a
+        /// Puzzle-GAN run file or checkpoint): where its patches sit, which `genzoo eval` and
+        /// `genzoo sample --mode puzzle` add to placing them (default out:
+        /// NAME-locator.safetensors beside the run file).
+        #[arg(long, requires = "config")]
+        locator: bool,
+        /// With --locator: the last this many training images are held out to report on.
+        #[arg(long, default_value_t = 500)]
+        validation: usize,
         /// The run (file or checkpoint) whose data an attribute classifier learns.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -95,6 +104,42 @@ pub fn run(cmd: ClassifierCmd, device: Device) -> Result<()> {
                     r.epoch,
                     r.train_loss,
                     each.join(" ")
+                )
+            })?;
+            println!("wrote {}", out.display());
+        }
+        ClassifierCmd::Train {
+            data,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            locator: true,
+            validation,
+            config: Some(config),
+            out,
+            ..
+        } => {
+            let run = run_of(&config)?;
+            let out = out.unwrap_or_else(|| crate::report::locator::beside(&config));
+            let args = crate::report::locator::TrainArgs {
+                run,
+                data,
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                validation,
+                out: out.clone(),
+                device,
+            };
+            crate::report::locator::train(&args, |r| {
+                println!(
+                    "epoch {:>3}  train loss {:.4}  held out: position {:.2}%  offset {:.2}%",
+                    r.epoch,
+                    r.train_loss,
+                    100.0 * r.position_accuracy,
+                    100.0 * r.offset_accuracy
                 )
             })?;
             println!("wrote {}", out.display());

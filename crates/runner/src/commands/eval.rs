@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
+use gan_variants::puzzle_locator::{PriorWeights, PRIOR_WEIGHTS};
 use layers::loss::bits_per_dim;
 use layers::{Likelihood, LikelihoodOptions, Rng, Stream};
 use serde::Serialize;
@@ -53,6 +54,15 @@ pub struct EvalCmd {
     /// beside the checkpoint; `genzoo classifier train --attributes` makes one).
     #[arg(long)]
     attribute_classifier: Option<PathBuf>,
+    /// Puzzle-GAN: a locator whose priors the `located` figures add to placing the patches
+    /// (default: NAME-locator.safetensors beside the checkpoint, when there is one; `genzoo
+    /// classifier train --locator` makes one).
+    #[arg(long)]
+    locator: Option<PathBuf>,
+    /// The locator's prior weights `POSITION,OFFSET,CENTRE` (default: the chosen 0.05,0.1,0.3;
+    /// gan_variants::puzzle_locator::PRIOR_WEIGHTS).
+    #[arg(long, value_parser = parse_prior_weights)]
+    prior_weights: Option<PriorWeights>,
     /// The trained weights themselves rather than their moving average (which a GAN's
     /// checkpoint holds and which is the default).
     #[arg(long)]
@@ -75,6 +85,8 @@ pub fn run(cmd: EvalCmd, device: Device) -> Result<()> {
         samples: cmd.samples,
         classifier: cmd.classifier,
         attribute_classifier: cmd.attribute_classifier,
+        locator: cmd.locator,
+        prior_weights: cmd.prior_weights.unwrap_or(PRIOR_WEIGHTS),
     })?;
     if cmd.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -82,6 +94,27 @@ pub fn run(cmd: EvalCmd, device: Device) -> Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// `POSITION,OFFSET,CENTRE`: three weights, each finite and at least 0.
+fn parse_prior_weights(text: &str) -> std::result::Result<PriorWeights, String> {
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    match values[..] {
+        [position, offset, center] if values.iter().all(|v| v.is_finite() && *v >= 0.0) => {
+            Ok(PriorWeights {
+                position,
+                offset,
+                center,
+            })
+        }
+        _ => Err(format!(
+            "{text:?}: expected POSITION,OFFSET,CENTRE, three numbers each at least 0"
+        )),
+    }
 }
 
 pub struct EvalArgs {
@@ -101,6 +134,9 @@ pub struct EvalArgs {
     pub classifier: Option<PathBuf>,
     /// Attribute classifier for multi-domain translation models.
     pub attribute_classifier: Option<PathBuf>,
+    /// Puzzle-GAN's locator (default: beside the checkpoint, when there is one).
+    pub locator: Option<PathBuf>,
+    pub prior_weights: PriorWeights,
     /// The trained weights rather than their average.
     pub raw: bool,
 }
@@ -182,6 +218,12 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
         args.raw,
     )?;
     let model = loaded.model.as_ref();
+    ensure!(
+        args.locator.is_none() || model.as_puzzle().is_some(),
+        "--locator places Puzzle-GAN's patches, and {} is a checkpoint of model `{}`",
+        args.checkpoint.display(),
+        loaded.run.model
+    );
     if model.as_translator().is_some() {
         return translation(&loaded, args);
     }
@@ -266,7 +308,20 @@ fn puzzle_report(
     args: &EvalArgs,
 ) -> Result<EvalReport> {
     let spec = loaded.model.data_spec();
-    let report = crate::report::puzzle::evaluate(model, &spec, &held_out_args(loaded, args))?;
+    let locator =
+        crate::report::locator::find(args.locator.as_deref(), &args.checkpoint, &args.device)?;
+    let file = args
+        .locator
+        .clone()
+        .unwrap_or_else(|| crate::report::locator::beside(&args.checkpoint));
+    let arg = locator
+        .as_ref()
+        .map(|locator| crate::report::puzzle::LocatorArg {
+            locator,
+            file: file.display().to_string(),
+            weights: args.prior_weights,
+        });
+    let report = crate::report::puzzle::evaluate(model, &spec, &held_out_args(loaded, args), arg)?;
     Ok(EvalReport {
         dataset: report.dataset.clone(),
         images: report.images,

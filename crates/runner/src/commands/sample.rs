@@ -99,6 +99,10 @@ pub struct SampleCmd {
     /// For --mode puzzle: key patches per image (default: as many as the model reads).
     #[arg(long)]
     patches: Option<usize>,
+    /// For --mode puzzle: a locator whose priors place the patches (default:
+    /// NAME-locator.safetensors beside the checkpoint, when there is one).
+    #[arg(long)]
+    locator: Option<PathBuf>,
     #[command(flatten)]
     plain: PlainWeights,
 }
@@ -126,6 +130,7 @@ pub fn run(cmd: SampleCmd, device: Device) -> Result<()> {
         caption: cmd.caption,
         caption_to: cmd.caption_to,
         patches: cmd.patches,
+        locator: cmd.locator,
         device,
     })?;
     println!("wrote {} images to {}", n, cmd.out.display());
@@ -158,6 +163,8 @@ pub struct SampleArgs {
     pub caption_to: Option<String>,
     /// Key patches per image for `--mode puzzle`.
     pub patches: Option<usize>,
+    /// Puzzle-GAN's locator (default: beside the checkpoint, when there is one).
+    pub locator: Option<PathBuf>,
 }
 
 /// The most images one grid holds (32 x 32 of them). A model draws a grid's images in one
@@ -188,6 +195,10 @@ pub fn sample(args: &SampleArgs) -> Result<usize> {
     anyhow::ensure!(
         args.patches.is_none() || args.mode == SampleMode::Puzzle,
         "--patches chooses the key patches of --mode puzzle"
+    );
+    anyhow::ensure!(
+        args.locator.is_none() || args.mode == SampleMode::Puzzle,
+        "--locator places the key patches of --mode puzzle"
     );
     let special = match (captioned(&loaded, args, &mut rng)?, args.mode) {
         (Some(grid), _) => Some(grid),
@@ -321,7 +332,12 @@ fn puzzle(loaded: &Loaded, args: &SampleArgs, rng: &mut Rng) -> Result<(Tensor, 
     let sources = SplitSources::load(&spec, &loaded.run.data, args.data.as_deref(), Split::Test)?;
     let batch = sources.first(args.from_test.max(1), Binarization::None, &args.device)?;
     let n = batch.size()?;
-    Ok((model.rows(&batch, n, k, rng)?, n))
+    let locator =
+        crate::report::locator::find(args.locator.as_deref(), &args.checkpoint, &args.device)?;
+    let priors = locator
+        .as_ref()
+        .map(|l| l as &dyn layers::placement::Priors);
+    Ok((model.rows(&batch, n, k, rng, priors)?, n))
 }
 
 /// The two directions of a two-domain model.

@@ -4,6 +4,7 @@
 pub mod attributes;
 pub mod classifier;
 pub mod grid;
+pub mod locator;
 pub mod plot;
 pub mod puzzle;
 pub mod quality;

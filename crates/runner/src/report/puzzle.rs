@@ -6,7 +6,9 @@
 //! - digit: the shipped classifier names the source digit from the generated image;
 //!
 //! and the same three for G's image with the patches themselves placed where they agree best
-//! with G's image and mask (`layers::placement`: the placed boxes are its mask);
+//! with G's image and mask (`layers::placement`: the placed boxes are its mask), and again
+//! with a locator's priors added to the placement (`gan_variants::puzzle_locator`) when one is
+//! given;
 //!
 //! beside baselines: the patches pasted on black (error 0 inside the mask by construction;
 //! the classifier reads the pasted patches); the nearest training digit to the patches (least
@@ -17,6 +19,7 @@
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
+use gan_variants::puzzle_locator::{Locator, PriorWeights};
 use layers::eval::classifier::LeNet;
 use layers::model::Puzzle;
 use layers::placement;
@@ -50,12 +53,66 @@ pub struct PuzzleRow {
     pub placed_digit_accuracy: f64,
     /// The share of patches placed exactly on their own box.
     pub placed_exactly: f64,
+    /// The same four with the locator's priors in the placement, when a locator is given.
+    pub located: Option<Placement>,
+}
+
+/// What placing the patches gave: the placed boxes' IoU, the error in the true mask, the
+/// digit, the share of patches on their own box.
+#[derive(Debug, Serialize)]
+pub struct Placement {
+    pub mask_iou: f64,
+    pub error_in_mask: f64,
+    pub digit_accuracy: f64,
+    pub exactly: f64,
+}
+
+/// Sums of one placement over the images of one patch count.
+#[derive(Default)]
+struct PlacementTally {
+    iou: f64,
+    error: f64,
+    digit: usize,
+    exactly: usize,
+}
+
+impl PlacementTally {
+    fn add(
+        &mut self,
+        placed: &placement::Placed,
+        truth: &[Vec<PatchBox>],
+        (x, mask): (&Tensor, &Tensor),
+        (net, wanted): (&LeNet, &[u32]),
+    ) -> Result<usize> {
+        self.iou += iou(&placed.masks, mask)?.iter().sum::<f64>();
+        self.error += error_in_mask(&placed.images, x, mask)?.iter().sum::<f64>();
+        self.digit += right(&read(net, &placed.images)?, wanted);
+        let mut patches = 0;
+        for (got, truth) in placed.boxes.iter().zip(truth) {
+            patches += got.len();
+            self.exactly += got.iter().zip(truth).filter(|(a, b)| a == b).count();
+        }
+        Ok(patches)
+    }
+
+    fn figures(&self, images: f64, patches: usize) -> Placement {
+        Placement {
+            mask_iou: self.iou / images,
+            error_in_mask: self.error / images,
+            digit_accuracy: self.digit as f64 / images,
+            exactly: self.exactly as f64 / patches.max(1) as f64,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 pub struct PuzzleReport {
     pub dataset: String,
     pub images: usize,
+    /// The locator file whose priors the `located` figures add, if any.
+    pub locator: Option<String>,
+    /// Its priors' weights: position, offset, centre.
+    pub prior_weights: Option<[f32; 3]>,
     pub rows: Vec<PuzzleRow>,
 }
 
@@ -69,14 +126,24 @@ struct Tally {
     nearest_error: f64,
     nearest_digit: usize,
     lookup_iou: f64,
-    placed_iou: f64,
-    placed_error: f64,
-    placed_digit: usize,
-    placed_exactly: usize,
+    placed: PlacementTally,
+    located: PlacementTally,
     patches: usize,
 }
 
-pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Result<PuzzleReport> {
+/// A locator for the `located` figures, and the file it came from.
+pub struct LocatorArg<'a> {
+    pub locator: &'a Locator,
+    pub file: String,
+    pub weights: PriorWeights,
+}
+
+pub fn evaluate(
+    model: &dyn Puzzle,
+    spec: &DataSpec,
+    args: &HeldOutArgs,
+    locator: Option<LocatorArg>,
+) -> Result<PuzzleReport> {
     let test = SplitSources::load(spec, &args.run.data, args.data, Split::Test)?;
     let train = SplitSources::load(spec, &args.run.data, args.data, Split::Train)?;
     let n = match args.limit {
@@ -111,18 +178,21 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
             tally.iou += iou(&generated_mask, &mask)?.iter().sum::<f64>();
             tally.error += error_in_mask(&image, x, &mask)?.iter().sum::<f64>();
             tally.digit += right(&read(&net, &image)?, wanted);
-            let placed = placement::place(
-                &image,
-                &generated_mask,
-                &patches.crops(x, k)?,
-                placement::MASK_WEIGHT,
-            )?;
-            tally.placed_iou += iou(&placed.masks, &mask)?.iter().sum::<f64>();
-            tally.placed_error += error_in_mask(&placed.images, x, &mask)?.iter().sum::<f64>();
-            tally.placed_digit += right(&read(&net, &placed.images)?, wanted);
-            for (got, truth) in placed.boxes.iter().zip(&patches.boxes) {
-                tally.patches += got.len();
-                tally.placed_exactly += got.iter().zip(truth).filter(|(a, b)| a == b).count();
+            let crops = patches.crops(x, k)?;
+            let placed = placement::place(&image, &generated_mask, &crops, placement::MASK_WEIGHT)?;
+            let truth = (x, &mask);
+            let reader = (&net, wanted);
+            tally.patches += tally.placed.add(&placed, &patches.boxes, truth, reader)?;
+            if let Some(l) = &locator {
+                let priors = l.locator.priors(&crops, l.weights, args.device)?;
+                let located = placement::place_with(
+                    &image,
+                    &generated_mask,
+                    &crops,
+                    placement::MASK_WEIGHT,
+                    Some(&priors),
+                )?;
+                tally.located.add(&located, &patches.boxes, truth, reader)?;
             }
             tally.pasted += right(&read(&net, &x.broadcast_mul(&mask)?)?, wanted);
             let nearest = lookup.nearest(x, &mask)?;
@@ -140,6 +210,10 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
     Ok(PuzzleReport {
         dataset: test.images.name(),
         images: n,
+        locator: locator.as_ref().map(|l| l.file.clone()),
+        prior_weights: locator
+            .as_ref()
+            .map(|l| [l.weights.position, l.weights.offset, l.weights.center]),
         rows: tallies
             .iter()
             .enumerate()
@@ -152,10 +226,11 @@ pub fn evaluate(model: &dyn Puzzle, spec: &DataSpec, args: &HeldOutArgs) -> Resu
                 nearest_error_in_mask: t.nearest_error / m,
                 nearest_digit_accuracy: t.nearest_digit as f64 / m,
                 lookup_mask_iou: t.lookup_iou / m,
-                placed_mask_iou: t.placed_iou / m,
-                placed_error_in_mask: t.placed_error / m,
-                placed_digit_accuracy: t.placed_digit as f64 / m,
-                placed_exactly: t.placed_exactly as f64 / t.patches.max(1) as f64,
+                placed_mask_iou: t.placed.figures(m, t.patches).mask_iou,
+                placed_error_in_mask: t.placed.figures(m, t.patches).error_in_mask,
+                placed_digit_accuracy: t.placed.figures(m, t.patches).digit_accuracy,
+                placed_exactly: t.placed.figures(m, t.patches).exactly,
+                located: locator.as_ref().map(|_| t.located.figures(m, t.patches)),
             })
             .collect(),
     })
@@ -361,6 +436,29 @@ pub fn print(r: &PuzzleReport) {
             100.0 * row.nearest_digit_accuracy,
             row.lookup_mask_iou
         );
+    }
+    if let Some(file) = &r.locator {
+        println!();
+        let [p, o, c] = r.prior_weights.unwrap_or_default();
+        println!(
+            "placed with the priors of the locator {file} (weights: position {p}, offset {o}, centre {c}):"
+        );
+        println!(
+            "{:>7} {:>9} {:>12} {:>7} {:>7}",
+            "patches", "IoU", "error (mask)", "digit", "on box"
+        );
+        for row in &r.rows {
+            if let Some(l) = &row.located {
+                println!(
+                    "{:>7} {:>9.3} {:>12.4} {:>6.1}% {:>6.1}%",
+                    row.patches,
+                    l.mask_iou,
+                    l.error_in_mask,
+                    100.0 * l.digit_accuracy,
+                    100.0 * l.exactly
+                );
+            }
+        }
     }
 }
 

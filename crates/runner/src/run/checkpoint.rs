@@ -25,6 +25,7 @@ pub const META_CONFIG: &str = "genzoo.config";
 pub const META_KIND: &str = "genzoo.kind";
 pub const KIND_DIGIT_CLASSIFIER: &str = "mnist-classifier";
 pub const KIND_ATTRIBUTE_CLASSIFIER: &str = "attribute-classifier";
+pub const KIND_PUZZLE_LOCATOR: &str = "puzzle-locator";
 pub const META_STEP: &str = "genzoo.step";
 pub const META_EPOCH: &str = "genzoo.epoch";
 pub const META_DATASET: &str = "genzoo.dataset";
@@ -318,6 +319,7 @@ fn refuse_classifier_weights(checkpoint: &Checkpoint, path: &Path) -> Result<()>
             "`genzoo classifier eval` and `genzoo eval CKPT --classifier FILE`"
         }
         KIND_ATTRIBUTE_CLASSIFIER => "`genzoo eval CKPT --attribute-classifier FILE`",
+        KIND_PUZZLE_LOCATOR => "`genzoo eval CKPT --locator FILE` and `genzoo sample CKPT --mode puzzle --locator FILE`",
         _ => "an evaluator",
     };
     bail!(
