@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_resumes_exactly, assert_saves, fails_with, ok, png_size, run, run_file, s, stdout,
-    step_lines, train_fails_cleanly,
+    assert_resumes_exactly, assert_saves, fails_with, ok, png_size, run, run_file, s, stderr,
+    stdout, step_lines, train_fails_cleanly,
 };
 use serde_json::Value;
 
@@ -156,6 +156,29 @@ fn puzzle_trains_resumes_draws_and_measures() {
     fails_with(
         &["eval", s(&other), "--locator", s(&ck)],
         &["--locator", "cyclegan"],
+    );
+    fails_with(
+        &["eval", s(&other), "--prior-weights", "1,1,1"],
+        &["--prior-weights", "cyclegan"],
+    );
+    // Usage errors (clap's exit status 2): two weights, and --validation without --locator.
+    for args in [
+        &["eval", s(&ck), "--prior-weights", "1,2"][..],
+        &["classifier", "train", "--validation", "5"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("POSITION,OFFSET,CENTRE") || e.contains("--locator"),
+            "{e}"
+        );
+    }
+    let no_locator = tmp.path().join("no-locator.safetensors");
+    std::fs::copy(&ck, &no_locator).unwrap();
+    fails_with(
+        &["eval", s(&no_locator), "--prior-weights", "1,1,1"],
+        &["--prior-weights", "no-locator-locator.safetensors"],
     );
     fails_with(
         &[

@@ -10,8 +10,8 @@
 //!   patches were chosen, most ink first; empty slots black), a perceptron gives each slot a
 //!   distribution over its box's positions, `p(b_j | crops)`; cost `-w_p log p(b_j)`;
 //! - offsets: from two crops (and which slots they fill), a perceptron gives the distribution
-//!   of the second box's offset from the first, `p(b_j - b_i | c_i, c_j)`, up to the image's
-//!   side either way; strokes cross from one key patch into the next (most touch), and the
+//!   of the second box's offset from the first, `p(b_j - b_i | c_i, c_j)`, up to
+//!   `image_size - patch_size` either way; strokes cross from one key patch into the next (most touch), and the
 //!   offset where they continue is the likely one; cost `-w_o log p(b_j - b_i)` per pair;
 //! - the centre of ink: the training images' mean centre of mass `mu` (MNIST centres every
 //!   digit by it), and the pasted image's centre `c` (G's image with the crops at their boxes);
@@ -173,7 +173,8 @@ impl Locator {
             .push(Layer::Relu)
             .linear(o, cfg.offsets())?
             .build();
-        let middle = cfg.image_size as f32 / 2.0;
+        // The middle pixel's index until the trainer measures the data's centre.
+        let middle = (cfg.image_size as f32 - 1.0) / 2.0;
         Ok(Self {
             cfg: cfg.clone(),
             positions,
@@ -249,10 +250,15 @@ impl Locator {
             }
         }
         let device = crops.device();
-        let logits = self.position_logits(crops)?.reshape((b * k, ()))?;
-        let logits = logits.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
-        let position =
-            candle_nn::loss::cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?;
+        // A batch without a box (blank images) has no position to learn: 0, not the NaN of an
+        // empty mean.
+        let position = if rows.is_empty() {
+            Tensor::zeros((), DType::F32, device)?
+        } else {
+            let logits = self.position_logits(crops)?.reshape((b * k, ()))?;
+            let logits = logits.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+            candle_nn::loss::cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?
+        };
         let offset = if pair_rows.is_empty() {
             Tensor::zeros((), DType::F32, device)?
         } else {
@@ -595,6 +601,10 @@ mod tests {
             e.contains("[7, 0, 2, 2]") && e.contains("inside the 8 x 8"),
             "{e}"
         );
+        // Blank images (no box at all) teach nothing, and give no NaN.
+        let empty = net.loss(&crops, &[vec![]])?;
+        assert_eq!(empty.position.to_scalar::<f32>()?, 0.0);
+        assert_eq!(empty.offset.to_scalar::<f32>()?, 0.0);
         let e = net.loss(&crops, &[]).err().unwrap().to_string();
         assert!(e.contains("0 lists"), "{e}");
         Ok(())

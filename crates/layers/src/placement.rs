@@ -23,7 +23,8 @@
 //! per position of each crop (added to its cost map before its cheapest positions are kept), a
 //! cost per offset between two crops' boxes (added as the search places the second), and a
 //! cost on the pasted image's centre of ink, `w |c - mu|^2` (added to a whole arrangement).
-//! Each is at least 0, so the search's bounds stay valid.
+//! The offset and centre costs must be at least 0 (the search's bounds count on it) and are
+//! checked; an offset beyond a table's reach is forbidden.
 
 use candle_core::{Device, Result, Tensor};
 
@@ -93,7 +94,8 @@ fn cut(image: &[f32], (c, h, w): (usize, usize, usize), [x, y, bw, bh]: PatchBox
 }
 
 /// A cost per offset of crop `second`'s box from crop `first`'s: index `(dy + reach) (2 reach
-/// + 1) + (dx + reach)`, `(dx, dy)` the difference of the boxes' corners.
+/// + 1) + (dx + reach)`, `(dx, dy)` the difference of the boxes' corners; each at least 0 (or
+/// infinite: never), and an offset beyond `reach` is never taken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairCost {
     pub first: usize,
@@ -140,7 +142,7 @@ pub struct Placed {
     pub masks: Tensor,
     /// Per image, each crop's box, in the order of the crops.
     pub boxes: Vec<Vec<PatchBox>>,
-    /// Per image, the summed cost of its crops' places.
+    /// Per image, the cost of its arrangement: its crops' places, and its prior's terms.
     pub costs: Vec<f32>,
 }
 
@@ -248,17 +250,8 @@ fn positions(
         }
         costs.push(map);
     }
-    if let Some(pair) = prior.and_then(|p| {
-        p.offsets
-            .iter()
-            .find(|o| o.first >= o.second || o.second >= crops.len())
-    }) {
-        candle_core::bail!(
-            "an offset prior between patches {} and {} of an image with {}",
-            pair.first,
-            pair.second,
-            crops.len()
-        );
+    if let Some(prior) = prior {
+        check(prior, crops.len())?;
     }
     // Each crop's cheapest positions, then the cheapest choice of one per crop with no two
     // overlapping (key patches never do), by a search over those.
@@ -272,7 +265,71 @@ fn positions(
         .map(|(at, weight)| CenterCost::new(image, (c, h, w), crops, &candidates, at, weight));
     let mut search = Search::new(&candidates, prior.map(|p| p.offsets.as_slice()), center);
     search.descend(0.0);
-    Ok(search.best.unwrap_or_else(|| one_by_one(&candidates)))
+    if let Some(best) = search.best {
+        return Ok(best);
+    }
+    let picked = one_by_one(&candidates);
+    let boxes: Vec<PatchBox> = picked
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| candidates[j][k].1)
+        .collect();
+    let mut total: f32 = picked
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| candidates[j][k].0)
+        .sum();
+    if let Some(prior) = prior {
+        total += prior
+            .offsets
+            .iter()
+            .map(|o| o.of(&boxes[o.first], &boxes[o.second]))
+            .sum::<f32>();
+    }
+    total += search.center.as_ref().map_or(0.0, |c| c.of(&picked));
+    Ok((boxes, total))
+}
+
+/// A prior's offsets name two of the image's `crops` patches, in order, with a full table of
+/// costs at least 0; its centre and weight are finite, the weight at least 0.
+fn check(prior: &Prior, crops: usize) -> Result<()> {
+    for o in &prior.offsets {
+        if o.first >= o.second || o.second >= crops {
+            candle_core::bail!(
+                "an offset prior between patches {} and {} of an image with {crops}",
+                o.first,
+                o.second
+            );
+        }
+        let want = (2 * o.reach + 1).pow(2);
+        if o.cost.len() != want {
+            candle_core::bail!(
+                "the offset prior between patches {} and {} has {} costs, and reach {} has {want} offsets",
+                o.first,
+                o.second,
+                o.cost.len(),
+                o.reach
+            );
+        }
+        if let Some(bad) = o.cost.iter().find(|c| c.is_nan() || **c < 0.0) {
+            candle_core::bail!(
+                "the offset prior between patches {} and {} holds the cost {bad}: costs must be at least 0",
+                o.first,
+                o.second
+            );
+        }
+    }
+    if let Some(([y, x], weight)) = prior.center {
+        if !(y.is_finite() && x.is_finite() && weight.is_finite() && weight >= 0.0) {
+            candle_core::bail!(
+                "the centre prior ({y}, {x}) with weight {weight}: a finite centre and a finite weight of at least 0 are needed"
+            );
+        }
+    }
+    if let Some(bad) = prior.positions.iter().flatten().find(|c| !c.is_finite()) {
+        candle_core::bail!("a position prior holds the cost {bad}: costs must be finite");
+    }
+    Ok(())
 }
 
 /// The centre-of-ink term of an arrangement: the pasted image's ink moments are G's whole
@@ -352,19 +409,21 @@ impl CenterCost {
     }
 }
 
-/// The crops in order, each at its cheapest candidate that overlaps none placed before, or at
-/// its cheapest if every candidate does: where the search found no arrangement in its budget.
-fn one_by_one(candidates: &[Vec<(f32, PatchBox)>]) -> (Vec<PatchBox>, f32) {
-    let (mut boxes, mut total) = (Vec::with_capacity(candidates.len()), 0.0);
+/// Which candidate of each crop, in order: its cheapest that overlaps none placed before, or
+/// its cheapest if every candidate does: where the search found no arrangement in its budget
+/// (or none its offset priors allow).
+fn one_by_one(candidates: &[Vec<(f32, PatchBox)>]) -> Vec<usize> {
+    let mut boxes: Vec<PatchBox> = Vec::with_capacity(candidates.len());
+    let mut picked = Vec::with_capacity(candidates.len());
     for list in candidates {
-        let free = list
+        let k = list
             .iter()
-            .find(|(_, b)| !boxes.iter().any(|p| overlap(p, b)))
-            .unwrap_or(&list[0]);
-        boxes.push(free.1);
-        total += free.0;
+            .position(|(_, b)| !boxes.iter().any(|p| overlap(p, b)))
+            .unwrap_or(0);
+        boxes.push(list[k].1);
+        picked.push(k);
     }
-    (boxes, total)
+    picked
 }
 
 /// Positions kept per crop for the joint search (16 against 48, weight 0.5, 3 patches: IoU
@@ -383,9 +442,9 @@ fn cheapest_positions(map: &[f32], crop: &Crop, w: usize) -> Vec<(f32, PatchBox)
         .collect()
 }
 
-/// Arrangements the search may visit per image: 3 patches take at most 48^2 = 2,304 partial
-/// ones; many near-equal costs (an untrained G) and more patches would otherwise take
-/// exponential time.
+/// Candidates the search may visit per image: 3 patches take at most 48 + 48^2 + 48^3 =
+/// 112,944, so with 3 the search is exhaustive; many near-equal costs (an untrained G) and more
+/// patches would otherwise take exponential time.
 const SEARCH_BUDGET: usize = 200_000;
 
 /// Depth-first search over one candidate per crop, pruned by the best total so far plus the

@@ -50,7 +50,7 @@ pub enum ClassifierCmd {
         #[arg(long, requires = "config")]
         locator: bool,
         /// With --locator: the last this many training images are held out to report on.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, requires = "locator")]
         validation: usize,
         /// The run (file or checkpoint) whose data an attribute classifier learns.
         #[arg(long)]

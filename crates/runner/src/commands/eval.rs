@@ -86,7 +86,7 @@ pub fn run(cmd: EvalCmd, device: Device) -> Result<()> {
         classifier: cmd.classifier,
         attribute_classifier: cmd.attribute_classifier,
         locator: cmd.locator,
-        prior_weights: cmd.prior_weights.unwrap_or(PRIOR_WEIGHTS),
+        prior_weights: cmd.prior_weights,
     })?;
     if cmd.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -136,7 +136,8 @@ pub struct EvalArgs {
     pub attribute_classifier: Option<PathBuf>,
     /// Puzzle-GAN's locator (default: beside the checkpoint, when there is one).
     pub locator: Option<PathBuf>,
-    pub prior_weights: PriorWeights,
+    /// The locator's prior weights (default: [`PRIOR_WEIGHTS`]).
+    pub prior_weights: Option<PriorWeights>,
     /// The trained weights rather than their average.
     pub raw: bool,
 }
@@ -219,8 +220,8 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     )?;
     let model = loaded.model.as_ref();
     ensure!(
-        args.locator.is_none() || model.as_puzzle().is_some(),
-        "--locator places Puzzle-GAN's patches, and {} is a checkpoint of model `{}`",
+        (args.locator.is_none() && args.prior_weights.is_none()) || model.as_puzzle().is_some(),
+        "--locator and --prior-weights place Puzzle-GAN's patches, and {} is a checkpoint of model `{}`",
         args.checkpoint.display(),
         loaded.run.model
     );
@@ -314,12 +315,18 @@ fn puzzle_report(
         .locator
         .clone()
         .unwrap_or_else(|| crate::report::locator::beside(&args.checkpoint));
+    ensure!(
+        locator.is_some() || args.prior_weights.is_none(),
+        "--prior-weights weighs a locator's priors, and there is none at {} (pass --locator FILE)",
+        file.display()
+    );
     let arg = locator
         .as_ref()
         .map(|locator| crate::report::puzzle::LocatorArg {
             locator,
             file: file.display().to_string(),
-            weights: args.prior_weights,
+            weights: args.prior_weights.unwrap_or(PRIOR_WEIGHTS),
+            asked_for: args.locator.is_some(),
         });
     let report = crate::report::puzzle::evaluate(model, &spec, &held_out_args(loaded, args), arg)?;
     Ok(EvalReport {

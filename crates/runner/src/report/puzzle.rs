@@ -136,13 +136,16 @@ pub struct LocatorArg<'a> {
     pub locator: &'a Locator,
     pub file: String,
     pub weights: PriorWeights,
+    /// Named by `--locator` (not found beside the checkpoint): what it cannot place is an error
+    /// rather than a warning.
+    pub asked_for: bool,
 }
 
 pub fn evaluate(
     model: &dyn Puzzle,
     spec: &DataSpec,
     args: &HeldOutArgs,
-    locator: Option<LocatorArg>,
+    mut locator: Option<LocatorArg>,
 ) -> Result<PuzzleReport> {
     let test = SplitSources::load(spec, &args.run.data, args.data, Split::Test)?;
     let train = SplitSources::load(spec, &args.run.data, args.data, Split::Train)?;
@@ -184,15 +187,26 @@ pub fn evaluate(
             let reader = (&net, wanted);
             tally.patches += tally.placed.add(&placed, &patches.boxes, truth, reader)?;
             if let Some(l) = &locator {
-                let priors = l.locator.priors(&crops, l.weights, args.device)?;
-                let located = placement::place_with(
-                    &image,
-                    &generated_mask,
-                    &crops,
-                    placement::MASK_WEIGHT,
-                    Some(&priors),
-                )?;
-                tally.located.add(&located, &patches.boxes, truth, reader)?;
+                match l.locator.priors(&crops, l.weights, args.device) {
+                    Ok(priors) => {
+                        let located = placement::place_with(
+                            &image,
+                            &generated_mask,
+                            &crops,
+                            placement::MASK_WEIGHT,
+                            Some(&priors),
+                        )?;
+                        tally.located.add(&located, &patches.boxes, truth, reader)?;
+                    }
+                    Err(e) if l.asked_for => return Err(e.into()),
+                    Err(e) => {
+                        eprintln!(
+                            "warning: the locator {} found beside the checkpoint cannot place these patches ({e}); no located figures",
+                            l.file
+                        );
+                        locator = None;
+                    }
+                }
             }
             tally.pasted += right(&read(&net, &x.broadcast_mul(&mask)?)?, wanted);
             let nearest = lookup.nearest(x, &mask)?;
