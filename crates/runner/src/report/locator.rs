@@ -521,6 +521,48 @@ mod tests {
         Ok(())
     }
 
+    /// The held-out figures count a patch right when the locator's likeliest position is its
+    /// box, and a pair when its likeliest offset is theirs: a locator whose logits are only
+    /// biases towards one box pair reads 100% / 100% on that pair and 50% / 0% when the second
+    /// box moves.
+    #[test]
+    fn held_out_accuracy_counts_the_likeliest_position_and_offset() -> Result<()> {
+        let cfg = Config::default();
+        let varmap = VarMap::new();
+        let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let locator = Locator::new(&cfg, vb)?;
+        let (across, reach) = (cfg.across(), cfg.reach());
+        let first: PatchBox = [3, 4, 10, 10];
+        let second: PatchBox = [13, 4, 10, 10];
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let mut values = vec![0f32; var.elem_count()];
+            if name == "positions.4.bias" {
+                values[4 * across + 3] = 1.0;
+                values[cfg.positions() + 4 * across + 13] = 1.0;
+            }
+            if name == "offsets.2.bias" {
+                values[reach * (2 * reach + 1) + 10 + reach] = 1.0;
+            }
+            var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu)?)?;
+        }
+        let image = Image::new([1, 32, 32], vec![0.5; 32 * 32])?;
+        let digits = |boxes: Vec<PatchBox>| Digits {
+            images: vec![image.clone()],
+            boxes: vec![boxes],
+            chosen_by_ink: true,
+        };
+        let right = accuracy(&locator, &digits(vec![first, second]), 0..1, &Device::Cpu)?;
+        assert_eq!(right, (1.0, 1.0));
+        let moved = accuracy(
+            &locator,
+            &digits(vec![first, [14, 4, 10, 10]]),
+            0..1,
+            &Device::Cpu,
+        )?;
+        assert_eq!(moved, (0.5, 0.0));
+        Ok(())
+    }
+
     /// A warp turns a digit about the middle: its ink moves, its centre stays near.
     #[test]
     fn warping_turns_a_digit_about_the_middle() -> Result<()> {
