@@ -779,7 +779,13 @@ mod tests {
             offsets: vec![offset_prior(0, 1, 6, (3, 2), 1.0)],
             center: None,
         };
-        let placed = place_with(&blank, &blank, &crops, 1.0, Some(&[prior.clone()]))?;
+        let placed = place_with(
+            &blank,
+            &blank,
+            &crops,
+            1.0,
+            Some(std::slice::from_ref(&prior)),
+        )?;
         assert_eq!(placed.boxes[0], vec![[1, 1, 2, 2], [4, 3, 2, 2]]);
         // A prior pays at most its costs: the arrangement it names costs G's alone here.
         assert!(
@@ -853,9 +859,9 @@ mod tests {
             let placed = place_with(
                 &Tensor::from_vec(image.clone(), (1, 1, 7, 7), &Device::Cpu)?,
                 &Tensor::from_vec(mask.clone(), (1, 1, 7, 7), &Device::Cpu)?,
-                &[crops.clone()],
+                std::slice::from_ref(&crops),
                 1.0,
-                Some(&[prior.clone()]),
+                Some(std::slice::from_ref(&prior)),
             )?;
             let maps: Vec<Vec<f32>> = crops
                 .iter()
