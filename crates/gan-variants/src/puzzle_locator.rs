@@ -274,18 +274,12 @@ impl Locator {
         Ok(LocatorLoss { position, offset })
     }
 
-    /// Per image, the priors of its crops' places (at most `K` crops each, of the locator's
-    /// patch size and channels), weighted by `weights`.
-    pub fn priors(
-        &self,
-        crops: &[Vec<Crop>],
-        weights: PriorWeights,
-        device: &Device,
-    ) -> Result<Vec<Prior>> {
+    /// `(b, K, c, p, p)` of each image's crops (at most `K`, of the locator's patch size and
+    /// channels; black past them), as [`Locator::loss`] and the position logits read them.
+    pub fn crop_tensor(&self, crops: &[Vec<Crop>], device: &Device) -> Result<Tensor> {
         let (k, p, c) = (self.cfg.max_patches, self.cfg.patch_size, self.cfg.channels);
         let v = self.cfg.crop_values();
         let mut values = vec![0f32; crops.len() * k * v];
-        let (mut pairs, mut slots, mut owners) = (Vec::new(), Vec::new(), Vec::new());
         for (i, list) in crops.iter().enumerate() {
             if list.len() > k {
                 candle_core::bail!(
@@ -303,6 +297,24 @@ impl Locator {
                     );
                 }
                 values[(i * k + j) * v..(i * k + j + 1) * v].copy_from_slice(&crop.data);
+            }
+        }
+        Tensor::from_vec(values, (crops.len(), k, c, p, p), device)
+    }
+
+    /// Per image, the priors of its crops' places (at most `K` crops each, of the locator's
+    /// patch size and channels), weighted by `weights`.
+    pub fn priors(
+        &self,
+        crops: &[Vec<Crop>],
+        weights: PriorWeights,
+        device: &Device,
+    ) -> Result<Vec<Prior>> {
+        let (k, p, c) = (self.cfg.max_patches, self.cfg.patch_size, self.cfg.channels);
+        let input = self.crop_tensor(crops, device)?;
+        let (mut pairs, mut slots, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, list) in crops.iter().enumerate() {
+            for (j, crop) in list.iter().enumerate() {
                 for (first, earlier) in list.iter().enumerate().take(j) {
                     pairs.extend_from_slice(&earlier.data);
                     pairs.extend_from_slice(&crop.data);
@@ -311,7 +323,6 @@ impl Locator {
                 }
             }
         }
-        let input = Tensor::from_vec(values, (crops.len(), k, c, p, p), device)?;
         let positions = costs(&self.position_logits(&input)?, weights.position)?;
         let offsets = if owners.is_empty() {
             Vec::new()

@@ -70,7 +70,13 @@ impl Patches {
     }
 }
 
-fn cut(image: &[f32], (c, h, w): (usize, usize, usize), [x, y, bw, bh]: PatchBox) -> Result<Crop> {
+/// The pixels of box `[x, y, w, h]` of a `(c, h, w)` row-major image, or an error where it
+/// does not lie inside.
+pub fn cut(
+    image: &[f32],
+    (c, h, w): (usize, usize, usize),
+    [x, y, bw, bh]: PatchBox,
+) -> Result<Crop> {
     let inside =
         |at: usize, len: usize, side: usize| at.checked_add(len).is_some_and(|e| e <= side);
     if bw == 0 || bh == 0 || !inside(x, bw, w) || !inside(y, bh, h) {

@@ -177,18 +177,7 @@ fn accuracy(net: &LeNet, sources: &SplitSources, k: usize, device: &Device) -> R
 
 /// Loads an attribute classifier file.
 pub fn load(path: &Path, device: &Device) -> Result<AttributeClassifier> {
-    let ck = crate::run::checkpoint::load_checkpoint(path, device)?;
-    match ck.meta(META_KIND) {
-        Some(KIND) => {}
-        Some(other) => bail!(
-            "{} is a `{other}` file, not an attribute classifier",
-            path.display()
-        ),
-        None => bail!(
-            "{} has no genzoo metadata: not an attribute classifier",
-            path.display()
-        ),
-    }
+    let ck = super::load_evaluator(path, KIND, "an attribute classifier", device)?;
     let cfg: Config =
         serde_json::from_str(ck.require_meta(META_CONFIG, path)?).with_context(|| {
             format!(
@@ -212,8 +201,5 @@ pub fn load(path: &Path, device: &Device) -> Result<AttributeClassifier> {
 /// Where a checkpoint's attribute classifier is looked for by default: beside it, named after
 /// it (`models/stargan-digits.safetensors` -> `models/stargan-digits-attributes.safetensors`).
 pub fn beside(checkpoint: &Path) -> PathBuf {
-    let stem = checkpoint
-        .file_stem()
-        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    checkpoint.with_file_name(format!("{stem}-attributes.safetensors"))
+    super::beside(checkpoint, "attributes")
 }

@@ -15,12 +15,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use gan_variants::puzzle_locator::{mean_center, Config, Locator};
 use image::{ImageBuffer, Luma};
 use imageproc::geometric_transformations::{warp, Interpolation, Projection};
+use layers::placement::{self, Crop};
 use layers::step::{DataSpec, PatchBox};
 use layers::train::checkpoint::{load_into_varmap, varmap_tensors};
 use layers::{Adam, AdamConfig, Checkpoint, Rng, Stream};
@@ -136,30 +137,18 @@ fn warped(image: &Image, rng: &mut Rng) -> Result<Image> {
     Image::new(image.shape, data)
 }
 
-/// `(b, K, c, p, p)` crops of each image's boxes (black past them).
-fn crops(images: &[&Image], boxes: &[Vec<PatchBox>], k: usize, p: usize) -> Result<Tensor> {
-    let [c, h, w] = images[0].shape;
-    let mut values = vec![0f32; images.len() * k * c * p * p];
-    for (i, (image, list)) in images.iter().zip(boxes).enumerate() {
-        for (j, &[x, y, bw, bh]) in list.iter().enumerate() {
-            ensure!(
-                bw == p && bh == p,
-                "image {i}: a {bw} x {bh} box, and the locator takes {p} x {p} patches"
-            );
-            for ch in 0..c {
-                for row in 0..p {
-                    let from = (ch * h + y + row) * w + x;
-                    let to = (((i * k + j) * c + ch) * p + row) * p;
-                    values[to..to + p].copy_from_slice(&image.data[from..from + p]);
-                }
-            }
-        }
-    }
-    Ok(Tensor::from_vec(
-        values,
-        (images.len(), k, c, p, p),
-        &Device::Cpu,
-    )?)
+/// Each image's crops of its boxes, as placement and the locator take them.
+fn crops_of(images: &[&Image], boxes: &[Vec<PatchBox>]) -> Result<Vec<Vec<Crop>>> {
+    images
+        .iter()
+        .zip(boxes)
+        .map(|(image, list)| {
+            let [c, h, w] = image.shape;
+            list.iter()
+                .map(|&b| Ok(placement::cut(&image.data, (c, h, w), b)?))
+                .collect()
+        })
+        .collect()
 }
 
 pub fn train(args: &TrainArgs, mut on_epoch: impl FnMut(&EpochReport)) -> Result<Vec<EpochReport>> {
@@ -207,24 +196,23 @@ pub fn train(args: &TrainArgs, mut on_epoch: impl FnMut(&EpochReport)) -> Result
         let order = epoch_order(trained, args.seed, epoch as u64);
         let mut total = 0.0;
         for idx in order.chunks(args.batch_size) {
-            let mut images = Vec::with_capacity(idx.len());
+            let mut crops = Vec::with_capacity(idx.len());
             let mut boxes = Vec::with_capacity(idx.len());
             for &i in idx {
+                let warped_image;
                 let (image, mut list) = if warp_now {
-                    let image = warped(&digits.images[i], &mut rng)?;
-                    let list = key_patches(&image, cfg.max_patches, cfg.patch_size);
-                    (image, list)
+                    warped_image = warped(&digits.images[i], &mut rng)?;
+                    let list = key_patches(&warped_image, cfg.max_patches, cfg.patch_size);
+                    (&warped_image, list)
                 } else {
-                    (digits.images[i].clone(), digits.boxes[i].clone())
+                    (&digits.images[i], digits.boxes[i].clone())
                 };
                 // 1 to K patches, as Puzzle-GAN trains.
                 list.truncate(1 + rng.below(cfg.max_patches));
-                images.push(image);
+                crops.extend(crops_of(&[image], std::slice::from_ref(&list))?);
                 boxes.push(list);
             }
-            let refs: Vec<&Image> = images.iter().collect();
-            let x =
-                crops(&refs, &boxes, cfg.max_patches, cfg.patch_size)?.to_device(&args.device)?;
+            let x = locator.crop_tensor(&crops, &args.device)?;
             let loss = locator.loss(&x, &boxes)?;
             let sum = (&loss.position + &loss.offset)?;
             total += sum.to_scalar::<f32>()? as f64 * idx.len() as f64;
@@ -285,12 +273,10 @@ fn accuracy(
     let idx: Vec<usize> = range.collect();
     for chunk in idx.chunks(500) {
         let images: Vec<&Image> = chunk.iter().map(|&i| &digits.images[i]).collect();
-        let boxes: Vec<Vec<PatchBox>> = chunk.iter().map(|&i| digits.boxes[i].clone()).collect();
-        let x = crops(&images, &boxes, cfg.max_patches, cfg.patch_size)?.to_device(device)?;
-        let best: Vec<Vec<u32>> = locator.position_logits(&x)?.argmax(2)?.to_vec2()?;
-        let per_image = crops_of(&images, &boxes, cfg.patch_size);
+        let boxes = &digits.boxes[chunk[0]..chunk[0] + chunk.len()];
+        // Costs -log p at weight 1: the likeliest position or offset is the cheapest.
         let priors = locator.priors(
-            &per_image,
+            &crops_of(&images, boxes)?,
             gan_variants::puzzle_locator::PriorWeights {
                 position: 1.0,
                 offset: 1.0,
@@ -298,23 +284,17 @@ fn accuracy(
             },
             device,
         )?;
-        for ((list, guess), prior) in boxes.iter().zip(&best).zip(&priors) {
-            for (j, b) in list.iter().enumerate() {
+        for (list, prior) in boxes.iter().zip(&priors) {
+            for (b, costs) in list.iter().zip(&prior.positions) {
                 seen += 1;
-                right += usize::from(guess[j] as usize == b[1] * cfg.across() + b[0]);
+                right += usize::from(cheapest(costs) == Some(b[1] * cfg.across() + b[0]));
             }
             for pair in &prior.offsets {
                 let (a, b) = (list[pair.first], list[pair.second]);
                 let r = pair.reach;
                 let truth = (b[1] + r - a[1]) * (2 * r + 1) + (b[0] + r - a[0]);
-                let guess = pair
-                    .cost
-                    .iter()
-                    .enumerate()
-                    .min_by(|x, y| x.1.total_cmp(y.1))
-                    .map(|(i, _)| i);
                 pairs += 1;
-                pairs_right += usize::from(guess == Some(truth));
+                pairs_right += usize::from(cheapest(&pair.cost) == Some(truth));
             }
         }
     }
@@ -328,52 +308,18 @@ fn accuracy(
     Ok((share(right, seen), share(pairs_right, pairs)))
 }
 
-/// Each image's crops of its boxes, as placement takes them.
-fn crops_of(
-    images: &[&Image],
-    boxes: &[Vec<PatchBox>],
-    p: usize,
-) -> Vec<Vec<layers::placement::Crop>> {
-    images
+/// The index of the least cost (the first of equal ones).
+fn cheapest(costs: &[f32]) -> Option<usize> {
+    costs
         .iter()
-        .zip(boxes)
-        .map(|(image, list)| {
-            let [c, h, w] = image.shape;
-            list.iter()
-                .map(|&[x, y, _, _]| {
-                    let mut data = Vec::with_capacity(c * p * p);
-                    for ch in 0..c {
-                        for row in 0..p {
-                            let from = (ch * h + y + row) * w + x;
-                            data.extend_from_slice(&image.data[from..from + p]);
-                        }
-                    }
-                    layers::placement::Crop {
-                        channels: c,
-                        height: p,
-                        width: p,
-                        data,
-                    }
-                })
-                .collect()
-        })
-        .collect()
+        .enumerate()
+        .min_by(|x, y| x.1.total_cmp(y.1))
+        .map(|(i, _)| i)
 }
 
 /// Loads a locator file.
 pub fn load(path: &Path, device: &Device) -> Result<Locator> {
-    let ck = crate::run::checkpoint::load_checkpoint(path, device)?;
-    match ck.meta(META_KIND) {
-        Some(KIND) => {}
-        Some(other) => bail!(
-            "{} is a `{other}` file, not a Puzzle-GAN locator",
-            path.display()
-        ),
-        None => bail!(
-            "{} has no genzoo metadata: not a Puzzle-GAN locator",
-            path.display()
-        ),
-    }
+    let ck = super::load_evaluator(path, KIND, "a Puzzle-GAN locator", device)?;
     let cfg: Config =
         serde_json::from_str(ck.require_meta(META_CONFIG, path)?).with_context(|| {
             format!(
@@ -394,10 +340,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Locator> {
 /// Where a checkpoint's locator is looked for by default: beside it, named after it
 /// (`models/puzzle.safetensors` -> `models/puzzle-locator.safetensors`).
 pub fn beside(checkpoint: &Path) -> PathBuf {
-    let stem = checkpoint
-        .file_stem()
-        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    checkpoint.with_file_name(format!("{stem}-locator.safetensors"))
+    super::beside(checkpoint, "locator")
 }
 
 /// The locator `explicit` names, else the one beside `checkpoint` when there is one.
@@ -425,23 +368,28 @@ mod tests {
         RunConfig::from_file(&file, None)
     }
 
-    /// Two steps on 106 digits: the report's shares are shares, the file loads back with its
-    /// centre (near the middle of the padded digits) and gives priors for key patches.
-    #[test]
-    fn a_locator_trains_saves_and_loads_back() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let out = dir.path().join("locator.safetensors");
-        let args = TrainArgs {
+    /// One epoch of the digits' run file, the last `validation` training digits held out.
+    fn one_epoch(validation: usize, out: PathBuf) -> Result<TrainArgs> {
+        Ok(TrainArgs {
             run: puzzle_run()?,
             data: None,
             epochs: 1,
             batch_size: 64,
             lr: 1e-3,
             seed: 0,
-            validation: 7_900,
-            out: out.clone(),
+            validation,
+            out,
             device: Device::Cpu,
-        };
+        })
+    }
+
+    /// Two steps on 106 digits: the report's shares are shares, the file loads back with its
+    /// centre (near the middle of the padded digits) and gives priors for key patches.
+    #[test]
+    fn a_locator_trains_saves_and_loads_back() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("locator.safetensors");
+        let args = one_epoch(7_900, out.clone())?;
         let reports = train(&args, |_| {})?;
         let r = &reports[0];
         assert!(
@@ -493,17 +441,10 @@ mod tests {
             &Device::Cpu
         )?
         .is_none());
-        let args = TrainArgs {
-            run: puzzle_run()?,
-            data: None,
-            epochs: 1,
-            batch_size: 64,
-            lr: 1e-3,
-            seed: 0,
-            validation: 9_000,
-            out: std::env::temp_dir().join("never-written.safetensors"),
-            device: Device::Cpu,
-        };
+        let args = one_epoch(
+            9_000,
+            std::env::temp_dir().join("never-written.safetensors"),
+        )?;
         let e = format!("{:#}", train(&args, |_| {}).err().unwrap());
         assert!(
             e.contains("--validation 9000 leaves none of the 8006"),

@@ -11,6 +11,32 @@ pub mod quality;
 pub mod text;
 pub mod translation;
 
+/// An evaluator's file (`genzoo.kind` = `kind`: an attribute classifier, a locator), read
+/// whole, or an error naming the file and what it is instead.
+pub fn load_evaluator(
+    path: &std::path::Path,
+    kind: &str,
+    what: &str,
+    device: &candle_core::Device,
+) -> anyhow::Result<layers::Checkpoint> {
+    use crate::run::checkpoint::META_KIND;
+    let ck = crate::run::checkpoint::load_checkpoint(path, device)?;
+    match ck.meta(META_KIND) {
+        Some(k) if k == kind => Ok(ck),
+        Some(other) => anyhow::bail!("{} is a `{other}` file, not {what}", path.display()),
+        None => anyhow::bail!("{} has no genzoo metadata: not {what}", path.display()),
+    }
+}
+
+/// Where an evaluator's file for a checkpoint is looked for by default: beside it, named
+/// after it (`models/puzzle.safetensors`, `locator` -> `models/puzzle-locator.safetensors`).
+pub fn beside(checkpoint: &std::path::Path, role: &str) -> std::path::PathBuf {
+    let stem = checkpoint
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    checkpoint.with_file_name(format!("{stem}-{role}.safetensors"))
+}
+
 /// What the reports measured on held-out digits read (the text-to-image and puzzle metrics).
 pub struct HeldOutArgs<'a> {
     pub run: &'a crate::config::RunConfig,

@@ -231,7 +231,8 @@ pub fn evaluate(
         rows: tallies
             .iter()
             .enumerate()
-            .map(|(i, t)| PuzzleRow {
+            .map(|(i, t)| (i, t, t.placed.figures(m, t.patches)))
+            .map(|(i, t, placed)| PuzzleRow {
                 patches: i + 1,
                 mask_iou: t.iou / m,
                 error_in_mask: t.error / m,
@@ -240,10 +241,10 @@ pub fn evaluate(
                 nearest_error_in_mask: t.nearest_error / m,
                 nearest_digit_accuracy: t.nearest_digit as f64 / m,
                 lookup_mask_iou: t.lookup_iou / m,
-                placed_mask_iou: t.placed.figures(m, t.patches).mask_iou,
-                placed_error_in_mask: t.placed.figures(m, t.patches).error_in_mask,
-                placed_digit_accuracy: t.placed.figures(m, t.patches).digit_accuracy,
-                placed_exactly: t.placed.figures(m, t.patches).exactly,
+                placed_mask_iou: placed.mask_iou,
+                placed_error_in_mask: placed.error_in_mask,
+                placed_digit_accuracy: placed.digit_accuracy,
+                placed_exactly: placed.exactly,
                 located: locator.as_ref().map(|_| t.located.figures(m, t.patches)),
             })
             .collect(),
