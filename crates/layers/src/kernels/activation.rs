@@ -12,6 +12,49 @@ use rayon::prelude::*;
 use crate::kernels::ops::{
     cpu_f32, cpu_slice, fused_cpu_f32, twice_differentiable_cpu_f32, CpuValues,
 };
+use crate::kernels::reduce;
+
+/// Evaluates `$body` with `$f` bound to `act`'s function (`apply`) or its derivative read at
+/// the output (`derivative`) as a closure of its own type, one copy of `$body` per
+/// activation, the slope an f32 in a register: with [`Activation::apply`] on a captured
+/// activation inside the loops over a plane they stayed scalar and branching (DCGAN's
+/// LeakyReLU backward took 6% of a step on one thread). Same values as those methods.
+macro_rules! specialised {
+    ($act:expr, apply, |$f:ident| $body:expr) => {
+        match $act {
+            Activation::Identity => {
+                let $f = |v: f32| v;
+                $body
+            }
+            Activation::Relu => {
+                let $f = |v: f32| v.max(0.0);
+                $body
+            }
+            Activation::LeakyRelu(slope) => {
+                let slope = slope as f32;
+                let $f = move |v: f32| v.max(slope * v);
+                $body
+            }
+        }
+    };
+    ($act:expr, derivative, |$f:ident| $body:expr) => {
+        match $act {
+            Activation::Identity => {
+                let $f = |_: f32| 1.0f32;
+                $body
+            }
+            Activation::Relu => {
+                let $f = |y: f32| if y > 0.0 { 1.0f32 } else { 0.0 };
+                $body
+            }
+            Activation::LeakyRelu(slope) => {
+                let slope = slope as f32;
+                let $f = move |y: f32| if y > 0.0 { 1.0f32 } else { slope };
+                $body
+            }
+        }
+    };
+}
 
 /// The activation after a linear map or a convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,27 +70,13 @@ pub enum Activation {
 impl Activation {
     #[inline]
     pub(crate) fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::Identity => v,
-            Activation::Relu => v.max(0.0),
-            Activation::LeakyRelu(slope) => v.max(slope as f32 * v),
-        }
+        specialised!(self, apply, |f| f(v))
     }
 
     /// The derivative at the pre-activation, read from the output (same sign).
     #[inline]
     pub(crate) fn derivative_at_output(self, y: f32) -> f32 {
-        match self {
-            Activation::Identity => 1.0,
-            Activation::Relu => f32::from(y > 0.0),
-            Activation::LeakyRelu(slope) => {
-                if y > 0.0 {
-                    1.0
-                } else {
-                    slope as f32
-                }
-            }
-        }
+        specialised!(self, derivative, |f| f(y))
     }
 
     /// Candle's ops for the same activation.
@@ -57,6 +86,22 @@ impl Activation {
             Activation::Relu => x.relu(),
             Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope),
         }
+    }
+}
+
+/// `out = act(x + b)`, its own function so that `out` and `x` do not alias.
+#[inline]
+fn activate(out: &mut [f32], x: &[f32], b: f32, act: impl Fn(f32) -> f32) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = act(x + b);
+    }
+}
+
+/// `dx = g act'(y)`, as [`activate`].
+#[inline]
+fn scale_by_derivative(dx: &mut [f32], g: &[f32], y: &[f32], derivative: impl Fn(f32) -> f32) {
+    for ((d, &g), &y) in dx.iter_mut().zip(g).zip(y) {
+        *d = g * derivative(y);
     }
 }
 
@@ -144,15 +189,12 @@ impl CustomOp2 for ActivationGrad {
                 y_layout.shape()
             );
         }
-        let act = self.act;
         let mut dx = vec![0f32; gv.len()];
-        dx.par_chunks_mut(1 << 14)
-            .zip(gv.par_chunks(1 << 14).zip(yv.par_chunks(1 << 14)))
-            .for_each(|(d, (g, y))| {
-                for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
-                    *d = g * act.derivative_at_output(y);
-                }
-            });
+        specialised!(self.act, derivative, |derivative| {
+            dx.par_chunks_mut(1 << 14)
+                .zip(gv.par_chunks(1 << 14).zip(yv.par_chunks(1 << 14)))
+                .for_each(|(d, (g, y))| scale_by_derivative(d, g, y, derivative))
+        });
         Ok((CpuStorage::F32(dx), g_layout.shape().clone()))
     }
 
@@ -232,17 +274,13 @@ impl BiasActivation {
         let channels = layout.shape().dims()[1];
         let (_, inner) = planes(layout);
         let mut y = vec![0f32; x.len()];
-        let act = self.act;
-        y.par_chunks_mut(inner.max(1))
-            .zip(x.par_chunks(inner.max(1)))
-            .enumerate()
-            .with_min_len(planes_per_task(inner))
-            .for_each(|(p, (y, x))| {
-                let b = bias.map_or(0.0, |b| b[p % channels]);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = act.apply(x + b);
-                }
-            });
+        specialised!(self.act, apply, |act| {
+            y.par_chunks_mut(inner.max(1))
+                .zip(x.par_chunks(inner.max(1)))
+                .enumerate()
+                .with_min_len(planes_per_task(inner))
+                .for_each(|(p, (y, x))| activate(y, x, bias.map_or(0.0, |b| b[p % channels]), act))
+        });
         CpuStorage::F32(y)
     }
 
@@ -262,22 +300,21 @@ impl BiasActivation {
         let gv = values.get(1, "activation output gradient")?;
         let channels = y.dim(1)?;
         let (n_planes, inner) = planes(y.layout());
-        let act = self.act;
         let mut dx = vec![0f32; yv.len()];
         let mut plane_sums = vec![0f32; n_planes];
-        dx.par_chunks_mut(inner.max(1))
-            .zip(plane_sums.par_iter_mut())
-            .enumerate()
-            .with_min_len(planes_per_task(inner))
-            .for_each(|(p, (dx, sum))| {
-                let range = p * inner..(p + 1) * inner;
-                let mut total = 0f64;
-                for ((d, &g), &y) in dx.iter_mut().zip(&gv[range.clone()]).zip(&yv[range]) {
-                    *d = g * act.derivative_at_output(y);
-                    total += *d as f64;
-                }
-                *sum = total as f32;
-            });
+        specialised!(self.act, derivative, |derivative| {
+            dx.par_chunks_mut(inner.max(1))
+                .zip(plane_sums.par_iter_mut())
+                .enumerate()
+                .with_min_len(planes_per_task(inner))
+                .for_each(|(p, (dx, sum))| {
+                    let range = p * inner..(p + 1) * inner;
+                    scale_by_derivative(dx, &gv[range.clone()], &yv[range], derivative);
+                    if with_bias {
+                        *sum = reduce::sum_in_lanes(dx, f64::from) as f32;
+                    }
+                })
+        });
         let device = y.device();
         let db = with_bias
             .then(|| {

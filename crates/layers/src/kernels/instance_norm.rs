@@ -32,6 +32,7 @@ use candle_nn::ModuleT;
 use rayon::prelude::*;
 
 use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::reduce;
 
 /// PyTorch's default running-statistics momentum.
 const MOMENTUM: f64 = 0.1;
@@ -304,8 +305,8 @@ fn plane_moments(x: &[f32], inner: usize) -> (Vec<f32>, Vec<f32>) {
     x.par_chunks(inner)
         .with_min_len(planes_per_task(inner))
         .map(|plane| {
-            let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / inner as f64;
-            let squares: f64 = plane.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+            let mean = reduce::sum_in_lanes(plane, f64::from) / inner as f64;
+            let squares = reduce::sum_in_lanes(plane, |v| (v as f64 - mean).powi(2));
             (mean as f32, (squares / inner as f64) as f32)
         })
         .unzip()
@@ -384,12 +385,10 @@ impl InstanceNormTrain {
             .with_min_len(planes_per_task(inner))
             .map(|(p, (dx, (x, dy)))| {
                 let (mean, inv_std) = (self.mean[p], self.inv_std[p]);
-                let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-                for (&g, &x) in dy.iter().zip(x) {
-                    sum_dy += g as f64;
-                    sum_dy_xhat += (g * (x - mean) * inv_std) as f64;
-                }
-                let (sum_dy, sum_dy_xhat) = (sum_dy as f32, sum_dy_xhat as f32);
+                let sum_dy = reduce::sum_in_lanes(dy, f64::from) as f32;
+                let sum_dy_xhat =
+                    reduce::sum_pairs_in_lanes(dy, x, |g, x| (g * (x - mean) * inv_std) as f64)
+                        as f32;
                 // dx = a dy + b x + k.
                 let a = weight.map_or(1.0, |w| w[p % channels]) * inv_std;
                 let b = -a * inv_std * sum_dy_xhat / count;

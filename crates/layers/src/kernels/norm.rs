@@ -16,6 +16,7 @@ use candle_nn::ModuleT;
 use rayon::prelude::*;
 
 use crate::kernels::ops::{cpu_slice, fused_cpu_f32, CpuValues};
+use crate::kernels::reduce;
 
 /// PyTorch's default running-statistics momentum.
 const MOMENTUM: f64 = 0.1;
@@ -169,12 +170,10 @@ fn channel_moments(x: &[f32], outer: usize, channels: usize, inner: usize) -> Mo
         .into_par_iter()
         .map(|c| {
             let planes = || (0..outer).map(move |n| &x[(n * channels + c) * inner..][..inner]);
-            let sum: f64 = planes()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                .sum();
+            let sum: f64 = planes().map(|p| reduce::sum_in_lanes(p, f64::from)).sum();
             let mean = sum / count;
             let squares: f64 = planes()
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .map(|p| reduce::sum_in_lanes(p, |v| (v as f64 - mean).powi(2)))
                 .sum();
             (mean as f32, (squares / count) as f32)
         })
@@ -280,10 +279,10 @@ impl CustomOp3 for BatchNormTrain {
                 let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
                 for n in 0..outer {
                     let at = (n * channels + c) * inner;
-                    for (&g, &x) in gv[at..at + inner].iter().zip(&xv[at..at + inner]) {
-                        sum_dy += g as f64;
-                        sum_dy_xhat += (g * (x - mean) * inv_std) as f64;
-                    }
+                    let (g, x) = (&gv[at..at + inner], &xv[at..at + inner]);
+                    sum_dy += reduce::sum_in_lanes(g, f64::from);
+                    sum_dy_xhat +=
+                        reduce::sum_pairs_in_lanes(g, x, |g, x| (g * (x - mean) * inv_std) as f64);
                 }
                 (sum_dy as f32, sum_dy_xhat as f32)
             })

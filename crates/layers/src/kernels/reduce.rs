@@ -57,6 +57,36 @@ where
         .for_each(|(t, p)| t.iter_mut().zip(p).for_each(|(t, &p)| *t += p));
 }
 
+/// `sum of f(a[i], b[i])` in f64 over two slices of one length, as eight running sums (every
+/// eighth pair) added at the end: one running sum is a chain of dependent additions that the
+/// compiler cannot vectorise (BatchNorm's statistics and a bias's gradient ran at one addition
+/// per four cycles). The order depends on the length alone.
+pub(crate) fn sum_pairs_in_lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    const LANES: usize = 8;
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "sum_pairs_in_lanes: slices of unequal length"
+    );
+    let mut lanes = [0f64; LANES];
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest: f64 = (chunks_a.remainder().iter())
+        .zip(chunks_b.remainder())
+        .map(|(&a, &b)| f(a, b))
+        .sum();
+    for (a, b) in chunks_a.zip(chunks_b) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += f(a, b);
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
+}
+
+/// `sum of f(a[i])` in f64, as [`sum_pairs_in_lanes`].
+pub(crate) fn sum_in_lanes(a: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    sum_pairs_in_lanes(a, a, |v, _| f(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +102,24 @@ mod tests {
         assert_eq!(sum(parts), vec![0.0; 3]);
         let parts = vec![vec![1e8f32; 3], vec![-1e8; 3], vec![1.0; 3]];
         assert_eq!(sum(parts), vec![1.0; 3]);
+    }
+
+    /// The lane sums equal a sum in f64 of the same values (to rounding), for lengths around
+    /// the lane count, and pairs are taken index by index.
+    #[test]
+    fn lane_sums_add_every_value_once() {
+        for len in [0usize, 1, 7, 8, 9, 17, 100] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| i as f32 - 3.0).collect();
+            let exact: f64 = a.iter().map(|&v| v as f64 * 2.0).sum();
+            assert!(
+                (sum_in_lanes(&a, |v| v as f64 * 2.0) - exact).abs() < 1e-12,
+                "{len}"
+            );
+            let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let lanes = sum_pairs_in_lanes(&a, &b, |x, y| x as f64 * y as f64);
+            assert!((lanes - dot).abs() < 1e-9, "{len}: {lanes} against {dot}");
+        }
     }
 
     #[test]
