@@ -8,8 +8,10 @@
 //!   fallback and the reference its tests compare against;
 //! - [`train`]: training state (Adam with savable moments, checkpoints, the seeded RNG);
 //! - [`eval`]: the digit classifier and the metrics computed through it;
-//! - [`device`]: `--device` parsing and the CPU thread pool.
+//! - [`device`]: `--device` parsing and the CPU thread pool;
+//! - [`backprop`]: backward passes that compute only the gradients an optimiser reads.
 
+pub mod backprop;
 pub mod device;
 pub mod eval;
 pub mod gan;

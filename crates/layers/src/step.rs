@@ -342,7 +342,11 @@ impl<'a> StepContext<'a> {
     /// variables one loss trains at different rates (CycleGAN's symmetry weights beside its
     /// generators).
     pub fn minimize_together(&mut self, optimizers: &[&str], loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
+        let mut vars = Vec::new();
+        for name in optimizers {
+            vars.extend(self.optimizers.get_mut(name)?.vars().cloned());
+        }
+        let grads = crate::backprop::backward_for(loss, &vars)?;
         for name in optimizers {
             self.optimizers
                 .get_mut(name)?
@@ -366,7 +370,7 @@ impl<'a> StepContext<'a> {
         let mut losses = Vec::with_capacity(parts.len());
         for part in parts.iter_mut() {
             let loss = part()?;
-            let mut grads = loss.backward()?;
+            let mut grads = adam.backward(&loss)?;
             adam.accumulate(&mut grads, &mut sum)
                 .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
             losses.push(loss.detach());

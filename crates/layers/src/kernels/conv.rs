@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
+use crate::backprop::gradient_wanted;
 use crate::kernels::ops::cpu_slice;
 use crate::kernels::precision;
 use crate::kernels::reduce;
@@ -691,24 +692,27 @@ impl CustomOp2 for ConvPass {
         // bilinear: <g, F(x, k)> = <x, I(g, k)> = <W(x, g), k>. Each pass's gradients are
         // passes again, so gradients of any order stay on this path (WGAN-GP on conv critics).
         let grad = grad.contiguous()?;
+        // Only what the backward pass wants (`backprop::backward_for`): a discriminator's
+        // weights in a generator step, or the data a first layer reads, need no gradient.
+        let (want_a, want_b) = (gradient_wanted(a), gradient_wanted(b));
         let (da, db) = match self.pass {
             // y = F(x, k): dx = I(G, k), dk = W(x, G).
             Pass::Forward => (
-                apply(Pass::InputGrad, &grad, b, self)?,
-                apply(Pass::WeightGrad, a, &grad, self)?,
+                want_a.then(|| apply(Pass::InputGrad, &grad, b, self)),
+                want_b.then(|| apply(Pass::WeightGrad, a, &grad, self)),
             ),
             // dx = I(g, k): dg = F(G, k), dk = W(G, g).
             Pass::InputGrad => (
-                apply(Pass::Forward, &grad, b, self)?,
-                apply(Pass::WeightGrad, &grad, a, self)?,
+                want_a.then(|| apply(Pass::Forward, &grad, b, self)),
+                want_b.then(|| apply(Pass::WeightGrad, &grad, a, self)),
             ),
             // dk = W(x, g): dx = I(g, G), dg = F(x, G).
             Pass::WeightGrad => (
-                apply(Pass::InputGrad, b, &grad, self)?,
-                apply(Pass::Forward, a, &grad, self)?,
+                want_a.then(|| apply(Pass::InputGrad, b, &grad, self)),
+                want_b.then(|| apply(Pass::Forward, a, &grad, self)),
             ),
         };
-        Ok((Some(da), Some(db)))
+        Ok((da.transpose()?, db.transpose()?))
     }
 }
 

@@ -188,10 +188,21 @@ impl Adam {
         Ok(())
     }
 
-    /// Backward pass and update in one call.
+    /// Backward pass and update in one call; the pass computes only what this optimiser's
+    /// variables need ([`crate::backprop::backward_for`]).
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
+        let grads = self.backward(loss)?;
         self.step(&grads)
+    }
+
+    /// `loss.backward()` for this optimiser's variables.
+    pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        crate::backprop::backward_for(loss, self.vars())
+    }
+
+    /// The variables this optimiser steps.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.slots.values().map(|slot| &slot.var)
     }
 
     /// The moments as named tensors (`{prefix}.exp_avg.{param}`, `{prefix}.exp_avg_sq.{param}`)
