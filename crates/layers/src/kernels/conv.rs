@@ -629,6 +629,9 @@ struct ConvPass {
     x_dims: [usize; 4],
     k_dims: [usize; 4],
     spec: ConvSpec,
+    /// A factor on the output: `s F`, `s I` and `s W` are as bilinear as `F`, `I` and `W`, and
+    /// each other's gradients with the same `s` (see [`conv2d_scaled`]).
+    scale: f64,
 }
 
 impl ConvPass {
@@ -638,11 +641,17 @@ impl ConvPass {
         b: &[T],
     ) -> Result<(Vec<T>, Shape)> {
         let g = Geometry::new(&self.x_dims, &self.k_dims, self.spec)?;
-        Ok(match self.pass {
+        let (mut out, shape) = match self.pass {
             Pass::Forward => (forward(a, b, &g), Shape::from((g.b, g.o, g.ho, g.wo))),
             Pass::InputGrad => (input_grad(a, b, &g), Shape::from(self.x_dims.to_vec())),
             Pass::WeightGrad => (weight_grad(a, b, &g), Shape::from(self.k_dims.to_vec())),
-        })
+        };
+        if self.scale != 1.0 {
+            let scale = T::from_f64(self.scale);
+            out.par_chunks_mut(1 << 14)
+                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v *= scale));
+        }
+        Ok((out, shape))
     }
 }
 
@@ -724,6 +733,7 @@ fn apply(pass: Pass, a: &Tensor, b: &Tensor, like: &ConvPass) -> Result<Tensor> 
             x_dims: like.x_dims,
             k_dims: like.k_dims,
             spec: like.spec,
+            scale: like.scale,
         },
     )
 }
@@ -731,14 +741,22 @@ fn apply(pass: Pass, a: &Tensor, b: &Tensor, like: &ConvPass) -> Result<Tensor> 
 /// Cross-correlation of `x (b, c, h, w)` with `kernel (o, c, kh, kw)`, no bias:
 /// `(b, o, ho, wo)`. Differentiable; on the CPU in f32/f64 it runs through gemm.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+    conv2d_scaled(x, kernel, spec, 1.0)
+}
+
+/// `scale * conv2d(x, kernel)`, the factor applied inside the op: an equalized layer's
+/// run-time scale (the Progressive GAN) without a scaled copy of its weight, which as the
+/// output of an op would take every gradient pass (`backprop::backward_for` skips the weight
+/// gradient of a variable nobody steps, not of a tensor computed from one).
+pub fn conv2d_scaled(x: &Tensor, kernel: &Tensor, spec: ConvSpec, scale: f64) -> Result<Tensor> {
     if let Some([x, kernel]) = precision::lowered([x, kernel])? {
-        return conv2d(&x, &kernel, spec)?.to_dtype(DType::F32);
+        return conv2d_scaled(&x, &kernel, spec, scale)?.to_dtype(DType::F32);
     }
     let fast = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && x.dtype() == kernel.dtype();
     if !fast {
-        return candle_conv2d(x, kernel, spec);
+        return scaled(candle_conv2d(x, kernel, spec)?, scale);
     }
     let x = x.contiguous()?;
     let kernel = kernel.contiguous()?;
@@ -751,8 +769,18 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
             x_dims,
             k_dims,
             spec,
+            scale,
         },
     )
+}
+
+/// `y * scale`, or `y` itself for 1.
+fn scaled(y: Tensor, scale: f64) -> Result<Tensor> {
+    if scale == 1.0 {
+        Ok(y)
+    } else {
+        y * scale
+    }
 }
 
 /// Transposed convolution (the adjoint of [`conv2d`]; PyTorch's `conv_transpose2d` without
@@ -760,7 +788,17 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
 /// `(b, c_out, (h - 1) s - 2p + kh, ..)`. On the CPU it is `conv2d`'s input-gradient pass
 /// (gemm and col2im) with both gradients; elsewhere Candle's op.
 pub fn conv_transpose2d(x: &Tensor, kernel: &Tensor, spec: ConvSpec) -> Result<Tensor> {
-    conv_transpose2d_padded(x, kernel, spec, (0, 0))
+    transposed(x, kernel, spec, (0, 0), 1.0)
+}
+
+/// `scale * conv_transpose2d(x, kernel)`, as [`conv2d_scaled`].
+pub fn conv_transpose2d_scaled(
+    x: &Tensor,
+    kernel: &Tensor,
+    spec: ConvSpec,
+    scale: f64,
+) -> Result<Tensor> {
+    transposed(x, kernel, spec, (0, 0), scale)
 }
 
 /// [`conv_transpose2d`] with PyTorch's `output_padding` `(op_h, op_w)`: the output is
@@ -775,8 +813,19 @@ pub fn conv_transpose2d_padded(
     spec: ConvSpec,
     output_padding: (usize, usize),
 ) -> Result<Tensor> {
+    transposed(x, kernel, spec, output_padding, 1.0)
+}
+
+/// `scale` times the transposed convolution with output padding.
+fn transposed(
+    x: &Tensor,
+    kernel: &Tensor,
+    spec: ConvSpec,
+    output_padding: (usize, usize),
+    scale: f64,
+) -> Result<Tensor> {
     if let Some([x, kernel]) = precision::lowered([x, kernel])? {
-        return conv_transpose2d_padded(&x, &kernel, spec, output_padding)?.to_dtype(DType::F32);
+        return transposed(&x, &kernel, spec, output_padding, scale)?.to_dtype(DType::F32);
     }
     let (b, c_in, h, w) = x.dims4()?;
     let (k_in, c_out, kh, kw) = kernel.dims4()?;
@@ -808,14 +857,17 @@ pub fn conv_transpose2d_padded(
         && x.dtype() == kernel.dtype();
     if !fast {
         if x.device().is_cuda() && ph < kh && pw < kw {
-            return transposed_as_convolution(x, kernel, spec, output_padding);
+            return scaled(
+                transposed_as_convolution(x, kernel, spec, output_padding)?,
+                scale,
+            );
         }
         if sh != sw || ph != pw || oph != opw {
             candle_core::bail!(
                 "Candle's conv_transpose2d needs equal strides, paddings and output paddings"
             );
         }
-        return x.conv_transpose2d(kernel, ph, oph, sh, 1);
+        return scaled(x.conv_transpose2d(kernel, ph, oph, sh, 1)?, scale);
     }
     // The input-gradient pass of a convolution over a (ho, wo) input: with op < s, that
     // convolution's output is (h, w) again.
@@ -824,6 +876,7 @@ pub fn conv_transpose2d_padded(
         x_dims: [b, c_out, ho, wo],
         k_dims: [c_in, c_out, kh, kw],
         spec,
+        scale,
     };
     let g = Geometry::new(&pass.x_dims, &pass.k_dims, spec)?;
     if (g.ho, g.wo) != (h, w) {
@@ -1169,6 +1222,66 @@ mod tests {
         (usize, usize),
         (usize, usize),
     );
+
+    /// The scale inside the op equals a scaled output, in values and in both gradients, for the
+    /// convolution and the transposed one, and through a second backward pass (WGAN-GP's).
+    #[test]
+    fn a_scaled_convolution_is_the_scaled_output() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(41);
+        let x = Var::from_tensor(&rng.normal((2, 3, 8, 8), &dev)?)?;
+        let k = Var::from_tensor(&rng.normal((5, 3, 4, 4), &dev)?)?;
+        let probe = rng.normal((2, 5, 4, 4), &dev)?;
+        type Conv = fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let cases: [(&str, Conv, Conv); 2] = [
+            (
+                "conv2d",
+                |x, k| conv2d_scaled(x, k, stride2(), 0.3),
+                |x, k| conv2d(x, k, stride2())? * 0.3,
+            ),
+            (
+                "conv_transpose2d",
+                |y, k| conv_transpose2d_scaled(y, k, stride2(), 0.3),
+                |y, k| conv_transpose2d(y, k, stride2())? * 0.3,
+            ),
+        ];
+        fn stride2() -> ConvSpec {
+            ConvSpec {
+                stride: (2, 2),
+                padding: (1, 1),
+            }
+        }
+        for (name, ours, reference) in cases {
+            // The transposed convolution maps the probe's shape back to x's.
+            let input = match name {
+                "conv2d" => x.as_tensor().clone(),
+                _ => Var::from_tensor(&probe)?.as_tensor().clone(),
+            };
+            let weight = k.as_tensor();
+            let (a, b) = (ours(&input, weight)?, reference(&input, weight)?);
+            assert!(max_diff(&a, &b) < 1e-5, "{name} forward");
+            let w = rng.normal(a.dims(), &dev)?;
+            // The input's gradient, then a second pass through it (a penalty's).
+            let second = |f: Conv| -> Result<(Tensor, Tensor)> {
+                let first = (f(&input, weight)? * &w)?.sum_all()?.backward()?;
+                let dx = first.get(&input).expect("an input gradient").clone();
+                let dk = first.get(weight).expect("a kernel gradient").clone();
+                let again = dx.sqr()?.sum_all()?.backward()?;
+                let dk2 = again
+                    .get(weight)
+                    .expect("a second-order kernel gradient")
+                    .clone();
+                Ok((dk, dk2))
+            };
+            let ((dk_a, dk2_a), (dk_b, dk2_b)) = (second(ours)?, second(reference)?);
+            assert!(max_diff(&dk_a, &dk_b) < 1e-4, "{name} kernel gradient");
+            assert!(
+                max_diff(&dk2_a, &dk2_b) < 1e-3,
+                "{name} second-order gradient"
+            );
+        }
+        Ok(())
+    }
 
     #[test]
     fn transposed_convolution_matches_candle_and_finite_differences() -> Result<()> {

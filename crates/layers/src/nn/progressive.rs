@@ -16,7 +16,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::kernels::activation::{activation_grad, bias_activation, Activation};
-use crate::kernels::conv::{conv2d, conv_transpose2d, ConvSpec};
+use crate::kernels::conv::{conv2d_scaled, conv_transpose2d_scaled, ConvSpec};
 use crate::kernels::linear::Linear;
 pub use crate::kernels::pixel_norm::pixel_norm;
 pub use crate::nn::resample::{downscale2d, downscale2d_adjoint, upscale2d};
@@ -78,14 +78,21 @@ impl Equalized {
     }
 
     /// `act(c (W x + b))`: `(b, in, h, w) -> (b, out, h', w')` or `(b, in) -> (b, out)`. The
-    /// scale is folded into the (small) weight and bias, which is the same map, so the product
-    /// runs through the fused kernels with the bias and activation in one pass.
+    /// same map as `act((c W) x + c b)`: the scale goes into the bias and into the convolution
+    /// op (a dense layer's small weight is scaled), so the product runs through the fused
+    /// kernels with the bias and activation in one pass.
     pub fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        let weight = (&self.weight * self.scale)?;
         let bias = (&self.bias * self.scale)?;
         match self.conv_spec() {
-            Some(spec) => bias_activation(&conv2d(x, &weight, spec)?, Some(&bias), act),
-            None => Linear::new(weight, Some(bias)).forward_activated(x, act),
+            // The scale inside the convolution, whose kernel stays the variable itself.
+            Some(spec) => {
+                let y = conv2d_scaled(x, &self.weight, spec, self.scale)?;
+                bias_activation(&y, Some(&bias), act)
+            }
+            None => {
+                let weight = (&self.weight * self.scale)?;
+                Linear::new(weight, Some(bias)).forward_activated(x, act)
+            }
         }
     }
 
@@ -105,10 +112,9 @@ impl Equalized {
     /// its gradient without Candle's second-order graph.
     pub fn input_grad(&self, y: &Tensor, g: &Tensor, act: Activation) -> Result<Tensor> {
         let g = activation_grad(g, y, act)?;
-        let weight = (&self.weight * self.scale)?;
         match self.conv_spec() {
-            Some(spec) => conv_transpose2d(&g, &weight, spec),
-            None => g.matmul(&weight),
+            Some(spec) => conv_transpose2d_scaled(&g, &self.weight, spec, self.scale),
+            None => g.matmul(&(&self.weight * self.scale)?),
         }
     }
 }
