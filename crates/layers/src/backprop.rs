@@ -5,7 +5,7 @@
 //! generator's optimiser never reads (PyTorch computes them too, unless `requires_grad` is
 //! switched off), and the input gradient of every first layer, whose input is data. Inside
 //! [`backward_for`], genzoo's own ops skip the gradient of an input that is data (tracks no
-//! op) or a variable outside the set: a convolution's weight gradient is a third of its
+//! op) or a variable outside the set: a convolution's weight gradient is half of its
 //! backward arithmetic. Outside it, every gradient is computed, as Candle does.
 
 use std::cell::RefCell;
