@@ -4,9 +4,10 @@
 //! GAN's generator step it computes every weight gradient of the discriminator, which the
 //! generator's optimiser never reads (PyTorch computes them too, unless `requires_grad` is
 //! switched off), and the input gradient of every first layer, whose input is data. Inside
-//! [`backward_for`], genzoo's own ops skip the gradient of an input that is data (tracks no
-//! op) or a variable outside the set: a convolution's weight gradient is half of its
-//! backward arithmetic. Outside it, every gradient is computed, as Candle does.
+//! [`backward_for`], the CPU convolution (`kernels::conv`, in f32 and f64) skips the gradient of
+//! an input that is data (tracks no op) or a variable outside the set: a convolution's weight
+//! gradient is half of its backward arithmetic. Other ops, and the convolution off the CPU,
+//! compute every gradient, as Candle does outside the scope.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -19,16 +20,25 @@ thread_local! {
     static WANTED: RefCell<Option<HashSet<TensorId>>> = const { RefCell::new(None) };
 }
 
-/// `loss.backward()` for the gradients of `vars` (and of every op on the way to them); the
-/// store may lack those of other variables. Candle walks the graph and calls each op's
-/// backward on this thread, where the set is kept until the pass returns.
+/// `loss.backward()` for the gradients of `vars`: the store holds theirs alone (another
+/// variable's, where an op skipped part of it, would be partial). Candle walks the graph and
+/// calls each op's backward on this thread, where the set is kept until the pass returns.
 pub fn backward_for<'a>(
     loss: &Tensor,
     vars: impl IntoIterator<Item = &'a Var>,
 ) -> Result<GradStore> {
     let ids: HashSet<TensorId> = vars.into_iter().map(|v| v.as_tensor().id()).collect();
-    let _scope = Scope::enter(ids);
-    loss.backward()
+    let grads = {
+        let _scope = Scope::enter(ids.clone());
+        loss.backward()?
+    };
+    let mut wanted = GradStore::default();
+    for id in ids {
+        if let Some(grad) = grads.get_id(id) {
+            wanted.insert_id(id, grad.clone());
+        }
+    }
+    Ok(wanted)
 }
 
 /// Whether a backward pass needs the gradient of op input `t`: always outside

@@ -98,7 +98,9 @@ pub fn gradient_penalty(
     let input = Var::from_tensor(&interpolate(real, fake, alpha)?.detach())?;
     differentiable_twice(|| {
         let out = critic(input.as_tensor())?.sum_all()?;
-        let grads = backward_keeping_graph(&out)?;
+        // The input's gradient alone: the critic's weight gradients of this first pass are
+        // never read (the penalty's own gradient reaches the weights through this one).
+        let grads = backward_keeping_graph_for(&out, std::slice::from_ref(&input))?;
         let grad = grads
             .get(input.as_tensor())
             .ok_or_else(|| candle_core::Error::Msg("the critic ignores its input".into()))?;
@@ -147,20 +149,32 @@ fn penalty_of(grad: &Tensor) -> Result<Tensor> {
 /// every other backward pass, the outer one included, frees its intermediate gradients as
 /// Candle goes. Runs inside a [`differentiable_twice`] scope there, as the caller's pass does.
 pub fn backward_keeping_graph(out: &Tensor) -> Result<GradStore> {
+    second_order_pass(out, None)
+}
+
+/// [`backward_keeping_graph`] for the gradients of `vars` alone
+/// ([`crate::backprop::backward_for`]).
+pub fn backward_keeping_graph_for(out: &Tensor, vars: &[Var]) -> Result<GradStore> {
+    second_order_pass(out, Some(vars.to_vec()))
+}
+
+/// Sends `out` (and the variables wanted, or all) to the second-order thread and waits.
+fn second_order_pass(out: &Tensor, wanted: Option<Vec<Var>>) -> Result<GradStore> {
     let (reply, answer) = channel();
     let thread = second_order_thread()?;
     thread
         .lock()
         .map_err(|_| candle_core::Error::Msg("the second-order gradient thread failed".into()))?
-        .send((out.clone(), reply))
+        .send((out.clone(), wanted, reply))
         .map_err(|_| candle_core::Error::Msg("the second-order gradient thread is gone".into()))?;
     answer
         .recv()
         .map_err(|_| candle_core::Error::Msg("the second-order gradient thread is gone".into()))?
 }
 
-/// A tensor to take the gradients of, and where to send them.
-type SecondOrderJob = (Tensor, Sender<Result<GradStore>>);
+/// A tensor to take the gradients of, the variables wanted (all if none given), and where to
+/// send them.
+type SecondOrderJob = (Tensor, Option<Vec<Var>>, Sender<Result<GradStore>>);
 
 /// The thread whose backward passes keep their graphs, started once.
 fn second_order_thread() -> Result<&'static Mutex<Sender<SecondOrderJob>>> {
@@ -173,8 +187,12 @@ fn second_order_thread() -> Result<&'static Mutex<Sender<SecondOrderJob>>> {
             .name("second-order-gradients".into())
             .spawn(move || {
                 let _ = ready.send(keep_gradient_graphs_in_this_thread());
-                for (out, reply) in inbox {
-                    let _ = reply.send(differentiable_twice(|| out.backward()));
+                for (out, wanted, reply) in inbox {
+                    let pass = || match &wanted {
+                        Some(vars) => crate::backprop::backward_for(&out, vars),
+                        None => out.backward(),
+                    };
+                    let _ = reply.send(differentiable_twice(pass));
                 }
             })
             .map_err(|e| format!("cannot start the second-order gradient thread: {e}"))?;

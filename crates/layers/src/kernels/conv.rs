@@ -405,9 +405,12 @@ fn gemm_threads(groups: usize) -> Parallelism {
     }
 }
 
-/// Reusable buffers of one worker. Each pass writes every value of the part it uses before
-/// reading it, so a buffer only grows and is never cleared: per-image `vec![0; ..]` buffers
-/// cost a PixelCNN step a fifth of its time in zeroing and fresh pages.
+/// Reusable buffers of one thread (see [`with_scratch`]). Each pass writes every value of the
+/// part it uses before reading it, so a buffer only grows and is never cleared: per-image
+/// `vec![0; ..]` buffers cost a PixelCNN step a fifth of its time in zeroing and fresh pages.
+/// Each thread that has run a pass keeps them for the life of the process, each the size of
+/// the largest group matrix it has met: at most [`group_size`]'s budget of 2M values (8 MB
+/// in f32), or one image's matrix where that alone is larger.
 pub(crate) struct Scratch<T> {
     cols: Vec<T>,
     wide: Vec<T>,
