@@ -257,6 +257,27 @@ fn backward_recorded(
     Ok((dx, db))
 }
 
+/// `y = act(y + bias[c])` in place over the planes `(n, c)` of `inner` values each.
+pub(crate) fn bias_activate_in_place(
+    y: &mut [f32],
+    bias: Option<&[f32]>,
+    channels: usize,
+    inner: usize,
+    act: Activation,
+) {
+    specialised!(act, apply, |act| {
+        y.par_chunks_mut(inner.max(1))
+            .enumerate()
+            .with_min_len(planes_per_task(inner))
+            .for_each(|(p, y)| {
+                let b = bias.map_or(0.0, |b| b[p % channels]);
+                for v in y.iter_mut() {
+                    *v = act(*v + b);
+                }
+            })
+    });
+}
+
 /// Planes per parallel task: at least ~16K values, so a `(batch, features)` input (planes of
 /// one value) is not split into one task per value.
 fn planes_per_task(inner: usize) -> usize {
@@ -294,39 +315,51 @@ impl BiasActivation {
         if self.twice {
             return backward_recorded(self.act, y, grad, with_bias);
         }
-        let grad = grad.contiguous()?;
-        let values = CpuValues::new("bias_activation", &[y, &grad]);
-        let yv = values.get(0, "activation output")?;
-        let gv = values.get(1, "activation output gradient")?;
-        let channels = y.dim(1)?;
-        let (n_planes, inner) = planes(y.layout());
-        let mut dx = vec![0f32; yv.len()];
-        let mut plane_sums = vec![0f32; n_planes];
-        specialised!(self.act, derivative, |derivative| {
-            dx.par_chunks_mut(inner.max(1))
-                .zip(plane_sums.par_iter_mut())
-                .enumerate()
-                .with_min_len(planes_per_task(inner))
-                .for_each(|(p, (dx, sum))| {
-                    let range = p * inner..(p + 1) * inner;
-                    scale_by_derivative(dx, &gv[range.clone()], &yv[range], derivative);
-                    if with_bias {
-                        *sum = reduce::sum_in_lanes(dx, f64::from) as f32;
-                    }
-                })
-        });
-        let device = y.device();
-        let db = with_bias
-            .then(|| {
-                let mut db = vec![0f32; channels];
-                for (p, s) in plane_sums.iter().enumerate() {
-                    db[p % channels] += s;
-                }
-                Tensor::from_vec(db, channels, device)
-            })
-            .transpose()?;
-        Ok((Tensor::from_vec(dx, y.shape(), device)?, db))
+        backward_fused(self.act, y, grad, with_bias)
     }
+}
+
+/// `dx = g act'(y)`, and with a bias `db[c] = sum over n and space of dx`, in one pass over
+/// each plane (not recorded: first-order only). Also the backward pass of
+/// `conv::conv2d_bias_activation`.
+pub(crate) fn backward_fused(
+    act: Activation,
+    y: &Tensor,
+    grad: &Tensor,
+    with_bias: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    let values = CpuValues::new("bias_activation", &[y, &grad]);
+    let yv = values.get(0, "activation output")?;
+    let gv = values.get(1, "activation output gradient")?;
+    let channels = y.dim(1)?;
+    let (n_planes, inner) = planes(y.layout());
+    let mut dx = vec![0f32; yv.len()];
+    let mut plane_sums = vec![0f32; n_planes];
+    specialised!(act, derivative, |derivative| {
+        dx.par_chunks_mut(inner.max(1))
+            .zip(plane_sums.par_iter_mut())
+            .enumerate()
+            .with_min_len(planes_per_task(inner))
+            .for_each(|(p, (dx, sum))| {
+                let range = p * inner..(p + 1) * inner;
+                scale_by_derivative(dx, &gv[range.clone()], &yv[range], derivative);
+                if with_bias {
+                    *sum = reduce::sum_in_lanes(dx, f64::from) as f32;
+                }
+            })
+    });
+    let device = y.device();
+    let db = with_bias
+        .then(|| {
+            let mut db = vec![0f32; channels];
+            for (p, s) in plane_sums.iter().enumerate() {
+                db[p % channels] += s;
+            }
+            Tensor::from_vec(db, channels, device)
+        })
+        .transpose()?;
+    Ok((Tensor::from_vec(dx, y.shape(), device)?, db))
 }
 
 impl CustomOp1 for BiasActivation {

@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::activation::{bias_activation, Activation};
+use crate::kernels::activation::Activation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MaskType {
@@ -183,12 +183,13 @@ impl MaskedConv2d {
     /// `(b, in, h, w) -> (b, out, h, w)`: `act(conv(x, weight * mask) + bias)`.
     pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let (kh, kw) = self.kernel;
-        let y = crate::kernels::conv::conv2d(
+        crate::kernels::conv::conv2d_bias_activation(
             x,
             &self.masked_weight()?,
+            &self.bias,
             crate::kernels::conv::ConvSpec::same_padding(kh, kw),
-        )?;
-        bias_activation(&y, Some(&self.bias), act)
+            act,
+        )
     }
 }
 

@@ -8,7 +8,9 @@ use candle_nn::{Init, ModuleT, VarBuilder};
 use crate::kernels::activation::{activation_grad, bias_activation, Activation};
 use crate::kernels::linear::Linear;
 
-use crate::kernels::conv::{conv2d, conv_transpose2d, conv_transpose2d_padded, ConvSpec};
+use crate::kernels::conv::{
+    conv2d, conv2d_bias_activation, conv_transpose2d, conv_transpose2d_padded, ConvSpec,
+};
 use crate::kernels::instance_norm::{InstanceNorm, EPS};
 use crate::kernels::norm::BatchNorm;
 use crate::kernels::pad::reflection_pad2d;
@@ -374,7 +376,7 @@ impl Stack {
             let (y, taken) = match (&self.0[i], next) {
                 (Layer::Linear(l), Some(act)) => (l.forward_activated(&h, act)?, 2),
                 (Layer::Conv(k, Some(b), spec), Some(act)) => {
-                    (bias_activation(&conv2d(&h, k, *spec)?, Some(b), act)?, 2)
+                    (conv2d_bias_activation(&h, k, b, *spec, act)?, 2)
                 }
                 (layer @ Layer::ConvTransposeWith { bias: Some(_), .. }, Some(act)) => {
                     (layer.conv_transpose_activated(&h, act)?, 2)
