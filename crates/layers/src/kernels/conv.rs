@@ -793,9 +793,22 @@ pub fn conv2d_bias_activation(
     spec: ConvSpec,
     act: Activation,
 ) -> Result<Tensor> {
+    conv2d_scaled_bias_activation(x, kernel, bias, spec, act, 1.0)
+}
+
+/// `act(scale * conv2d(x, kernel) + bias[c])`: [`conv2d_bias_activation`] with
+/// [`conv2d_scaled`]'s factor (the Progressive GAN's equalized layers).
+pub fn conv2d_scaled_bias_activation(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    spec: ConvSpec,
+    act: Activation,
+    scale: f64,
+) -> Result<Tensor> {
     let fused = precision::compute_dtype() == DType::F32 && fused_cpu_f32(&[x, kernel, bias]);
     if !fused {
-        return bias_activation(&conv2d(x, kernel, spec)?, Some(bias), act);
+        return bias_activation(&conv2d_scaled(x, kernel, spec, scale)?, Some(bias), act);
     }
     let x = x.contiguous()?;
     let kernel = kernel.contiguous()?;
@@ -813,7 +826,7 @@ pub fn conv2d_bias_activation(
         x_dims,
         k_dims,
         spec,
-        scale: 1.0,
+        scale,
     };
     x.apply_op3(
         &kernel,

@@ -15,8 +15,8 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::kernels::activation::{activation_grad, bias_activation, Activation};
-use crate::kernels::conv::{conv2d_scaled, conv_transpose2d_scaled, ConvSpec};
+use crate::kernels::activation::{activation_grad, Activation};
+use crate::kernels::conv::{conv2d_scaled_bias_activation, conv_transpose2d_scaled, ConvSpec};
 use crate::kernels::linear::Linear;
 pub use crate::kernels::pixel_norm::pixel_norm;
 pub use crate::nn::resample::{downscale2d, downscale2d_adjoint, upscale2d};
@@ -86,8 +86,7 @@ impl Equalized {
         match self.conv_spec() {
             // The scale inside the convolution, whose kernel stays the variable itself.
             Some(spec) => {
-                let y = conv2d_scaled(x, &self.weight, spec, self.scale)?;
-                bias_activation(&y, Some(&bias), act)
+                conv2d_scaled_bias_activation(x, &self.weight, &bias, spec, act, self.scale)
             }
             None => {
                 let weight = (&self.weight * self.scale)?;
