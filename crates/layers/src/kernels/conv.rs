@@ -1375,6 +1375,14 @@ mod tests {
                     scoped.get(kt).is_none() && scoped.get(bt).is_some(),
                     "{case}"
                 );
+                // With an equalized layer's scale inside.
+                let fused = conv2d_scaled_bias_activation(xt, kt, bt, spec, act, 0.3)?;
+                let two = bias_activation(&conv2d_scaled(xt, kt, spec, 0.3)?, Some(bt), act)?;
+                assert_eq!(max_diff(&fused, &two), 0.0, "{case} scaled forward");
+                let g_fused = (&fused * &probe)?.sum_all()?.backward()?;
+                let g_two = (&two * &probe)?.sum_all()?.backward()?;
+                let d = max_diff(g_fused.get(kt).unwrap(), g_two.get(kt).unwrap());
+                assert!(d < 1e-5, "{case} scaled kernel gradient: {d}");
             }
         }
         let x = rng.normal((1, 2, 5, 5), &dev)?;
