@@ -860,8 +860,10 @@ impl CustomOp3 for ConvBiasActivation {
         let k = cpu_slice::<f32>(s2, l2, "conv2d kernel")?;
         let b = cpu_slice::<f32>(s3, l3, "conv2d bias")?;
         let (mut y, shape) = self.conv.run(x, k)?;
-        let g = Geometry::new(&self.conv.x_dims, &self.conv.k_dims, self.conv.spec)?;
-        bias_activate_in_place(&mut y, Some(b), g.o, g.hw_out(), self.act);
+        let &[_, channels, ho, wo] = shape.dims() else {
+            candle_core::bail!("{}: output {shape:?} is not (b, c, h, w)", self.name());
+        };
+        bias_activate_in_place(&mut y, Some(b), channels, ho * wo, self.act);
         Ok((CpuStorage::F32(y), shape))
     }
 

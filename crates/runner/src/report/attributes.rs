@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use layers::eval::classifier::{Config, LeNet};
@@ -178,15 +178,8 @@ fn accuracy(net: &LeNet, sources: &SplitSources, k: usize, device: &Device) -> R
 /// Loads an attribute classifier file.
 pub fn load(path: &Path, device: &Device) -> Result<AttributeClassifier> {
     let ck = super::load_evaluator(path, KIND, "an attribute classifier", device)?;
-    let cfg: Config =
-        serde_json::from_str(ck.require_meta(META_CONFIG, path)?).with_context(|| {
-            format!(
-                "{}: `{META_CONFIG}` is not a classifier config",
-                path.display()
-            )
-        })?;
-    let names: Vec<String> = serde_json::from_str(ck.require_meta(META_NAMES, path)?)
-        .with_context(|| format!("{}: `{META_NAMES}` is not a list of names", path.display()))?;
+    let cfg: Config = super::meta_json(&ck, META_CONFIG, path, "a classifier config")?;
+    let names: Vec<String> = super::meta_json(&ck, META_NAMES, path, "a list of names")?;
     let varmap = VarMap::new();
     let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, device);
     let net = LeNet::new(&cfg, vb)?;

@@ -320,15 +320,8 @@ fn cheapest(costs: &[f32]) -> Option<usize> {
 /// Loads a locator file.
 pub fn load(path: &Path, device: &Device) -> Result<Locator> {
     let ck = super::load_evaluator(path, KIND, "a Puzzle-GAN locator", device)?;
-    let cfg: Config =
-        serde_json::from_str(ck.require_meta(META_CONFIG, path)?).with_context(|| {
-            format!(
-                "{}: `{META_CONFIG}` is not a locator config",
-                path.display()
-            )
-        })?;
-    let center: [f32; 2] = serde_json::from_str(ck.require_meta(META_CENTER, path)?)
-        .with_context(|| format!("{}: `{META_CENTER}` is not a (y, x) centre", path.display()))?;
+    let cfg: Config = super::meta_json(&ck, META_CONFIG, path, "a locator config")?;
+    let center: [f32; 2] = super::meta_json(&ck, META_CENTER, path, "a (y, x) centre")?;
     let varmap = VarMap::new();
     let vb = layers::nn::init::seeded_var_builder(&varmap, 0, DType::F32, device);
     let mut locator = Locator::new(&cfg, vb)?;

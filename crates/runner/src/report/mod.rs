@@ -28,6 +28,19 @@ pub fn load_evaluator(
     }
 }
 
+/// The JSON value of an evaluator file's metadata `key`, or an error naming the file, the key
+/// and what it should have been (`what`: "a locator config").
+pub fn meta_json<T: serde::de::DeserializeOwned>(
+    ck: &layers::Checkpoint,
+    key: &str,
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    serde_json::from_str(ck.require_meta(key, path)?)
+        .with_context(|| format!("{}: `{key}` is not {what}", path.display()))
+}
+
 /// Where an evaluator's file for a checkpoint is looked for by default: beside it, named
 /// after it (`models/puzzle.safetensors`, `locator` -> `models/puzzle-locator.safetensors`).
 pub fn beside(checkpoint: &std::path::Path, role: &str) -> std::path::PathBuf {
